@@ -1,0 +1,100 @@
+"""kafka-python clients built from :class:`~fleetwatch.config.KafkaSettings`.
+
+Every client gets the same security settings and a bounded bootstrap wait, so an unreachable
+broker is one clear error after ``--timeout`` seconds, never a hang.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
+
+from fleetwatch.config import KafkaSettings
+from fleetwatch.errors import BrokerError
+
+#: Producer batching tuned for many small JSON messages: large batches, a short linger.
+PRODUCER_BATCH_BYTES = 512 * 1024
+PRODUCER_LINGER_MS = 20
+
+
+def common_config(kafka: KafkaSettings) -> dict[str, Any]:
+    """Connection and security settings shared by producers, consumers and the admin client."""
+    timeout_ms = int(kafka.timeout * 1000)
+    config: dict[str, Any] = {
+        "bootstrap_servers": [s.strip() for s in kafka.bootstrap_servers.split(",") if s.strip()],
+        "security_protocol": kafka.security_protocol,
+        "bootstrap_timeout_ms": timeout_ms,
+        "request_timeout_ms": max(timeout_ms, 5000) + 1000,
+        "client_id": "fleetwatch",
+    }
+    if kafka.security_protocol.startswith("SASL"):
+        config["sasl_mechanism"] = kafka.sasl_mechanism
+        config["sasl_plain_username"] = kafka.sasl_username
+        config["sasl_plain_password"] = kafka.sasl_password.reveal()
+    if kafka.ssl_cafile:
+        config["ssl_cafile"] = kafka.ssl_cafile
+    return config
+
+
+def describe_target(kafka: KafkaSettings) -> str:
+    """Where we connect, for messages: never includes the password."""
+    return f"{kafka.bootstrap_servers} ({kafka.security_protocol})"
+
+
+def _unreachable(kafka: KafkaSettings, exc: Exception) -> BrokerError:
+    return BrokerError(
+        f"cannot reach Kafka at {describe_target(kafka)} within {kafka.timeout:g}s "
+        f"({type(exc).__name__}); start one with `fleetwatch broker` or set --bootstrap-servers"
+    )
+
+
+def make_producer(kafka: KafkaSettings, **overrides: Any) -> KafkaProducer:
+    """A producer with acks=all, retries, batching and the configured compression."""
+    base = common_config(kafka)
+    config = base | {
+        "acks": "all",
+        "retries": 5,
+        "linger_ms": PRODUCER_LINGER_MS,
+        "batch_size": PRODUCER_BATCH_BYTES,
+        "max_block_ms": int(kafka.timeout * 1000),
+        # Give up on a message after a few broker timeouts rather than Kafka's default 2 minutes,
+        # so a dead broker shows up as counted failures quickly.
+        "delivery_timeout_ms": max(
+            base["request_timeout_ms"] + PRODUCER_LINGER_MS, int(kafka.timeout * 3000)
+        ),
+        "compression_type": None if kafka.compression == "none" else kafka.compression,
+    }
+    config.update(overrides)
+    try:
+        return KafkaProducer(**config)
+    except (KafkaConnectionError, KafkaTimeoutError) as exc:
+        raise _unreachable(kafka, exc) from None
+    except (KafkaError, OSError) as exc:
+        raise BrokerError(f"cannot connect to {describe_target(kafka)}: {exc}") from None
+
+
+def make_consumer(kafka: KafkaSettings, *topics: str, **overrides: Any) -> KafkaConsumer:
+    """A consumer of ``topics`` (none: assign partitions yourself)."""
+    config = common_config(kafka) | {"enable_auto_commit": False}
+    config.update(overrides)
+    try:
+        return KafkaConsumer(*topics, **config)
+    except (KafkaConnectionError, KafkaTimeoutError) as exc:
+        raise _unreachable(kafka, exc) from None
+
+
+@contextmanager
+def admin_client(kafka: KafkaSettings) -> Iterator[KafkaAdminClient]:
+    """An admin client that is closed afterwards."""
+    try:
+        client = KafkaAdminClient(**common_config(kafka))
+    except (KafkaConnectionError, KafkaTimeoutError) as exc:
+        raise _unreachable(kafka, exc) from None
+    try:
+        yield client
+    finally:
+        client.close()

@@ -1,0 +1,320 @@
+"""``fleetwatch import FILE``: publish a CSV or Parquet file of readings to the telemetry topic.
+
+Two layouts are understood:
+
+* long, as in Azure's batch-scoring reference implementation: ``TS, Device, Tag, Value``, one
+  reading per row; rows sharing (TS, Device) become one message;
+* wide: a timestamp column, a ``device_id`` column (or ``--device-id``), one column per sensor.
+
+Invalid rows are reported with their line numbers (CSV: the file's line; Parquet: the row) and
+are not published; everything valid is.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import datetime, tzinfo
+from pathlib import Path
+from typing import Any
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
+
+import pandas as pd
+
+from fleetwatch.brokers.clients import make_producer
+from fleetwatch.config import Settings
+from fleetwatch.errors import BrokerError, InvalidInputError
+from fleetwatch.ingest.telemetry import (
+    MAX_EVENT_MS,
+    MIN_EVENT_MS,
+    encode_message,
+    is_valid_name,
+)
+from fleetwatch.output import progress_bar
+
+LONG_COLUMNS = ("ts", "device", "tag", "value")
+TIMESTAMP_COLUMNS = ("timestamp", "ts", "datetime", "time", "event_time")
+DEVICE_COLUMNS = ("device_id", "device", "deviceid")
+
+
+@dataclass(frozen=True)
+class RejectedRow:
+    line: int  # CSV: the line in the file (header = 1); Parquet: the 1-based row
+    reason: str
+
+
+@dataclass
+class ImportSummary:
+    file: str
+    layout: str
+    rows: int = 0
+    messages_sent: int = 0
+    messages_failed: int = 0
+    readings: int = 0
+    rejected: list[RejectedRow] = field(default_factory=list)
+    first_error: str | None = None
+
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "layout": self.layout,
+            "rows": self.rows,
+            "messages_sent": self.messages_sent,
+            "messages_failed": self.messages_failed,
+            "readings": self.readings,
+            "rows_rejected": len(self.rejected),
+            "first_error": self.first_error,
+        }
+
+
+def read_table(path: Path, delimiter: str = "") -> tuple[pd.DataFrame, int]:
+    """The file as a frame of strings/values, and the line number of its first data row."""
+    if not path.is_file():
+        raise InvalidInputError(f"{path}: no such file")
+    suffix = path.suffix.lower()
+    if suffix == ".parquet":
+        return pd.read_parquet(path), 1
+    if suffix not in (".csv", ".txt", ".tsv"):
+        raise InvalidInputError(f"{path}: unknown file type; use .csv or .parquet")
+    if not delimiter:
+        with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+            sample = handle.read(64 * 1024)
+        try:
+            delimiter = csv.Sniffer().sniff(sample, delimiters=",;\t|").delimiter
+        except csv.Error:
+            delimiter = ","
+    try:
+        frame = pd.read_csv(path, sep=delimiter, dtype=str, keep_default_na=False)
+    except (pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise InvalidInputError(f"{path}: cannot read as CSV: {exc}") from None
+    return frame, 2
+
+
+def _find(columns: list[str], names: tuple[str, ...]) -> str | None:
+    lowered = {c.strip().lower(): c for c in columns}
+    return next((lowered[n] for n in names if n in lowered), None)
+
+
+def detect_layout(frame: pd.DataFrame, wanted: str) -> str:
+    columns = [str(c) for c in frame.columns]
+    is_long = all(_find(columns, (name,)) for name in LONG_COLUMNS)
+    if wanted == "long" and not is_long:
+        raise InvalidInputError(f"long layout needs columns TS, Device, Tag, Value; got {columns}")
+    if wanted == "auto":
+        return "long" if is_long else "wide"
+    return wanted
+
+
+class _Clock:
+    """Parses one timestamp cell to epoch ms, or says why it cannot."""
+
+    def __init__(self, assume: tzinfo | None) -> None:
+        self.assume = assume
+
+    def epoch_ms(self, cell: Any) -> int | str:
+        if isinstance(cell, pd.Timestamp | datetime):
+            moment: datetime = cell.to_pydatetime() if isinstance(cell, pd.Timestamp) else cell
+        elif isinstance(cell, int | float) and not isinstance(cell, bool):
+            if not math.isfinite(cell):
+                return "timestamp is not a number"
+            moment_ms = int(cell)
+            return self._bounded(moment_ms, str(cell))
+        else:
+            text = str(cell).strip()
+            if re.fullmatch(r"-?\d+", text):
+                return self._bounded(int(text), text)
+            try:
+                moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+            except ValueError:
+                return f"timestamp {text[:40]!r} is not ISO-8601 or epoch milliseconds"
+        if moment.tzinfo is None:
+            if self.assume is None:
+                return f"timestamp {str(cell)[:40]!r} has no offset (pass --assume-timezone UTC)"
+            moment = moment.replace(tzinfo=self.assume)
+        return self._bounded(round(moment.timestamp() * 1000), str(cell))
+
+    @staticmethod
+    def _bounded(ts_ms: int, shown: str) -> int | str:
+        if not MIN_EVENT_MS <= ts_ms < MAX_EVENT_MS:
+            return f"timestamp {shown[:40]!r} is outside 2000..2100"
+        return ts_ms
+
+
+def _number(cell: Any) -> float | None:
+    if isinstance(cell, bool):
+        return None
+    try:
+        value = float(cell)
+    except (TypeError, ValueError):
+        return None
+    return value if math.isfinite(value) else None
+
+
+def _sanitize(name: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]", "_", name.strip())[:64] or "_"
+
+
+Message = tuple[str, int, dict[str, float]]
+
+
+def long_messages(
+    frame: pd.DataFrame, first_line: int, clock: _Clock, rejected: list[RejectedRow]
+) -> Iterator[Message]:
+    """Group valid long rows into messages, in order of first appearance."""
+    columns = [str(c) for c in frame.columns]
+    ts_col, dev_col, tag_col, val_col = (_find(columns, (n,)) for n in LONG_COLUMNS)
+    groups: dict[tuple[str, int], dict[str, float]] = {}
+    lines: dict[tuple[str, int, str], int] = {}
+    for offset, (ts, device, tag, value) in enumerate(
+        zip(frame[ts_col], frame[dev_col], frame[tag_col], frame[val_col], strict=True)
+    ):
+        line = first_line + offset
+        device, tag = str(device).strip(), str(tag).strip()
+        when = clock.epoch_ms(ts)
+        number = _number(value)
+        reason = (
+            f"device id {device[:80]!r} is not 1-64 of [A-Za-z0-9_.-]"
+            if not is_valid_name(device)
+            else f"sensor name {tag[:80]!r} is not 1-64 of [A-Za-z0-9_.-]"
+            if not is_valid_name(tag)
+            else when
+            if isinstance(when, str)
+            else f"value {str(value)[:40]!r} is not a finite number"
+            if number is None
+            else None
+        )
+        if reason is None:
+            assert isinstance(when, int) and number is not None
+            previous = lines.get((device, when, tag))
+            if previous is not None:
+                reason = f"duplicate reading of {device}/{tag} at {ts} (first on line {previous})"
+            else:
+                lines[(device, when, tag)] = line
+                groups.setdefault((device, when), {})[tag] = number
+        if reason is not None:
+            rejected.append(RejectedRow(line, reason))
+    for (device, when), readings in groups.items():
+        yield device, when, readings
+
+
+def wide_messages(
+    frame: pd.DataFrame,
+    first_line: int,
+    clock: _Clock,
+    rejected: list[RejectedRow],
+    device_id: str,
+    sanitize: bool,
+) -> Iterator[Message]:
+    columns = [str(c) for c in frame.columns]
+    ts_col = _find(columns, TIMESTAMP_COLUMNS)
+    if ts_col is None:
+        raise InvalidInputError(
+            f"wide layout needs a timestamp column ({', '.join(TIMESTAMP_COLUMNS)}); got {columns}"
+        )
+    dev_col = _find(columns, DEVICE_COLUMNS)
+    if dev_col is None and not device_id:
+        raise InvalidInputError("no device_id column: pass --device-id NAME for this file")
+    if device_id and not is_valid_name(device_id):
+        raise InvalidInputError(f"--device-id {device_id!r}: use 1-64 of [A-Za-z0-9_.-]")
+    sensors = [c for c in columns if c not in (ts_col, dev_col)]
+    names = {c: (_sanitize(c) if sanitize else c.strip()) for c in sensors}
+    bad = [c for c, n in names.items() if not is_valid_name(n)]
+    if bad:
+        raise InvalidInputError(
+            f"sensor column {bad[0]!r} is not 1-64 of [A-Za-z0-9_.-]; rename it or pass "
+            "--sanitize-names"
+        )
+    if not sensors:
+        raise InvalidInputError("wide layout needs at least one sensor column")
+    devices = frame[dev_col] if dev_col is not None else [device_id] * len(frame)
+    sensor_columns = [frame[c].tolist() for c in sensors]
+    for offset, (ts, device) in enumerate(zip(frame[ts_col], devices, strict=True)):
+        line = first_line + offset
+        device = str(device).strip()
+        when = clock.epoch_ms(ts)
+        if not is_valid_name(device):
+            rejected.append(
+                RejectedRow(line, f"device id {device[:80]!r} is not 1-64 of [A-Za-z0-9_.-]")
+            )
+            continue
+        if isinstance(when, str):
+            rejected.append(RejectedRow(line, when))
+            continue
+        readings: dict[str, float] = {}
+        problem = None
+        for column, cells in zip(sensors, sensor_columns, strict=True):
+            cell = cells[offset]
+            if cell is None or (isinstance(cell, str) and cell.strip() == ""):
+                continue  # a sensor that did not report in this row
+            number = _number(cell)
+            if number is None:
+                problem = f"{column} = {str(cell)[:40]!r} is not a finite number"
+                break
+            readings[names[column]] = number
+        if problem is None and not readings:
+            problem = "no readings in this row"
+        if problem is not None:
+            rejected.append(RejectedRow(line, problem))
+            continue
+        yield device, when, readings
+
+
+def import_file(settings: Settings, path: Path) -> ImportSummary:
+    """Validate and publish ``path``; the summary lists every rejected row."""
+    options = settings.import_
+    assume: tzinfo | None = None
+    if options.assume_timezone:
+        try:
+            assume = ZoneInfo(options.assume_timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise InvalidInputError(
+                f"--assume-timezone {options.assume_timezone!r} is not a time zone (try UTC)"
+            ) from None
+    frame, first_line = read_table(path, options.delimiter)
+    layout = detect_layout(frame, options.layout)
+    summary = ImportSummary(file=str(path), layout=layout, rows=len(frame))
+    clock = _Clock(assume)
+    messages = list(
+        long_messages(frame, first_line, clock, summary.rejected)
+        if layout == "long"
+        else wide_messages(
+            frame, first_line, clock, summary.rejected, options.device_id, options.sanitize_names
+        )
+    )
+    summary.rejected.sort(key=lambda row: row.line)
+    topic = settings.kafka.telemetry_topic
+    failures: list[BaseException] = []
+    if messages:
+        producer = make_producer(settings.kafka)
+        try:
+            with progress_bar("import", len(messages), enabled=True) as bar:
+                for index, (device, when, readings) in enumerate(messages):
+                    producer.send(
+                        topic, key=device.encode(), value=encode_message(device, when, readings)
+                    ).add_errback(failures.append)
+                    summary.readings += len(readings)
+                    if bar is not None and index % 1000 == 0:
+                        bar.update(bar.task_ids[0], completed=index)
+            producer.flush(timeout=60)
+        except Exception as exc:
+            raise BrokerError(f"could not publish {path}: {exc}") from None
+        finally:
+            producer.close(timeout=5)
+    summary.messages_failed = len(failures)
+    summary.messages_sent = len(messages) - len(failures)
+    if failures:
+        summary.first_error = f"{type(failures[0]).__name__}: {failures[0]}"
+    if options.rejects is not None:
+        write_rejects(summary.rejected, options.rejects)
+    return summary
+
+
+def write_rejects(rejected: list[RejectedRow], path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["line", "reason"])
+        writer.writerows((row.line, row.reason) for row in rejected)

@@ -1,0 +1,162 @@
+"""The telemetry message contract: what a valid message is, and how to write one.
+
+A message on the ``telemetry`` topic, keyed by its device id::
+
+    {"device_id": "pump-0042", "ts": "2026-11-22T10:15:03.250Z",
+     "readings": {"temperature": 71.3, "pressure": 2.04}}
+
+Every producer (simulator, importer) writes through :func:`encode_message` and every consumer
+(the aggregator, the tests) reads through :func:`parse_message`, so the contract lives here once.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any, Final, Literal
+
+#: Device ids and sensor names end up in file paths and SQL, so they are held to a safe alphabet.
+NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
+MAX_MESSAGE_BYTES: Final = 64 * 1024
+#: Event times outside this range are "absurd": a clock that was never set, or a unit mix-up.
+MIN_EVENT_MS: Final = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1000)
+MAX_EVENT_MS: Final = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1000)
+
+InvalidReason = Literal[
+    "oversized",
+    "not_json",
+    "not_object",
+    "missing_field",
+    "bad_device_id",
+    "key_mismatch",
+    "bad_timestamp",
+    "naive_timestamp",
+    "absurd_timestamp",
+    "bad_readings",
+    "empty_readings",
+    "bad_sensor_name",
+    "non_numeric",
+    "non_finite",
+]
+
+
+class InvalidMessage(ValueError):
+    """A message that breaks the contract; ``reason`` is one of :data:`InvalidReason`."""
+
+    def __init__(self, reason: InvalidReason, detail: str) -> None:
+        super().__init__(f"{reason}: {detail}")
+        self.reason: InvalidReason = reason
+        self.detail = detail
+
+
+@dataclass(frozen=True, slots=True)
+class Telemetry:
+    """One valid message: a device's readings at one event time (epoch milliseconds, UTC)."""
+
+    device_id: str
+    ts_ms: int
+    readings: dict[str, float]
+
+
+def is_valid_name(name: object) -> bool:
+    """True for a device id or sensor name that may reach a path or SQL.
+
+    >>> is_valid_name("pump-0042"), is_valid_name("../etc"), is_valid_name("a b")
+    (True, False, False)
+    """
+    return (
+        isinstance(name, str)
+        and NAME_PATTERN.fullmatch(name) is not None
+        and name
+        not in (
+            ".",
+            "..",
+        )
+        and not name.startswith("..")
+    )
+
+
+def parse_timestamp_field(value: Any) -> int:
+    """Epoch milliseconds from the contract's ``ts``: ISO-8601 with an offset, or integer ms."""
+    if isinstance(value, bool):
+        raise InvalidMessage("bad_timestamp", "ts is a boolean")
+    if isinstance(value, int):
+        ts_ms = value
+    elif isinstance(value, str):
+        try:
+            parsed = datetime.fromisoformat(value)
+        except ValueError:
+            raise InvalidMessage("bad_timestamp", f"ts {value[:40]!r} is not ISO-8601") from None
+        if parsed.tzinfo is None:
+            raise InvalidMessage("naive_timestamp", f"ts {value[:40]!r} has no offset or Z")
+        ts_ms = round(parsed.timestamp() * 1000)
+    else:
+        raise InvalidMessage("bad_timestamp", f"ts is a {type(value).__name__}")
+    if not MIN_EVENT_MS <= ts_ms < MAX_EVENT_MS:
+        raise InvalidMessage("absurd_timestamp", f"ts {value!r} is outside 2000..2100")
+    return ts_ms
+
+
+def parse_message(value: bytes | None, key: bytes | None = None) -> Telemetry:
+    """Validate one raw Kafka message against the contract.
+
+    Raises :class:`InvalidMessage` with a reason; never anything else for any input bytes.
+
+    >>> parse_message(b'{"device_id":"p-1","ts":1763806503250,"readings":{"t":1.5}}').readings
+    {'t': 1.5}
+    """
+    if value is None:
+        raise InvalidMessage("not_json", "empty message (tombstone)")
+    if len(value) > MAX_MESSAGE_BYTES:
+        raise InvalidMessage("oversized", f"{len(value)} bytes > {MAX_MESSAGE_BYTES}")
+    try:
+        document = json.loads(value)
+    except (ValueError, RecursionError):
+        raise InvalidMessage("not_json", "payload is not JSON (or not UTF-8)") from None
+    if not isinstance(document, dict):
+        raise InvalidMessage("not_object", f"payload is a JSON {type(document).__name__}")
+    try:
+        device_id = document["device_id"]
+        ts = document["ts"]
+        readings = document["readings"]
+    except KeyError as exc:
+        raise InvalidMessage("missing_field", f"no {exc.args[0]!r} field") from None
+    if not is_valid_name(device_id):
+        raise InvalidMessage("bad_device_id", f"device_id {str(device_id)[:80]!r}")
+    if key is not None and key != device_id.encode():
+        raise InvalidMessage("key_mismatch", f"key {key[:80]!r} is not device_id {device_id!r}")
+    ts_ms = parse_timestamp_field(ts)
+    if not isinstance(readings, dict):
+        raise InvalidMessage("bad_readings", f"readings is a {type(readings).__name__}")
+    if not readings:
+        raise InvalidMessage("empty_readings", "readings is empty")
+    for sensor, reading in readings.items():
+        if not is_valid_name(sensor):
+            raise InvalidMessage("bad_sensor_name", f"sensor {sensor[:80]!r}")
+        if isinstance(reading, bool) or not isinstance(reading, int | float):
+            raise InvalidMessage("non_numeric", f"{sensor} = {str(reading)[:40]!r}")
+        if not math.isfinite(reading):
+            raise InvalidMessage("non_finite", f"{sensor} = {reading}")
+    return Telemetry(device_id, ts_ms, {s: float(v) for s, v in readings.items()})
+
+
+def format_ts(ts_ms: int) -> str:
+    """The contract's ISO-8601 form of epoch milliseconds.
+
+    >>> format_ts(1763806503250)
+    '2025-11-22T10:15:03.250Z'
+    """
+    seconds, millis = divmod(ts_ms, 1000)
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%dT%H:%M:%S") + f".{millis:03d}Z"
+
+
+def encode_message(device_id: str, ts_ms: int, readings: dict[str, float]) -> bytes:
+    """The JSON bytes of one message (compact, keys in the contract's order)."""
+    return json.dumps(
+        {"device_id": device_id, "ts": format_ts(ts_ms), "readings": readings},
+        separators=(",", ":"),
+        allow_nan=False,
+    ).encode()

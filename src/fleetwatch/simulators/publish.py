@@ -1,0 +1,198 @@
+"""``fleetwatch simulate``: publish a simulated fleet's telemetry to Kafka.
+
+Generation (:mod:`fleetwatch.simulators.fleet`) is deterministic; this module adds the producer,
+wall-clock pacing (``--speed``), the progress bar, the labels file and the summary.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from kafka.errors import KafkaError
+
+from fleetwatch.brokers.clients import make_producer
+from fleetwatch.config import Settings
+from fleetwatch.output import progress_bar
+from fleetwatch.simulators.anomalies import write_labels
+from fleetwatch.simulators.fleet import FleetSpec, FleetStream, Message
+
+FLUSH_TIMEOUT_S = 60.0
+
+
+@dataclass
+class SimulationSummary:
+    seed: int
+    messages_sent: int = 0
+    messages_failed: int = 0
+    readings: int = 0
+    late: int = 0
+    malformed: dict[str, int] = field(default_factory=dict)
+    anomalies: dict[str, int] = field(default_factory=dict)
+    first_event: str | None = None
+    last_event: str | None = None
+    elapsed_s: float = 0.0
+    interrupted: bool = False
+    first_error: str | None = None
+
+    @property
+    def messages_per_s(self) -> float:
+        return self.messages_sent / self.elapsed_s if self.elapsed_s else 0.0
+
+    @property
+    def readings_per_s(self) -> float:
+        return self.readings / self.elapsed_s if self.elapsed_s else 0.0
+
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "messages_sent": self.messages_sent,
+            "messages_failed": self.messages_failed,
+            "readings": self.readings,
+            "late": self.late,
+            "malformed": self.malformed,
+            "anomalies": self.anomalies,
+            "first_event": self.first_event,
+            "last_event": self.last_event,
+            "elapsed_s": self.elapsed_s,
+            "messages_per_s": self.messages_per_s,
+            "readings_per_s": self.readings_per_s,
+            "seed": self.seed,
+            "interrupted": self.interrupted,
+            "first_error": self.first_error,
+        }
+
+
+def spec_from_settings(settings: Settings, seed: int) -> FleetSpec:
+    sim = settings.simulate
+    start = sim.start or datetime.now(UTC).replace(microsecond=0)
+    return FleetSpec(
+        devices=sim.devices,
+        sensors=sim.sensors,
+        start=start,
+        interval_s=sim.interval,
+        seed=seed,
+        device_prefix=sim.device_prefix,
+        anomaly_rate=sim.anomaly_rate,
+        anomaly_kinds=tuple(sim.anomaly_kinds),
+        clean_for_s=sim.clean_for,
+        late_fraction=sim.late_fraction,
+        late_delay_s=sim.late_delay,
+        malformed_fraction=sim.malformed_fraction,
+    )
+
+
+class _DeliveryTracker:
+    """Counts failed deliveries from the producer's callbacks (they run on its I/O thread)."""
+
+    def __init__(self) -> None:
+        self.failed = 0
+        self.first_error: str | None = None
+
+    def on_error(self, exc: BaseException) -> None:
+        self.failed += 1
+        if self.first_error is None:
+            self.first_error = f"{type(exc).__name__}: {exc}"
+
+
+def simulate(settings: Settings, *, stop_after_s: float | None = None) -> SimulationSummary:
+    """Run the simulator per ``settings.simulate``; returns the summary (also on Ctrl-C).
+
+    Stops after ``--messages``, after ``--duration`` of simulated time, or on Ctrl-C; late
+    messages still held back are sent before it returns, and the producer is flushed.
+    ``stop_after_s`` bounds the wall-clock time (the demo uses it).
+    """
+    sim = settings.simulate
+    seed = sim.seed if sim.seed is not None else int.from_bytes(os.urandom(4), "big")
+    spec = spec_from_settings(settings, seed)
+    stream = FleetStream(spec)
+    topic = settings.kafka.telemetry_topic
+    producer = make_producer(settings.kafka)
+    tracker = _DeliveryTracker()
+    summary = SimulationSummary(seed=seed)
+
+    last_tick: int | None = None
+    if sim.duration is not None:
+        last_tick = max(0, math.ceil(sim.duration * 1000 / spec.interval_ms) - 1)
+    total: float | None = sim.messages
+    if total is None and last_tick is not None:
+        total = (last_tick + 1) * spec.devices
+
+    def send(messages: list[Message]) -> None:
+        for key, value in messages:
+            try:
+                producer.send(topic, key=key, value=value).add_errback(tracker.on_error)
+            except KafkaError as exc:  # no metadata or a full buffer within --timeout
+                tracker.on_error(exc)
+            summary.messages_sent += 1
+
+    started = time.monotonic()
+    try:
+        with progress_bar("simulate", total, sim.progress) as bar:
+            next_refresh = started
+            for tick, messages in stream.ticks(sim.messages):
+                if last_tick is not None and tick > last_tick:
+                    break
+                if sim.speed > 0:
+                    due = started + tick * spec.interval_s / sim.speed
+                    pause = due - time.monotonic()
+                    if pause > 0:
+                        time.sleep(pause)
+                send(messages)
+                if tracker.failed:
+                    break  # the broker is refusing or gone: stop, flush and report
+                now = time.monotonic()
+                if stop_after_s is not None and now - started > stop_after_s:
+                    break
+                if bar is not None and now >= next_refresh:
+                    rate = summary.messages_sent / max(now - started, 1e-9)
+                    bar.update(
+                        bar.task_ids[0],
+                        completed=stream.counters.generated,
+                        rate=f"{rate:,.0f} msg/s",
+                    )
+                    next_refresh = now + 0.2
+    except KeyboardInterrupt:
+        summary.interrupted = True
+    finally:
+        try:
+            held = stream.drain_late()
+            if tracker.failed:
+                tracker.failed += len(held)  # never sent: the broker was already failing
+                summary.messages_sent += len(held)
+            else:
+                send(held)
+            producer.flush(timeout=FLUSH_TIMEOUT_S)
+        except KeyboardInterrupt:
+            summary.interrupted = True
+        except KafkaError as exc:
+            tracker.on_error(exc)
+        finally:
+            producer.close(timeout=5)
+    summary.elapsed_s = time.monotonic() - started
+
+    counters = stream.counters
+    labels = stream.close()
+    if sim.labels is not None:
+        write_labels(labels, sim.labels)
+    summary.messages_failed = tracker.failed
+    summary.messages_sent -= tracker.failed
+    summary.first_error = tracker.first_error
+    summary.readings = counters.readings
+    summary.late = counters.late
+    summary.malformed = dict(sorted(counters.malformed.items()))
+    kinds: dict[str, int] = {}
+    for label in labels:
+        kinds[label.kind] = kinds.get(label.kind, 0) + 1
+    summary.anomalies = dict(sorted(kinds.items()))
+    if counters.first_event_ms is not None and counters.last_event_ms is not None:
+        summary.first_event = _iso(counters.first_event_ms)
+        summary.last_event = _iso(counters.last_event_ms)
+    return summary
+
+
+def _iso(ts_ms: int) -> str:
+    return datetime.fromtimestamp(ts_ms / 1000, UTC).isoformat().replace("+00:00", "Z")

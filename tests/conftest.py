@@ -1,0 +1,137 @@
+"""Shared fixtures: one embedded broker per test session, unique topics per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+from kafka import KafkaConsumer, TopicPartition
+
+from fleetwatch.brokers.embedded import EmbeddedBroker
+from fleetwatch.brokers.topics import ensure_topics
+from fleetwatch.config import Settings, load_settings
+
+
+@pytest.fixture(scope="session")
+def broker() -> Iterator[EmbeddedBroker]:
+    with EmbeddedBroker(port=0) as running:
+        yield running
+
+
+@pytest.fixture
+def topic_prefix() -> str:
+    return f"t{uuid.uuid4().hex[:10]}"
+
+
+def make_settings(bootstrap: str, prefix: str, **sections: dict[str, object]) -> Settings:
+    overrides: dict[str, dict[str, object]] = {
+        "kafka": {
+            "bootstrap_servers": bootstrap,
+            "telemetry_topic": f"{prefix}.telemetry",
+            "dead_letter_topic": f"{prefix}.deadletter",
+            "timeout": "5s",
+        }
+    }
+    for name, values in sections.items():
+        overrides.setdefault(name, {}).update(values)
+    return load_settings(environ={}, overrides=overrides)
+
+
+@pytest.fixture
+def settings(broker: EmbeddedBroker, topic_prefix: str, tmp_path: Path) -> Settings:
+    """Settings pointing at the session broker with this test's own, freshly created topics."""
+    result = make_settings(
+        broker.bootstrap_servers, topic_prefix, **{"": {"data_dir": str(tmp_path / "data")}}
+    )
+    ensure_topics(result.kafka)
+    return result
+
+
+@dataclass(frozen=True)
+class Record:
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+def consume_all(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Record]:
+    """Every record of ``topic`` up to its high watermark, read with a plain consumer.
+
+    The end is taken from the fetch responses' high watermark: Tansu answers ListOffsets(LATEST)
+    with the last batch's base offset, so ``end_offsets()`` undercounts there.
+    """
+    consumer = KafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        bootstrap_timeout_ms=5000,
+    )
+    try:
+        partitions = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
+        ]
+        assert partitions, f"topic {topic} does not exist"
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        records: list[Record] = []
+        deadline = time.monotonic() + timeout_s
+
+        def at_end() -> bool:
+            marks = [consumer.highwater(tp) for tp in partitions]
+            return all(
+                mark is not None and consumer.position(tp) >= mark
+                for tp, mark in zip(partitions, marks, strict=True)
+            )
+
+        while True:
+            for tp, batch in consumer.poll(timeout_ms=300).items():
+                records.extend(
+                    Record(tp.partition, m.offset, m.key, m.value, list(m.headers or []))
+                    for m in batch
+                )
+            if at_end():
+                break
+            if time.monotonic() > deadline:
+                raise AssertionError(f"could not read {topic} to its end within {timeout_s}s")
+        return sorted(records, key=lambda r: (r.partition, r.offset))
+    finally:
+        consumer.close()
+
+
+def fleetwatch_cli(
+    *args: str, env: dict[str, str] | None = None, timeout: float = 120, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``fleetwatch`` command in a subprocess."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWATCH_")}
+    full_env.update(env or {})
+    return subprocess.run(
+        [sys.executable, "-m", "fleetwatch", *args],
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        cwd=cwd,
+        check=False,
+    )
+
+
+def docker_available() -> str | None:
+    """None if a Docker engine answers, else why not (for skip reasons)."""
+    if shutil.which("docker") is None and not Path("/var/run/docker.sock").exists():
+        return "no docker client or socket on this machine"
+    try:
+        import docker
+
+        docker.from_env().ping()
+    except Exception as exc:
+        return f"no Docker engine answers ({type(exc).__name__})"
+    return None

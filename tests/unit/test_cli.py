@@ -1,0 +1,60 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleetwatch.cli import build_parser, main
+
+COMMANDS = ["broker", "topics", "simulate", "import"]
+
+
+@pytest.mark.parametrize("command", COMMANDS)
+def test_every_command_has_help_with_examples(
+    command: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        main([command, "--help"])
+    assert exited.value.code == 0
+    text = capsys.readouterr().out
+    assert "examples:" in text and f"fleetwatch {command}" in text
+    assert "--bootstrap-servers" in text and "FLEETWATCH_BOOTSTRAP_SERVERS" in text
+
+
+def test_bad_setting_is_one_line_naming_the_flag(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["simulate", "--devices", "zero"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == "fleetwatch simulate: error: --devices=zero: 'zero' is not a whole number"
+
+
+def test_bad_config_file_names_the_key(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    config = tmp_path / "fw.toml"
+    config.write_text("[simulate]\ndevics = 3\n")
+    assert main(["simulate", "--config", str(config)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "unknown key [simulate] devics (did you mean devices?)" in err
+    assert len(err.splitlines()) == 1
+
+
+def test_password_never_printed(capsys: pytest.CaptureFixture[str]) -> None:
+    parser = build_parser()
+    parser.parse_args(["simulate"])
+    with pytest.raises(SystemExit):
+        main(["simulate", "--help"])
+    assert "********" in capsys.readouterr().out
+    # a bad value next to a password: the error names the bad key, never the password
+    assert (
+        main(
+            [
+                "simulate",
+                "--sasl-password",
+                "TOPSECRET",
+                "--security-protocol",
+                "SASL_SSL",
+                "--timeout",
+                "nope",
+            ]
+        )
+        == 2
+    )
+    assert "TOPSECRET" not in capsys.readouterr().err

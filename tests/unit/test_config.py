@@ -1,0 +1,133 @@
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import pytest
+
+from fleetwatch.config import Secret, load_settings, parse_duration, parse_timestamp
+from fleetwatch.errors import ConfigError
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "fleetwatch.toml"
+    path.write_text(text)
+    return path
+
+
+def test_defaults() -> None:
+    settings = load_settings(environ={})
+    assert settings.kafka.bootstrap_servers == "localhost:9092"
+    assert settings.kafka.telemetry_topic == "telemetry"
+    assert settings.kafka.dead_letter_topic == "telemetry.deadletter"
+    assert settings.simulate.devices == 10
+
+
+def test_layers_file_then_env_then_cli(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        'data_dir = "/from/file"\n[kafka]\npartitions = 3\nbootstrap_servers = "file:1"\n'
+        "[simulate]\ndevices = 7\nsensors = 5\n",
+    )
+    env = {"FLEETWATCH_PARTITIONS": "6", "FLEETWATCH_SIMULATE_DEVICES": "8"}
+    settings = load_settings(
+        config_path=path, environ=env, overrides={"simulate": {"devices": "9"}}
+    )
+    assert settings.data_dir == Path("/from/file")  # file only
+    assert settings.kafka.bootstrap_servers == "file:1"  # file only
+    assert settings.kafka.partitions == 6  # env beats file
+    assert settings.simulate.sensors == 5  # file only
+    assert settings.simulate.devices == 9  # CLI beats env and file
+
+
+def test_config_file_from_environment(tmp_path: Path) -> None:
+    path = write(tmp_path, "[kafka]\npartitions = 12\n")
+    settings = load_settings(environ={"FLEETWATCH_CONFIG": str(path)})
+    assert settings.kafka.partitions == 12
+
+
+def test_unknown_file_key_is_named_with_a_suggestion(tmp_path: Path) -> None:
+    path = write(tmp_path, "[kafka]\nbootstrap_server = 'x:1'\n")
+    with pytest.raises(
+        ConfigError, match=r"unknown key \[kafka\] bootstrap_server .*bootstrap_servers"
+    ):
+        load_settings(config_path=path, environ={})
+
+
+def test_unknown_section_and_env_var(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="unknown key kafak"):
+        load_settings(config_path=write(tmp_path, "[kafak]\nx = 1\n"), environ={})
+    with pytest.raises(ConfigError, match=r"FLEETWATCH_PARTITONS .*FLEETWATCH_PARTITIONS"):
+        load_settings(environ={"FLEETWATCH_PARTITONS": "3"})
+
+
+@pytest.mark.parametrize(
+    ("environ", "message"),
+    [
+        (
+            {"FLEETWATCH_PARTITIONS": "many"},
+            "FLEETWATCH_PARTITIONS=many: 'many' is not a whole number",
+        ),
+        ({"FLEETWATCH_PARTITIONS": "0"}, "below the minimum"),
+        ({"FLEETWATCH_SECURITY_PROTOCOL": "TLS"}, "not one of PLAINTEXT"),
+        ({"FLEETWATCH_SIMULATE_INTERVAL": "5x"}, "bad duration"),
+        ({"FLEETWATCH_SIMULATE_START": "yesterday"}, "bad timestamp"),
+        ({"FLEETWATCH_SIMULATE_ANOMALY_KINDS": "spike,meteor"}, "unknown kind 'meteor'"),
+        ({"FLEETWATCH_TELEMETRY_TOPIC": "bad topic"}, "topic names"),
+        ({"FLEETWATCH_SIMULATE_LATE_FRACTION": "1.5"}, "above the maximum"),
+    ],
+)
+def test_bad_values_name_the_key(environ: dict[str, str], message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        load_settings(environ=environ)
+
+
+def test_bad_value_in_file_names_file_and_key(tmp_path: Path) -> None:
+    path = write(tmp_path, "[simulate]\ndevices = 'lots'\n")
+    with pytest.raises(ConfigError, match=r"fleetwatch.toml: \[simulate\] devices=lots"):
+        load_settings(config_path=path, environ={})
+
+
+def test_event_hubs_settings_and_password_never_shown() -> None:
+    conn = (
+        "Endpoint=sb://ns.servicebus.windows.net/;SharedAccessKeyName=k;SharedAccessKey=SECRETKEY"
+    )
+    settings = load_settings(
+        environ={
+            "FLEETWATCH_BOOTSTRAP_SERVERS": "ns.servicebus.windows.net:9093",
+            "FLEETWATCH_SECURITY_PROTOCOL": "SASL_SSL",
+            "FLEETWATCH_SASL_USERNAME": "$ConnectionString",
+            "FLEETWATCH_SASL_PASSWORD": conn,
+        }
+    )
+    assert settings.kafka.sasl_password.reveal() == conn
+    assert "SECRETKEY" not in repr(settings)
+    assert "SECRETKEY" not in str(settings.kafka)
+    from fleetwatch.brokers.clients import common_config, describe_target
+
+    config = common_config(settings.kafka)
+    assert config["sasl_plain_username"] == "$ConnectionString"
+    assert config["sasl_plain_password"] == conn
+    assert config["security_protocol"] == "SASL_SSL"
+    assert "SECRETKEY" not in describe_target(settings.kafka)
+
+
+def test_sasl_without_credentials_is_an_error() -> None:
+    with pytest.raises(ConfigError, match="needs sasl_username and sasl_password"):
+        load_settings(environ={"FLEETWATCH_SECURITY_PROTOCOL": "SASL_SSL"})
+
+
+def test_bad_password_value_is_masked_in_errors() -> None:
+    assert repr(Secret("hunter2")) == "Secret('********')"
+
+
+def test_parsers() -> None:
+    assert parse_duration("90") == 90.0
+    assert parse_duration("2h") == 7200.0
+    assert parse_duration("7d") == 604800.0
+    assert parse_duration("250ms") == 0.25
+    with pytest.raises(ValueError, match="bad duration"):
+        parse_duration("-3s")
+    assert parse_timestamp("2026-11-22T10") == datetime(2026, 11, 22, 10, tzinfo=UTC)
+    assert parse_timestamp("2026-11-22T12:00:00+02:00") == datetime(2026, 11, 22, 10, tzinfo=UTC)
+    assert parse_timestamp("2026-11-22T10:00:00") == datetime(2026, 11, 22, 10, tzinfo=UTC)
