@@ -176,6 +176,12 @@ def _run_import(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if summary.rejected else 0
 
 
+def _run_aggregate(args: argparse.Namespace, settings: Settings) -> int:
+    from fleetwatch.aggregate.worker import run_worker
+
+    return run_worker(settings)
+
+
 # ---------------------------------------------------------------- the parser
 
 
@@ -241,6 +247,18 @@ def build_parser() -> argparse.ArgumentParser:
         _run_import,
     )
     importer.add_argument("file", type=Path, help="a .csv or .parquet file")
+    _command(
+        subparsers,
+        "aggregate",
+        "the Faust worker: telemetry -> event-time windows in Parquet (run several to scale)",
+        """
+        fleetwatch aggregate                                  # 60 s windows, 30 s grace
+        fleetwatch aggregate --window 5m --grace 1m --idle-timeout 2m
+        fleetwatch aggregate --bootstrap-servers 127.0.0.1:19092 --rebalance-timeout 5s
+        """,
+        ["aggregate"],
+        _run_aggregate,
+    )
     return parser
 
 

@@ -185,6 +185,47 @@ class ImportSettings:
 
 
 @dataclass(frozen=True)
+class AggregateSettings:
+    window: float = setting(60.0, "tumbling window length", kind="duration", minimum=1)
+    grace: float = setting(
+        30.0,
+        "how long after a window's end late readings are still accepted",
+        kind="duration",
+        minimum=0,
+    )
+    idle_timeout: float = setting(
+        60.0,
+        "close the open windows of a partition that was silent this long (wall clock)",
+        kind="duration",
+        minimum=0.1,
+    )
+    group_id: str = setting("fleetwatch-aggregate", "consumer group of the aggregation workers")
+    max_open_windows: int = setting(
+        2_000_000,
+        "open (device, sensor, window) states per partition before the oldest are closed early",
+        minimum=100,
+    )
+    checkpoint_interval: float = setting(
+        10.0,
+        "checkpoint (late readings, dead letters, offsets) at least this often",
+        kind="duration",
+        minimum=0.1,
+    )
+    log_interval: float = setting(
+        10.0,
+        "how often to log throughput, open windows, lag, dead letters, late readings",
+        kind="duration",
+        minimum=0.1,
+    )
+    rebalance_timeout: float = setting(
+        10.0,
+        "consumer-group rebalance/session timeout (about 5s against the embedded broker)",
+        kind="duration",
+        minimum=1,
+    )
+
+
+@dataclass(frozen=True)
 class BrokerSettings:
     host: str = setting("127.0.0.1", "address the embedded broker listens on")
     port: int = setting(
@@ -198,6 +239,7 @@ class Settings:
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting("INFO", "log verbosity")
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
+    aggregate: AggregateSettings = field(default_factory=AggregateSettings)
     simulate: SimulateSettings = field(default_factory=SimulateSettings)
     import_: ImportSettings = field(default_factory=ImportSettings)
 
@@ -206,6 +248,7 @@ class Settings:
 SECTIONS: dict[str, str] = {
     "kafka": "kafka",
     "broker": "broker",
+    "aggregate": "aggregate",
     "simulate": "simulate",
     "import": "import_",
 }

@@ -1,0 +1,392 @@
+"""One partition's aggregation: validate, window, close, and say what is safe to commit.
+
+No Kafka here: a :class:`PartitionProcessor` takes batches of raw records ``(offset, key,
+value)`` of one partition in offset order and writes closed windows and late readings through
+its sinks. The worker (:mod:`fleetwatch.aggregate.worker`) feeds it and persists its
+checkpoints. Everything it decides depends only on the records, never on how they were batched,
+so a replay from a checkpoint reproduces the same files (see :mod:`..storage.checkpoints`).
+
+Watermark: per partition, the newest event time seen minus the grace period. A window
+``[start, end)`` is closed, and written, once the watermark reaches ``end``; a reading whose
+window is already closed is late and goes to the late sink with its lateness.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import pandas as pd
+
+from fleetwatch.aggregate.windows import (
+    COUNT,
+    FIRST_OFFSET,
+    LAST_OFFSET,
+    MAX,
+    MEAN,
+    MIN,
+    WindowSpec,
+    aggregate_batch,
+    merge_into,
+    new_state,
+    result_std,
+)
+from fleetwatch.errors import FleetwatchError
+from fleetwatch.ingest.telemetry import InvalidMessage, InvalidReason, Telemetry, parse_message
+from fleetwatch.storage.checkpoints import Checkpoint, CheckpointStore
+from fleetwatch.storage.parquet import PartitionedParquetSink, RecordSink
+
+log = logging.getLogger(__name__)
+
+RawRecord = tuple[int, bytes | None, bytes | None]  # (offset, key, value)
+DeadLetterFn = Callable[[int, bytes | None, bytes | None, InvalidReason, str], None]
+_NO_BOUNDARY = np.iinfo(np.int64).min
+_PAIR_SHIFT = 32
+
+
+@dataclass
+class PartitionCounters:
+    messages: int = 0
+    readings: int = 0  # readings aggregated into windows
+    late_readings: int = 0
+    replayed_skipped: int = 0
+    windows_written: int = 0
+    dead_lettered: Counter[str] = field(default_factory=Counter)
+    forced_closes: int = 0
+
+
+class PartitionProcessor:
+    """Windows of one partition, from a checkpoint onwards."""
+
+    def __init__(
+        self,
+        partition: int,
+        spec: WindowSpec,
+        aggregates: RecordSink,
+        late: RecordSink,
+        dead_letter: DeadLetterFn,
+        checkpoint: Checkpoint | None = None,
+        max_open_windows: int = 2_000_000,
+    ) -> None:
+        self.partition = partition
+        self.spec = spec
+        self.aggregates = aggregates
+        self.late = late
+        self.dead_letter = dead_letter
+        self.max_open_windows = max_open_windows
+        checkpoint = checkpoint or Checkpoint(None, None, None, None)
+        self.close_boundary: int | None = checkpoint.close_boundary_ms
+        self.max_event: int | None = checkpoint.max_event_ms
+        self.next_offset: int | None = checkpoint.offset
+        # Records before this offset were processed before the checkpoint was taken: their
+        # dead letters were sent and their closed-window readings written already.
+        self.replay_until: int | None = checkpoint.next_offset
+        self.open: dict[int, dict[tuple[str, str], list[float]]] = {}
+        self.open_count = 0
+        self.pending_late: list[tuple[str, str, int, float, int, int, int]] = []
+        self.counters = PartitionCounters()
+        self._pair_ids: dict[tuple[str, str], int] = {}
+        self._pairs: list[tuple[str, str]] = []
+
+    # ------------------------------------------------------------------ input
+
+    def process(self, records: Sequence[RawRecord]) -> bool:
+        """Process records in offset order; True if windows were closed (time to checkpoint)."""
+        offsets: list[int] = []
+        messages: list[Telemetry] = []
+        for offset, key, value in records:
+            if self.next_offset is not None and offset < self.next_offset:
+                continue  # delivered twice around a seek
+            self.next_offset = offset + 1
+            self.counters.messages += 1
+            try:
+                messages.append(parse_message(value, key))
+                offsets.append(offset)
+            except InvalidMessage as exc:
+                self.counters.dead_lettered[exc.reason] += 1
+                if self.replay_until is None or offset >= self.replay_until:
+                    self.dead_letter(offset, key, value, exc.reason, exc.detail)
+        if not messages:
+            return False
+        return self._window(offsets, messages)
+
+    def _window(self, offsets: list[int], messages: list[Telemetry]) -> bool:
+        size = self.spec.size_ms
+        ts = np.fromiter((m.ts_ms for m in messages), dtype=np.int64, count=len(messages))
+        newest = np.maximum.accumulate(ts)
+        if self.max_event is not None:
+            newest = np.maximum(newest, self.max_event)
+        watermark = newest - self.spec.grace_ms
+        boundary = watermark - watermark % size
+        if self.close_boundary is not None:
+            boundary = np.maximum(boundary, self.close_boundary)
+        before = np.empty_like(boundary)
+        before[0] = _NO_BOUNDARY if self.close_boundary is None else self.close_boundary
+        before[1:] = boundary[:-1]
+        window_start = ts - ts % size
+        late = window_start + size <= before
+        replaying = np.zeros(len(ts), dtype=bool)
+        if self.replay_until is not None:
+            replaying = np.fromiter((o < self.replay_until for o in offsets), bool, len(offsets))
+
+        closings = np.flatnonzero(boundary > before).tolist()
+        cuts = [0, *closings, len(ts)]
+        closed_any = False
+        # Segments between the records that advance the close boundary: aggregate a segment,
+        # then close what the next record's watermark closes. Batching cannot change this.
+        for begin, end in itertools.pairwise(cuts):
+            if begin < end:
+                self._add(offsets, messages, window_start, late, replaying, newest, ts, begin, end)
+            if end < len(ts):
+                closed_any |= self._close_through(int(boundary[end]))
+        self.max_event = int(newest[-1])
+        self.close_boundary = int(boundary[-1])
+        if self.open_count > self.max_open_windows:
+            closed_any |= self._force_close()
+        return closed_any
+
+    def _add(
+        self,
+        offsets: list[int],
+        messages: list[Telemetry],
+        window_start: np.ndarray,
+        late: np.ndarray,
+        replaying: np.ndarray,
+        newest: np.ndarray,
+        ts: np.ndarray,
+        begin: int,
+        end: int,
+    ) -> None:
+        codes: list[int] = []
+        values: list[float] = []
+        reading_offsets: list[int] = []
+        pair_ids = self._pair_ids
+        size = self.spec.size_ms
+        for i in range(begin, end):
+            message = messages[i]
+            if late[i]:
+                if replaying[i]:
+                    self.counters.replayed_skipped += 1
+                    continue
+                start = int(window_start[i])
+                lateness = int(newest[i] - ts[i])
+                for sensor, value in message.readings.items():
+                    self.pending_late.append(
+                        (
+                            message.device_id,
+                            sensor,
+                            message.ts_ms,
+                            value,
+                            start,
+                            lateness,
+                            offsets[i],
+                        )
+                    )
+                self.counters.late_readings += len(message.readings)
+                continue
+            window_index = int(window_start[i]) // size
+            device = message.device_id
+            for sensor, value in message.readings.items():
+                pair = (device, sensor)
+                pair_id = pair_ids.get(pair)
+                if pair_id is None:
+                    pair_id = pair_ids[pair] = len(self._pairs)
+                    self._pairs.append(pair)
+                codes.append((pair_id << _PAIR_SHIFT) | window_index)
+                values.append(value)
+                reading_offsets.append(offsets[i])
+        if not codes:
+            return
+        self.counters.readings += len(codes)
+        stats = aggregate_batch(
+            np.array(codes, dtype=np.int64),
+            np.array(values, dtype=np.float64),
+            np.array(reading_offsets, dtype=np.int64),
+        )
+        mask = (1 << _PAIR_SHIFT) - 1
+        for code, count, mean, m2, low, high, first, last in zip(
+            stats.codes.tolist(),
+            stats.count.tolist(),
+            stats.mean.tolist(),
+            stats.m2.tolist(),
+            stats.minimum.tolist(),
+            stats.maximum.tolist(),
+            stats.first_offset.tolist(),
+            stats.last_offset.tolist(),
+            strict=True,
+        ):
+            pair = self._pairs[code >> _PAIR_SHIFT]
+            start = (code & mask) * size
+            window = self.open.get(start)
+            if window is None:
+                window = self.open[start] = {}
+            state = window.get(pair)
+            if state is None:
+                window[pair] = new_state(count, mean, m2, low, high, first, last)
+                self.open_count += 1
+            else:
+                merge_into(state, count, mean, m2, low, high, first, last)
+
+    # ------------------------------------------------------------------ closing
+
+    def _close_through(self, boundary: int) -> bool:
+        """Write every open window ending at or before ``boundary``."""
+        size = self.spec.size_ms
+        starts = sorted(s for s in self.open if s + size <= boundary)
+        if not starts:
+            return False
+        rows = []
+        for start in starts:
+            window = self.open.pop(start)
+            self.open_count -= len(window)
+            for (device, sensor), state in window.items():
+                rows.append(
+                    (
+                        device,
+                        sensor,
+                        start,
+                        start + size,
+                        int(state[COUNT]),
+                        state[MEAN],
+                        result_std(state),
+                        state[MIN],
+                        state[MAX],
+                        int(state[FIRST_OFFSET]),
+                        int(state[LAST_OFFSET]),
+                    )
+                )
+        frame = pd.DataFrame(
+            rows,
+            columns=[
+                "device_id",
+                "sensor",
+                "window_start",
+                "window_end",
+                "count",
+                "mean",
+                "std",
+                "min",
+                "max",
+                "first_offset",
+                "last_offset",
+            ],
+        )
+        for column in ("window_start", "window_end"):
+            frame[column] = pd.to_datetime(frame[column], unit="ms", utc=True).astype(
+                "datetime64[ms, UTC]"
+            )
+        frame = frame.sort_values(["window_start", "device_id", "sensor"], kind="stable")
+        self.aggregates.write(frame, self.partition, "window_start")
+        self.counters.windows_written += len(frame)
+        return True
+
+    def close_all(self) -> bool:
+        """Close every open window now (the partition went quiet for the idle timeout)."""
+        if not self.open:
+            return False
+        boundary = max(self.open) + self.spec.size_ms
+        self.close_boundary = max(boundary, self.close_boundary or boundary)
+        return self._close_through(self.close_boundary)
+
+    def _force_close(self) -> bool:
+        """Too many open windows: close the oldest until under 90 % of the cap."""
+        size = self.spec.size_ms
+        target = int(self.max_open_windows * 0.9)
+        remaining = self.open_count
+        boundary = self.close_boundary
+        for start in sorted(self.open):
+            if remaining <= target:
+                break
+            remaining -= len(self.open[start])
+            boundary = start + size
+        assert boundary is not None
+        log.warning(
+            "partition %d: %d open windows exceed --max-open-windows %d; closing windows "
+            "before %s early. Raise the cap, or look for devices with skewed clocks.",
+            self.partition,
+            self.open_count,
+            self.max_open_windows,
+            pd.Timestamp(boundary, unit="ms", tz="UTC"),
+        )
+        self.counters.forced_closes += 1
+        self.close_boundary = max(boundary, self.close_boundary or boundary)
+        return self._close_through(self.close_boundary)
+
+    # ------------------------------------------------------------------ checkpoints
+
+    def flush_late(self) -> None:
+        if not self.pending_late:
+            return
+        frame = pd.DataFrame(
+            self.pending_late,
+            columns=["device_id", "sensor", "ts", "value", "window_start", "lateness_ms", "offset"],
+        )
+        for column in ("ts", "window_start"):
+            frame[column] = pd.to_datetime(frame[column], unit="ms", utc=True).astype(
+                "datetime64[ms, UTC]"
+            )
+        frame["partition"] = np.int32(self.partition)
+        self.late.write(frame, self.partition, "ts")
+        self.pending_late = []
+
+    def checkpoint(self) -> Checkpoint:
+        """Write pending late readings; the checkpoint that is now true on disk.
+
+        The caller flushes its dead-letter producer, saves this, then commits ``offset``.
+        """
+        self.flush_late()
+        oldest = min(
+            (
+                int(state[FIRST_OFFSET])
+                for window in self.open.values()
+                for state in window.values()
+            ),
+            default=self.next_offset,
+        )
+        return Checkpoint(
+            offset=oldest,
+            next_offset=self.next_offset,
+            close_boundary_ms=self.close_boundary,
+            max_event_ms=self.max_event,
+        )
+
+
+class OrphanedFilesError(FleetwatchError):
+    """Aggregates exist for a partition that has no checkpoint."""
+
+
+def restore(
+    partition: int,
+    spec: WindowSpec,
+    checkpoints: CheckpointStore,
+    aggregates: PartitionedParquetSink,
+    late: PartitionedParquetSink,
+    dead_letter: DeadLetterFn,
+    max_open_windows: int = 2_000_000,
+) -> PartitionProcessor:
+    """A processor for ``partition`` resumed from its checkpoint, with orphans removed.
+
+    Seek the partition to the returned processor's ``next_offset`` (None: where Kafka says).
+    """
+    checkpoint = checkpoints.load(partition)
+    if checkpoint is None:
+        existing = next(iter(aggregates.files_of(partition)), None)
+        if existing is not None:
+            raise OrphanedFilesError(
+                f"aggregates of partition {partition} exist ({existing[0]}) but there is no "
+                f"checkpoint {checkpoints.path(partition)}; restore the state directory, or move "
+                "the old aggregates away to rebuild them from Kafka"
+            )
+        checkpoint = Checkpoint(None, None, None, None)
+        checkpoints.save(partition, checkpoint)
+    removed = aggregates.remove_windows_after(partition, checkpoint.close_boundary_ms)
+    removed += late.remove_from_offset(partition, checkpoint.next_offset)
+    if removed:
+        log.info("partition %d: removed %d files written after its checkpoint", partition, removed)
+    return PartitionProcessor(
+        partition, spec, aggregates, late, dead_letter, checkpoint, max_open_windows
+    )

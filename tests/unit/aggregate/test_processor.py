@@ -1,0 +1,219 @@
+"""The partition processor against an independent reference: a plain per-event loop + pandas."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fleetwatch.aggregate.processor import OrphanedFilesError, PartitionProcessor, restore
+from fleetwatch.aggregate.windows import WindowSpec
+from fleetwatch.storage.checkpoints import CheckpointStore
+from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, LATE_SCHEMA, PartitionedParquetSink
+
+SPEC = WindowSpec(size_ms=60_000, grace_ms=30_000)
+T0 = 1_795_334_400_000  # 2026-11-22T08:00:00Z
+
+
+def make_records(
+    seed: int, count: int = 3000, prefix: str = "dev"
+) -> list[tuple[int, bytes, bytes]]:
+    """Readings every ~1 s from 5 devices, with jitter, out-of-order, late and garbage."""
+    rng = np.random.default_rng(seed)
+    records = []
+    for offset in range(count):
+        device = f"{prefix}-{rng.integers(5)}"
+        ts = T0 + offset * 200 + int(rng.integers(-5_000, 5_000))  # within grace
+        if rng.random() < 0.02:
+            ts -= int(rng.integers(100_000, 400_000))  # beyond grace: late
+        readings = {f"s{j}": float(rng.normal(50, 10)) for j in range(int(rng.integers(1, 4)))}
+        value = json.dumps({"device_id": device, "ts": ts, "readings": readings}).encode()
+        if rng.random() < 0.01:
+            value = b"{broken" + value
+        records.append((offset, device.encode(), value))
+    return records
+
+
+def reference(records: list[tuple[int, bytes, bytes]]) -> tuple[pd.DataFrame, pd.DataFrame, int]:
+    """Per-event watermark rule, written plainly; then pandas for the window statistics."""
+    newest = None
+    boundary = None
+    kept, late, invalid = [], [], 0
+    for _offset, _key, value in records:
+        try:
+            document = json.loads(value)
+        except ValueError:
+            invalid += 1
+            continue
+        ts = document["ts"]
+        newest = ts if newest is None else max(newest, ts)
+        window_end = ts - ts % 60_000 + 60_000
+        target = (newest - 30_000) - (newest - 30_000) % 60_000
+        if boundary is not None and window_end <= boundary:
+            late += [(document["device_id"], s, ts, v) for s, v in document["readings"].items()]
+        else:
+            kept += [(document["device_id"], s, ts, v) for s, v in document["readings"].items()]
+        boundary = target if boundary is None else max(boundary, target)
+    frame = pd.DataFrame(kept, columns=["device_id", "sensor", "ts", "value"])
+    frame["window_start"] = frame["ts"] - frame["ts"] % 60_000
+    expected = (
+        frame.groupby(["device_id", "sensor", "window_start"])["value"]
+        .agg(count="count", mean="mean", std=lambda v: v.std(ddof=0), min="min", max="max")
+        .reset_index()
+    )
+    late_frame = pd.DataFrame(late, columns=["device_id", "sensor", "ts", "value"])
+    return expected, late_frame, invalid
+
+
+def read_dir(root: Path) -> pd.DataFrame:
+    files = sorted(root.glob("date=*/hour=*/*.parquet"))
+    if not files:
+        return pd.DataFrame()
+    return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+
+
+def as_ms(series: pd.Series) -> pd.Series:
+    return series.dt.as_unit("ms").astype("int64")
+
+
+def compare(root: Path, expected: pd.DataFrame) -> None:
+    got = read_dir(root / "aggregates")
+    got["window_start"] = as_ms(got["window_start"])
+    assert (as_ms(got["window_end"]) - got["window_start"] == 60_000).all()
+    assert not got.duplicated(["device_id", "sensor", "window_start"]).any()
+    merged = expected.merge(
+        got,
+        on=["device_id", "sensor", "window_start"],
+        how="outer",
+        suffixes=("_want", "_got"),
+        indicator=True,
+    )
+    assert (merged["_merge"] == "both").all(), merged[merged["_merge"] != "both"]
+    assert (merged["count_want"] == merged["count_got"]).all()
+    for column in ("mean", "std", "min", "max"):
+        np.testing.assert_allclose(
+            merged[f"{column}_got"], merged[f"{column}_want"], rtol=1e-9, atol=1e-9
+        )
+
+
+class Harness:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.aggregates = PartitionedParquetSink(root / "aggregates", AGGREGATE_SCHEMA)
+        self.late = PartitionedParquetSink(root / "late", LATE_SCHEMA)
+        self.store = CheckpointStore(root / "state")
+        self.dead: list[tuple[int, str]] = []
+
+    def dead_letter(
+        self, offset: int, key: object, value: object, reason: str, detail: str
+    ) -> None:
+        self.dead.append((offset, reason))
+
+    def restore(self) -> PartitionProcessor:
+        return restore(0, SPEC, self.store, self.aggregates, self.late, self.dead_letter)
+
+
+def feed(
+    processor: PartitionProcessor, records: list, rng: np.random.Generator, harness: Harness
+) -> None:
+    position = 0
+    while position < len(records):
+        size = int(rng.integers(1, 400))
+        if processor.process(records[position : position + size]):
+            harness.store.save(0, processor.checkpoint())
+        position += size
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_windows_equal_pandas_and_late_readings_are_kept(tmp_path: Path, seed: int) -> None:
+    records = make_records(seed)
+    harness = Harness(tmp_path)
+    processor = harness.restore()
+    feed(processor, records, np.random.default_rng(seed), harness)
+    processor.close_all()
+    harness.store.save(0, processor.checkpoint())
+    expected, expected_late, invalid = reference(records)
+    compare(tmp_path, expected)
+    late = read_dir(tmp_path / "late")
+    assert len(late) == len(expected_late) > 0
+    got_late = sorted(
+        zip(late["device_id"], late["sensor"], as_ms(late["ts"]), late["value"], strict=True)
+    )
+    assert got_late == sorted(map(tuple, expected_late.itertuples(index=False)))
+    assert (late["lateness_ms"] > 30_000).all()
+    assert len(harness.dead) == invalid > 0
+    assert {reason for _, reason in harness.dead} == {"not_json"}
+
+
+@pytest.mark.parametrize("seed", [4, 5, 6, 7])
+def test_crash_and_replay_from_checkpoint_gives_the_same_files(tmp_path: Path, seed: int) -> None:
+    records = make_records(seed)
+    rng = np.random.default_rng(seed)
+    clean = Harness(tmp_path / "clean")
+    processor = clean.restore()
+    feed(processor, records, rng, clean)
+    processor.close_all()
+    clean.store.save(0, processor.checkpoint())
+
+    crashy = Harness(tmp_path / "crashy")
+    position = 0
+    for _ in range(3):  # three crashes at random points, files written after checkpoints stay
+        processor = crashy.restore()
+        start = processor.next_offset or 0
+        stop = int(rng.integers(start + 1, len(records)))
+        position = start
+        while position < stop:
+            size = int(rng.integers(1, 300))
+            closed = processor.process(records[position : min(stop, position + size)])
+            if closed and rng.random() < 0.7:  # sometimes the crash comes before the checkpoint
+                crashy.store.save(0, processor.checkpoint())
+            position += size
+    processor = crashy.restore()
+    feed(processor, records[processor.next_offset or 0 :], rng, crashy)
+    processor.close_all()
+    crashy.store.save(0, processor.checkpoint())
+
+    expected, _, _ = reference(records)
+    compare(tmp_path / "clean", expected)
+    compare(tmp_path / "crashy", expected)
+    late_clean = read_dir(tmp_path / "clean" / "late").sort_values(["offset", "sensor"])
+    late_crashy = read_dir(tmp_path / "crashy" / "late").sort_values(["offset", "sensor"])
+    pd.testing.assert_frame_equal(
+        late_clean.reset_index(drop=True), late_crashy.reset_index(drop=True)
+    )
+
+
+def test_idle_close_and_checkpoint_offset(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    processor = harness.restore()
+    records = make_records(9, 50)
+    processor.process(records)
+    assert processor.open_count > 0
+    checkpoint = processor.checkpoint()
+    assert checkpoint.offset == 0  # the oldest record of an open window
+    assert processor.close_all()
+    assert processor.open_count == 0
+    assert processor.checkpoint().offset == 50
+
+
+def test_missing_checkpoint_with_existing_files_is_refused(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    processor = harness.restore()
+    processor.process(make_records(3, 500))
+    processor.close_all()
+    harness.store.path(0).unlink()
+    with pytest.raises(OrphanedFilesError, match="no checkpoint"):
+        harness.restore()
+
+
+def test_open_window_cap_closes_the_oldest(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    processor = PartitionProcessor(
+        0, SPEC, harness.aggregates, harness.late, harness.dead_letter, max_open_windows=20
+    )
+    processor.process(make_records(2, 400))
+    assert processor.open_count <= 20
+    assert processor.counters.forced_closes >= 1
