@@ -222,7 +222,13 @@ class Aggregator:
             now = time.monotonic()
             idle = self.settings.aggregate.idle_timeout
             for partition, processor in self.processors.items():
-                if processor.open and now - self.last_record_at.get(partition, now) >= idle:
+                # Silent means nothing new *in Kafka*: a partition the fetcher has not served
+                # for a while but that still has records waiting is not idle.
+                if (
+                    processor.open
+                    and now - self.last_record_at.get(partition, now) >= idle
+                    and self._caught_up(partition, processor)
+                ):
                     processor.close_all()
                     await self._checkpoint(partition)
                     log.info(
@@ -233,6 +239,21 @@ class Aggregator:
             if now - self._last_log[0] >= self.settings.aggregate.log_interval:
                 self._log_line(now)
                 self.write_status()
+
+    def _highwater(self, partition: int) -> int | None:
+        try:
+            mark = self.app.consumer.highwater(TP(self.topic, partition))
+        except Exception:  # nothing fetched from it yet
+            return None
+        return None if mark is None else int(mark)
+
+    def _caught_up(self, partition: int, processor: PartitionProcessor) -> bool:
+        mark = self._highwater(partition)
+        return (
+            mark is not None
+            and processor.next_offset is not None
+            and (processor.next_offset >= mark)
+        )
 
     def stats(self) -> dict[str, Any]:
         totals = dict(self.totals)
@@ -249,10 +270,7 @@ class Aggregator:
             for reason, count in counters.dead_lettered.items():
                 late_by_reason[reason] = late_by_reason.get(reason, 0) + count
             open_windows += processor.open_count
-            try:
-                highwater = self.app.consumer.highwater(TP(self.topic, partition))
-            except Exception:  # not fetched yet
-                highwater = None
+            highwater = self._highwater(partition)
             if highwater is not None and processor.next_offset is not None:
                 lag += max(0, highwater - processor.next_offset)
         return {
