@@ -8,6 +8,7 @@ fix and exit 2 (1 for delivery failures); there is no traceback unless ``FLEETWA
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import os
 import signal
@@ -182,6 +183,125 @@ def _run_aggregate(args: argparse.Namespace, settings: Settings) -> int:
     return run_worker(settings)
 
 
+def _run_train(args: argparse.Namespace, settings: Settings) -> int:
+    from fleetwatch.scoring.train import train
+
+    options = settings.train
+    if options.since is None or options.until is None:
+        raise FleetwatchError(
+            "give the training range: --since 2026-11-22T00 --until 2026-11-22T02"
+        )
+    summary = train(settings, options.since, options.until, options.devices or None)
+    emit_record("fleetwatch train: summary", summary.as_record(), options.format)
+    return 0 if summary.trained else 1
+
+
+def _run_models(args: argparse.Namespace, settings: Settings) -> int:
+    from fleetwatch.scoring.registry import ModelRegistry
+
+    registry = ModelRegistry(settings.data_dir / "models")
+    if args.action == "list":
+        rows = []
+        for device_id in registry.devices():
+            active = registry.active(device_id)
+            rows.append(
+                {
+                    "device_id": device_id,
+                    "active": active.version if active else None,
+                    "versions": len(registry.versions(device_id)),
+                    "kind": active.manifest["kind"] if active else None,
+                    "trained_until": active.manifest["training"]["until"] if active else None,
+                }
+            )
+        columns = ["device_id", "active", "versions", "kind", "trained_until"]
+        sys.stdout.write(emit_table(rows, columns, args.format))
+        return 0
+    if not args.device:
+        raise FleetwatchError(f"`models {args.action}` needs a device id: models {args.action} ID")
+    if args.action == "show":
+        version = args.version or registry.active_version(args.device)
+        if version is None:
+            raise FleetwatchError(f"{args.device} has no active model; train one first")
+        model = registry.get(args.device, version)
+        ModelRegistry.verified(model, "model.joblib")
+        ModelRegistry.verified(model, "params.npz")
+        print(
+            json.dumps(
+                {
+                    **model.manifest,
+                    "active": version == registry.active_version(args.device),
+                    "sha256_verified": True,
+                },
+                indent=2,
+            )
+        )
+        return 0
+    if args.action == "activate":
+        if not args.version:
+            raise FleetwatchError("`models activate` needs a version: models activate ID v0002")
+        registry.activate(args.device, args.version)
+        print(f"{args.device}: {args.version} is active")
+        return 0
+    version = registry.rollback(args.device)
+    print(f"{args.device}: rolled back to {version}")
+    return 0
+
+
+def _run_score(args: argparse.Namespace, settings: Settings) -> int:
+    from datetime import timedelta
+
+    from fleetwatch.config import parse_timestamp
+    from fleetwatch.scoring.score import missed_hours, score_hour
+
+    if args.hour:
+        hours = [parse_timestamp(args.hour)]
+    elif args.since and args.until:
+        start, end = parse_timestamp(args.since), parse_timestamp(args.until)
+        start = start.replace(minute=0, second=0, microsecond=0)
+        hours = []
+        while start < end:
+            hours.append(start)
+            start += timedelta(hours=1)
+    elif args.missed:
+        hours = missed_hours(settings)
+    else:
+        raise FleetwatchError("say which hours: --hour 2026-11-22T10, --since/--until, or --missed")
+    results = [score_hour(settings, hour) for hour in hours]
+    rows = [r.as_record() for r in results]
+    columns = [
+        "window_start",
+        "status",
+        "devices_total",
+        "devices_scored",
+        "devices_failed",
+        "devices_without_model",
+        "devices_silent",
+        "rows_scored",
+        "anomalies",
+        "run_id",
+    ]
+    sys.stdout.write(emit_table(rows, columns, settings.score.format))
+    if not results:
+        print("fleetwatch score: no hours to score", file=sys.stderr)
+    return 1 if any(r.status != "succeeded" for r in results) else 0
+
+
+def _run_sql(args: argparse.Namespace, settings: Settings) -> int:
+    from fleetwatch.storage.duck import query
+
+    frame = query(
+        settings.data_dir / "fleetwatch.duckdb",
+        settings.data_dir,
+        args.query,
+        settings.score.lock_timeout,
+    )
+    rows: list[dict[str, Any]] = [
+        {str(k): v for k, v in row.items()} for row in frame.to_dict(orient="records")
+    ]
+    sys.stdout.write(emit_table(rows, [str(c) for c in frame.columns], args.format))
+    return 0
+
+
 # ---------------------------------------------------------------- the parser
 
 
@@ -259,6 +379,67 @@ def build_parser() -> argparse.ArgumentParser:
         ["aggregate"],
         _run_aggregate,
     )
+    _command(
+        subparsers,
+        "train",
+        "fit one anomaly model per device from a range of aggregates",
+        """
+        fleetwatch train --since 2026-11-22T00 --until 2026-11-22T02
+        fleetwatch train --since 2026-11-21 --until 2026-11-22 --nu 0.02 --devices pump-1,pump-2
+        fleetwatch train --since 2026-11-21 --until 2026-11-22 --per-sensor --no-activate
+        """,
+        ["train"],
+        _run_train,
+    )
+    models = _command(
+        subparsers,
+        "models",
+        "list, show, activate or roll back per-device model versions",
+        """
+        fleetwatch models list
+        fleetwatch models show pump-0001            # manifest, sha256 verified
+        fleetwatch models activate pump-0001 v0002
+        fleetwatch models rollback pump-0001
+        """,
+        [],
+        _run_models,
+    )
+    models.add_argument("action", choices=["list", "show", "activate", "rollback"])
+    models.add_argument("device", nargs="?", help="device id")
+    models.add_argument("version", nargs="?", help="version, e.g. v0002")
+    models.add_argument("--format", choices=["text", "json", "csv"], default="text")
+    score = _command(
+        subparsers,
+        "score",
+        "score hours of closed windows with every device's active model",
+        """
+        fleetwatch score --hour 2026-11-22T10
+        fleetwatch score --since 2026-11-22T00 --until 2026-11-22T06 --workers 2
+        fleetwatch score --missed --output anomalies --error-threshold 10
+        """,
+        ["score"],
+        _run_score,
+    )
+    score.add_argument("--hour", help="the hour to score, e.g. 2026-11-22T10")
+    score.add_argument("--since", help="first hour of a range")
+    score.add_argument("--until", help="end of a range (exclusive)")
+    score.add_argument(
+        "--missed", action="store_true", help="every closed hour with data and no successful run"
+    )
+    sql = _command(
+        subparsers,
+        "sql",
+        "read-only SQL over runs, scores, anomalies and the Parquet aggregates",
+        """
+        fleetwatch sql "SELECT device_id, count(*) FROM anomalies GROUP BY 1 ORDER BY 2 DESC"
+        fleetwatch sql "SELECT * FROM runs ORDER BY window_start DESC LIMIT 5" --format csv
+        fleetwatch sql "SELECT sensor, avg(mean) FROM aggregates GROUP BY 1" --format json
+        """,
+        [],
+        _run_sql,
+    )
+    sql.add_argument("query", help="one or more SELECT statements")
+    sql.add_argument("--format", choices=["table", "text", "csv", "json"], default="table")
     return parser
 
 

@@ -226,6 +226,47 @@ class AggregateSettings:
 
 
 @dataclass(frozen=True)
+class TrainSettings:
+    since: datetime | None = setting(
+        None, "first window start to train on (ISO-8601)", kind="timestamp"
+    )
+    until: datetime | None = setting(
+        None, "train on windows starting before this", kind="timestamp"
+    )
+    devices: list[str] = setting(
+        [], "comma-separated device ids (default: every device)", kind="list"
+    )
+    nu: float = setting(
+        0.01, "OneClassSVM nu: the expected fraction of outliers", minimum=1e-6, maximum=1
+    )
+    gamma: str = setting("scale", "RBF/poly/sigmoid gamma: scale, auto or a number")
+    kernel: Literal["rbf", "linear", "poly", "sigmoid"] = setting("rbf", "SVM kernel")
+    per_sensor: bool = setting(False, "one univariate model per (device, sensor) instead")
+    min_windows: int = setting(30, "skip devices with fewer training windows", minimum=2)
+    workers: int = setting(0, "parallel processes (0 = one per core)", minimum=0)
+    activate: bool = setting(True, "make the new versions active")
+    format: OutputFormat = setting("text", "summary format")
+
+
+@dataclass(frozen=True)
+class ScoreSettings:
+    workers: int = setting(0, "worker processes (0 = one per core)", minimum=0)
+    mini_batch_size: int = setting(500, "devices per task", minimum=1)
+    task_timeout: float = setting(
+        300.0, "kill and retry a task after this long", kind="duration", minimum=0.1
+    )
+    max_retries: int = setting(2, "retries of a failed task (split in halves each time)", minimum=0)
+    error_threshold: int = setting(
+        -1, "abort the run when more devices than this fail (-1 = never)", minimum=-1
+    )
+    output: Literal["anomalies", "all"] = setting("all", "store every score, or only the anomalies")
+    lock_timeout: float = setting(
+        30.0, "wait this long for the DuckDB file lock", kind="duration", minimum=0
+    )
+    format: OutputFormat = setting("text", "summary format")
+
+
+@dataclass(frozen=True)
 class BrokerSettings:
     host: str = setting("127.0.0.1", "address the embedded broker listens on")
     port: int = setting(
@@ -240,6 +281,8 @@ class Settings:
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)
     aggregate: AggregateSettings = field(default_factory=AggregateSettings)
+    train: TrainSettings = field(default_factory=TrainSettings)
+    score: ScoreSettings = field(default_factory=ScoreSettings)
     simulate: SimulateSettings = field(default_factory=SimulateSettings)
     import_: ImportSettings = field(default_factory=ImportSettings)
 
@@ -249,6 +292,8 @@ SECTIONS: dict[str, str] = {
     "kafka": "kafka",
     "broker": "broker",
     "aggregate": "aggregate",
+    "train": "train",
+    "score": "score",
     "simulate": "simulate",
     "import": "import_",
 }
@@ -528,6 +573,15 @@ def _check(settings: Settings) -> None:
             "(Event Hubs: FLEETWATCH_SASL_USERNAME='$ConnectionString', "
             "FLEETWATCH_SASL_PASSWORD='Endpoint=sb://...')"
         )
+    gamma = settings.train.gamma
+    if gamma not in ("scale", "auto"):
+        try:
+            float(gamma)
+        except ValueError:
+            raise ConfigError(f"gamma={gamma!r}: use scale, auto or a number") from None
+    bad = [d for d in settings.train.devices if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", d)]
+    if bad:
+        raise ConfigError(f"devices: {bad[0]!r} is not a device id (1-64 of [A-Za-z0-9_.-])")
     unknown = sorted(set(settings.simulate.anomaly_kinds) - set(ANOMALY_KINDS))
     if unknown:
         raise ConfigError(

@@ -1,0 +1,142 @@
+"""Run scoring tasks in forked worker processes: timeouts, retries, crash isolation.
+
+Each task is a mini-batch of devices run in its own forked process, so the parent's data (the
+hour's features) reaches the child without pickling, and a child that hangs, segfaults or is
+killed costs only its task: the parent kills it at ``--task-timeout`` and runs it again split in
+two, down to single devices (splits are free), and a single device is retried ``--max-retries``
+times before it fails alone.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import time
+import traceback
+from collections.abc import Callable
+from dataclasses import dataclass
+from multiprocessing.connection import Connection, wait
+from typing import Any
+
+DeviceResult = tuple[str, Any]  # ("ok", payload) or ("error", message)
+WorkFn = Callable[[str], Any]
+
+
+@dataclass
+class _Task:
+    devices: list[str]
+    attempt: int = 0
+
+
+@dataclass
+class _Running:
+    task: _Task
+    process: Any
+    connection: Connection
+    deadline: float
+
+
+def _child(work: WorkFn, devices: list[str], connection: Connection) -> None:
+    results: dict[str, DeviceResult] = {}
+    for device in devices:
+        try:
+            results[device] = ("ok", work(device))
+        except Exception as exc:  # a model that raises fails its device only
+            results[device] = ("error", f"{type(exc).__name__}: {exc}")
+        except BaseException:
+            results[device] = ("error", traceback.format_exc(limit=1).strip().splitlines()[-1])
+    connection.send(results)
+    connection.close()
+    os._exit(0)  # skip atexit handlers inherited from the parent
+
+
+def run_tasks(
+    devices: list[str],
+    work: WorkFn,
+    *,
+    workers: int,
+    mini_batch_size: int,
+    task_timeout: float,
+    max_retries: int,
+    error_threshold: int = -1,
+    on_progress: Callable[[int], None] | None = None,
+) -> tuple[dict[str, Any], dict[str, str], bool]:
+    """Score ``devices`` with ``work(device)`` in child processes.
+
+    Returns (results by device, errors by device, aborted). ``aborted`` is True when more than
+    ``error_threshold`` devices failed (-1: never abort); remaining tasks are then not run.
+    """
+    context = multiprocessing.get_context("fork")
+    pending = [
+        _Task(devices[i : i + mini_batch_size]) for i in range(0, len(devices), mini_batch_size)
+    ]
+    running: list[_Running] = []
+    results: dict[str, Any] = {}
+    errors: dict[str, str] = {}
+    aborted = False
+
+    def retry_or_fail(task: _Task, reason: str) -> None:
+        # Splitting a multi-device task is free: it isolates the culprit, so the innocent
+        # devices of its batch are not failed with it. Only a single device spends retries.
+        if len(task.devices) > 1:
+            middle = len(task.devices) // 2
+            pending.extend(
+                [
+                    _Task(task.devices[:middle], task.attempt),
+                    _Task(task.devices[middle:], task.attempt),
+                ]
+            )
+        elif task.attempt < max_retries:
+            pending.append(_Task(task.devices, task.attempt + 1))
+        else:
+            errors[task.devices[0]] = f"{reason} (after {task.attempt + 1} attempts)"
+
+    while pending or running:
+        if not aborted and error_threshold >= 0 and len(errors) > error_threshold:
+            aborted = True
+            pending.clear()
+        while pending and len(running) < max(1, workers):
+            task = pending.pop(0)
+            receiver, sender = context.Pipe(duplex=False)
+            process = context.Process(target=_child, args=(work, task.devices, sender))
+            process.start()
+            sender.close()
+            running.append(_Running(task, process, receiver, time.monotonic() + task_timeout))
+        ready = wait([r.connection for r in running], timeout=0.05)
+        now = time.monotonic()
+        for entry in list(running):
+            finished = False
+            if entry.connection in ready:
+                try:
+                    batch: dict[str, DeviceResult] = entry.connection.recv()
+                except (EOFError, OSError):
+                    entry.process.join(5)
+                    retry_or_fail(entry.task, f"worker process died ({_exit_reason(entry)})")
+                else:
+                    for device, (status, payload) in batch.items():
+                        if status == "ok":
+                            results[device] = payload
+                        else:
+                            errors[device] = payload
+                    entry.process.join(5)
+                finished = True
+            elif now > entry.deadline:
+                entry.process.kill()
+                entry.process.join(5)
+                retry_or_fail(entry.task, f"task timed out after {task_timeout:g}s")
+                finished = True
+            if finished:
+                entry.connection.close()
+                running.remove(entry)
+                if on_progress is not None:
+                    on_progress(len(results) + len(errors))
+    return results, errors, aborted
+
+
+def _exit_reason(entry: _Running) -> str:
+    code = entry.process.exitcode
+    if code is None:
+        return "no exit code"
+    if code < 0:
+        return f"killed by signal {-code}"
+    return f"exit code {code}"

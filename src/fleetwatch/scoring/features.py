@@ -1,0 +1,168 @@
+"""Window features per device: for every sensor its mean, std, min, max, and whether it reported.
+
+The ``present`` indicator makes a missing sensor explicit: a model trained on windows where the
+sensor always reported sees a window without it as far from normal (a dropout is an anomaly),
+while the sensor's own statistics are imputed with the training medians.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime, timedelta
+from pathlib import Path
+from typing import Final
+
+import numpy as np
+import numpy.typing as npt
+import pandas as pd
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fleetwatch.storage.parquet import AGGREGATE_SCHEMA
+
+STATISTICS: Final = ("mean", "std", "min", "max")
+#: Value of ``<sensor>__present`` when the sensor reported (0 when not). A sensor that always
+#: reported in training has a constant column, which the scaler leaves unscaled, so this weight
+#: makes one missing sensor as unusual as a 10-sigma deviation.
+PRESENT: Final = 10.0
+FloatMatrix = npt.NDArray[np.float64]
+
+
+def feature_names(sensors: list[str]) -> list[str]:
+    """>>> feature_names(["temp"])
+    ['temp__mean', 'temp__std', 'temp__min', 'temp__max', 'temp__present']
+    """
+    return [f"{s}__{stat}" for s in sorted(sensors) for stat in (*STATISTICS, "present")]
+
+
+def hours_between(since: datetime, until: datetime) -> list[datetime]:
+    """Hour starts h with since <= h < until (since is floored to the hour)."""
+    hour = since.replace(minute=0, second=0, microsecond=0)
+    hours = []
+    while hour < until:
+        hours.append(hour)
+        hour += timedelta(hours=1)
+    return hours
+
+
+def read_windows(data_dir: Path, since: datetime, until: datetime) -> pd.DataFrame:
+    """Closed windows with ``since <= window_start < until``, read once from the hour folders."""
+    root = data_dir / "aggregates"
+    tables = []
+    for hour in hours_between(since, until):
+        folder = root / f"date={hour:%Y-%m-%d}" / f"hour={hour:%H}"
+        for path in sorted(folder.glob("*.parquet")):
+            tables.append(pq.read_table(path, schema=AGGREGATE_SCHEMA))
+    if not tables:
+        empty: pd.DataFrame = AGGREGATE_SCHEMA.empty_table().to_pandas()
+        return empty
+    frame: pd.DataFrame = pa.concat_tables(tables).to_pandas()
+    start, end = pd.Timestamp(since), pd.Timestamp(until)
+    selected: pd.DataFrame = frame[(frame["window_start"] >= start) & (frame["window_start"] < end)]
+    return selected
+
+
+@dataclass(frozen=True)
+class DeviceWindows:
+    """One device's windows as a wide matrix over a given feature list."""
+
+    device_id: str
+    window_start: npt.NDArray[np.int64]  # epoch ms
+    window_end: npt.NDArray[np.int64]
+    matrix: FloatMatrix  # (windows, features); NaN where a sensor did not report
+
+
+def pivot_by_device(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per device: a frame indexed by window_start with columns ``<sensor>__<stat>``."""
+    if frame.empty:
+        return {}
+    wide = frame.pivot_table(
+        index=["device_id", "window_start"],
+        columns="sensor",
+        values=list(STATISTICS),
+        aggfunc="first",
+        observed=True,
+        dropna=False,
+    )
+    wide.columns = [f"{pair[1]}__{pair[0]}" for pair in wide.columns]
+    result: dict[str, pd.DataFrame] = {}
+    for device_id, rows in wide.groupby(level=0, sort=True):
+        result[str(device_id)] = rows.droplevel(0)
+    return result
+
+
+def device_matrix(
+    device_id: str, rows: pd.DataFrame, names: list[str], window_ms: int
+) -> DeviceWindows:
+    """The device's windows over exactly ``names`` (absent sensors: NaN and present = 0)."""
+    columns = {}
+    for name in names:
+        sensor, stat = name.rsplit("__", 1)
+        if stat == "present":
+            mean = rows.get(f"{sensor}__mean")
+            columns[name] = (
+                np.zeros(len(rows))
+                if mean is None
+                else mean.notna().to_numpy(dtype=float) * PRESENT
+            )
+        else:
+            column = rows.get(name)
+            columns[name] = (
+                np.full(len(rows), np.nan) if column is None else column.to_numpy(dtype=float)
+            )
+    matrix = np.column_stack([columns[n] for n in names]) if names else np.empty((len(rows), 0))
+    starts = rows.index.to_numpy(dtype="datetime64[ms]").astype(np.int64)
+    return DeviceWindows(device_id, starts, starts + window_ms, matrix)
+
+
+def sensors_of(rows: pd.DataFrame) -> list[str]:
+    return sorted({c.rsplit("__", 1)[0] for c in rows.columns if rows[c].notna().any()})
+
+
+class WindowCube:
+    """An hour (or any range) of windows as a dense (device-window, sensor, statistic) array.
+
+    Built once, vectorised, for all devices; ``matrix(device, names)`` then cuts one device's
+    feature matrix out of it without pandas.
+    """
+
+    def __init__(self, frame: pd.DataFrame, window_ms: int) -> None:
+        self.window_ms = window_ms
+        device_codes, devices = pd.factorize(frame["device_id"], sort=True)
+        sensor_codes, sensors = pd.factorize(frame["sensor"], sort=True)
+        starts = frame["window_start"].to_numpy(dtype="datetime64[ms]").astype(np.int64)
+        base = int(starts.min()) if len(starts) else 0
+        slots = (starts - base) // window_ms
+        width = int(slots.max()) + 1 if len(slots) else 1
+        keys = device_codes.astype(np.int64) * width + slots
+        row_codes, row_keys = pd.factorize(keys, sort=True)
+        self.values = np.full((len(row_keys), len(sensors), len(STATISTICS)), np.nan)
+        self.values[row_codes, sensor_codes, :] = frame[list(STATISTICS)].to_numpy(dtype=float)
+        row_devices = row_keys // width
+        self.row_starts = base + (row_keys % width) * window_ms
+        self.devices = [str(d) for d in devices]
+        bounds = np.searchsorted(row_devices, np.arange(len(devices) + 1))
+        self._rows = {d: (int(bounds[i]), int(bounds[i + 1])) for i, d in enumerate(self.devices)}
+        self._sensor_index = {str(s): i for i, s in enumerate(sensors)}
+
+    def __contains__(self, device_id: str) -> bool:
+        return device_id in self._rows
+
+    def matrix(self, device_id: str, names: list[str]) -> DeviceWindows:
+        begin, end = self._rows[device_id]
+        block = self.values[begin:end]
+        columns = []
+        for name in names:
+            sensor, stat = name.rsplit("__", 1)
+            index = self._sensor_index.get(sensor)
+            if index is None:
+                columns.append(
+                    np.zeros(end - begin) if stat == "present" else np.full(end - begin, np.nan)
+                )
+            elif stat == "present":
+                columns.append((~np.isnan(block[:, index, 0])).astype(float) * PRESENT)
+            else:
+                columns.append(block[:, index, STATISTICS.index(stat)])
+        matrix = np.column_stack(columns) if columns else np.empty((end - begin, 0))
+        starts = self.row_starts[begin:end]
+        return DeviceWindows(device_id, starts, starts + self.window_ms, matrix)

@@ -1,0 +1,205 @@
+"""The model registry: ``<data>/models/<device_id>/<version>/`` with one active version per device.
+
+A version folder holds ``model.joblib`` (the fitted scikit-learn objects), ``params.npz`` (the
+same parameters as plain arrays, loaded without pickle) and ``manifest.json`` (sha256 of both
+files, feature names, training range, hyper-parameters, library versions). Nothing is loaded
+before its sha256 matches the manifest: a tampered file fails its device, never runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import platform
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import joblib
+import numpy as np
+import sklearn
+
+from fleetwatch.errors import FleetwatchError, InvalidInputError
+from fleetwatch.ingest.telemetry import is_valid_name
+from fleetwatch.scoring.models import ModelKind, ModelKindName
+from fleetwatch.storage.parquet import fsync_directory
+
+
+class ModelIntegrityError(FleetwatchError):
+    """A model file does not match the sha256 in its manifest."""
+
+
+@dataclass(frozen=True)
+class ModelVersion:
+    device_id: str
+    version: str
+    path: Path
+    manifest: dict[str, Any]
+
+
+def sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _write_text_atomically(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    with temporary.open("w") as handle:
+        handle.write(text)
+        handle.flush()
+        os.fsync(handle.fileno())
+    os.replace(temporary, path)
+    fsync_directory(path.parent)
+
+
+class ModelRegistry:
+    def __init__(self, root: Path) -> None:
+        self.root = root
+
+    def device_dir(self, device_id: str) -> Path:
+        if not is_valid_name(device_id):
+            raise InvalidInputError(f"device id {device_id!r} is not 1-64 of [A-Za-z0-9_.-]")
+        return self.root / device_id
+
+    # ------------------------------------------------------------------ writing
+
+    def save(
+        self,
+        device_id: str,
+        model: ModelKind,
+        features: list[str],
+        trained_from: datetime,
+        trained_until: datetime,
+        windows: int,
+        parameters: dict[str, Any],
+        activate: bool = True,
+    ) -> ModelVersion:
+        folder = self.device_dir(device_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        number = 1 + max((int(v[1:]) for v in self._version_names(device_id)), default=0)
+        version = f"v{number:04d}"
+        target = folder / version
+        staging = folder / f".{version}.tmp"
+        staging.mkdir(parents=True, exist_ok=True)
+        joblib.dump(model.estimator(), staging / "model.joblib")
+        arrays: dict[str, Any] = model.arrays()
+        np.savez(staging / "params.npz", **arrays)
+        manifest = {
+            "device_id": device_id,
+            "version": version,
+            "kind": model.kind,
+            "sha256": {
+                "model.joblib": sha256_of(staging / "model.joblib"),
+                "params.npz": sha256_of(staging / "params.npz"),
+            },
+            "features": features,
+            "training": {
+                "from": trained_from.isoformat(),
+                "until": trained_until.isoformat(),
+                "windows": windows,
+            },
+            "parameters": parameters,
+            "created_at": datetime.now(UTC).isoformat(),
+            "libraries": {
+                "python": platform.python_version(),
+                "scikit-learn": sklearn.__version__,
+                "numpy": np.__version__,
+                "joblib": joblib.__version__,
+            },
+        }
+        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        os.replace(staging, target)
+        fsync_directory(folder)
+        if activate:
+            self.activate(device_id, version)
+        return ModelVersion(device_id, version, target, manifest)
+
+    def activate(self, device_id: str, version: str) -> None:
+        folder = self.device_dir(device_id)
+        if version not in self._version_names(device_id):
+            raise InvalidInputError(f"{device_id} has no model version {version}")
+        history = self.history(device_id)
+        history.append(version)
+        _write_text_atomically(folder / "history.json", json.dumps(history))
+        _write_text_atomically(folder / "ACTIVE", version)
+
+    def rollback(self, device_id: str) -> str:
+        """Re-activate the version that was active before the current one."""
+        history = self.history(device_id)
+        active = self.active_version(device_id)
+        previous = [v for v in reversed(history) if v != active]
+        if not previous:
+            raise InvalidInputError(f"{device_id} has no earlier active version to roll back to")
+        self.activate(device_id, previous[0])
+        return previous[0]
+
+    # ------------------------------------------------------------------ reading
+
+    def _version_names(self, device_id: str) -> list[str]:
+        folder = self.device_dir(device_id)
+        if not folder.is_dir():
+            return []
+        return sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith("v"))
+
+    def history(self, device_id: str) -> list[str]:
+        try:
+            value: list[str] = json.loads((self.device_dir(device_id) / "history.json").read_text())
+        except FileNotFoundError:
+            return []
+        return value
+
+    def devices(self) -> list[str]:
+        if not self.root.is_dir():
+            return []
+        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and is_valid_name(p.name))
+
+    def active_version(self, device_id: str) -> str | None:
+        try:
+            return (self.device_dir(device_id) / "ACTIVE").read_text().strip() or None
+        except FileNotFoundError:
+            return None
+
+    def versions(self, device_id: str) -> list[ModelVersion]:
+        return [self.get(device_id, v) for v in self._version_names(device_id)]
+
+    def get(self, device_id: str, version: str) -> ModelVersion:
+        path = self.device_dir(device_id) / version
+        try:
+            manifest = json.loads((path / "manifest.json").read_text())
+        except FileNotFoundError:
+            raise InvalidInputError(f"{device_id} has no model version {version}") from None
+        return ModelVersion(device_id, version, path, manifest)
+
+    def active(self, device_id: str) -> ModelVersion | None:
+        version = self.active_version(device_id)
+        return None if version is None else self.get(device_id, version)
+
+    @staticmethod
+    def verified(model: ModelVersion, file_name: str) -> Path:
+        """The path of ``file_name`` after its sha256 matched the manifest."""
+        path = model.path / file_name
+        expected = model.manifest["sha256"][file_name]
+        if sha256_of(path) != expected:
+            raise ModelIntegrityError(
+                f"{model.device_id} {model.version}: {file_name} does not match the sha256 in its "
+                "manifest (tampered or corrupt); it was not loaded. Retrain or roll back."
+            )
+        return path
+
+    @classmethod
+    def load_params(cls, model: ModelVersion) -> tuple[ModelKindName, Any]:
+        """The parameter arrays, checked and loaded without pickle."""
+        with np.load(cls.verified(model, "params.npz"), allow_pickle=False) as arrays:
+            loaded = {name: arrays[name] for name in arrays.files}
+        kind: ModelKindName = model.manifest["kind"]
+        return kind, loaded
+
+    @classmethod
+    def load_estimator(cls, model: ModelVersion) -> Any:
+        """The scikit-learn objects; unpickled only after the sha256 check."""
+        return joblib.load(cls.verified(model, "model.joblib"))

@@ -1,0 +1,118 @@
+"""``fleetwatch train``: fit one model per device from a time range of aggregates, in parallel."""
+
+from __future__ import annotations
+
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+from fleetwatch.config import Settings
+from fleetwatch.errors import InvalidInputError
+from fleetwatch.output import progress_bar
+from fleetwatch.scoring.features import (
+    device_matrix,
+    feature_names,
+    pivot_by_device,
+    read_windows,
+    sensors_of,
+)
+from fleetwatch.scoring.models import ModelKindName, new_model
+from fleetwatch.scoring.registry import ModelRegistry
+
+
+@dataclass
+class TrainSummary:
+    trained: dict[str, str] = field(default_factory=dict)  # device -> version
+    skipped: dict[str, str] = field(default_factory=dict)  # device -> reason
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "trained": len(self.trained),
+            "skipped": len(self.skipped),
+            "failed": len(self.failed),
+            "skipped_reasons": self.skipped,
+            "failed_reasons": self.failed,
+        }
+
+
+def _gamma(value: str) -> str | float:
+    return value if value in ("scale", "auto") else float(value)
+
+
+def _fit_one(job: tuple[str, np.ndarray, list[str], dict[str, Any]]) -> tuple[str, Any]:
+    device_id, matrix, names, options = job
+    model = new_model(options["kind"], options["nu"], _gamma(options["gamma"]), options["kernel"])
+    model.fit(matrix, names)
+    return device_id, model
+
+
+def train(
+    settings: Settings, since: datetime, until: datetime, devices: list[str] | None = None
+) -> TrainSummary:
+    options = settings.train
+    kind: ModelKindName = "per_sensor" if options.per_sensor else "device"
+    registry = ModelRegistry(settings.data_dir / "models")
+    window_ms = int(settings.aggregate.window * 1000)
+    frame = read_windows(settings.data_dir, since, until)
+    if devices:
+        unknown = [d for d in devices if d not in set(frame["device_id"])]
+        frame = frame[frame["device_id"].isin(devices)]
+    else:
+        unknown = []
+    summary = TrainSummary()
+    for device in unknown:
+        summary.skipped[device] = "no windows in the training range"
+    if frame.empty and not unknown:
+        raise InvalidInputError(
+            f"no aggregates between {since:%Y-%m-%dT%H:%M}Z and {until:%Y-%m-%dT%H:%M}Z in "
+            f"{settings.data_dir / 'aggregates'}; run `fleetwatch aggregate` first or pick "
+            "another --since/--until"
+        )
+    jobs = []
+    for device_id, rows in pivot_by_device(frame).items():
+        if len(rows) < options.min_windows:
+            summary.skipped[device_id] = (
+                f"{len(rows)} windows < --min-windows {options.min_windows}"
+            )
+            continue
+        names = feature_names(sensors_of(rows))
+        matrix = device_matrix(device_id, rows, names, window_ms).matrix
+        parameters = {
+            "kind": kind,
+            "nu": options.nu,
+            "gamma": options.gamma,
+            "kernel": options.kernel,
+        }
+        jobs.append((device_id, matrix, names, parameters))
+    workers = options.workers or os.cpu_count() or 1
+    with (
+        progress_bar("train", len(jobs), enabled=True) as bar,
+        ProcessPoolExecutor(max_workers=max(1, min(workers, len(jobs) or 1))) as pool,
+    ):
+        futures = {pool.submit(_fit_one, job): job for job in jobs}
+        for done, future in enumerate(as_completed(futures), start=1):
+            device_id, matrix, names, parameters = futures[future]
+            try:
+                _, model = future.result()
+            except Exception as exc:  # one device's bad data must not stop the others
+                summary.failed[device_id] = f"{type(exc).__name__}: {exc}"
+                continue
+            saved = registry.save(
+                device_id,
+                model,
+                names,
+                since,
+                until,
+                len(matrix),
+                parameters,
+                activate=options.activate,
+            )
+            summary.trained[device_id] = saved.version
+            if bar is not None:
+                bar.update(bar.task_ids[0], completed=done)
+    return summary

@@ -1,0 +1,101 @@
+"""A small data directory with three hours of aggregates and trained models; no broker."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fleetwatch.config import Settings, load_settings
+from fleetwatch.scoring.train import train
+from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, PartitionedParquetSink
+
+T0 = datetime(2026, 11, 22, tzinfo=UTC)
+DEVICES = [f"pump-{i:02d}" for i in range(8)]
+SENSORS = ["pressure", "temperature", "vibration"]
+
+
+def synthetic_windows(hours: int = 3, seed: int = 0) -> pd.DataFrame:
+    rng = np.random.default_rng(seed)
+    rows = []
+    for d, device in enumerate(DEVICES):
+        for minute in range(hours * 60):
+            start = pd.Timestamp(T0) + pd.Timedelta(minutes=minute)
+            for s, sensor in enumerate(SENSORS):
+                if device == "pump-07" and minute >= 120 and sensor == "vibration":
+                    continue  # a dropout in the third hour
+                mean = 10 * (s + 1) + d + rng.normal(0, 0.1)
+                if minute >= 150 and device == "pump-03":
+                    mean += 5  # a level shift in the third hour
+                rows.append(
+                    (
+                        device,
+                        sensor,
+                        start,
+                        start + pd.Timedelta(minutes=1),
+                        60,
+                        mean,
+                        abs(rng.normal(1, 0.05)),
+                        mean - 2,
+                        mean + 2,
+                        0,
+                        0,
+                    )
+                )
+    frame = pd.DataFrame(
+        rows,
+        columns=[
+            "device_id",
+            "sensor",
+            "window_start",
+            "window_end",
+            "count",
+            "mean",
+            "std",
+            "min",
+            "max",
+            "first_offset",
+            "last_offset",
+        ],
+    )
+    for column in ("window_start", "window_end"):
+        frame[column] = frame[column].astype("datetime64[ms, UTC]")
+    return frame
+
+
+def write_windows(data_dir: Path, frame: pd.DataFrame) -> None:
+    sink = PartitionedParquetSink(data_dir / "aggregates", AGGREGATE_SCHEMA)
+    sink.write(frame, 0, "window_start")
+
+
+def settings_for(data_dir: Path, **score: object) -> Settings:
+    return load_settings(
+        environ={},
+        overrides={
+            "": {"data_dir": str(data_dir)},
+            "train": {"workers": "2", "min_windows": "30"},
+            "score": {
+                "workers": "2",
+                "mini_batch_size": "3",
+                "task_timeout": "5s",
+                "max_retries": "1",
+                "lock_timeout": "10s",
+                **{k: str(v) for k, v in score.items()},
+            },
+        },
+    )
+
+
+@pytest.fixture
+def trained(tmp_path: Path) -> Settings:
+    data = tmp_path / "data"
+    write_windows(data, synthetic_windows())
+    settings = settings_for(data)
+    summary = train(
+        settings, T0, T0 + pd.Timedelta(hours=2).to_pytimedelta(), [*DEVICES[:-1], "pump-07"]
+    )
+    assert len(summary.trained) == len(DEVICES)
+    return settings

@@ -1,0 +1,98 @@
+"""One behaviour suite over every model kind: fast scores equal scikit-learn, round-trip, tamper."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+
+from fleetwatch.scoring.features import feature_names
+from fleetwatch.scoring.models import decision_from_arrays, new_model
+from fleetwatch.scoring.registry import ModelIntegrityError, ModelRegistry
+
+KINDS = ["device", "per_sensor"]
+NAMES = feature_names(["a", "b", "c"])
+
+
+def data(seed: int, rows: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    matrix = rng.normal(size=(rows, len(NAMES)))
+    for i, name in enumerate(NAMES):
+        if name.endswith("present"):
+            matrix[:, i] = 10.0
+    return matrix
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kernel", ["rbf", "linear", "poly", "sigmoid"])
+def test_fast_scores_equal_sklearn_decision_function(kind: str, kernel: str) -> None:
+    model = new_model(kind, 0.05, "scale", kernel)  # type: ignore[arg-type]
+    model.fit(data(0, 300), NAMES)
+    probe = data(1, 80)
+    probe[::7, 0] = np.nan  # a sensor that did not report
+    probe[::7, NAMES.index("a__present")] = 0.0
+    fast = decision_from_arrays(kind, model.arrays(), probe)  # type: ignore[arg-type]
+    np.testing.assert_allclose(fast, model.sklearn_decision(probe), rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_round_trip_scores_the_same_after_reload(kind: str, tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path)
+    model = new_model(kind, 0.05, "scale", "rbf")  # type: ignore[arg-type]
+    model.fit(data(2, 200), NAMES)
+    when = datetime(2026, 11, 22, tzinfo=UTC)
+    saved = registry.save("pump-1", model, NAMES, when, when, 200, {"nu": 0.05})
+    probe = data(3, 50)
+    loaded_kind, arrays = ModelRegistry.load_params(registry.active("pump-1"))  # type: ignore[arg-type]
+    np.testing.assert_allclose(
+        decision_from_arrays(loaded_kind, arrays, probe), model.sklearn_decision(probe), atol=1e-9
+    )
+    estimator = ModelRegistry.load_estimator(saved)
+    if kind == "device":
+        np.testing.assert_allclose(
+            estimator.decision_function(probe), model.sklearn_decision(probe), atol=1e-12
+        )
+    assert saved.manifest["features"] == NAMES
+    assert set(saved.manifest["libraries"]) >= {"scikit-learn", "numpy", "python"}
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("file_name", ["model.joblib", "params.npz"])
+def test_a_tampered_file_is_never_loaded(
+    kind: str, file_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = ModelRegistry(tmp_path)
+    model = new_model(kind, 0.05, "scale", "rbf")  # type: ignore[arg-type]
+    model.fit(data(4, 100), NAMES)
+    when = datetime(2026, 11, 22, tzinfo=UTC)
+    saved = registry.save("pump-1", model, NAMES, when, when, 100, {})
+    with (saved.path / file_name).open("ab") as handle:
+        handle.write(b"\x00evil")
+    loads: list[object] = []
+    monkeypatch.setattr(joblib, "load", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr(np, "load", lambda *a, **k: loads.append(a))
+    with pytest.raises(ModelIntegrityError, match="does not match the sha256"):
+        if file_name == "model.joblib":
+            ModelRegistry.load_estimator(saved)
+        else:
+            ModelRegistry.load_params(saved)
+    assert loads == []  # nothing was unpickled or parsed
+
+
+def test_versions_activate_and_rollback(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path)
+    when = datetime(2026, 11, 22, tzinfo=UTC)
+    for seed in range(3):
+        model = new_model("device", 0.05, "scale", "rbf")
+        model.fit(data(seed, 60), NAMES)
+        registry.save("pump-1", model, NAMES, when, when, 60, {}, activate=seed < 2)
+    assert [v.version for v in registry.versions("pump-1")] == ["v0001", "v0002", "v0003"]
+    assert registry.active_version("pump-1") == "v0002"  # the third was not activated
+    registry.activate("pump-1", "v0003")
+    assert registry.rollback("pump-1") == "v0002"
+    assert registry.active_version("pump-1") == "v0002"
+    with pytest.raises(Exception, match="not 1-64"):
+        registry.active("../../etc")

@@ -1,0 +1,257 @@
+"""Scoring runs: correctness against scikit-learn, idempotence, and every failure mode."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from fleetwatch.config import Settings
+from fleetwatch.errors import FleetwatchError
+from fleetwatch.scoring.features import device_matrix, pivot_by_device, read_windows
+from fleetwatch.scoring.registry import ModelRegistry
+from fleetwatch.scoring.score import missed_hours, score_hour
+from fleetwatch.storage.duck import query
+from tests.unit.scoring.conftest import DEVICES, T0, settings_for
+
+HOUR3 = T0 + pd.Timedelta(hours=2).to_pytimedelta()
+
+
+def db(settings: Settings, sql: str) -> list[tuple]:
+    with duckdb.connect(str(settings.data_dir / "fleetwatch.duckdb"), read_only=True) as c:
+        return c.execute(sql).fetchall()
+
+
+def test_scores_equal_sklearn_on_the_same_features(trained: Settings) -> None:
+    result = score_hour(trained, HOUR3, progress=False)
+    assert result.status == "succeeded" and result.devices_scored == len(DEVICES)
+    frame = read_windows(trained.data_dir, HOUR3, HOUR3 + pd.Timedelta(hours=1).to_pytimedelta())
+    registry = ModelRegistry(trained.data_dir / "models")
+    for device_id, rows in pivot_by_device(frame).items():
+        model = registry.active(device_id)
+        estimator = ModelRegistry.load_estimator(model)
+        matrix = device_matrix(device_id, rows, model.manifest["features"], 60_000).matrix
+        expected = estimator.decision_function(matrix)
+        sql = "SELECT score FROM scores WHERE device_id = ? ORDER BY window_start"
+        with duckdb.connect(str(trained.data_dir / "fleetwatch.duckdb"), read_only=True) as c:
+            got = np.array([r[0] for r in c.execute(sql, [device_id]).fetchall()])
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+    # the injected anomalies are found: pump-03's level shift, pump-07's dropout
+    flagged = dict(db(trained, "SELECT device_id, count(*) FROM anomalies GROUP BY 1"))
+    assert flagged.get("pump-03", 0) >= 25 and flagged.get("pump-07", 0) >= 55
+
+
+def test_rescoring_an_hour_replaces_its_rows(trained: Settings) -> None:
+    first = score_hour(trained, HOUR3, progress=False)
+    second = score_hour(trained, HOUR3, progress=False)
+    rows = db(trained, "SELECT count(*), count(DISTINCT run_id) FROM scores")
+    assert rows == [(len(DEVICES) * 60, 1)]
+    assert db(trained, "SELECT run_id FROM scores LIMIT 1") == [(second.run_id,)]
+    assert len(db(trained, "SELECT * FROM runs")) == 2 and first.run_id != second.run_id
+
+
+def test_no_model_and_silent_devices(trained: Settings) -> None:
+    registry = ModelRegistry(trained.data_dir / "models")
+    (registry.device_dir("pump-05") / "ACTIVE").unlink()  # data, no active model
+    from tests.unit.scoring.conftest import synthetic_windows, write_windows
+
+    del write_windows, synthetic_windows
+    silent_model = registry.active("pump-06")
+    assert silent_model is not None
+    frame = read_windows(trained.data_dir, HOUR3, HOUR3 + pd.Timedelta(hours=1).to_pytimedelta())
+    assert "pump-06" in set(frame["device_id"])
+    # a device with a model but no data this hour: remove pump-06's windows from the hour
+    for path in (trained.data_dir / "aggregates").glob("date=*/hour=02/*.parquet"):
+        part = pd.read_parquet(path)
+        part = part[part["device_id"] != "pump-06"]
+        import pyarrow as pa
+
+        from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, write_atomically
+
+        write_atomically(
+            pa.Table.from_pandas(
+                part[AGGREGATE_SCHEMA.names], schema=AGGREGATE_SCHEMA, preserve_index=False
+            ),
+            path,
+        )
+    result = score_hour(trained, HOUR3, progress=False)
+    assert (result.devices_without_model, result.devices_silent) == (1, 1)
+    outcomes = dict(db(trained, "SELECT device_id, outcome FROM device_runs"))
+    assert outcomes["pump-05"] == "no_model" and outcomes["pump-06"] == "silent"
+    assert outcomes["pump-00"] == "scored"
+
+
+def test_a_tampered_model_fails_its_device_only(trained: Settings) -> None:
+    model = ModelRegistry(trained.data_dir / "models").active("pump-02")
+    with (model.path / "params.npz").open("ab") as handle:
+        handle.write(b"tampered")
+    result = score_hour(trained, HOUR3, progress=False)
+    assert result.devices_failed == 1 and result.devices_scored == len(DEVICES) - 1
+    error = db(trained, "SELECT error FROM device_runs WHERE device_id = 'pump-02'")[0][0]
+    assert "does not match the sha256" in error
+
+
+def test_a_model_that_raises(trained: Settings) -> None:
+    model = ModelRegistry(trained.data_dir / "models").active("pump-01")
+    manifest = model.manifest
+    manifest["features"] = manifest["features"][:-2]  # now the matrix has the wrong width
+    import json
+
+    (model.path / "manifest.json").write_text(json.dumps(manifest))
+    result = score_hour(trained, HOUR3, progress=False)
+    assert result.devices_failed == 1
+    error = db(trained, "SELECT error FROM device_runs WHERE device_id = 'pump-01'")[0][0]
+    assert "ValueError" in error
+
+
+def test_a_hanging_task_times_out_and_only_its_device_fails(trained: Settings) -> None:
+    settings = settings_for(trained.data_dir, task_timeout="1s", max_retries=1)
+
+    def hook(device_id: str) -> None:
+        if device_id == "pump-04":
+            time.sleep(60)
+
+    started = time.monotonic()
+    result = score_hour(settings, HOUR3, hook=hook, progress=False)
+    assert time.monotonic() - started < 20
+    assert result.devices_failed == 1 and result.devices_scored == len(DEVICES) - 1
+    error = db(settings, "SELECT error FROM device_runs WHERE device_id = 'pump-04'")[0][0]
+    assert "timed out after 1s" in error and "2 attempts" in error
+
+
+def test_a_killed_worker_costs_only_its_task_which_is_retried(
+    trained: Settings, tmp_path: Path
+) -> None:
+    marker = tmp_path / "killed-once"
+
+    def hook(device_id: str) -> None:
+        if device_id == "pump-01" and not marker.exists():
+            marker.write_text("x")
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    result = score_hour(trained, HOUR3, hook=hook, progress=False)
+    assert marker.exists()
+    assert result.status == "succeeded" and result.devices_scored == len(DEVICES)
+
+    def always(device_id: str) -> None:
+        if device_id == "pump-01":
+            os.kill(os.getpid(), signal.SIGKILL)
+
+    result = score_hour(trained, HOUR3, hook=always, progress=False)
+    assert result.devices_failed == 1 and result.devices_scored == len(DEVICES) - 1
+    error = db(
+        trained, "SELECT error FROM device_runs WHERE device_id = 'pump-01' AND outcome = 'failed'"
+    )[0][0]
+    assert "killed by signal 9" in error
+
+
+def test_error_threshold_aborts_and_keeps_the_old_scores(trained: Settings) -> None:
+    good = score_hour(trained, HOUR3, progress=False)
+    settings = settings_for(trained.data_dir, error_threshold=0, max_retries=0)
+
+    def hook(device_id: str) -> None:
+        raise RuntimeError("model exploded")
+
+    result = score_hour(settings, HOUR3, hook=hook, progress=False)
+    assert result.status == "aborted" and "error-threshold" in (result.error or "")
+    assert db(settings, "SELECT DISTINCT run_id FROM scores") == [(good.run_id,)]
+    statuses = dict(db(settings, "SELECT run_id, status FROM runs"))
+    assert statuses[result.run_id] == "aborted"
+
+
+def test_missed_hours_are_the_unscored_ones(trained: Settings) -> None:
+    assert [h.hour for h in missed_hours(trained)] == [0, 1, 2]
+    score_hour(trained, HOUR3, progress=False)
+    assert [h.hour for h in missed_hours(trained)] == [0, 1]
+
+
+def test_sql_is_read_only_with_one_line_errors(trained: Settings) -> None:
+    score_hour(trained, HOUR3, progress=False)
+    path = trained.data_dir / "fleetwatch.duckdb"
+    frame = query(path, trained.data_dir, "SELECT count(*) AS n FROM aggregates")
+    assert frame["n"].tolist() == [len(DEVICES) * 180 * 3 - 60]  # pump-07 lost a sensor
+    for statement in (
+        "DROP TABLE scores",
+        "INSERT INTO runs (run_id) VALUES ('x')",
+        "DELETE FROM scores",
+        "COPY scores TO '/tmp/x.csv'",
+        "ATTACH '/tmp/other.db'",
+        "SELECT 1; DROP TABLE runs",
+    ):
+        with pytest.raises(FleetwatchError, match="read-only"):
+            query(path, trained.data_dir, statement)
+    with pytest.raises(FleetwatchError, match=r"bad SQL|SQL error"):
+        query(path, trained.data_dir, "SELEC * FROM runs")
+    with pytest.raises(FleetwatchError, match="SQL error"):
+        query(path, trained.data_dir, "SELECT * FROM no_such_table")
+    assert len(db(trained, "SELECT * FROM scores")) == len(DEVICES) * 60
+
+
+def test_cli_sql_one_line_error_and_formats(trained: Settings) -> None:
+    score_hour(trained, HOUR3, progress=False)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWATCH_")}
+    env["FLEETWATCH_DATA_DIR"] = str(trained.data_dir)
+
+    def run(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "fleetwatch", "sql", *args],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+
+    bad = run("DROP TABLE runs")
+    assert bad.returncode == 2 and len(bad.stderr.strip().splitlines()) == 1
+    assert "read-only" in bad.stderr and "Traceback" not in bad.stderr
+    good = run("SELECT count(*) AS n FROM scores", "--format", "csv")
+    assert good.returncode == 0 and good.stdout == f"n\n{len(DEVICES) * 60}\n"
+
+
+def test_queries_during_a_scoring_write_succeed(trained: Settings) -> None:
+    """A writer holding the lock for a while: `fleetwatch sql` waits and then answers."""
+    score_hour(trained, HOUR3, progress=False)
+    path = trained.data_dir / "fleetwatch.duckdb"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWATCH_")}
+    env["FLEETWATCH_DATA_DIR"] = str(trained.data_dir)
+    holding = threading.Event()
+
+    def hold_the_lock() -> None:
+        with duckdb.connect(str(path)) as writer:
+            writer.execute("BEGIN TRANSACTION; DELETE FROM scores WHERE false;")
+            holding.set()
+            time.sleep(2)
+            writer.execute("COMMIT")
+
+    thread = threading.Thread(target=hold_the_lock)
+    thread.start()
+    holding.wait(10)
+    # a separate process, as a user would run it; it must retry, not fail
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "fleetwatch",
+            "sql",
+            "SELECT count(*) AS n FROM scores",
+            "--format",
+            "csv",
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    thread.join()
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().splitlines()[-1] == str(len(DEVICES) * 60)
