@@ -224,7 +224,7 @@ def _run_models(args: argparse.Namespace, settings: Settings) -> int:
             raise FleetwatchError(f"{args.device} has no active model; train one first")
         model = registry.get(args.device, version)
         ModelRegistry.verified(model, "model.joblib")
-        ModelRegistry.verified(model, "params.npz")
+        ModelRegistry.verified(model, "params.bin")
         print(
             json.dumps(
                 {

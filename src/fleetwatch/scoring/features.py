@@ -144,25 +144,40 @@ class WindowCube:
         bounds = np.searchsorted(row_devices, np.arange(len(devices) + 1))
         self._rows = {d: (int(bounds[i]), int(bounds[i + 1])) for i, d in enumerate(self.devices)}
         self._sensor_index = {str(s): i for i, s in enumerate(sensors)}
+        self._plans: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
     def __contains__(self, device_id: str) -> bool:
         return device_id in self._rows
 
+    def _plan(self, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Where each feature comes from: (sensor index, statistic index, kind) per column.
+
+        kind 0 = a statistic, 1 = a present indicator; +2 when the sensor is absent from the
+        whole range (a statistic is then NaN, an indicator 0).
+        Devices of one fleet share their feature list, so this is computed once per list.
+        """
+        plan = self._plans.get(names)
+        if plan is None:
+            sensors, stats, kinds = [], [], []
+            for name in names:
+                sensor, stat = name.rsplit("__", 1)
+                index = self._sensor_index.get(sensor)
+                sensors.append(0 if index is None else index)
+                stats.append(0 if stat == "present" else STATISTICS.index(stat))
+                kinds.append((1 if stat == "present" else 0) + (2 if index is None else 0))
+            plan = self._plans[names] = (np.array(sensors), np.array(stats), np.array(kinds))
+        return plan
+
     def matrix(self, device_id: str, names: list[str]) -> DeviceWindows:
         begin, end = self._rows[device_id]
-        block = self.values[begin:end]
-        columns = []
-        for name in names:
-            sensor, stat = name.rsplit("__", 1)
-            index = self._sensor_index.get(sensor)
-            if index is None:
-                columns.append(
-                    np.zeros(end - begin) if stat == "present" else np.full(end - begin, np.nan)
-                )
-            elif stat == "present":
-                columns.append((~np.isnan(block[:, index, 0])).astype(float) * PRESENT)
-            else:
-                columns.append(block[:, index, STATISTICS.index(stat)])
-        matrix = np.column_stack(columns) if columns else np.empty((end - begin, 0))
+        sensors, stats, kinds = self._plan(tuple(names))
+        if len(sensors) and self._sensor_index:
+            matrix = self.values[begin:end][:, sensors, stats]
+            indicator = kinds % 2 == 1
+            matrix[:, indicator] = (~np.isnan(matrix[:, indicator])) * PRESENT
+            matrix[:, kinds == 2] = np.nan
+            matrix[:, kinds == 3] = 0.0
+        else:
+            matrix = np.full((end - begin, len(names)), np.nan)
         starts = self.row_starts[begin:end]
         return DeviceWindows(device_id, starts, starts + self.window_ms, matrix)

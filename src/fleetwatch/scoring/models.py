@@ -1,7 +1,7 @@
 """Model kinds: what is fitted per device, and how it is scored fast.
 
 Every kind fits scikit-learn estimators (kept as ``model.joblib``, the reference) and exports
-their fitted parameters as plain arrays (``params.npz``, loaded without pickle). Scoring uses
+their fitted parameters as plain arrays (``params.bin``, loaded without pickle). Scoring uses
 the arrays with vectorised numpy, which matches ``decision_function`` to 1e-9 (tested) and
 avoids scikit-learn's per-call overhead across thousands of small models.
 """
@@ -9,15 +9,14 @@ avoids scikit-learn's per-call overhead across thousands of small models.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
-from sklearn.impute import SimpleImputer
-from sklearn.pipeline import Pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import OneClassSVM
 
 from fleetwatch.scoring.features import FloatMatrix
+
+if TYPE_CHECKING:  # scikit-learn takes a second to import; scoring never needs it
+    from sklearn.pipeline import Pipeline
 
 ModelKindName = Literal["device", "per_sensor"]
 
@@ -105,6 +104,11 @@ class SvmParams:
 
 
 def make_pipeline(nu: float, gamma: str | float, kernel: str) -> Pipeline:
+    from sklearn.impute import SimpleImputer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+    from sklearn.svm import OneClassSVM
+
     return Pipeline(
         [
             ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
@@ -126,7 +130,7 @@ class ModelKind(Protocol):
         """The fitted scikit-learn object(s), for ``model.joblib``."""
 
     def arrays(self) -> dict[str, np.ndarray]:
-        """The fitted parameters for ``params.npz``."""
+        """The fitted parameters for ``params.bin``."""
 
     def sklearn_decision(self, matrix: FloatMatrix) -> np.ndarray:
         """scikit-learn's own decision values: the reference the fast path must match."""
@@ -196,12 +200,12 @@ class PerSensorModel:
 
 
 def decision_from_arrays(kind: ModelKindName, arrays: Any, matrix: FloatMatrix) -> np.ndarray:
-    """Fast scores of ``matrix`` from a model's ``params.npz`` arrays."""
+    """Fast scores of ``matrix`` from a model's ``params.bin`` arrays."""
     if kind == "device":
         return SvmParams.from_arrays(arrays).decision(matrix)
     scores = np.full(len(matrix), np.inf)
     for sensor in arrays["sensors"].tolist():
-        columns = arrays[f"{sensor}/columns"].tolist()
+        columns = [int(c) for c in arrays[f"{sensor}/columns"].tolist()]
         rows = ~np.isnan(matrix[:, columns[0]])
         if rows.any():
             values = SvmParams.from_arrays(arrays, f"{sensor}/").decision(matrix[rows][:, columns])

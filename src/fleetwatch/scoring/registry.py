@@ -1,8 +1,9 @@
 """The model registry: ``<data>/models/<device_id>/<version>/`` with one active version per device.
 
-A version folder holds ``model.joblib`` (the fitted scikit-learn objects), ``params.npz`` (the
-same parameters as plain arrays, loaded without pickle) and ``manifest.json`` (sha256 of both
-files, feature names, training range, hyper-parameters, library versions). Nothing is loaded
+A version folder holds ``model.joblib`` (the fitted scikit-learn objects), ``params.bin`` (the
+same parameters as one raw little-endian float64 blob, laid out in the manifest, loaded without
+pickle in microseconds) and ``manifest.json`` (sha256 of both files, feature names, training
+range, hyper-parameters, library versions). Nothing is loaded
 before its sha256 matches the manifest: a tampered file fails its device, never runs.
 """
 
@@ -17,14 +18,42 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-import joblib
 import numpy as np
-import sklearn
 
 from fleetwatch.errors import FleetwatchError, InvalidInputError
 from fleetwatch.ingest.telemetry import is_valid_name
 from fleetwatch.scoring.models import ModelKind, ModelKindName
 from fleetwatch.storage.parquet import fsync_directory
+
+
+def pack_arrays(
+    arrays: dict[str, np.ndarray],
+) -> tuple[dict[str, list[Any]], dict[str, list[str]], bytes]:
+    """Numeric arrays -> one float64 blob + {name: [offset, shape, dtype]}; strings aside."""
+    layout: dict[str, list[Any]] = {}
+    strings: dict[str, list[str]] = {}
+    parts = []
+    offset = 0
+    for name, array in arrays.items():
+        if array.dtype.kind in "US":
+            strings[name] = [str(x) for x in array.tolist()]
+            continue
+        flat = np.ascontiguousarray(array, dtype="<f8").ravel()
+        layout[name] = [offset, list(array.shape), array.dtype.str]
+        parts.append(flat.tobytes())
+        offset += flat.size
+    return layout, strings, b"".join(parts)
+
+
+def unpack_arrays(params: dict[str, Any], blob: bytes) -> dict[str, np.ndarray]:
+    values = np.frombuffer(blob, dtype="<f8")
+    result: dict[str, np.ndarray] = {}
+    for name, (offset, shape, dtype) in params["layout"].items():
+        size = int(np.prod(shape)) if shape else 1
+        result[name] = values[offset : offset + size].reshape(shape).astype(dtype, copy=False)
+    for name, items in params["strings"].items():
+        result[name] = np.array(items)
+    return result
 
 
 class ModelIntegrityError(FleetwatchError):
@@ -79,6 +108,9 @@ class ModelRegistry:
         parameters: dict[str, Any],
         activate: bool = True,
     ) -> ModelVersion:
+        import joblib
+        import sklearn
+
         folder = self.device_dir(device_id)
         folder.mkdir(parents=True, exist_ok=True)
         number = 1 + max((int(v[1:]) for v in self._version_names(device_id)), default=0)
@@ -87,16 +119,17 @@ class ModelRegistry:
         staging = folder / f".{version}.tmp"
         staging.mkdir(parents=True, exist_ok=True)
         joblib.dump(model.estimator(), staging / "model.joblib")
-        arrays: dict[str, Any] = model.arrays()
-        np.savez(staging / "params.npz", **arrays)
+        layout, strings, blob = pack_arrays(model.arrays())
+        (staging / "params.bin").write_bytes(blob)
         manifest = {
             "device_id": device_id,
             "version": version,
             "kind": model.kind,
             "sha256": {
                 "model.joblib": sha256_of(staging / "model.joblib"),
-                "params.npz": sha256_of(staging / "params.npz"),
+                "params.bin": sha256_of(staging / "params.bin"),
             },
+            "params": {"layout": layout, "strings": strings},
             "features": features,
             "training": {
                 "from": trained_from.isoformat(),
@@ -164,6 +197,21 @@ class ModelRegistry:
         except FileNotFoundError:
             return None
 
+    def active_versions(self) -> dict[str, str]:
+        """Every device's active version, reading only the small ACTIVE files."""
+        result: dict[str, str] = {}
+        if not self.root.is_dir():
+            return result
+        for entry in os.scandir(self.root):
+            if entry.is_dir() and is_valid_name(entry.name):
+                try:
+                    version = Path(entry.path, "ACTIVE").read_text().strip()
+                except FileNotFoundError:
+                    continue
+                if version:
+                    result[entry.name] = version
+        return result
+
     def versions(self, device_id: str) -> list[ModelVersion]:
         return [self.get(device_id, v) for v in self._version_names(device_id)]
 
@@ -192,14 +240,20 @@ class ModelRegistry:
         return path
 
     @classmethod
-    def load_params(cls, model: ModelVersion) -> tuple[ModelKindName, Any]:
-        """The parameter arrays, checked and loaded without pickle."""
-        with np.load(cls.verified(model, "params.npz"), allow_pickle=False) as arrays:
-            loaded = {name: arrays[name] for name in arrays.files}
+    def load_params(cls, model: ModelVersion) -> tuple[ModelKindName, dict[str, np.ndarray]]:
+        """The parameter arrays: read once, sha256-checked, decoded without pickle."""
+        blob = (model.path / "params.bin").read_bytes()
+        if hashlib.sha256(blob).hexdigest() != model.manifest["sha256"]["params.bin"]:
+            raise ModelIntegrityError(
+                f"{model.device_id} {model.version}: params.bin does not match the sha256 in its "
+                "manifest (tampered or corrupt); it was not loaded. Retrain or roll back."
+            )
         kind: ModelKindName = model.manifest["kind"]
-        return kind, loaded
+        return kind, unpack_arrays(model.manifest["params"], blob)
 
     @classmethod
     def load_estimator(cls, model: ModelVersion) -> Any:
         """The scikit-learn objects; unpickled only after the sha256 check."""
+        import joblib
+
         return joblib.load(cls.verified(model, "model.joblib"))

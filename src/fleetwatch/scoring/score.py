@@ -67,7 +67,7 @@ def score_hour(
     frame = read_windows(settings.data_dir, window_start, window_end)
     cube = WindowCube(frame, window_ms)
     registry = ModelRegistry(settings.data_dir / "models")
-    active = {d: v for d in registry.devices() if (v := registry.active(d)) is not None}
+    active = registry.active_versions()  # device -> version; manifests are read by the workers
     with_data = set(cube.devices)
     to_score = sorted(with_data & set(active))
     without_model = sorted(with_data - set(active))
@@ -76,7 +76,7 @@ def score_hour(
     def work(device_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
         if hook is not None:
             hook(device_id)
-        model = active[device_id]
+        model = registry.get(device_id, active[device_id])
         kind, arrays = ModelRegistry.load_params(model)  # sha256-checked, no pickle
         windows = cube.matrix(device_id, list(model.manifest["features"]))
         scores = decision_from_arrays(kind, arrays, windows.matrix)
@@ -98,48 +98,41 @@ def score_hour(
         )
 
     outcome_rows: list[tuple[str, str, str, str | None, str | None, int]] = []
-    score_parts = []
+    parts: dict[str, list[Any]] = {"device": [], "start": [], "end": [], "score": [], "version": []}
     for device_id in to_score:
-        version = active[device_id].version
+        version = active[device_id]
         if device_id in results:
             starts, ends, values, version = results[device_id]
             outcome_rows.append((run_id, device_id, "scored", None, version, len(values)))
-            score_parts.append(
-                pd.DataFrame(
-                    {
-                        "run_id": run_id,
-                        "device_id": device_id,
-                        "window_start": pd.to_datetime(starts, unit="ms", utc=True),
-                        "window_end": pd.to_datetime(ends, unit="ms", utc=True),
-                        "score": values,
-                        "is_anomaly": values < 0,
-                        "model_version": version,
-                    }
-                )
-            )
+            parts["device"].append(np.full(len(values), device_id, dtype=object))
+            parts["start"].append(starts)
+            parts["end"].append(ends)
+            parts["score"].append(values)
+            parts["version"].append(np.full(len(values), version, dtype=object))
         else:
             reason = errors.get(device_id, "not run: the run was aborted")
             outcome_rows.append((run_id, device_id, "failed", reason, version, 0))
     outcome_rows += [(run_id, d, "no_model", None, None, 0) for d in without_model]
-    outcome_rows += [(run_id, d, "silent", None, active[d].version, 0) for d in silent]
+    outcome_rows += [(run_id, d, "silent", None, active[d], 0) for d in silent]
     outcomes = pd.DataFrame(
         outcome_rows,
         columns=["run_id", "device_id", "outcome", "error", "model_version", "windows"],
     )
-    scores = (
-        pd.concat(score_parts, ignore_index=True)
-        if score_parts
-        else pd.DataFrame(
-            columns=[
-                "run_id",
-                "device_id",
-                "window_start",
-                "window_end",
-                "score",
-                "is_anomaly",
-                "model_version",
-            ]
-        )
+
+    def joined(name: str, dtype: Any) -> np.ndarray:
+        return np.concatenate(parts[name]) if parts[name] else np.array([], dtype=dtype)
+
+    values = joined("score", float)
+    scores = pd.DataFrame(
+        {
+            "run_id": run_id,
+            "device_id": joined("device", object),
+            "window_start": pd.to_datetime(joined("start", np.int64), unit="ms", utc=True),
+            "window_end": pd.to_datetime(joined("end", np.int64), unit="ms", utc=True),
+            "score": values,
+            "is_anomaly": values < 0,
+            "model_version": joined("version", object),
+        }
     )
     failed = len(to_score) - len(results)
     anomalies = int(scores["is_anomaly"].sum()) if len(scores) else 0

@@ -60,7 +60,7 @@ def test_round_trip_scores_the_same_after_reload(kind: str, tmp_path: Path) -> N
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("file_name", ["model.joblib", "params.npz"])
+@pytest.mark.parametrize("file_name", ["model.joblib", "params.bin"])
 def test_a_tampered_file_is_never_loaded(
     kind: str, file_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -96,3 +96,21 @@ def test_versions_activate_and_rollback(tmp_path: Path) -> None:
     assert registry.active_version("pump-1") == "v0002"
     with pytest.raises(Exception, match="not 1-64"):
         registry.active("../../etc")
+
+
+def test_cube_matrix_equals_the_pandas_pivot() -> None:
+    """The fast per-device cut equals the plain pandas pivot, absent sensors included."""
+    import pandas as pd
+
+    from fleetwatch.scoring.features import WindowCube, device_matrix, pivot_by_device
+    from tests.unit.scoring.conftest import synthetic_windows
+
+    frame = synthetic_windows(hours=3)
+    cube = WindowCube(frame, 60_000)
+    names = feature_names(["pressure", "temperature", "vibration", "humidity"])  # humidity: none
+    for device_id, rows in pivot_by_device(frame).items():
+        fast = cube.matrix(device_id, names)
+        slow = device_matrix(device_id, rows, names, 60_000)
+        np.testing.assert_array_equal(fast.window_start, slow.window_start)
+        np.testing.assert_allclose(fast.matrix, slow.matrix, equal_nan=True, rtol=0, atol=0)
+    assert isinstance(frame, pd.DataFrame)

@@ -92,7 +92,7 @@ def test_no_model_and_silent_devices(trained: Settings) -> None:
 
 def test_a_tampered_model_fails_its_device_only(trained: Settings) -> None:
     model = ModelRegistry(trained.data_dir / "models").active("pump-02")
-    with (model.path / "params.npz").open("ab") as handle:
+    with (model.path / "params.bin").open("ab") as handle:
         handle.write(b"tampered")
     result = score_hour(trained, HOUR3, progress=False)
     assert result.devices_failed == 1 and result.devices_scored == len(DEVICES) - 1
