@@ -28,11 +28,14 @@ COMMON_SECTIONS = ("", "kafka")
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser, sections: Sequence[str]) -> None:
+    seen: set[str] = set()
     for section in sections:
         title = {"": "general", "kafka": "Kafka connection"}.get(section, f"{section} options")
         group = parser.add_argument_group(title)
         for info in describe(section):
-            _add_flag(group, info)
+            if info.flag not in seen:  # e.g. --format of two sections: the first one's
+                seen.add(info.flag)
+                _add_flag(group, info)
 
 
 def _add_flag(group: argparse._ArgumentGroup, info: SettingInfo) -> None:
@@ -302,6 +305,47 @@ def _run_sql(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _run_schedule(args: argparse.Namespace, settings: Settings) -> int:
+    from fleetwatch.scheduler.service import run_schedule
+
+    return run_schedule(settings)
+
+
+def _run_status(args: argparse.Namespace, settings: Settings) -> int:
+    from fleetwatch.scheduler.status import status
+
+    report = status(settings)
+    fmt = settings.schedule.format
+    if fmt == "json":
+        print(json.dumps(report, default=str))
+        return 0
+    print(f"next run        {report['next_run']}")
+    print(f"closed through  {report['closed_through']}")
+    print(
+        f"hours pending   {len(report['pending_hours'])}"
+        + (f" (oldest {report['pending_hours'][0]})" if report["pending_hours"] else "")
+    )
+    columns = [
+        "window_start",
+        "status",
+        "devices_scored",
+        "devices_failed",
+        "devices_without_model",
+        "devices_silent",
+        "rows_scored",
+        "anomalies",
+        "finished_at",
+    ]
+    sys.stdout.write(emit_table(report["last_runs"], columns, "csv" if fmt == "csv" else "text"))
+    return 0
+
+
+def _run_demo(args: argparse.Namespace, settings: Settings) -> int:
+    from fleetwatch.demo import run_demo
+
+    return run_demo(settings)
+
+
 # ---------------------------------------------------------------- the parser
 
 
@@ -439,6 +483,42 @@ def build_parser() -> argparse.ArgumentParser:
         _run_sql,
     )
     sql.add_argument("query", help="one or more SELECT statements")
+    _command(
+        subparsers,
+        "schedule",
+        "score every closed hour on a schedule, catching up missed ones",
+        """
+        fleetwatch schedule                        # at minute 5 of every hour (UTC)
+        fleetwatch schedule --cron "*/15 * * * *" --max-catchup 24
+        fleetwatch schedule --every 10s            # fast cadence for tests and demos
+        fleetwatch schedule --retrain-every 7d --retrain-window 2d
+        """,
+        ["score", "schedule"],
+        _run_schedule,
+    )
+    _command(
+        subparsers,
+        "demo",
+        "everything on the embedded broker, end to end, in about a minute",
+        """
+        fleetwatch demo
+        fleetwatch demo --devices 100 --speed 720 --data-dir /tmp/fw-demo
+        fleetwatch demo --keep-running            # keep streaming and scoring until Ctrl-C
+        """,
+        ["demo"],
+        _run_demo,
+    )
+    _command(
+        subparsers,
+        "status",
+        "last runs, next run, hours pending",
+        """
+        fleetwatch status
+        fleetwatch status --format json
+        """,
+        ["schedule"],
+        _run_status,
+    )
     sql.add_argument("--format", choices=["table", "text", "csv", "json"], default="table")
     return parser
 

@@ -141,6 +141,8 @@ class SimulateSettings:
     anomaly_kinds: list[str] = setting(
         list(ANOMALY_KINDS), "comma-separated anomaly kinds to inject", kind="list"
     )
+    daily_cycle: float = setting(1.0, "scale of the sensors' daily cycle (0 = none)", minimum=0)
+    drift: float = setting(1.0, "scale of the sensors' slow drift (0 = none)", minimum=0)
     clean_for: float = setting(
         0.0, "keep the first simulated span free of anomalies (e.g. 2h)", kind="duration", minimum=0
     )
@@ -245,6 +247,7 @@ class TrainSettings:
     min_windows: int = setting(30, "skip devices with fewer training windows", minimum=2)
     workers: int = setting(0, "parallel processes (0 = one per core)", minimum=0)
     activate: bool = setting(True, "make the new versions active")
+    progress: bool = setting(True, "show a progress bar on a terminal")
     format: OutputFormat = setting("text", "summary format")
 
 
@@ -267,6 +270,60 @@ class ScoreSettings:
 
 
 @dataclass(frozen=True)
+class ScheduleSettings:
+    cron: str = setting("5 * * * *", "when to score, crontab syntax in UTC (default: minute 5)")
+    every: float | None = setting(
+        None,
+        "instead of --cron: score every this long (e.g. 10s for tests and the demo)",
+        kind="duration",
+        minimum=0.1,
+    )
+    max_catchup: int = setting(
+        48, "at most this many pending hours per tick, oldest first", minimum=1
+    )
+    misfire_grace: float = setting(
+        3600.0, "a tick missed by less than this still runs", kind="duration", minimum=1
+    )
+    retrain_every: float | None = setting(
+        None, "also retrain every device this often (e.g. 7d)", kind="duration", minimum=1
+    )
+    retrain_window: float = setting(
+        86400.0, "retrain on this much of the newest closed data", kind="duration", minimum=60
+    )
+    format: OutputFormat = setting("text", "output format of `fleetwatch status`")
+
+
+@dataclass(frozen=True)
+class DemoSettings:
+    devices: int = setting(30, "simulated devices", minimum=1)
+    sensors: int = setting(4, "sensors per device", minimum=1, maximum=99)
+    interval: float = setting(
+        10.0, "simulated seconds between readings", kind="duration", minimum=0.1
+    )
+    speed: float = setting(360.0, "simulated clock speed-up (360: an hour every 10 s)", minimum=1)
+    start: datetime | None = setting(
+        None, "simulated start (default: yesterday, this hour)", kind="timestamp"
+    )
+    train_for: float = setting(
+        7200.0, "anomaly-free simulated time to train on", kind="duration", minimum=3600
+    )
+    score_for: float = setting(
+        10800.0, "simulated time to score after training", kind="duration", minimum=3600
+    )
+    anomaly_rate: float = setting(1.0, "anomalies per device per simulated hour", minimum=0)
+    daily_cycle: float = setting(
+        0.1,
+        "daily-cycle scale of the demo fleet (two training hours cannot learn a day)",
+        minimum=0,
+    )
+    drift: float = setting(0.0, "drift scale of the demo fleet", minimum=0)
+    seed: int = setting(7, "random seed")
+    tick: float = setting(2.0, "scheduler cadence during the demo", kind="duration", minimum=0.1)
+    timeout: float = setting(600.0, "give up after this long", kind="duration", minimum=10)
+    keep_running: bool = setting(False, "keep streaming and scoring until Ctrl-C")
+
+
+@dataclass(frozen=True)
 class BrokerSettings:
     host: str = setting("127.0.0.1", "address the embedded broker listens on")
     port: int = setting(
@@ -283,6 +340,8 @@ class Settings:
     aggregate: AggregateSettings = field(default_factory=AggregateSettings)
     train: TrainSettings = field(default_factory=TrainSettings)
     score: ScoreSettings = field(default_factory=ScoreSettings)
+    schedule: ScheduleSettings = field(default_factory=ScheduleSettings)
+    demo: DemoSettings = field(default_factory=DemoSettings)
     simulate: SimulateSettings = field(default_factory=SimulateSettings)
     import_: ImportSettings = field(default_factory=ImportSettings)
 
@@ -294,6 +353,8 @@ SECTIONS: dict[str, str] = {
     "aggregate": "aggregate",
     "train": "train",
     "score": "score",
+    "schedule": "schedule",
+    "demo": "demo",
     "simulate": "simulate",
     "import": "import_",
 }
@@ -573,6 +634,12 @@ def _check(settings: Settings) -> None:
             "(Event Hubs: FLEETWATCH_SASL_USERNAME='$ConnectionString', "
             "FLEETWATCH_SASL_PASSWORD='Endpoint=sb://...')"
         )
+    try:
+        from apscheduler.triggers.cron import CronTrigger
+
+        CronTrigger.from_crontab(settings.schedule.cron)
+    except ValueError as exc:
+        raise ConfigError(f"cron={settings.schedule.cron!r}: {exc}") from None
     gamma = settings.train.gamma
     if gamma not in ("scale", "auto"):
         try:

@@ -91,7 +91,7 @@ def train(
         jobs.append((device_id, matrix, names, parameters))
     workers = options.workers or os.cpu_count() or 1
     with (
-        progress_bar("train", len(jobs), enabled=True) as bar,
+        progress_bar("train", len(jobs), enabled=options.progress) as bar,
         ProcessPoolExecutor(max_workers=max(1, min(workers, len(jobs) or 1))) as pool,
     ):
         futures = {pool.submit(_fit_one, job): job for job in jobs}

@@ -40,6 +40,8 @@ class FleetSpec:
         "dropout",
     )
     clean_for_s: float = 0.0
+    daily_cycle: float = 1.0
+    drift: float = 1.0
     late_fraction: float = 0.0
     late_delay_s: float = 300.0
     malformed_fraction: float = 0.0
@@ -82,7 +84,9 @@ class FleetStream:
         params_rng, self._noise_rng, anomaly_rng, self._late_rng, self._bad_rng, phase_rng = (
             np.random.default_rng(s) for s in seeds
         )
-        self.signals = FleetSignals.draw(spec.devices, self.profiles, params_rng)
+        self.signals = FleetSignals.draw(
+            spec.devices, self.profiles, params_rng, spec.daily_cycle, spec.drift
+        )
         offsets = phase_rng.integers(0, spec.interval_ms, spec.devices)
         # Emit in event-time order within a tick: devices sorted by their phase.
         self._order = np.argsort(offsets, kind="stable")

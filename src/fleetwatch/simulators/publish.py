@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -79,6 +80,8 @@ def spec_from_settings(settings: Settings, seed: int) -> FleetSpec:
         anomaly_rate=sim.anomaly_rate,
         anomaly_kinds=tuple(sim.anomaly_kinds),
         clean_for_s=sim.clean_for,
+        daily_cycle=sim.daily_cycle,
+        drift=sim.drift,
         late_fraction=sim.late_fraction,
         late_delay_s=sim.late_delay,
         malformed_fraction=sim.malformed_fraction,
@@ -98,12 +101,14 @@ class _DeliveryTracker:
             self.first_error = f"{type(exc).__name__}: {exc}"
 
 
-def simulate(settings: Settings, *, stop_after_s: float | None = None) -> SimulationSummary:
+def simulate(
+    settings: Settings, *, stop_after_s: float | None = None, stop: threading.Event | None = None
+) -> SimulationSummary:
     """Run the simulator per ``settings.simulate``; returns the summary (also on Ctrl-C).
 
     Stops after ``--messages``, after ``--duration`` of simulated time, or on Ctrl-C; late
     messages still held back are sent before it returns, and the producer is flushed.
-    ``stop_after_s`` bounds the wall-clock time (the demo uses it).
+    ``stop_after_s`` bounds the wall-clock time; ``stop`` ends the run from another thread.
     """
     sim = settings.simulate
     seed = sim.seed if sim.seed is not None else int.from_bytes(os.urandom(4), "big")
@@ -144,6 +149,9 @@ def simulate(settings: Settings, *, stop_after_s: float | None = None) -> Simula
                 send(messages)
                 if tracker.failed:
                     break  # the broker is refusing or gone: stop, flush and report
+                if stop is not None and stop.is_set():
+                    summary.interrupted = True
+                    break
                 now = time.monotonic()
                 if stop_after_s is not None and now - started > stop_after_s:
                     break

@@ -66,19 +66,24 @@ class FleetSignals:
 
     @classmethod
     def draw(
-        cls, devices: int, profiles: list[SensorProfile], rng: np.random.Generator
+        cls,
+        devices: int,
+        profiles: list[SensorProfile],
+        rng: np.random.Generator,
+        daily_cycle: float = 1.0,
+        drift: float = 1.0,
     ) -> FleetSignals:
         shape = (devices, len(profiles))
         base = np.array([p.baseline for p in profiles])
         noise = np.array([p.noise for p in profiles])
         amplitude = np.array([p.daily_amplitude for p in profiles])
-        drift = np.array([p.drift_per_day for p in profiles])
+        drift_scale = drift * np.array([p.drift_per_day for p in profiles])
         return cls(
             baseline=base * rng.uniform(0.9, 1.1, shape),
             noise=noise * rng.uniform(0.7, 1.3, shape),
-            daily_amplitude=amplitude * rng.uniform(0.5, 1.5, shape),
+            daily_amplitude=daily_cycle * amplitude * rng.uniform(0.5, 1.5, shape),
             daily_phase=rng.uniform(0.0, 2 * np.pi, shape),
-            drift_per_day=drift * rng.standard_normal(shape),
+            drift_per_day=drift_scale * rng.standard_normal(shape),
         )
 
     def healthy(

@@ -1,0 +1,257 @@
+"""``fleetwatch demo``: the whole system on the embedded broker, end to end, in about a minute.
+
+Broker -> topics -> simulator (accelerated clock, clean training hours, labelled anomalies) ->
+aggregation worker (a real ``fleetwatch aggregate`` process) -> training on the clean hours ->
+the scheduler's catch-up scoring the following hours as they close -> precision and recall
+against the injected labels. Every process it starts is stopped again, also on Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import pandas as pd
+
+from fleetwatch.brokers.embedded import EmbeddedBroker
+from fleetwatch.brokers.topics import ensure_topics
+from fleetwatch.config import Settings
+from fleetwatch.errors import FleetwatchError
+from fleetwatch.scheduler.service import CatchUp
+from fleetwatch.scoring.score import closed_through
+from fleetwatch.scoring.train import train
+from fleetwatch.simulators.anomalies import read_labels
+from fleetwatch.simulators.publish import simulate
+
+log = logging.getLogger("fleetwatch.demo")
+MARKER = ".fleetwatch-demo"
+
+
+def _prepare(data_dir: Path) -> None:
+    """A fresh data directory; only ever wipes one an earlier demo made."""
+    if data_dir.exists() and any(data_dir.iterdir()):
+        if not (data_dir / MARKER).exists():
+            raise FleetwatchError(
+                f"{data_dir} is not empty and was not made by the demo; pass --data-dir NEW_DIR"
+            )
+        shutil.rmtree(data_dir)
+    data_dir.mkdir(parents=True, exist_ok=True)
+    (data_dir / MARKER).write_text("made by fleetwatch demo; the next demo run replaces it\n")
+
+
+def _say(message: str) -> None:
+    print(f"[demo] {message}", flush=True)
+
+
+def _wait_closed(settings: Settings, until: datetime, deadline: float, why: str) -> None:
+    while True:
+        closed = closed_through(settings)
+        if closed is not None and closed >= until:
+            return
+        if time.monotonic() > deadline:
+            raise FleetwatchError(f"timed out waiting for {why} (closed through {closed})")
+        time.sleep(0.5)
+
+
+def evaluate(
+    settings: Settings, labels_path: Path, since: datetime, until: datetime
+) -> dict[str, Any]:
+    """Window precision/recall and per-kind episode recall of the scores against the labels."""
+    with duckdb.connect(str(settings.data_dir / "fleetwatch.duckdb"), read_only=True) as db:
+        scores = db.execute(
+            "SELECT device_id, window_start, window_end, is_anomaly FROM scores "
+            "WHERE window_start >= ? AND window_start < ?",
+            [since, until],
+        ).fetchdf()
+    labels = [
+        x
+        for x in read_labels(labels_path)
+        if x.end_ms >= since.timestamp() * 1000 and x.start_ms < until.timestamp() * 1000
+    ]
+    starts = scores["window_start"].astype("datetime64[ms, UTC]").astype("int64").to_numpy()
+    ends = scores["window_end"].astype("datetime64[ms, UTC]").astype("int64").to_numpy()
+    devices = scores["device_id"].to_numpy()
+    truth = pd.Series(False, index=scores.index)
+    per_kind: dict[str, list[int]] = {}
+    for label in labels:
+        hit = (devices == label.device_id) & (starts <= label.end_ms) & (ends > label.start_ms)
+        truth |= hit
+        found = bool(scores["is_anomaly"].to_numpy()[hit].any())
+        counts = per_kind.setdefault(label.kind, [0, 0])
+        counts[0] += int(found)
+        counts[1] += 1
+    predicted = scores["is_anomaly"].astype(bool)
+    true_positive = int((predicted & truth).sum())
+    return {
+        "windows_scored": len(scores),
+        "windows_flagged": int(predicted.sum()),
+        "windows_labelled": int(truth.sum()),
+        "precision": true_positive / max(int(predicted.sum()), 1),
+        "recall": true_positive / max(int(truth.sum()), 1),
+        "episodes_found_by_kind": {k: f"{v[0]}/{v[1]}" for k, v in sorted(per_kind.items())},
+    }
+
+
+def run_demo(settings: Settings) -> int:
+    options = settings.demo
+    data_dir = settings.data_dir
+    _prepare(data_dir)
+    start = options.start or datetime.now(UTC).replace(
+        minute=0, second=0, microsecond=0
+    ) - timedelta(days=1)
+    train_until = start + timedelta(seconds=options.train_for)
+    end = train_until + timedelta(seconds=options.score_for)
+    labels_path = data_dir / "labels.parquet"
+    logs = data_dir / "logs"
+    logs.mkdir(exist_ok=True)
+    started = time.monotonic()
+    deadline = started + options.timeout
+    stop = threading.Event()
+    processes: list[subprocess.Popen[bytes]] = []
+    broker = EmbeddedBroker(settings.broker.host, 0)
+    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    try:
+        broker.start()
+        _say(f"embedded broker at {broker.bootstrap_servers} (memory-only)")
+        kafka = replace(settings.kafka, bootstrap_servers=broker.bootstrap_servers, timeout=10.0)
+        settings = replace(settings, kafka=kafka)
+        ensure_topics(kafka)
+        env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWATCH_")} | {
+            "FLEETWATCH_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+            "FLEETWATCH_TELEMETRY_TOPIC": kafka.telemetry_topic,
+            "FLEETWATCH_DEAD_LETTER_TOPIC": kafka.dead_letter_topic,
+            "FLEETWATCH_DATA_DIR": str(data_dir),
+            "FLEETWATCH_AGGREGATE_REBALANCE_TIMEOUT": "5s",
+            "FLEETWATCH_AGGREGATE_IDLE_TIMEOUT": "3s",
+            "FLEETWATCH_AGGREGATE_WINDOW": str(settings.aggregate.window),
+            "FLEETWATCH_AGGREGATE_GRACE": str(settings.aggregate.grace),
+        }
+        with (logs / "aggregate.log").open("ab") as handle:
+            processes.append(
+                subprocess.Popen(
+                    [sys.executable, "-m", "fleetwatch", "aggregate"],
+                    env=env,
+                    stdout=handle,
+                    stderr=handle,
+                )
+            )
+        _say(f"aggregation worker started (log: {logs / 'aggregate.log'})")
+
+        simulated = (end - start).total_seconds()
+        simulator_settings = replace(
+            settings,
+            simulate=replace(
+                settings.simulate,
+                devices=options.devices,
+                sensors=options.sensors,
+                interval=options.interval,
+                speed=options.speed,
+                start=start,
+                duration=None if options.keep_running else simulated,
+                seed=options.seed,
+                anomaly_rate=options.anomaly_rate,
+                clean_for=options.train_for,
+                labels=labels_path,
+                daily_cycle=options.daily_cycle,
+                drift=options.drift,
+                progress=False,
+            ),
+        )
+        _say(
+            f"simulating {options.devices} devices x {options.sensors} sensors from "
+            f"{start:%Y-%m-%dT%H:%M}Z, {options.speed:g}x real time; the first "
+            f"{options.train_for / 3600:g} h are anomaly-free for training"
+        )
+        outcome: dict[str, Any] = {}
+        simulator = threading.Thread(
+            target=lambda: outcome.update(summary=simulate(simulator_settings, stop=stop)),
+            daemon=True,
+        )
+        simulator.start()
+
+        _wait_closed(settings, train_until, deadline, "the training hours to close")
+        summary = train(
+            replace(settings, train=replace(settings.train, progress=False)), start, train_until
+        )
+        _say(
+            f"trained {len(summary.trained)} device models on "
+            f"{start:%H:%M}-{train_until:%H:%M} (skipped {len(summary.skipped)})"
+        )
+
+        catch_up = CatchUp(settings)
+        hours = int(options.score_for // 3600)
+        while True:
+            for result in catch_up():
+                _say(
+                    f"scored {result.window_start:%Y-%m-%dT%H}: {result.devices_scored} devices,"
+                    f" {result.anomalies} anomalous windows"
+                )
+            scored = {r.window_start for r in catch_up.results if r.status == "succeeded"}
+            if not options.keep_running and len({h for h in scored if h >= train_until}) >= hours:
+                break
+            if not options.keep_running and time.monotonic() > deadline:
+                raise FleetwatchError("the demo ran out of time before every hour was scored")
+            time.sleep(options.tick)
+        simulator.join(30)
+
+        report = evaluate(settings, labels_path, train_until, end)
+        sim = outcome.get("summary")
+        _say(f"done in {time.monotonic() - started:.0f} s")
+        print()
+        print(f"hours scored        {hours} ({train_until:%H:%M}-{end:%H:%M} simulated)")
+        print(f"devices             {options.devices} ({len(summary.trained)} with a model)")
+        print(f"messages            {sim.messages_sent if sim else '?'}")
+        print(f"windows scored      {report['windows_scored']}")
+        print(f"anomalies found     {report['windows_flagged']} windows")
+        print(
+            f"precision           {report['precision']:.2f} (flagged windows overlapping "
+            "an injected anomaly)"
+        )
+        print(f"recall              {report['recall']:.2f} (labelled windows flagged)")
+        print(
+            "found by kind       "
+            + ", ".join(f"{k} {v}" for k, v in report["episodes_found_by_kind"].items())
+        )
+        print()
+        print("try:")
+        # printed suggestions for the user, never executed here
+        prefix = f"fleetwatch sql --data-dir {data_dir}"
+        print(
+            f'  {prefix} "SELECT device_id, count(*) AS anomalies, min(score) FROM anomalies '
+            'GROUP BY 1 ORDER BY 2 DESC LIMIT 10"'
+        )
+        print(
+            f'  {prefix} "SELECT window_start, status, devices_scored, rows_scored FROM runs '
+            'ORDER BY window_start"'
+        )
+        print(
+            f'  {prefix} "SELECT sensor, round(avg(mean), 3) AS mean, sum(count) AS readings '
+            'FROM aggregates GROUP BY 1"'
+        )
+        return 0
+    except KeyboardInterrupt:
+        _say("interrupted: stopping everything")
+        return 130
+    finally:
+        stop.set()
+        for process in processes:
+            if process.poll() is None:
+                process.send_signal(signal.SIGTERM)
+        for process in processes:
+            try:
+                process.wait(30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+        broker.stop()
+        signal.signal(signal.SIGTERM, previous)
