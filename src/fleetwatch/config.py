@@ -245,6 +245,12 @@ class TrainSettings:
     kernel: Literal["rbf", "linear", "poly", "sigmoid"] = setting("rbf", "SVM kernel")
     per_sensor: bool = setting(False, "one univariate model per (device, sensor) instead")
     min_windows: int = setting(30, "skip devices with fewer training windows", minimum=2)
+    threshold_quantile: float = setting(
+        0.01,
+        "flag a window when its score is below this quantile of the training scores (and below 0)",
+        minimum=0,
+        maximum=0.5,
+    )
     workers: int = setting(0, "parallel processes (0 = one per core)", minimum=0)
     activate: bool = setting(True, "make the new versions active")
     progress: bool = setting(True, "show a progress bar on a terminal")

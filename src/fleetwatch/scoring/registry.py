@@ -107,6 +107,7 @@ class ModelRegistry:
         windows: int,
         parameters: dict[str, Any],
         activate: bool = True,
+        threshold: float = 0.0,
     ) -> ModelVersion:
         import joblib
         import sklearn
@@ -137,6 +138,7 @@ class ModelRegistry:
                 "windows": windows,
             },
             "parameters": parameters,
+            "threshold": threshold,
             "created_at": datetime.now(UTC).isoformat(),
             "libraries": {
                 "python": platform.python_version(),

@@ -73,14 +73,15 @@ def score_hour(
     without_model = sorted(with_data - set(active))
     silent = sorted(set(active) - with_data)
 
-    def work(device_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+    def work(device_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
         if hook is not None:
             hook(device_id)
         model = registry.get(device_id, active[device_id])
         kind, arrays = ModelRegistry.load_params(model)  # sha256-checked, no pickle
         windows = cube.matrix(device_id, list(model.manifest["features"]))
         scores = decision_from_arrays(kind, arrays, windows.matrix)
-        return windows.window_start, windows.window_end, scores, model.version
+        flagged = scores < float(model.manifest.get("threshold", 0.0))
+        return windows.window_start, windows.window_end, scores, flagged, model.version
 
     workers = options.workers or os.cpu_count() or 1
     with progress_bar(f"score {window_start:%Y-%m-%dT%H}", len(to_score), progress) as bar:
@@ -98,16 +99,24 @@ def score_hour(
         )
 
     outcome_rows: list[tuple[str, str, str, str | None, str | None, int]] = []
-    parts: dict[str, list[Any]] = {"device": [], "start": [], "end": [], "score": [], "version": []}
+    parts: dict[str, list[Any]] = {
+        "device": [],
+        "start": [],
+        "end": [],
+        "score": [],
+        "flagged": [],
+        "version": [],
+    }
     for device_id in to_score:
         version = active[device_id]
         if device_id in results:
-            starts, ends, values, version = results[device_id]
+            starts, ends, values, flagged, version = results[device_id]
             outcome_rows.append((run_id, device_id, "scored", None, version, len(values)))
             parts["device"].append(np.full(len(values), device_id, dtype=object))
             parts["start"].append(starts)
             parts["end"].append(ends)
             parts["score"].append(values)
+            parts["flagged"].append(flagged)
             parts["version"].append(np.full(len(values), version, dtype=object))
         else:
             reason = errors.get(device_id, "not run: the run was aborted")
@@ -130,7 +139,7 @@ def score_hour(
             "window_start": pd.to_datetime(joined("start", np.int64), unit="ms", utc=True),
             "window_end": pd.to_datetime(joined("end", np.int64), unit="ms", utc=True),
             "score": values,
-            "is_anomaly": values < 0,
+            "is_anomaly": joined("flagged", bool),
             "model_version": joined("version", object),
         }
     )

@@ -44,11 +44,25 @@ def _gamma(value: str) -> str | float:
     return value if value in ("scale", "auto") else float(value)
 
 
-def _fit_one(job: tuple[str, np.ndarray, list[str], dict[str, Any]]) -> tuple[str, Any]:
+def _fit_one(job: tuple[str, np.ndarray, list[str], dict[str, Any]]) -> tuple[str, Any, float]:
+    """Fit a device's model and choose its anomaly threshold on windows it did not see.
+
+    A one-class SVM fitted on a few hundred windows draws its boundary through its support
+    vectors, so unseen normal windows often score a little below 0. One fifth of the training
+    windows (a seeded random choice) is held out; the model is fitted on the rest and the
+    threshold is the held-out scores' ``threshold_quantile``, never above 0.
+    """
     device_id, matrix, names, options = job
     model = new_model(options["kind"], options["nu"], _gamma(options["gamma"]), options["kernel"])
-    model.fit(matrix, names)
-    return device_id, model
+    rng = np.random.default_rng(int.from_bytes(device_id.encode()[:8].ljust(8, b"\0"), "little"))
+    order = rng.permutation(len(matrix))
+    held = order[: len(matrix) // 5] if len(matrix) >= 50 else order
+    fit_rows = order[len(matrix) // 5 :] if len(matrix) >= 50 else order
+    model.fit(matrix[fit_rows], names)
+    scores = model.sklearn_decision(matrix[held])
+    finite = scores[np.isfinite(scores)]
+    quantile = float(np.quantile(finite, options["threshold_quantile"])) if len(finite) else 0.0
+    return device_id, model, min(0.0, quantile)
 
 
 def train(
@@ -87,6 +101,7 @@ def train(
             "nu": options.nu,
             "gamma": options.gamma,
             "kernel": options.kernel,
+            "threshold_quantile": options.threshold_quantile,
         }
         jobs.append((device_id, matrix, names, parameters))
     workers = options.workers or os.cpu_count() or 1
@@ -98,7 +113,7 @@ def train(
         for done, future in enumerate(as_completed(futures), start=1):
             device_id, matrix, names, parameters = futures[future]
             try:
-                _, model = future.result()
+                _, model, threshold = future.result()
             except Exception as exc:  # one device's bad data must not stop the others
                 summary.failed[device_id] = f"{type(exc).__name__}: {exc}"
                 continue
@@ -111,6 +126,7 @@ def train(
                 len(matrix),
                 parameters,
                 activate=options.activate,
+                threshold=threshold,
             )
             summary.trained[device_id] = saved.version
             if bar is not None:
