@@ -29,7 +29,9 @@ FloatMatrix = npt.NDArray[np.float64]
 
 
 def feature_names(sensors: list[str]) -> list[str]:
-    """>>> feature_names(["temp"])
+    """The feature columns of a device with these sensors.
+
+    >>> feature_names(["temp"])
     ['temp__mean', 'temp__std', 'temp__min', 'temp__max', 'temp__present']
     """
     return [f"{s}__{stat}" for s in sorted(sensors) for stat in (*STATISTICS, "present")]

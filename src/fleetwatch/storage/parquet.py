@@ -67,7 +67,9 @@ class RecordSink(Protocol):
 
 
 def file_name(partition: int, first_offset: int, last_offset: int) -> str:
-    """>>> file_name(3, 12000, 15999)
+    """The deterministic name of a file made from records first..last of a partition.
+
+    >>> file_name(3, 12000, 15999)
     'p0003-000000012000-000000015999.parquet'
     """
     return f"p{partition:04d}-{first_offset:012d}-{last_offset:012d}.parquet"
