@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from fleetwatch.aggregate.windows import (
+    AGGREGATE_COLUMNS,
     COUNT,
     FIRST_OFFSET,
     LAST_OFFSET,
@@ -259,26 +260,10 @@ class PartitionProcessor:
                         int(state[LAST_OFFSET]),
                     )
                 )
-        frame = pd.DataFrame(
-            rows,
-            columns=[
-                "device_id",
-                "sensor",
-                "window_start",
-                "window_end",
-                "count",
-                "mean",
-                "std",
-                "min",
-                "max",
-                "first_offset",
-                "last_offset",
-            ],
+        frame = _with_utc_ms(
+            pd.DataFrame(rows, columns=[*AGGREGATE_COLUMNS, "first_offset", "last_offset"]),
+            ("window_start", "window_end"),
         )
-        for column in ("window_start", "window_end"):
-            frame[column] = pd.to_datetime(frame[column], unit="ms", utc=True).astype(
-                "datetime64[ms, UTC]"
-            )
         frame = frame.sort_values(["window_start", "device_id", "sensor"], kind="stable")
         self.aggregates.write(frame, self.partition, "window_start")
         self.counters.windows_written += len(frame)
@@ -321,14 +306,21 @@ class PartitionProcessor:
     def flush_late(self) -> None:
         if not self.pending_late:
             return
-        frame = pd.DataFrame(
-            self.pending_late,
-            columns=["device_id", "sensor", "ts", "value", "window_start", "lateness_ms", "offset"],
+        frame = _with_utc_ms(
+            pd.DataFrame(
+                self.pending_late,
+                columns=[
+                    "device_id",
+                    "sensor",
+                    "ts",
+                    "value",
+                    "window_start",
+                    "lateness_ms",
+                    "offset",
+                ],
+            ),
+            ("ts", "window_start"),
         )
-        for column in ("ts", "window_start"):
-            frame[column] = pd.to_datetime(frame[column], unit="ms", utc=True).astype(
-                "datetime64[ms, UTC]"
-            )
         frame["partition"] = np.int32(self.partition)
         self.late.write(frame, self.partition, "ts")
         self.pending_late = []
@@ -353,6 +345,15 @@ class PartitionProcessor:
             close_boundary_ms=self.close_boundary,
             max_event_ms=self.max_event,
         )
+
+
+def _with_utc_ms(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
+    """Epoch-millisecond columns as timestamp(ms, UTC), the Parquet schema's type."""
+    for column in columns:
+        frame[column] = pd.to_datetime(frame[column], unit="ms", utc=True).astype(
+            "datetime64[ms, UTC]"
+        )
+    return frame
 
 
 class OrphanedFilesError(FleetwatchError):
