@@ -199,6 +199,12 @@ class ModelRegistry:
         except FileNotFoundError:
             return None
 
+    def model_devices(self) -> set[str]:
+        """Devices that have a model folder (active or not); a directory listing only."""
+        if not self.root.is_dir():
+            return set()
+        return {e.name for e in os.scandir(self.root) if e.is_dir() and is_valid_name(e.name)}
+
     def active_versions(self) -> dict[str, str]:
         """Every device's active version, reading only the small ACTIVE files."""
         result: dict[str, str] = {}

@@ -67,16 +67,20 @@ def score_hour(
     frame = read_windows(settings.data_dir, window_start, window_end)
     cube = WindowCube(frame, window_ms)
     registry = ModelRegistry(settings.data_dir / "models")
-    active = registry.active_versions()  # device -> version; manifests are read by the workers
+    # Reading 10k ACTIVE files is work for the workers; the parent only lists folders.
+    with_model_folder = registry.model_devices()
     with_data = set(cube.devices)
-    to_score = sorted(with_data & set(active))
-    without_model = sorted(with_data - set(active))
-    silent = sorted(set(active) - with_data)
+    to_score = sorted(with_data & with_model_folder)
+    without_folder = sorted(with_data - with_model_folder)
+    silent = sorted(d for d in with_model_folder - with_data if registry.active_version(d))
 
-    def work(device_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str]:
+    def work(device_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str] | None:
         if hook is not None:
             hook(device_id)
-        model = registry.get(device_id, active[device_id])
+        version = registry.active_version(device_id)
+        if version is None:
+            return None  # a model folder without an active version: no model
+        model = registry.get(device_id, version)
         kind, arrays = ModelRegistry.load_params(model)  # sha256-checked, no pickle
         windows = cube.matrix(device_id, list(model.manifest["features"]))
         scores = decision_from_arrays(kind, arrays, windows.matrix)
@@ -99,30 +103,30 @@ def score_hour(
         )
 
     outcome_rows: list[tuple[str, str, str, str | None, str | None, int]] = []
-    parts: dict[str, list[Any]] = {
-        "device": [],
-        "start": [],
-        "end": [],
-        "score": [],
-        "flagged": [],
-        "version": [],
-    }
+    parts: dict[str, list[Any]] = {"start": [], "end": [], "score": [], "flagged": []}
+    scored_devices: list[str] = []
+    scored_versions: list[str] = []
+    counts: list[int] = []
+    without_model = list(without_folder)
     for device_id in to_score:
-        version = active[device_id]
-        if device_id in results:
+        if device_id in results and results[device_id] is None:
+            without_model.append(device_id)  # a model folder, but no active version
+        elif device_id in results:
             starts, ends, values, flagged, version = results[device_id]
             outcome_rows.append((run_id, device_id, "scored", None, version, len(values)))
-            parts["device"].append(np.full(len(values), device_id, dtype=object))
+            scored_devices.append(device_id)
+            scored_versions.append(version)
+            counts.append(len(values))
             parts["start"].append(starts)
             parts["end"].append(ends)
             parts["score"].append(values)
             parts["flagged"].append(flagged)
-            parts["version"].append(np.full(len(values), version, dtype=object))
         else:
             reason = errors.get(device_id, "not run: the run was aborted")
+            version = registry.active_version(device_id)
             outcome_rows.append((run_id, device_id, "failed", reason, version, 0))
-    outcome_rows += [(run_id, d, "no_model", None, None, 0) for d in without_model]
-    outcome_rows += [(run_id, d, "silent", None, active[d], 0) for d in silent]
+    outcome_rows += [(run_id, d, "no_model", None, None, 0) for d in sorted(without_model)]
+    outcome_rows += [(run_id, d, "silent", None, registry.active_version(d), 0) for d in silent]
     outcomes = pd.DataFrame(
         outcome_rows,
         columns=["run_id", "device_id", "outcome", "error", "model_version", "windows"],
@@ -135,12 +139,12 @@ def score_hour(
     scores = pd.DataFrame(
         {
             "run_id": run_id,
-            "device_id": joined("device", object),
+            "device_id": np.repeat(np.array(scored_devices, dtype=object), counts),
             "window_start": pd.to_datetime(joined("start", np.int64), unit="ms", utc=True),
             "window_end": pd.to_datetime(joined("end", np.int64), unit="ms", utc=True),
             "score": values,
             "is_anomaly": joined("flagged", bool),
-            "model_version": joined("version", object),
+            "model_version": np.repeat(np.array(scored_versions, dtype=object), counts),
         }
     )
     failed = len(to_score) - len(results)
@@ -162,8 +166,8 @@ def score_hour(
         "started_at": started_at,
         "finished_at": datetime.now(UTC),
         "status": status,
-        "devices_total": len(with_data | set(active)),
-        "devices_scored": len(results),
+        "devices_total": len(with_data) + len(silent),
+        "devices_scored": len(scored_devices),
         "devices_failed": failed,
         "devices_without_model": len(without_model),
         "devices_silent": len(silent),
@@ -176,7 +180,7 @@ def score_hour(
         window_start,
         status,
         run["devices_total"],
-        len(results),
+        len(scored_devices),
         failed,
         len(without_model),
         len(silent),

@@ -146,3 +146,20 @@ def test_schedule_sigterm_finishes_the_current_hour_and_exits(
     )
     report = json.loads(status.stdout)
     assert report["pending_hours"] == [] and len(report["last_runs"]) == 3
+
+
+def test_retraining_job_makes_new_active_versions(trained: Settings) -> None:
+    from fleetwatch.scheduler.service import Retrainer
+    from fleetwatch.scoring.registry import ModelRegistry
+
+    set_watermark(trained, T0 + 3 * HOUR)
+    settings = load_settings(environ={}, overrides={
+        "": {"data_dir": str(trained.data_dir)}, "schedule": {"retrain_window": "2h"},
+        "train": {"workers": "1", "progress": "false"}})
+    Retrainer(settings)()
+    registry = ModelRegistry(trained.data_dir / "models")
+    for device in registry.devices():
+        active = registry.active(device)
+        assert active is not None and active.version == "v0002"
+        assert active.manifest["training"]["from"].startswith("2026-11-22T01:00")
+        assert active.manifest["training"]["until"].startswith("2026-11-22T03:00")
