@@ -191,19 +191,33 @@ def score_hour(
 
 
 def closed_through(settings: Settings) -> datetime | None:
-    """Event time up to which every partition's windows are on disk (None: unknown)."""
+    """Event time up to which every window is on disk (None: nothing aggregated yet).
+
+    It is the lowest close boundary among partitions that still hold open windows. A partition
+    with nothing open (every window written, e.g. closed by the idle timeout) or that never saw
+    data holds nothing back; when no partition holds anything open, everything is written up to
+    the highest boundary. (A device that resumes later on an idle partition can still add
+    windows to an hour that was scored meanwhile: rescore it with `fleetwatch score --hour`.)
+    """
     store = CheckpointStore(
         settings.data_dir / "state" / "aggregate" / settings.kafka.telemetry_topic
     )
-    boundaries = []
+    holding: list[int] = []
+    written: list[int] = []
     for path in sorted(store.root.glob("p*.json")) if store.root.exists() else []:
         checkpoint = store.load(int(path.stem[1:]))
         if checkpoint is None or checkpoint.close_boundary_ms is None:
-            return None
-        boundaries.append(checkpoint.close_boundary_ms)
-    if not boundaries:
-        return None
-    return datetime.fromtimestamp(min(boundaries) / 1000, UTC)
+            if checkpoint is not None and checkpoint.next_offset is not None:
+                return None  # data read, nothing closed yet: nothing is closed anywhere
+            continue
+        written.append(checkpoint.close_boundary_ms)
+        if checkpoint.offset is not None and checkpoint.offset != checkpoint.next_offset:
+            holding.append(checkpoint.close_boundary_ms)
+    if holding:
+        return datetime.fromtimestamp(min(holding) / 1000, UTC)
+    if written:
+        return datetime.fromtimestamp(max(written) / 1000, UTC)
+    return None
 
 
 def hours_with_data(settings: Settings) -> list[datetime]:

@@ -32,7 +32,7 @@ def set_watermark(settings: Settings, closed: datetime, partitions: int = 2) -> 
     store = CheckpointStore(settings.data_dir / "state" / "aggregate" / "telemetry")
     for partition in range(partitions):
         boundary = int(closed.timestamp() * 1000) + partition * 60_000  # the min counts
-        store.save(partition, Checkpoint(0, 0, boundary, boundary))
+        store.save(partition, Checkpoint(0, 10, boundary, boundary))  # windows still open
 
 
 def runs_per_hour(settings: Settings) -> dict[int, int]:
@@ -97,6 +97,18 @@ def test_an_unfinished_hour_waits_for_every_partition(trained: Settings) -> None
     assert [r.window_start.hour for r in CatchUp(trained)()] == [0, 1]
 
 
+def test_idle_or_empty_partitions_do_not_hold_hours_back(trained: Settings) -> None:
+    set_watermark(trained, T0 + 3 * HOUR, partitions=2)
+    store = CheckpointStore(trained.data_dir / "state" / "aggregate" / "telemetry")
+    early = int((T0 + HOUR).timestamp() * 1000)
+    store.save(2, Checkpoint(50, 50, early, early))  # idle since 01:00, nothing open
+    store.save(3, Checkpoint(None, None, None, None))  # never saw data
+    assert [r.window_start.hour for r in CatchUp(trained)()] == [0, 1, 2]
+    store.save(4, Checkpoint(60, 70, early, early))  # open windows at 01:00 hold back
+    set_watermark(trained, T0 + 4 * HOUR, partitions=2)
+    assert CatchUp(trained)() == []
+
+
 def test_next_tick_cron_and_every() -> None:
     settings = load_settings(environ={})
     assert next_tick(settings, T0 + timedelta(minutes=7)) == T0 + HOUR + timedelta(minutes=5)
@@ -153,9 +165,14 @@ def test_retraining_job_makes_new_active_versions(trained: Settings) -> None:
     from fleetwatch.scoring.registry import ModelRegistry
 
     set_watermark(trained, T0 + 3 * HOUR)
-    settings = load_settings(environ={}, overrides={
-        "": {"data_dir": str(trained.data_dir)}, "schedule": {"retrain_window": "2h"},
-        "train": {"workers": "1", "progress": "false"}})
+    settings = load_settings(
+        environ={},
+        overrides={
+            "": {"data_dir": str(trained.data_dir)},
+            "schedule": {"retrain_window": "2h"},
+            "train": {"workers": "1", "progress": "false"},
+        },
+    )
     Retrainer(settings)()
     registry = ModelRegistry(trained.data_dir / "models")
     for device in registry.devices():
