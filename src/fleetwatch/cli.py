@@ -269,6 +269,17 @@ def _run_score(args: argparse.Namespace, settings: Settings) -> int:
         hours = missed_hours(settings)
     else:
         raise FleetwatchError("say which hours: --hour 2026-11-22T10, --since/--until, or --missed")
+    from fleetwatch.scoring.score import closed_through
+
+    closed = closed_through(settings)
+    for hour in hours:
+        if closed is not None and hour.replace(minute=0, second=0) + timedelta(hours=1) > closed:
+            print(
+                f"fleetwatch score: warning: {hour:%Y-%m-%dT%H} is not closed on every partition "
+                f"yet (closed through {closed:%Y-%m-%dT%H:%M}Z); windows still to come are not "
+                "in this run: score it again later, or use --missed",
+                file=sys.stderr,
+            )
     results = [score_hour(settings, hour) for hour in hours]
     rows = [r.as_record() for r in results]
     columns = [

@@ -250,6 +250,11 @@ class ModelRegistry:
     @classmethod
     def load_params(cls, model: ModelVersion) -> tuple[ModelKindName, dict[str, np.ndarray]]:
         """The parameter arrays: read once, sha256-checked, decoded without pickle."""
+        if "params.bin" not in model.manifest.get("sha256", {}):
+            raise ModelIntegrityError(
+                f"{model.device_id} {model.version} has no params.bin in its manifest (saved by "
+                "an older fleetwatch); retrain it with `fleetwatch train`"
+            )
         blob = (model.path / "params.bin").read_bytes()
         if hashlib.sha256(blob).hexdigest() != model.manifest["sha256"]["params.bin"]:
             raise ModelIntegrityError(
