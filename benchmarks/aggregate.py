@@ -104,7 +104,10 @@ def peak_rss_mib(pid: int) -> float:
     return float("nan")
 
 
-def run_worker(bootstrap: str, topic: str, ends: dict[int, int], group: str) -> dict[str, float]:
+def start_worker(
+    bootstrap: str, topic: str, group: str, idle_timeout: str
+) -> tuple[subprocess.Popen[bytes], Path]:
+    """A `fleetwatch aggregate` process on a fresh data directory."""
     data = Path(tempfile.mkdtemp(prefix="fw-bench-"))
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWATCH_")} | {
         "FLEETWATCH_BOOTSTRAP_SERVERS": bootstrap,
@@ -112,7 +115,7 @@ def run_worker(bootstrap: str, topic: str, ends: dict[int, int], group: str) -> 
         "FLEETWATCH_DEAD_LETTER_TOPIC": f"{topic}.deadletter",
         "FLEETWATCH_DATA_DIR": str(data),
         "FLEETWATCH_AGGREGATE_GROUP_ID": group,
-        "FLEETWATCH_AGGREGATE_IDLE_TIMEOUT": "0.5s",
+        "FLEETWATCH_AGGREGATE_IDLE_TIMEOUT": idle_timeout,
         "FLEETWATCH_AGGREGATE_REBALANCE_TIMEOUT": "5s",
         "FLEETWATCH_AGGREGATE_LOG_INTERVAL": "1s",
         "FLEETWATCH_LOG_LEVEL": "WARNING",
@@ -123,6 +126,11 @@ def run_worker(bootstrap: str, topic: str, ends: dict[int, int], group: str) -> 
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
     )
+    return process, data
+
+
+def run_worker(bootstrap: str, topic: str, ends: dict[int, int], group: str) -> dict[str, float]:
+    process, data = start_worker(bootstrap, topic, group, "0.5s")
     store = CheckpointStore(data / "state" / "aggregate" / topic)
     try:
         while True:
@@ -155,24 +163,7 @@ def open_window_rss(bootstrap: str, devices: int, sensors: int) -> float:
     """Peak RSS of a worker holding one open window per (device, sensor): 10 readings each."""
     topic = f"bench-memory-{devices}"
     ends = preload(bootstrap, topic, devices, sensors, devices * 10)
-    data = Path(tempfile.mkdtemp(prefix="fw-bench-mem-"))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWATCH_")} | {
-        "FLEETWATCH_BOOTSTRAP_SERVERS": bootstrap,
-        "FLEETWATCH_TELEMETRY_TOPIC": topic,
-        "FLEETWATCH_DEAD_LETTER_TOPIC": f"{topic}.deadletter",
-        "FLEETWATCH_DATA_DIR": str(data),
-        "FLEETWATCH_AGGREGATE_GROUP_ID": "bench-memory",
-        "FLEETWATCH_AGGREGATE_IDLE_TIMEOUT": "1h",
-        "FLEETWATCH_AGGREGATE_REBALANCE_TIMEOUT": "5s",
-        "FLEETWATCH_AGGREGATE_LOG_INTERVAL": "1s",
-        "FLEETWATCH_LOG_LEVEL": "WARNING",
-    }
-    process = subprocess.Popen(
-        [sys.executable, "-m", "fleetwatch", "aggregate"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    process, data = start_worker(bootstrap, topic, "bench-memory", "1h")
     root = data / "state" / "aggregate" / topic
     total = sum(ends.values())
     try:
