@@ -50,6 +50,10 @@ def _prepare(data_dir: Path) -> None:
     (data_dir / MARKER).write_text("made by fleetwatch demo; the next demo run replaces it\n")
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def _say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
@@ -120,7 +124,7 @@ def run_demo(settings: Settings) -> int:
     stop = threading.Event()
     processes: list[subprocess.Popen[bytes]] = []
     broker = EmbeddedBroker(settings.broker.host, 0)
-    previous = signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM cleans up like Ctrl-C
     try:
         broker.start()
         _say(f"embedded broker at {broker.bootstrap_servers} (memory-only)")

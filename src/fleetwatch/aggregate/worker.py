@@ -258,7 +258,7 @@ class Aggregator:
     def stats(self) -> dict[str, Any]:
         totals = dict(self.totals)
         open_windows = 0
-        late_by_reason: dict[str, int] = {}
+        dead_by_reason: dict[str, int] = {}
         lag = 0
         for partition, processor in self.processors.items():
             counters = processor.counters
@@ -268,7 +268,7 @@ class Aggregator:
             totals["dead_lettered"] += sum(counters.dead_lettered.values())
             totals["windows"] += counters.windows_written
             for reason, count in counters.dead_lettered.items():
-                late_by_reason[reason] = late_by_reason.get(reason, 0) + count
+                dead_by_reason[reason] = dead_by_reason.get(reason, 0) + count
             open_windows += processor.open_count
             highwater = self._highwater(partition)
             if highwater is not None and processor.next_offset is not None:
@@ -277,7 +277,7 @@ class Aggregator:
             **totals,
             "open_windows": open_windows,
             "lag": lag,
-            "dead_lettered_by_reason": late_by_reason,
+            "dead_lettered_by_reason": dead_by_reason,
             "partitions": sorted(self.processors),
             "started_at": self.started_at,
             "first_record_at": self.first_record_at,

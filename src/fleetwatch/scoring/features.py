@@ -74,53 +74,6 @@ class DeviceWindows:
     matrix: FloatMatrix  # (windows, features); NaN where a sensor did not report
 
 
-def pivot_by_device(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
-    """Per device: a frame indexed by window_start with columns ``<sensor>__<stat>``."""
-    if frame.empty:
-        return {}
-    wide = frame.pivot_table(
-        index=["device_id", "window_start"],
-        columns="sensor",
-        values=list(STATISTICS),
-        aggfunc="first",
-        observed=True,
-        dropna=False,
-    )
-    wide.columns = [f"{pair[1]}__{pair[0]}" for pair in wide.columns]
-    result: dict[str, pd.DataFrame] = {}
-    for device_id, rows in wide.groupby(level=0, sort=True):
-        result[str(device_id)] = rows.droplevel(0)
-    return result
-
-
-def device_matrix(
-    device_id: str, rows: pd.DataFrame, names: list[str], window_ms: int
-) -> DeviceWindows:
-    """The device's windows over exactly ``names`` (absent sensors: NaN and present = 0)."""
-    columns = {}
-    for name in names:
-        sensor, stat = name.rsplit("__", 1)
-        if stat == "present":
-            mean = rows.get(f"{sensor}__mean")
-            columns[name] = (
-                np.zeros(len(rows))
-                if mean is None
-                else mean.notna().to_numpy(dtype=float) * PRESENT
-            )
-        else:
-            column = rows.get(name)
-            columns[name] = (
-                np.full(len(rows), np.nan) if column is None else column.to_numpy(dtype=float)
-            )
-    matrix = np.column_stack([columns[n] for n in names]) if names else np.empty((len(rows), 0))
-    starts = rows.index.to_numpy(dtype="datetime64[ms]").astype(np.int64)
-    return DeviceWindows(device_id, starts, starts + window_ms, matrix)
-
-
-def sensors_of(rows: pd.DataFrame) -> list[str]:
-    return sorted({c.rsplit("__", 1)[0] for c in rows.columns if rows[c].notna().any()})
-
-
 class WindowCube:
     """An hour (or any range) of windows as a dense (device-window, sensor, statistic) array.
 
@@ -150,6 +103,17 @@ class WindowCube:
 
     def __contains__(self, device_id: str) -> bool:
         return device_id in self._rows
+
+    def window_count(self, device_id: str) -> int:
+        begin, end = self._rows[device_id]
+        return end - begin
+
+    def sensors(self, device_id: str) -> list[str]:
+        """The sensors that reported at least once for this device."""
+        begin, end = self._rows[device_id]
+        reported = ~np.isnan(self.values[begin:end, :, 0]).all(axis=0)
+        names = sorted(self._sensor_index, key=self._sensor_index.__getitem__)
+        return sorted(n for n, seen in zip(names, reported.tolist(), strict=True) if seen)
 
     def _plan(self, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Where each feature comes from: (sensor index, statistic index, kind) per column.

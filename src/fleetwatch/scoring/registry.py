@@ -205,21 +205,6 @@ class ModelRegistry:
             return set()
         return {e.name for e in os.scandir(self.root) if e.is_dir() and is_valid_name(e.name)}
 
-    def active_versions(self) -> dict[str, str]:
-        """Every device's active version, reading only the small ACTIVE files."""
-        result: dict[str, str] = {}
-        if not self.root.is_dir():
-            return result
-        for entry in os.scandir(self.root):
-            if entry.is_dir() and is_valid_name(entry.name):
-                try:
-                    version = Path(entry.path, "ACTIVE").read_text().strip()
-                except FileNotFoundError:
-                    continue
-                if version:
-                    result[entry.name] = version
-        return result
-
     def versions(self, device_id: str) -> list[ModelVersion]:
         return [self.get(device_id, v) for v in self._version_names(device_id)]
 

@@ -13,13 +13,7 @@ import numpy as np
 from fleetwatch.config import Settings
 from fleetwatch.errors import InvalidInputError
 from fleetwatch.output import progress_bar
-from fleetwatch.scoring.features import (
-    device_matrix,
-    feature_names,
-    pivot_by_device,
-    read_windows,
-    sensors_of,
-)
+from fleetwatch.scoring.features import WindowCube, feature_names, read_windows
 from fleetwatch.scoring.models import ModelKindName, new_model
 from fleetwatch.scoring.registry import ModelRegistry
 
@@ -87,23 +81,22 @@ def train(
             f"{settings.data_dir / 'aggregates'}; run `fleetwatch aggregate` first or pick "
             "another --since/--until"
         )
+    cube = WindowCube(frame, window_ms)
+    parameters = {
+        "kind": kind,
+        "nu": options.nu,
+        "gamma": options.gamma,
+        "kernel": options.kernel,
+        "threshold_quantile": options.threshold_quantile,
+    }
     jobs = []
-    for device_id, rows in pivot_by_device(frame).items():
-        if len(rows) < options.min_windows:
-            summary.skipped[device_id] = (
-                f"{len(rows)} windows < --min-windows {options.min_windows}"
-            )
+    for device_id in cube.devices:
+        count = cube.window_count(device_id)
+        if count < options.min_windows:
+            summary.skipped[device_id] = f"{count} windows < --min-windows {options.min_windows}"
             continue
-        names = feature_names(sensors_of(rows))
-        matrix = device_matrix(device_id, rows, names, window_ms).matrix
-        parameters = {
-            "kind": kind,
-            "nu": options.nu,
-            "gamma": options.gamma,
-            "kernel": options.kernel,
-            "threshold_quantile": options.threshold_quantile,
-        }
-        jobs.append((device_id, matrix, names, parameters))
+        names = feature_names(cube.sensors(device_id))
+        jobs.append((device_id, cube.matrix(device_id, names).matrix, names, parameters))
     workers = options.workers or os.cpu_count() or 1
     with (
         progress_bar("train", len(jobs), enabled=options.progress) as bar,

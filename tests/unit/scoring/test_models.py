@@ -102,8 +102,9 @@ def test_cube_matrix_equals_the_pandas_pivot() -> None:
     """The fast per-device cut equals the plain pandas pivot, absent sensors included."""
     import pandas as pd
 
-    from fleetwatch.scoring.features import WindowCube, device_matrix, pivot_by_device
+    from fleetwatch.scoring.features import WindowCube
     from tests.unit.scoring.conftest import synthetic_windows
+    from tests.unit.scoring.reference import device_matrix, pivot_by_device, sensors_of
 
     frame = synthetic_windows(hours=3)
     cube = WindowCube(frame, 60_000)
@@ -113,4 +114,6 @@ def test_cube_matrix_equals_the_pandas_pivot() -> None:
         slow = device_matrix(device_id, rows, names, 60_000)
         np.testing.assert_array_equal(fast.window_start, slow.window_start)
         np.testing.assert_allclose(fast.matrix, slow.matrix, equal_nan=True, rtol=0, atol=0)
+        assert cube.sensors(device_id) == sensors_of(rows)
+        assert cube.window_count(device_id) == len(rows)
     assert isinstance(frame, pd.DataFrame)

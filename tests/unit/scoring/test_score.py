@@ -17,11 +17,12 @@ import pytest
 
 from fleetwatch.config import Settings
 from fleetwatch.errors import FleetwatchError
-from fleetwatch.scoring.features import device_matrix, pivot_by_device, read_windows
+from fleetwatch.scoring.features import read_windows
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.scoring.score import missed_hours, score_hour
 from fleetwatch.storage.duck import query
 from tests.unit.scoring.conftest import DEVICES, T0, settings_for
+from tests.unit.scoring.reference import device_matrix, pivot_by_device
 
 HOUR3 = T0 + pd.Timedelta(hours=2).to_pytimedelta()
 

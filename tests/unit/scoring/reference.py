@@ -1,0 +1,55 @@
+"""An independent pandas reference for the feature matrices (pivot, then per-device columns)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from fleetwatch.scoring.features import PRESENT, STATISTICS, DeviceWindows
+
+
+def pivot_by_device(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    """Per device: a frame indexed by window_start with columns ``<sensor>__<stat>``."""
+    if frame.empty:
+        return {}
+    wide = frame.pivot_table(
+        index=["device_id", "window_start"],
+        columns="sensor",
+        values=list(STATISTICS),
+        aggfunc="first",
+        observed=True,
+        dropna=False,
+    )
+    wide.columns = [f"{pair[1]}__{pair[0]}" for pair in wide.columns]
+    result: dict[str, pd.DataFrame] = {}
+    for device_id, rows in wide.groupby(level=0, sort=True):
+        result[str(device_id)] = rows.droplevel(0)
+    return result
+
+
+def device_matrix(
+    device_id: str, rows: pd.DataFrame, names: list[str], window_ms: int
+) -> DeviceWindows:
+    """The device's windows over exactly ``names`` (absent sensors: NaN and present = 0)."""
+    columns = {}
+    for name in names:
+        sensor, stat = name.rsplit("__", 1)
+        if stat == "present":
+            mean = rows.get(f"{sensor}__mean")
+            columns[name] = (
+                np.zeros(len(rows))
+                if mean is None
+                else mean.notna().to_numpy(dtype=float) * PRESENT
+            )
+        else:
+            column = rows.get(name)
+            columns[name] = (
+                np.full(len(rows), np.nan) if column is None else column.to_numpy(dtype=float)
+            )
+    matrix = np.column_stack([columns[n] for n in names]) if names else np.empty((len(rows), 0))
+    starts = rows.index.to_numpy(dtype="datetime64[ms]").astype(np.int64)
+    return DeviceWindows(device_id, starts, starts + window_ms, matrix)
+
+
+def sensors_of(rows: pd.DataFrame) -> list[str]:
+    return sorted({c.rsplit("__", 1)[0] for c in rows.columns if rows[c].notna().any()})
