@@ -34,7 +34,7 @@ from fleetwatch.brokers.clients import admin_client
 from fleetwatch.config import Settings
 from fleetwatch.errors import BrokerError
 from fleetwatch.ingest.telemetry import InvalidReason
-from fleetwatch.storage.checkpoints import CheckpointStore
+from fleetwatch.storage.checkpoints import Checkpoint, CheckpointStore
 from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, LATE_SCHEMA, PartitionedParquetSink
 
 log = logging.getLogger("fleetwatch.aggregate")
@@ -88,6 +88,7 @@ class Aggregator:
         self.state_dir = data / "state" / "aggregate" / self.topic
         self.checkpoints = CheckpointStore(self.state_dir)
         self.processors: dict[int, PartitionProcessor] = {}
+        self.saved: dict[int, Checkpoint] = {}  # last checkpoint written per partition
         self.lock = asyncio.Lock()
         self.pending_dead: list[tuple[int, bytes | None, bytes | None, str, str]] = []
         self.last_record_at: dict[int, float] = {}
@@ -148,7 +149,10 @@ class Aggregator:
         processor = self.processors[partition]
         checkpoint = processor.checkpoint()  # writes late readings
         await self.app.producer.flush()  # dead letters are durable before the commit
+        if self.saved.get(partition) == checkpoint:
+            return  # a quiet partition: nothing new to save or commit
         self.checkpoints.save(partition, checkpoint)
+        self.saved[partition] = checkpoint
         if checkpoint.offset is not None:
             try:
                 consumer: Any = self.app.consumer  # Faust's commit of explicit offsets
@@ -199,6 +203,7 @@ class Aggregator:
 
     def _retire(self, partition: int) -> None:
         processor = self.processors.pop(partition)
+        self.saved.pop(partition, None)
         counters = processor.counters
         self.totals["messages"] += counters.messages
         self.totals["readings"] += counters.readings
