@@ -128,16 +128,26 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--format", choices=["text", "json"], default="text")
+    parser.add_argument(
+        "--data-dir",
+        type=Path,
+        help="keep the models here and reuse them on the next run (training 10k takes minutes)",
+    )
     args = parser.parse_args()
 
-    data = Path(tempfile.mkdtemp(prefix="fw-bench-score-"))
+    data = args.data_dir or Path(tempfile.mkdtemp(prefix="fw-bench-score-"))
     root = data / "models"
-    started = time.perf_counter()
-    with ProcessPoolExecutor(args.workers) as pool:
-        list(pool.map(train_one, [(d, str(root)) for d in range(args.devices)], chunksize=50))
-    print(
-        f"trained {args.devices:,} models in {time.perf_counter() - started:.0f}s", file=sys.stderr
-    )
+    marker = data / f".trained-{args.devices}"
+    if not marker.exists():
+        started = time.perf_counter()
+        with ProcessPoolExecutor(args.workers) as pool:
+            jobs = [(d, str(root)) for d in range(args.devices)]
+            list(pool.map(train_one, jobs, chunksize=50))
+        marker.touch()
+        print(
+            f"trained {args.devices:,} models in {time.perf_counter() - started:.0f}s",
+            file=sys.stderr,
+        )
     matrices = write_hour(data, args.devices)
     settings = load_settings(
         environ={}, overrides={"": {"data_dir": str(data)}, "score": {"workers": str(args.workers)}}

@@ -640,12 +640,13 @@ def _check(settings: Settings) -> None:
             "(Event Hubs: FLEETWATCH_SASL_USERNAME='$ConnectionString', "
             "FLEETWATCH_SASL_PASSWORD='Endpoint=sb://...')"
         )
-    try:
-        from apscheduler.triggers.cron import CronTrigger
+    if settings.schedule.cron != ScheduleSettings.cron:  # APScheduler takes a while to import
+        try:
+            from apscheduler.triggers.cron import CronTrigger
 
-        CronTrigger.from_crontab(settings.schedule.cron)
-    except ValueError as exc:
-        raise ConfigError(f"cron={settings.schedule.cron!r}: {exc}") from None
+            CronTrigger.from_crontab(settings.schedule.cron)
+        except ValueError as exc:
+            raise ConfigError(f"cron={settings.schedule.cron!r}: {exc}") from None
     gamma = settings.train.gamma
     if gamma not in ("scale", "auto"):
         try:

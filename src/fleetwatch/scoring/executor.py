@@ -9,6 +9,7 @@ times before it fails alone.
 
 from __future__ import annotations
 
+import gc
 import multiprocessing
 import os
 import time
@@ -19,7 +20,9 @@ from multiprocessing.connection import Connection, wait
 from typing import Any
 
 DeviceResult = tuple[str, Any]  # ("ok", payload) or ("error", message)
-WorkFn = Callable[[str], Any]
+#: Runs one task in a child: results for (some of) its devices. It catches a device's own
+#: exception itself; anything it raises fails the whole task, which is then split and retried.
+WorkFn = Callable[[list[str]], dict[str, DeviceResult]]
 
 
 @dataclass
@@ -37,15 +40,12 @@ class _Running:
 
 
 def _child(work: WorkFn, devices: list[str], connection: Connection) -> None:
-    results: dict[str, DeviceResult] = {}
-    for device in devices:
-        try:
-            results[device] = ("ok", work(device))
-        except Exception as exc:  # a model that raises fails its device only
-            results[device] = ("error", f"{type(exc).__name__}: {exc}")
-        except BaseException:
-            results[device] = ("error", traceback.format_exc(limit=1).strip().splitlines()[-1])
-    connection.send(results)
+    message: tuple[str, Any]
+    try:
+        message = ("results", work(devices))
+    except BaseException:
+        message = ("task failed", traceback.format_exc(limit=1).strip().splitlines()[-1])
+    connection.send(message)
     connection.close()
     os._exit(0)  # skip atexit handlers inherited from the parent
 
@@ -61,7 +61,7 @@ def run_tasks(
     error_threshold: int = -1,
     on_progress: Callable[[int], None] | None = None,
 ) -> tuple[dict[str, Any], dict[str, str], bool]:
-    """Score ``devices`` with ``work(device)`` in child processes.
+    """Score ``devices`` with ``work(mini_batch)`` in child processes.
 
     Returns (results by device, errors by device, aborted). ``aborted`` is True when more than
     ``error_threshold`` devices failed (-1: never abort); remaining tasks are then not run.
@@ -91,45 +91,55 @@ def run_tasks(
         else:
             errors[task.devices[0]] = f"{reason} (after {task.attempt + 1} attempts)"
 
-    while pending or running:
-        if not aborted and error_threshold >= 0 and len(errors) > error_threshold:
-            aborted = True
-            pending.clear()
-        while pending and len(running) < max(1, workers):
-            task = pending.pop(0)
-            receiver, sender = context.Pipe(duplex=False)
-            process = context.Process(target=_child, args=(work, task.devices, sender))
-            process.start()
-            sender.close()
-            running.append(_Running(task, process, receiver, time.monotonic() + task_timeout))
-        ready = wait([r.connection for r in running], timeout=0.05)
-        now = time.monotonic()
-        for entry in list(running):
-            finished = False
-            if entry.connection in ready:
-                try:
-                    batch: dict[str, DeviceResult] = entry.connection.recv()
-                except (EOFError, OSError):
-                    entry.process.join(5)
-                    retry_or_fail(entry.task, f"worker process died ({_exit_reason(entry)})")
-                else:
-                    for device, (status, payload) in batch.items():
-                        if status == "ok":
-                            results[device] = payload
+    # Objects that exist before the forks are left to the parent: the children's garbage
+    # collector would otherwise visit (write to) them and copy their pages, one by one.
+    gc.freeze()
+    try:
+        while pending or running:
+            if not aborted and error_threshold >= 0 and len(errors) > error_threshold:
+                aborted = True
+                pending.clear()
+            while pending and len(running) < max(1, workers):
+                task = pending.pop(0)
+                receiver, sender = context.Pipe(duplex=False)
+                process = context.Process(target=_child, args=(work, task.devices, sender))
+                process.start()
+                sender.close()
+                running.append(_Running(task, process, receiver, time.monotonic() + task_timeout))
+            ready = wait([r.connection for r in running], timeout=0.05)
+            now = time.monotonic()
+            for entry in list(running):
+                finished = False
+                if entry.connection in ready:
+                    try:
+                        kind, batch = entry.connection.recv()
+                    except (EOFError, OSError):
+                        entry.process.join(5)
+                        retry_or_fail(entry.task, f"worker process died ({_exit_reason(entry)})")
+                    else:
+                        entry.process.join(5)
+                        if kind != "results":
+                            retry_or_fail(entry.task, batch)
                         else:
-                            errors[device] = payload
+                            for device in entry.task.devices:
+                                status, payload = batch.get(device, ("error", "no result returned"))
+                                if status == "ok":
+                                    results[device] = payload
+                                else:
+                                    errors[device] = payload
+                    finished = True
+                elif now > entry.deadline:
+                    entry.process.kill()
                     entry.process.join(5)
-                finished = True
-            elif now > entry.deadline:
-                entry.process.kill()
-                entry.process.join(5)
-                retry_or_fail(entry.task, f"task timed out after {task_timeout:g}s")
-                finished = True
-            if finished:
-                entry.connection.close()
-                running.remove(entry)
-                if on_progress is not None:
-                    on_progress(len(results) + len(errors))
+                    retry_or_fail(entry.task, f"task timed out after {task_timeout:g}s")
+                    finished = True
+                if finished:
+                    entry.connection.close()
+                    running.remove(entry)
+                    if on_progress is not None:
+                        on_progress(len(results) + len(errors))
+    finally:
+        gc.unfreeze()
     return results, errors, aborted
 
 

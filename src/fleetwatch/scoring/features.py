@@ -10,15 +10,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import Final
+from typing import TYPE_CHECKING, Final
 
 import numpy as np
 import numpy.typing as npt
-import pandas as pd
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from fleetwatch.errors import InvalidInputError
 from fleetwatch.storage.parquet import AGGREGATE_SCHEMA
+
+if TYPE_CHECKING:  # pandas takes a while to import; scoring does not need it
+    import pandas as pd
 
 STATISTICS: Final = ("mean", "std", "min", "max")
 #: Value of ``<sensor>__present`` when the sensor reported (0 when not). A sensor that always
@@ -49,6 +52,8 @@ def hours_between(since: datetime, until: datetime) -> list[datetime]:
 
 def read_windows(data_dir: Path, since: datetime, until: datetime) -> pd.DataFrame:
     """Closed windows with ``since <= window_start < until``, read once from the hour folders."""
+    import pandas as pd
+
     root = data_dir / "aggregates"
     tables = []
     for hour in hours_between(since, until):
@@ -64,6 +69,96 @@ def read_windows(data_dir: Path, since: datetime, until: datetime) -> pd.DataFra
     return selected
 
 
+def read_cube(data_dir: Path, since: datetime, until: datetime, window_ms: int) -> WindowCube:
+    """Closed windows with ``since <= window_start < until`` as a cube, read once, no pandas.
+
+    Device ids and sensor names stay dictionary-encoded from the Parquet files to the cube, so
+    no per-row string is ever built (an hour of 10,000 devices x 10 sensors is 6M rows).
+    """
+    root = data_dir / "aggregates"
+    columns = ["device_id", "sensor", "window_start", *STATISTICS]
+    tables = [  # ParquetFile, unlike read_table, does not import pandas (a third of a second)
+        pq.ParquetFile(path, read_dictionary=["device_id", "sensor"]).read(columns=columns)
+        for hour in hours_between(since, until)
+        for path in sorted((root / f"date={hour:%Y-%m-%d}" / f"hour={hour:%H}").glob("*.parquet"))
+    ]
+    since_ms, until_ms = round(since.timestamp() * 1000), round(until.timestamp() * 1000)
+    tables = [table.unify_dictionaries() for table in tables]  # one dictionary per file
+    dictionaries: dict[str, list[list[str]]] = {"device_id": [], "sensor": []}
+    for table in tables:
+        for column, found in dictionaries.items():
+            chunks = table.column(column).chunks
+            found.append([str(v) for v in chunks[0].dictionary.to_pylist()] if chunks else [])
+    names = {column: sorted(set().union(*found)) for column, found in dictionaries.items()}
+    positions = {column: {n: i for i, n in enumerate(names[column])} for column in names}
+
+    def codes(column: str) -> list[np.ndarray]:
+        result = []
+        for table, dictionary in zip(tables, dictionaries[column], strict=True):
+            mapping = np.array([positions[column][n] for n in dictionary], dtype=np.int32)
+            result += [mapping[_numpy(c.indices, column)] for c in table.column(column).chunks]
+        return result
+
+    starts = [
+        _numpy(chunk, "window_start")
+        for table in tables
+        for chunk in table.column("window_start").chunks
+    ]
+    inside = all(s.min() >= since_ms and s.max() < until_ms for s in starts if len(s))
+    keep = None if inside else np.concatenate([(s >= since_ms) & (s < until_ms) for s in starts])
+
+    def joined(chunks: list[np.ndarray], dtype: type) -> np.ndarray:
+        array = np.concatenate(chunks) if chunks else np.empty(0, dtype=dtype)
+        return array if keep is None else array[keep]
+
+    statistics = np.empty((len(STATISTICS), sum(map(len, starts)) if keep is None else keep.sum()))
+    for index, stat in enumerate(STATISTICS):
+        chunks = [_numpy(c, stat) for t in tables for c in t.column(stat).chunks]
+        if keep is None and chunks:
+            np.concatenate(chunks, out=statistics[index])
+        elif chunks:
+            statistics[index] = np.concatenate(chunks)[keep]
+    return WindowCube(
+        (joined(codes("device_id"), np.int32), names["device_id"]),
+        (joined(codes("sensor"), np.int32), names["sensor"]),
+        joined(starts, np.int64),
+        statistics,
+        window_ms,
+    )
+
+
+def _numpy(chunk: pa.Array, column: str) -> np.ndarray:
+    """A zero-copy view of a chunk without nulls (``to_numpy(zero_copy_only=False)`` would
+    import pandas, a third of a second). A missing statistic becomes NaN; a row without a
+    device id, sensor or window start cannot be placed, and its file is refused."""
+    if chunk.null_count:
+        if not pa.types.is_floating(chunk.type):
+            raise InvalidInputError(
+                f"an aggregates file has {chunk.null_count} rows without a {column}; "
+                "it was not written by fleetwatch aggregate: remove it and re-aggregate the hour"
+            )
+        chunk = chunk.fill_null(np.nan)
+    if pa.types.is_timestamp(chunk.type):
+        if chunk.type.unit != "ms":
+            chunk = chunk.cast(pa.timestamp("ms", tz=chunk.type.tz))
+        chunk = chunk.view(pa.int64())
+    dtype = np.dtype(_DTYPES[str(chunk.type)])
+    array: np.ndarray = np.frombuffer(
+        chunk.buffers()[1], dtype=dtype, count=len(chunk), offset=chunk.offset * dtype.itemsize
+    )
+    return array
+
+
+_DTYPES = {
+    "int8": "i1",
+    "int16": "<i2",
+    "int32": "<i4",
+    "int64": "<i8",
+    "float": "<f4",
+    "double": "<f8",
+}
+
+
 @dataclass(frozen=True)
 class DeviceWindows:
     """One device's windows as a wide matrix over a given feature list."""
@@ -74,46 +169,82 @@ class DeviceWindows:
     matrix: FloatMatrix  # (windows, features); NaN where a sensor did not report
 
 
-class WindowCube:
-    """An hour (or any range) of windows as a dense (device-window, sensor, statistic) array.
+Codes = tuple[npt.NDArray[np.integer], list[str]]  # per-row codes into a sorted list of names
 
-    Built once, vectorised, for all devices; ``matrix(device, names)`` then cuts one device's
-    feature matrix out of it without pandas.
+
+class WindowCube:
+    """Windows as a (device-window, sensor) grid over the rows' statistics, devices sorted.
+
+    Built once, vectorised, for all devices (``read_cube`` from Parquet, ``from_frame`` from
+    pandas). The grid holds, per window of a device and per sensor, the position of its
+    statistics (or -1): no dense copy of the values is made. ``matrix(device, names)`` cuts one
+    device's feature matrix out of it and ``gather(devices, names)`` those of many at once.
     """
 
-    def __init__(self, frame: pd.DataFrame, window_ms: int) -> None:
+    def __init__(
+        self,
+        devices: Codes,
+        sensors: Codes,
+        starts: npt.NDArray[np.int64],
+        statistics: FloatMatrix,
+        window_ms: int,
+    ) -> None:
+        """``statistics`` is (len(STATISTICS), rows): mean, std, min, max per input row."""
+        (device_codes, self.devices), (sensor_codes, sensor_names) = devices, sensors
         self.window_ms = window_ms
-        device_codes, devices = pd.factorize(frame["device_id"], sort=True)
-        sensor_codes, sensors = pd.factorize(frame["sensor"], sort=True)
-        starts = frame["window_start"].to_numpy(dtype="datetime64[ms]").astype(np.int64)
+        self.statistics = statistics
         base = int(starts.min()) if len(starts) else 0
         slots = (starts - base) // window_ms
         width = int(slots.max()) + 1 if len(slots) else 1
         keys = device_codes.astype(np.int64) * width + slots
-        row_codes, row_keys = pd.factorize(keys, sort=True)
-        self.values = np.full((len(row_keys), len(sensors), len(STATISTICS)), np.nan)
-        self.values[row_codes, sensor_codes, :] = frame[list(STATISTICS)].to_numpy(dtype=float)
-        row_devices = row_keys // width
+        if len(self.devices) * width <= max(8 * len(keys), 1 << 20):
+            seen = np.zeros(len(self.devices) * width, dtype=bool)  # dense: no sort needed
+            seen[keys] = True
+            row_keys = np.flatnonzero(seen)
+            rows = (np.cumsum(seen) - 1)[keys]
+        else:
+            row_keys, rows = np.unique(keys, return_inverse=True)
+        index_type = np.int32 if len(keys) < 2**31 else np.int64
+        self.cells = np.full((len(row_keys), len(sensor_names)), -1, dtype=index_type)
+        self.cells[rows, sensor_codes] = np.arange(len(keys), dtype=index_type)
         self.row_starts = base + (row_keys % width) * window_ms
-        self.devices = [str(d) for d in devices]
-        bounds = np.searchsorted(row_devices, np.arange(len(devices) + 1))
-        self._rows = {d: (int(bounds[i]), int(bounds[i + 1])) for i, d in enumerate(self.devices)}
-        self._sensor_index = {str(s): i for i, s in enumerate(sensors)}
+        self._bounds = np.searchsorted(row_keys // width, np.arange(len(self.devices) + 1))
+        self._index = {d: i for i, d in enumerate(self.devices)}
+        self._sensor_index = {s: i for i, s in enumerate(sensor_names)}
         self._plans: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
+    @classmethod
+    def from_frame(cls, frame: pd.DataFrame, window_ms: int) -> WindowCube:
+        """A cube of an aggregates data frame (columns as in the Parquet files)."""
+        import pandas as pd
+
+        device_codes, devices = pd.factorize(frame["device_id"], sort=True)
+        sensor_codes, sensors = pd.factorize(frame["sensor"], sort=True)
+        return cls(
+            (device_codes.astype(np.int64), [str(d) for d in devices]),
+            (sensor_codes.astype(np.int64), [str(s) for s in sensors]),
+            frame["window_start"].to_numpy(dtype="datetime64[ms]").astype(np.int64),
+            frame[list(STATISTICS)].to_numpy(dtype=float).T.copy(),
+            window_ms,
+        )
+
     def __contains__(self, device_id: str) -> bool:
-        return device_id in self._rows
+        return device_id in self._index
+
+    def rows(self, device_id: str) -> tuple[int, int]:
+        """The device's rows in the grid, ``begin:end``, one per window, in time order."""
+        index = self._index[device_id]
+        return int(self._bounds[index]), int(self._bounds[index + 1])
 
     def window_count(self, device_id: str) -> int:
-        begin, end = self._rows[device_id]
+        begin, end = self.rows(device_id)
         return end - begin
 
     def sensors(self, device_id: str) -> list[str]:
         """The sensors that reported at least once for this device."""
-        begin, end = self._rows[device_id]
-        reported = ~np.isnan(self.values[begin:end, :, 0]).all(axis=0)
-        names = sorted(self._sensor_index, key=self._sensor_index.__getitem__)
-        return sorted(n for n, seen in zip(names, reported.tolist(), strict=True) if seen)
+        begin, end = self.rows(device_id)
+        reported = np.asarray((self.cells[begin:end] >= 0).any(axis=0)).tolist()
+        return sorted(s for s, i in self._sensor_index.items() if reported[i])
 
     def _plan(self, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Where each feature comes from: (sensor index, statistic index, kind) per column.
@@ -134,16 +265,38 @@ class WindowCube:
             plan = self._plans[names] = (np.array(sensors), np.array(stats), np.array(kinds))
         return plan
 
-    def matrix(self, device_id: str, names: list[str]) -> DeviceWindows:
-        begin, end = self._rows[device_id]
+    def features(self, rows: np.ndarray | slice, names: list[str]) -> FloatMatrix:
+        """The feature matrix of grid ``rows`` over feature ``names``."""
         sensors, stats, kinds = self._plan(tuple(names))
-        if len(sensors) and self._sensor_index:
-            matrix = self.values[begin:end][:, sensors, stats]
-            indicator = kinds % 2 == 1
-            matrix[:, indicator] = (~np.isnan(matrix[:, indicator])) * PRESENT
-            matrix[:, kinds == 2] = np.nan
-            matrix[:, kinds == 3] = 0.0
-        else:
-            matrix = np.full((end - begin, len(names)), np.nan)
+        if not (len(sensors) and self._sensor_index):
+            return np.full((len(self.row_starts[rows]), len(names)), np.nan)
+        cells = self.cells[rows][:, sensors]
+        missing = cells < 0
+        matrix: FloatMatrix = self.statistics[stats, cells]
+        matrix[missing] = np.nan
+        indicator = kinds % 2 == 1
+        matrix[:, indicator] = (~missing[:, indicator]) * PRESENT
+        matrix[:, kinds == 2] = np.nan
+        matrix[:, kinds == 3] = 0.0
+        return matrix
+
+    def matrix(self, device_id: str, names: list[str]) -> DeviceWindows:
+        begin, end = self.rows(device_id)
         starts = self.row_starts[begin:end]
+        matrix = self.features(slice(begin, end), names)
         return DeviceWindows(device_id, starts, starts + self.window_ms, matrix)
+
+    def gather(self, devices: list[str], names: list[str]) -> tuple[FloatMatrix, np.ndarray]:
+        """The windows of several devices as one (devices, most windows, features) array.
+
+        Also returns each device's window count; rows past a device's count are NaN.
+        """
+        bounds = np.array([self.rows(d) for d in devices], dtype=np.int64).reshape(-1, 2)
+        counts = bounds[:, 1] - bounds[:, 0]
+        depth = int(counts.max()) if len(counts) else 0
+        owner = np.repeat(np.arange(len(devices)), counts)
+        position = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
+        rows = np.repeat(bounds[:, 0], counts) + position
+        windows = np.full((len(devices), depth, len(names)), np.nan)
+        windows[owner, position] = self.features(rows, names)
+        return windows, counts

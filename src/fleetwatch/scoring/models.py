@@ -38,16 +38,18 @@ class SvmParams:
 
     def decision(self, matrix: FloatMatrix) -> np.ndarray:
         """``decision_function`` of the pipeline, computed from the parameters."""
-        filled = np.where(np.isnan(matrix), self.fill, matrix)
-        scaled = (filled - self.mean) / self.scale
+        scaled = np.where(np.isnan(matrix), self.fill, matrix)
+        scaled -= self.mean
+        scaled /= self.scale
         sv = self.support_vectors
-        if self.kernel == "rbf":
-            distance = (
-                (scaled * scaled).sum(axis=1)[:, None]
-                + (sv * sv).sum(axis=1)[None, :]
-                - 2.0 * scaled @ sv.T
-            )
-            kernel = np.exp(-self.gamma * np.maximum(distance, 0.0))
+        if self.kernel == "rbf":  # exp(-gamma |x - sv|^2), |x - sv|^2 = |x|^2 + |sv|^2 - 2 x.sv
+            kernel = scaled @ sv.T
+            kernel *= -2.0
+            kernel += np.einsum("ij,ij->i", scaled, scaled)[:, None]
+            kernel += np.einsum("ij,ij->i", sv, sv)[None, :]
+            np.maximum(kernel, 0.0, out=kernel)
+            kernel *= -self.gamma
+            np.exp(kernel, out=kernel)
         elif self.kernel == "linear":
             kernel = scaled @ sv.T
         elif self.kernel == "poly":

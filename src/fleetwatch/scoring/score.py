@@ -16,18 +16,31 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pandas as pd
+import pyarrow as pa
 
 from fleetwatch.config import Settings
 from fleetwatch.output import progress_bar
-from fleetwatch.scoring.executor import run_tasks
-from fleetwatch.scoring.features import WindowCube, read_windows
-from fleetwatch.scoring.models import decision_from_arrays
+from fleetwatch.scoring.executor import DeviceResult, run_tasks
+from fleetwatch.scoring.features import WindowCube, read_cube
+from fleetwatch.scoring.models import SvmParams, decision_from_arrays
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.storage.checkpoints import CheckpointStore
 from fleetwatch.storage.duck import connect, write_run
 
 HOUR = timedelta(hours=1)
+#: Devices whose windows are cut from the cube together: enough to amortise the cut, small
+#: enough that its arrays are reused from the heap instead of fresh pages for every task.
+GATHER_SIZE = 32
+OUTCOME_SCHEMA = pa.schema(
+    [
+        ("run_id", pa.string()),
+        ("device_id", pa.string()),
+        ("outcome", pa.string()),  # scored | failed | no_model | silent
+        ("error", pa.string()),
+        ("model_version", pa.string()),
+        ("windows", pa.int32()),
+    ]
+)
 DeviceHook = Callable[[str], None]
 
 
@@ -64,8 +77,7 @@ def score_hour(
     run_id = f"{window_start:%Y%m%dT%H}-{uuid.uuid4().hex[:8]}"
     window_ms = round(settings.aggregate.window * 1000)
 
-    frame = read_windows(settings.data_dir, window_start, window_end)
-    cube = WindowCube(frame, window_ms)
+    cube = read_cube(settings.data_dir, window_start, window_end, window_ms)
     registry = ModelRegistry(settings.data_dir / "models")
     # Reading 10k ACTIVE files is work for the workers; the parent only lists folders.
     with_model_folder = registry.model_devices()
@@ -74,18 +86,8 @@ def score_hour(
     without_folder = sorted(with_data - with_model_folder)
     silent = sorted(d for d in with_model_folder - with_data if registry.active_version(d))
 
-    def work(device_id: str) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, str] | None:
-        if hook is not None:
-            hook(device_id)
-        version = registry.active_version(device_id)
-        if version is None:
-            return None  # a model folder without an active version: no model
-        model = registry.get(device_id, version)
-        kind, arrays = ModelRegistry.load_params(model)  # sha256-checked, no pickle
-        windows = cube.matrix(device_id, list(model.manifest["features"]))
-        scores = decision_from_arrays(kind, arrays, windows.matrix)
-        flagged = scores < float(model.manifest.get("threshold", 0.0))
-        return windows.window_start, windows.window_end, scores, flagged, model.version
+    def work(devices: list[str]) -> dict[str, DeviceResult]:
+        return score_devices(registry, cube, devices, hook)
 
     workers = options.workers or os.cpu_count() or 1
     with progress_bar(f"score {window_start:%Y-%m-%dT%H}", len(to_score), progress) as bar:
@@ -102,53 +104,40 @@ def score_hour(
             else lambda done: bar.update(bar.task_ids[0], completed=done),
         )
 
-    outcome_rows: list[tuple[str, str, str, str | None, str | None, int]] = []
-    parts: dict[str, list[Any]] = {"start": [], "end": [], "score": [], "flagged": []}
-    scored_devices: list[str] = []
-    scored_versions: list[str] = []
-    counts: list[int] = []
+    outcomes: dict[str, list[Any]] = {
+        "device_id": [],
+        "outcome": [],
+        "error": [],
+        "model_version": [],
+        "windows": [],
+    }
+
+    def outcome(device_id: str, kind: str, error: str | None, version: str | None, n: int) -> None:
+        for column, value in zip(outcomes, (device_id, kind, error, version, n), strict=True):
+            outcomes[column].append(value)
+
+    scored: list[tuple[str, str, np.ndarray, np.ndarray]] = []
     without_model = list(without_folder)
     for device_id in to_score:
         if device_id in results and results[device_id] is None:
             without_model.append(device_id)  # a model folder, but no active version
         elif device_id in results:
-            starts, ends, values, flagged, version = results[device_id]
-            outcome_rows.append((run_id, device_id, "scored", None, version, len(values)))
-            scored_devices.append(device_id)
-            scored_versions.append(version)
-            counts.append(len(values))
-            parts["start"].append(starts)
-            parts["end"].append(ends)
-            parts["score"].append(values)
-            parts["flagged"].append(flagged)
+            values, flagged, version = results[device_id]
+            outcome(device_id, "scored", None, version, len(values))
+            scored.append((device_id, version, values, flagged))
         else:
             reason = errors.get(device_id, "not run: the run was aborted")
-            version = registry.active_version(device_id)
-            outcome_rows.append((run_id, device_id, "failed", reason, version, 0))
-    outcome_rows += [(run_id, d, "no_model", None, None, 0) for d in sorted(without_model)]
-    outcome_rows += [(run_id, d, "silent", None, registry.active_version(d), 0) for d in silent]
-    outcomes = pd.DataFrame(
-        outcome_rows,
-        columns=["run_id", "device_id", "outcome", "error", "model_version", "windows"],
-    )
+            outcome(device_id, "failed", reason, registry.active_version(device_id), 0)
+    for device_id in sorted(without_model):
+        outcome(device_id, "no_model", None, None, 0)
+    for device_id in silent:
+        outcome(device_id, "silent", None, registry.active_version(device_id), 0)
 
-    def joined(name: str, dtype: Any) -> np.ndarray:
-        return np.concatenate(parts[name]) if parts[name] else np.array([], dtype=dtype)
-
-    values = joined("score", float)
-    scores = pd.DataFrame(
-        {
-            "run_id": run_id,
-            "device_id": np.repeat(np.array(scored_devices, dtype=object), counts),
-            "window_start": pd.to_datetime(joined("start", np.int64), unit="ms", utc=True),
-            "window_end": pd.to_datetime(joined("end", np.int64), unit="ms", utc=True),
-            "score": values,
-            "is_anomaly": joined("flagged", bool),
-            "model_version": np.repeat(np.array(scored_versions, dtype=object), counts),
-        }
-    )
+    scores = _score_table(run_id, cube, scored)
+    rows_scored = scores.num_rows
     failed = len(to_score) - len(results)
-    anomalies = int(scores["is_anomaly"].sum()) if len(scores) else 0
+    flagged_column = np.concatenate([f for *_, f in scored]) if scored else np.zeros(0, bool)
+    anomalies = int(flagged_column.sum())
     error = None
     if aborted:
         error = (
@@ -156,9 +145,9 @@ def score_hour(
             f"{options.error_threshold}; first: {next(iter(errors.values()), '')}"
         )
     status = "aborted" if aborted else "succeeded"
-    stored = (
-        None if aborted else (scores if options.output == "all" else scores[scores["is_anomaly"]])
-    )
+    stored = None
+    if not aborted:
+        stored = scores if options.output == "all" else scores.filter(flagged_column)
     run: dict[str, Any] = {
         "run_id": run_id,
         "window_start": window_start,
@@ -167,26 +156,112 @@ def score_hour(
         "finished_at": datetime.now(UTC),
         "status": status,
         "devices_total": len(with_data) + len(silent),
-        "devices_scored": len(scored_devices),
+        "devices_scored": len(scored),
         "devices_failed": failed,
         "devices_without_model": len(without_model),
         "devices_silent": len(silent),
-        "rows_scored": len(scores),
+        "rows_scored": rows_scored,
         "error": error,
     }
-    write_run(database_path(settings), run, stored, outcomes, options.lock_timeout)
+    outcome_table = pa.table(
+        {"run_id": [run_id] * len(outcomes["device_id"]), **outcomes}, schema=OUTCOME_SCHEMA
+    )
+    write_run(database_path(settings), run, stored, outcome_table, options.lock_timeout)
     return RunResult(
         run_id,
         window_start,
         status,
         run["devices_total"],
-        len(scored_devices),
+        len(scored),
         failed,
         len(without_model),
         len(silent),
-        len(scores),
+        rows_scored,
         anomalies,
         error,
+    )
+
+
+def score_devices(
+    registry: ModelRegistry, cube: WindowCube, devices: list[str], hook: DeviceHook | None = None
+) -> dict[str, DeviceResult]:
+    """Score ``devices`` (one task, in a worker): ("ok", (scores, flagged, version) or None).
+
+    Every model is loaded, checked and scored on its own, so a bad one fails its device only;
+    the windows of the devices that share a feature list are cut from the cube in one go.
+    """
+    results: dict[str, DeviceResult] = {}
+    by_features: dict[tuple[str, ...], list[tuple[str, str, float, SvmParams]]] = {}
+    for device_id in devices:
+        try:
+            if hook is not None:
+                hook(device_id)
+            model = registry.active(device_id)
+            if model is None:
+                results[device_id] = ("ok", None)  # a model folder without an active version
+                continue
+            kind, arrays = ModelRegistry.load_params(model)  # sha256-checked, no pickle
+            names = tuple(model.manifest["features"])
+            threshold = float(model.manifest.get("threshold", 0.0))
+            if kind == "device":
+                params = SvmParams.from_arrays(arrays)
+                if params.mean.shape != (len(names),):
+                    raise ValueError(
+                        f"the model has {params.mean.shape[0]} features, its manifest lists "
+                        f"{len(names)}: retrain it"
+                    )
+                by_features.setdefault(names, []).append(
+                    (device_id, model.version, threshold, params)
+                )
+                continue
+            values = decision_from_arrays(kind, arrays, cube.matrix(device_id, list(names)).matrix)
+            results[device_id] = ("ok", (values, values < threshold, model.version))
+        except Exception as exc:  # a model that raises fails its device only
+            results[device_id] = ("error", f"{type(exc).__name__}: {exc}")
+    for names, group in by_features.items():
+        for start in range(0, len(group), GATHER_SIZE):
+            members = group[start : start + GATHER_SIZE]
+            windows, counts = cube.gather([m[0] for m in members], list(names))
+            for (device_id, version, threshold, params), matrix, count in zip(
+                members, windows, counts.tolist(), strict=True
+            ):
+                try:
+                    values = params.decision(matrix[:count])
+                    results[device_id] = ("ok", (values, values < threshold, version))
+                except Exception as exc:
+                    results[device_id] = ("error", f"{type(exc).__name__}: {exc}")
+    return results
+
+
+def _score_table(
+    run_id: str, cube: WindowCube, scored: list[tuple[str, str, np.ndarray, np.ndarray]]
+) -> pa.Table:
+    """The ``scores`` rows of the scored devices, built column-wise (no per-row objects)."""
+    counts = [len(values) for _, _, values, _ in scored]
+    devices = pa.array([device_id for device_id, *_ in scored], pa.string())
+    versions = pa.array([version for _, version, *_ in scored], pa.string())
+    owner = np.repeat(np.arange(len(scored)), counts)
+    starts = (
+        np.concatenate([cube.row_starts[slice(*cube.rows(d))] for d, *_ in scored])
+        if scored
+        else np.empty(0, dtype=np.int64)
+    )
+
+    def joined(index: int, dtype: type) -> np.ndarray:
+        arrays = [item[index] for item in scored]
+        return np.concatenate(arrays) if arrays else np.empty(0, dtype=dtype)
+
+    timestamp = pa.timestamp("ms", tz="UTC")
+    return pa.table(
+        {
+            "run_id": pa.repeat(run_id, len(owner)),
+            "device_id": pa.DictionaryArray.from_arrays(pa.array(owner, pa.int32()), devices),
+            "window_start": pa.array(starts, timestamp),
+            "window_end": pa.array(starts + cube.window_ms, timestamp),
+            "score": pa.array(joined(2, np.float64), pa.float64()),
+            "is_anomaly": pa.array(joined(3, np.bool_), pa.bool_()),
+            "model_version": pa.DictionaryArray.from_arrays(pa.array(owner, pa.int32()), versions),
+        }
     )
 
 

@@ -81,7 +81,7 @@ def train(
             f"{settings.data_dir / 'aggregates'}; run `fleetwatch aggregate` first or pick "
             "another --since/--until"
         )
-    cube = WindowCube(frame, window_ms)
+    cube = WindowCube.from_frame(frame, window_ms)
     parameters = {
         "kind": kind,
         "nu": options.nu,

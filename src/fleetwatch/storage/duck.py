@@ -11,10 +11,13 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import duckdb
-import pandas as pd
+
+if TYPE_CHECKING:  # pandas and pyarrow take a moment to import; `fleetwatch sql` needs pandas
+    import pandas as pd
+    import pyarrow as pa
 
 from fleetwatch.errors import FleetwatchError
 
@@ -89,13 +92,14 @@ def ensure_schema(path: Path, lock_timeout: float = 30.0) -> None:
 def write_run(
     path: Path,
     run: dict[str, Any],
-    scores: pd.DataFrame | None,
-    outcomes: pd.DataFrame,
+    scores: pa.Table | None,
+    outcomes: pa.Table,
     lock_timeout: float = 30.0,
 ) -> None:
     """Record a run; with ``scores``, replace the hour's scores. One transaction."""
-    ensure_schema(path, lock_timeout)
+    path.parent.mkdir(parents=True, exist_ok=True)
     with connect(path, read_only=False, lock_timeout=lock_timeout) as connection:
+        connection.execute(SCHEMA)
         connection.execute("BEGIN TRANSACTION")
         try:
             if scores is not None:

@@ -16,13 +16,15 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
+from datetime import datetime
 from pathlib import Path
-from typing import Final, Protocol
+from typing import TYPE_CHECKING, Final, Protocol
 
-import pandas as pd
 import pyarrow as pa
-import pyarrow.compute as pc
 import pyarrow.parquet as pq
+
+if TYPE_CHECKING:  # pandas takes a third of a second to import; readers do not need it
+    import pandas as pd
 
 AGGREGATE_SCHEMA: Final = pa.schema(
     [
@@ -102,7 +104,7 @@ def write_atomically(table: pa.Table, path: Path) -> None:
     fsync_directory(path.parent)
 
 
-def hour_directory(root: Path, hour_start: pd.Timestamp) -> Path:
+def hour_directory(root: Path, hour_start: datetime) -> Path:
     return root / f"date={hour_start:%Y-%m-%d}" / f"hour={hour_start:%H}"
 
 
@@ -119,6 +121,8 @@ class PartitionedParquetSink:
         ``frame`` has an ``offset`` column or ``first_offset``/``last_offset`` columns; only the
         schema's columns are stored.
         """
+        import pandas as pd
+
         if frame.empty:
             return []
         written = []
@@ -153,6 +157,8 @@ class PartitionedParquetSink:
         Those were written after the last checkpoint (whose close boundary it is); a replay
         writes them again. ``None`` (no window was closed at the checkpoint) means all of them.
         """
+        import pyarrow.compute as pc
+
         self._remove_temporary(partition)
         removed = 0
         for path, _, _ in list(self.files_of(partition)):

@@ -107,7 +107,7 @@ def test_cube_matrix_equals_the_pandas_pivot() -> None:
     from tests.unit.scoring.reference import device_matrix, pivot_by_device, sensors_of
 
     frame = synthetic_windows(hours=3)
-    cube = WindowCube(frame, 60_000)
+    cube = WindowCube.from_frame(frame, 60_000)
     names = feature_names(["pressure", "temperature", "vibration", "humidity"])  # humidity: none
     for device_id, rows in pivot_by_device(frame).items():
         fast = cube.matrix(device_id, names)
@@ -117,3 +117,62 @@ def test_cube_matrix_equals_the_pandas_pivot() -> None:
         assert cube.sensors(device_id) == sensors_of(rows)
         assert cube.window_count(device_id) == len(rows)
     assert isinstance(frame, pd.DataFrame)
+
+
+def test_cube_read_from_parquet_equals_the_pandas_pivot(tmp_path: Path) -> None:
+    """``read_cube`` (dictionary-encoded columns, several files per hour, a stray row outside
+    the range, a missing statistic) equals the pandas pivot of the same rows."""
+    import pandas as pd
+    import pyarrow as pa
+
+    from fleetwatch.scoring.features import read_cube
+    from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, write_atomically
+    from tests.unit.scoring.conftest import T0, synthetic_windows
+    from tests.unit.scoring.reference import device_matrix, pivot_by_device
+
+    frame = synthetic_windows(hours=3).sample(frac=1.0, random_state=1)  # rows in any order
+    frame.loc[frame.index[:5], "std"] = np.nan  # written as nulls: read back as NaN
+    for hour, rows in frame.groupby(frame["window_start"].dt.floor("h")):
+        folder = tmp_path / "aggregates" / f"date={hour:%Y-%m-%d}" / f"hour={hour:%H}"
+        for part in range(3):  # as three partitions' files, each with its own dictionary
+            table = pa.Table.from_pandas(
+                rows.iloc[part::3][AGGREGATE_SCHEMA.names],
+                schema=AGGREGATE_SCHEMA,
+                preserve_index=False,
+            )
+            write_atomically(table, folder / f"p{part:04d}-{part:012d}-{part:012d}.parquet")
+    names = feature_names(["pressure", "temperature", "vibration", "humidity"])
+    for since, until in ((T0, T0 + pd.Timedelta(hours=3)), (T0 + pd.Timedelta(hours=2), None)):
+        end = until or since + pd.Timedelta(hours=1)
+        cube = read_cube(tmp_path, since, end, 60_000)
+        chosen = frame[(frame["window_start"] >= since) & (frame["window_start"] < end)]
+        expected = pivot_by_device(chosen)
+        assert cube.devices == sorted(expected)
+        for device_id, rows in expected.items():
+            fast = cube.matrix(device_id, names)
+            slow = device_matrix(device_id, rows, names, 60_000)
+            np.testing.assert_array_equal(fast.window_start, slow.window_start)
+            np.testing.assert_array_equal(fast.matrix, slow.matrix)
+        windows, counts = cube.gather(cube.devices, names)  # many devices at once
+        for device_id, matrix, count in zip(cube.devices, windows, counts, strict=True):
+            np.testing.assert_array_equal(matrix[:count], cube.matrix(device_id, names).matrix)
+            assert np.isnan(matrix[count:]).all()
+
+
+def test_cube_refuses_a_file_with_rows_without_a_device(tmp_path: Path) -> None:
+    import pyarrow as pa
+
+    from fleetwatch.errors import InvalidInputError
+    from fleetwatch.scoring.features import read_cube
+    from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, write_atomically
+    from tests.unit.scoring.conftest import T0, synthetic_windows
+
+    frame = synthetic_windows(hours=1)
+    frame.loc[frame.index[:3], "device_id"] = None
+    table = pa.Table.from_pandas(
+        frame[AGGREGATE_SCHEMA.names], schema=AGGREGATE_SCHEMA, preserve_index=False
+    )
+    folder = tmp_path / "aggregates" / f"date={T0:%Y-%m-%d}" / f"hour={T0:%H}"
+    write_atomically(table, folder / "p0000-000000000000-000000000001.parquet")
+    with pytest.raises(InvalidInputError, match="3 rows without a"):
+        read_cube(tmp_path, T0, T0.replace(hour=1), 60_000)

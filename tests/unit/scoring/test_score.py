@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import signal
 import subprocess
@@ -18,8 +19,10 @@ import pytest
 from fleetwatch.config import Settings
 from fleetwatch.errors import FleetwatchError
 from fleetwatch.scoring.features import read_windows
+from fleetwatch.scoring.models import PerSensorModel
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.scoring.score import missed_hours, score_hour
+from fleetwatch.scoring.train import train
 from fleetwatch.storage.duck import query
 from tests.unit.scoring.conftest import DEVICES, T0, settings_for
 from tests.unit.scoring.reference import device_matrix, pivot_by_device
@@ -32,23 +35,48 @@ def db(settings: Settings, sql: str) -> list[tuple]:
         return c.execute(sql).fetchall()
 
 
+def assert_scores_equal_sklearn(settings: Settings) -> None:
+    """Every stored score equals scikit-learn's own decision function (from model.joblib)."""
+    frame = read_windows(settings.data_dir, HOUR3, HOUR3 + pd.Timedelta(hours=1).to_pytimedelta())
+    registry = ModelRegistry(settings.data_dir / "models")
+    for device_id, rows in pivot_by_device(frame).items():
+        model = registry.active(device_id)
+        assert model is not None
+        estimator = ModelRegistry.load_estimator(model)
+        matrix = device_matrix(device_id, rows, model.manifest["features"], 60_000).matrix
+        if model.manifest["kind"] == "per_sensor":
+            reference = PerSensorModel()
+            reference.pipelines = estimator
+            expected = reference.sklearn_decision(matrix)
+        else:
+            expected = estimator.decision_function(matrix)
+        sql = "SELECT score FROM scores WHERE device_id = ? ORDER BY window_start"
+        with duckdb.connect(str(settings.data_dir / "fleetwatch.duckdb"), read_only=True) as c:
+            got = np.array([r[0] for r in c.execute(sql, [device_id]).fetchall()])
+        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+
+
 def test_scores_equal_sklearn_on_the_same_features(trained: Settings) -> None:
     result = score_hour(trained, HOUR3, progress=False)
     assert result.status == "succeeded" and result.devices_scored == len(DEVICES)
-    frame = read_windows(trained.data_dir, HOUR3, HOUR3 + pd.Timedelta(hours=1).to_pytimedelta())
-    registry = ModelRegistry(trained.data_dir / "models")
-    for device_id, rows in pivot_by_device(frame).items():
-        model = registry.active(device_id)
-        estimator = ModelRegistry.load_estimator(model)
-        matrix = device_matrix(device_id, rows, model.manifest["features"], 60_000).matrix
-        expected = estimator.decision_function(matrix)
-        sql = "SELECT score FROM scores WHERE device_id = ? ORDER BY window_start"
-        with duckdb.connect(str(trained.data_dir / "fleetwatch.duckdb"), read_only=True) as c:
-            got = np.array([r[0] for r in c.execute(sql, [device_id]).fetchall()])
-        np.testing.assert_allclose(got, expected, rtol=0, atol=1e-9)
+    assert_scores_equal_sklearn(trained)
     # the injected anomalies are found: pump-03's level shift, pump-07's dropout
     flagged = dict(db(trained, "SELECT device_id, count(*) FROM anomalies GROUP BY 1"))
     assert flagged.get("pump-03", 0) >= 25 and flagged.get("pump-07", 0) >= 55
+    assert result.anomalies == sum(flagged.values())
+
+
+def test_a_fleet_of_mixed_model_kinds(trained: Settings) -> None:
+    """Per-sensor models are scored next to single-pipeline ones, each like scikit-learn."""
+    per_sensor = dataclasses.replace(
+        trained, train=dataclasses.replace(trained.train, per_sensor=True)
+    )
+    train(per_sensor, T0, T0 + pd.Timedelta(hours=2).to_pytimedelta(), ["pump-01", "pump-02"])
+    registry = ModelRegistry(trained.data_dir / "models")
+    assert registry.active("pump-01").manifest["kind"] == "per_sensor"  # type: ignore[union-attr]
+    result = score_hour(trained, HOUR3, progress=False)
+    assert result.devices_scored == len(DEVICES) and result.devices_failed == 0
+    assert_scores_equal_sklearn(trained)
 
 
 def test_rescoring_an_hour_replaces_its_rows(trained: Settings) -> None:
