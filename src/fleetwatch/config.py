@@ -260,7 +260,9 @@ class TrainSettings:
 @dataclass(frozen=True)
 class ScoreSettings:
     workers: int = setting(0, "worker processes (0 = one per core)", minimum=0)
-    mini_batch_size: int = setting(500, "devices per task", minimum=1)
+    mini_batch_size: int = setting(
+        2000, "devices per task (each task is one forked process)", minimum=1
+    )
     task_timeout: float = setting(
         300.0, "kill and retry a task after this long", kind="duration", minimum=0.1
     )

@@ -82,11 +82,10 @@ def read_bytes(path: str | os.PathLike[str]) -> bytes:
     scoring reads three small files for each of thousands of devices)."""
     descriptor = os.open(path, os.O_RDONLY)
     try:
-        size = os.fstat(descriptor).st_size
-        parts = [os.read(descriptor, size + 1)]
-        while parts[-1]:
-            parts.append(os.read(descriptor, 1 << 20))
-        return b"".join(parts)
+        data = os.read(descriptor, os.fstat(descriptor).st_size + 1)
+        while chunk := os.read(descriptor, 1 << 20):  # the file grew meanwhile
+            data += chunk
+        return data
     finally:
         os.close(descriptor)
 

@@ -24,6 +24,7 @@ from fleetwatch.scoring.executor import DeviceResult, run_tasks
 from fleetwatch.scoring.features import WindowCube, read_cube
 from fleetwatch.scoring.models import SvmParams, decision_from_arrays
 from fleetwatch.scoring.registry import ModelRegistry
+from fleetwatch.storage import columns
 from fleetwatch.storage.checkpoints import CheckpointStore
 from fleetwatch.storage.duck import connect, write_run
 
@@ -31,16 +32,6 @@ HOUR = timedelta(hours=1)
 #: Devices whose windows are cut from the cube together: enough to amortise the cut, small
 #: enough that its arrays are reused from the heap instead of fresh pages for every task.
 GATHER_SIZE = 32
-OUTCOME_SCHEMA = pa.schema(
-    [
-        ("run_id", pa.string()),
-        ("device_id", pa.string()),
-        ("outcome", pa.string()),  # scored | failed | no_model | silent
-        ("error", pa.string()),
-        ("model_version", pa.string()),
-        ("windows", pa.int32()),
-    ]
-)
 DeviceHook = Callable[[str], None]
 
 
@@ -164,7 +155,11 @@ def score_hour(
         "error": error,
     }
     outcome_table = pa.table(
-        {"run_id": [run_id] * len(outcomes["device_id"]), **outcomes}, schema=OUTCOME_SCHEMA
+        {
+            "run_id": columns.strings([run_id] * len(outcomes["device_id"])),
+            **{name: columns.strings(outcomes[name]) for name in list(outcomes)[:-1]},
+            "windows": columns.numeric(np.array(outcomes["windows"], dtype=np.int64), pa.int64()),
+        }
     )
     write_run(database_path(settings), run, stored, outcome_table, options.lock_timeout)
     return RunResult(
@@ -187,80 +182,89 @@ def score_devices(
 ) -> dict[str, DeviceResult]:
     """Score ``devices`` (one task, in a worker): ("ok", (scores, flagged, version) or None).
 
-    Every model is loaded, checked and scored on its own, so a bad one fails its device only;
-    the windows of the devices that share a feature list are cut from the cube in one go.
+    Every model is loaded, checked and scored on its own, so a bad one fails its device only.
+    Devices go ``GATHER_SIZE`` at a time: the windows of those that share a feature list are
+    cut from the cube in one go, and their models are released before the next ones load.
     """
     results: dict[str, DeviceResult] = {}
-    by_features: dict[tuple[str, ...], list[tuple[str, str, float, SvmParams]]] = {}
-    for device_id in devices:
-        try:
-            if hook is not None:
-                hook(device_id)
-            model = registry.active(device_id)
-            if model is None:
-                results[device_id] = ("ok", None)  # a model folder without an active version
+    for start in range(0, len(devices), GATHER_SIZE):
+        by_features: dict[tuple[str, ...], list[tuple[str, str, float, SvmParams]]] = {}
+        for device_id in devices[start : start + GATHER_SIZE]:
+            try:
+                loaded = _load(registry, cube, device_id, hook)
+            except Exception as exc:  # a model that raises fails its device only
+                results[device_id] = ("error", f"{type(exc).__name__}: {exc}")
                 continue
-            kind, arrays = ModelRegistry.load_params(model)  # sha256-checked, no pickle
-            names = tuple(model.manifest["features"])
-            threshold = float(model.manifest.get("threshold", 0.0))
-            if kind == "device":
-                params = SvmParams.from_arrays(arrays)
-                if params.mean.shape != (len(names),):
-                    raise ValueError(
-                        f"the model has {params.mean.shape[0]} features, its manifest lists "
-                        f"{len(names)}: retrain it"
-                    )
-                by_features.setdefault(names, []).append(
-                    (device_id, model.version, threshold, params)
-                )
-                continue
-            values = decision_from_arrays(kind, arrays, cube.matrix(device_id, list(names)).matrix)
-            results[device_id] = ("ok", (values, values < threshold, model.version))
-        except Exception as exc:  # a model that raises fails its device only
-            results[device_id] = ("error", f"{type(exc).__name__}: {exc}")
-    for names, group in by_features.items():
-        for start in range(0, len(group), GATHER_SIZE):
-            members = group[start : start + GATHER_SIZE]
+            if loaded is None or isinstance(loaded[1], np.ndarray):
+                results[device_id] = ("ok", None if loaded is None else _scored(*loaded))
+            else:
+                names, params, threshold, version = loaded
+                by_features.setdefault(names, []).append((device_id, version, threshold, params))
+        for names, members in by_features.items():
             windows, counts = cube.gather([m[0] for m in members], list(names))
             for (device_id, version, threshold, params), matrix, count in zip(
                 members, windows, counts.tolist(), strict=True
             ):
                 try:
                     values = params.decision(matrix[:count])
-                    results[device_id] = ("ok", (values, values < threshold, version))
+                    results[device_id] = ("ok", _scored(threshold, values, version))
                 except Exception as exc:
                     results[device_id] = ("error", f"{type(exc).__name__}: {exc}")
     return results
+
+
+def _load(
+    registry: ModelRegistry, cube: WindowCube, device_id: str, hook: DeviceHook | None
+) -> tuple[tuple[str, ...], SvmParams, float, str] | tuple[float, np.ndarray, str] | None:
+    """A device's checked model: (features, params, threshold, version) for a single pipeline,
+    already its scores (threshold, scores, version) for other kinds, None without one."""
+    if hook is not None:
+        hook(device_id)
+    model = registry.active(device_id)
+    if model is None:
+        return None  # a model folder without an active version
+    kind, arrays = ModelRegistry.load_params(model)  # sha256-checked, no pickle
+    names = tuple(model.manifest["features"])
+    threshold = float(model.manifest.get("threshold", 0.0))
+    if kind != "device":
+        matrix = cube.matrix(device_id, list(names)).matrix
+        return threshold, decision_from_arrays(kind, arrays, matrix), model.version
+    params = SvmParams.from_arrays(arrays)
+    if params.mean.shape != (len(names),):
+        raise ValueError(
+            f"the model has {params.mean.shape[0]} features, its manifest lists {len(names)}: "
+            "retrain it"
+        )
+    return names, params, threshold, model.version
+
+
+def _scored(threshold: float, values: np.ndarray, version: str) -> tuple[Any, ...]:
+    return values, values < threshold, version
 
 
 def _score_table(
     run_id: str, cube: WindowCube, scored: list[tuple[str, str, np.ndarray, np.ndarray]]
 ) -> pa.Table:
     """The ``scores`` rows of the scored devices, built column-wise (no per-row objects)."""
-    counts = [len(values) for _, _, values, _ in scored]
-    devices = pa.array([device_id for device_id, *_ in scored], pa.string())
-    versions = pa.array([version for _, version, *_ in scored], pa.string())
+    counts = np.array([len(values) for _, _, values, _ in scored], dtype=np.int64)
     owner = np.repeat(np.arange(len(scored)), counts)
-    starts = (
-        np.concatenate([cube.row_starts[slice(*cube.rows(d))] for d, *_ in scored])
-        if scored
-        else np.empty(0, dtype=np.int64)
+    starts = np.concatenate(
+        [cube.row_starts[slice(*cube.rows(d))] for d, *_ in scored] or [np.empty(0, np.int64)]
     )
 
     def joined(index: int, dtype: type) -> np.ndarray:
-        arrays = [item[index] for item in scored]
-        return np.concatenate(arrays) if arrays else np.empty(0, dtype=dtype)
+        return np.concatenate([item[index] for item in scored] or [np.empty(0, dtype)])
 
     timestamp = pa.timestamp("ms", tz="UTC")
     return pa.table(
         {
-            "run_id": pa.repeat(run_id, len(owner)),
-            "device_id": pa.DictionaryArray.from_arrays(pa.array(owner, pa.int32()), devices),
-            "window_start": pa.array(starts, timestamp),
-            "window_end": pa.array(starts + cube.window_ms, timestamp),
-            "score": pa.array(joined(2, np.float64), pa.float64()),
-            "is_anomaly": pa.array(joined(3, np.bool_), pa.bool_()),
-            "model_version": pa.DictionaryArray.from_arrays(pa.array(owner, pa.int32()), versions),
+            "run_id": columns.dictionary(np.zeros(len(owner), dtype=np.int32), [run_id]),
+            "device_id": columns.dictionary(owner, [device_id for device_id, *_ in scored]),
+            "window_start": columns.numeric(starts, timestamp),
+            "window_end": columns.numeric(starts + cube.window_ms, timestamp),
+            "score": columns.numeric(joined(2, np.float64), pa.float64()),
+            "is_anomaly": columns.booleans(joined(3, np.bool_)),
+            "model_version": columns.dictionary(owner, [version for _, version, *_ in scored]),
         }
     )
 
