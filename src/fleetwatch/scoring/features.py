@@ -92,12 +92,12 @@ def read_cube(data_dir: Path, since: datetime, until: datetime, window_ms: int) 
     names = {column: sorted(set().union(*found)) for column, found in dictionaries.items()}
     positions = {column: {n: i for i, n in enumerate(names[column])} for column in names}
 
-    def codes(column: str) -> list[np.ndarray]:
-        result = []
-        for table, dictionary in zip(tables, dictionaries[column], strict=True):
+    codes: dict[str, list[np.ndarray]] = {column: [] for column in dictionaries}
+    for column, found in dictionaries.items():
+        for table, dictionary in zip(tables, found, strict=True):
             mapping = np.array([positions[column][n] for n in dictionary], dtype=np.int32)
-            result += [mapping[_numpy(c.indices, column)] for c in table.column(column).chunks]
-        return result
+            chunks = table.column(column).chunks
+            codes[column] += [mapping[_numpy(c.indices, column)] for c in chunks]
 
     starts = [
         _numpy(chunk, "window_start")
@@ -118,13 +118,12 @@ def read_cube(data_dir: Path, since: datetime, until: datetime, window_ms: int) 
             np.concatenate(chunks, out=statistics[index])
         elif chunks:
             statistics[index] = np.concatenate(chunks)[keep]
-    return WindowCube(
-        (joined(codes("device_id"), np.int32), names["device_id"]),
-        (joined(codes("sensor"), np.int32), names["sensor"]),
-        joined(starts, np.int64),
-        statistics,
-        window_ms,
-    )
+    devices = (joined(codes.pop("device_id"), np.int32), names["device_id"])
+    sensors = (joined(codes.pop("sensor"), np.int32), names["sensor"])
+    window_starts = joined(starts, np.int64)
+    del tables, starts  # the Arrow buffers: the cube is built without them
+    pa.default_memory_pool().release_unused()  # so that forked workers do not inherit them
+    return WindowCube(devices, sensors, window_starts, statistics, window_ms)
 
 
 def _numpy(chunk: pa.Array, column: str) -> np.ndarray:

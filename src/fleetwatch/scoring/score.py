@@ -138,7 +138,9 @@ def score_hour(
     status = "aborted" if aborted else "succeeded"
     stored = None
     if not aborted:
-        stored = scores if options.output == "all" else scores.filter(flagged_column)
+        stored = (
+            scores if options.output == "all" else scores.filter(columns.booleans(flagged_column))
+        )
     run: dict[str, Any] = {
         "run_id": run_id,
         "window_start": window_start,

@@ -88,6 +88,17 @@ def test_rescoring_an_hour_replaces_its_rows(trained: Settings) -> None:
     assert len(db(trained, "SELECT * FROM runs")) == 2 and first.run_id != second.run_id
 
 
+def test_output_anomalies_stores_only_the_anomalies(trained: Settings) -> None:
+    every = score_hour(trained, HOUR3, progress=False)
+    expected = db(
+        trained, "SELECT device_id, window_start FROM scores WHERE is_anomaly ORDER BY 1, 2"
+    )
+    only = score_hour(settings_for(trained.data_dir, output="anomalies"), HOUR3, progress=False)
+    got = db(trained, "SELECT device_id, window_start FROM scores ORDER BY 1, 2")
+    assert got == expected and len(got) == every.anomalies == only.anomalies > 0
+    assert only.rows_scored == every.rows_scored == len(DEVICES) * 60
+
+
 def test_no_model_and_silent_devices(trained: Settings) -> None:
     registry = ModelRegistry(trained.data_dir / "models")
     (registry.device_dir("pump-05") / "ACTIVE").unlink()  # data, no active model
