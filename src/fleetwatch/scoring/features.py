@@ -7,6 +7,7 @@ while the sensor's own statistics are imputed with the training medians.
 
 from __future__ import annotations
 
+from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
@@ -69,61 +70,102 @@ def read_windows(data_dir: Path, since: datetime, until: datetime) -> pd.DataFra
     return selected
 
 
-def read_cube(data_dir: Path, since: datetime, until: datetime, window_ms: int) -> WindowCube:
-    """Closed windows with ``since <= window_start < until`` as a cube, read once, no pandas.
-
-    Device ids and sensor names stay dictionary-encoded from the Parquet files to the cube, so
-    no per-row string is ever built (an hour of 10,000 devices x 10 sensors is 6M rows).
-    """
+def aggregate_files(data_dir: Path, since: datetime, until: datetime) -> list[Path]:
+    """The Parquet files of the hour folders that hold windows starting in [since, until)."""
     root = data_dir / "aggregates"
-    columns = ["device_id", "sensor", "window_start", *STATISTICS]
-    tables = [  # ParquetFile, unlike read_table, does not import pandas (a third of a second)
-        pq.ParquetFile(path, read_dictionary=["device_id", "sensor"]).read(columns=columns)
+    return [
+        path
         for hour in hours_between(since, until)
         for path in sorted((root / f"date={hour:%Y-%m-%d}" / f"hour={hour:%H}").glob("*.parquet"))
     ]
+
+
+def devices_in_files(files: list[Path]) -> tuple[list[str], int]:
+    """The device ids found in ``files`` and their row count, from the device column alone."""
+    found: set[str] = set()
+    rows = 0
+    for path in files:
+        parquet = pq.ParquetFile(path, read_dictionary=["device_id"])
+        rows += parquet.metadata.num_rows
+        for chunk in parquet.read(columns=["device_id"]).column(0).chunks:
+            found.update(str(v) for v in chunk.dictionary.to_pylist())
+    return sorted(found), rows
+
+
+def read_cube(
+    data_dir: Path,
+    since: datetime,
+    until: datetime,
+    window_ms: int,
+    devices: Collection[str] | None = None,
+) -> WindowCube:
+    """Closed windows with ``since <= window_start < until`` as a cube, read once, no pandas.
+
+    Device ids and sensor names stay dictionary-encoded from the Parquet files to the cube, so
+    no per-row string is ever built (an hour of 10,000 devices x 10 sensors is 6M rows). With
+    ``devices``, only their rows are kept, file by file, so memory follows what is kept.
+    """
     since_ms, until_ms = round(since.timestamp() * 1000), round(until.timestamp() * 1000)
-    tables = [table.unify_dictionaries() for table in tables]  # one dictionary per file
-    dictionaries: dict[str, list[list[str]]] = {"device_id": [], "sensor": []}
-    for table in tables:
-        for column, found in dictionaries.items():
+    wanted = None if devices is None else set(devices)
+    names: dict[str, dict[str, int]] = {"device_id": {}, "sensor": {}}
+    parts: dict[str, list[np.ndarray]] = {"device_id": [], "sensor": [], "start": []}
+    statistics_parts: list[list[np.ndarray]] = [[] for _ in STATISTICS]
+    columns = ["device_id", "sensor", "window_start", *STATISTICS]
+    for path in aggregate_files(data_dir, since, until):
+        # ParquetFile, unlike read_table, does not import pandas (a third of a second)
+        table = pq.ParquetFile(path, read_dictionary=["device_id", "sensor"]).read(columns=columns)
+        table = table.unify_dictionaries()  # one dictionary per column and file
+        mappings = {}
+        for column, known in names.items():
             chunks = table.column(column).chunks
-            found.append([str(v) for v in chunks[0].dictionary.to_pylist()] if chunks else [])
-    names = {column: sorted(set().union(*found)) for column, found in dictionaries.items()}
-    positions = {column: {n: i for i, n in enumerate(names[column])} for column in names}
-
-    codes: dict[str, list[np.ndarray]] = {column: [] for column in dictionaries}
-    for column, found in dictionaries.items():
-        for table, dictionary in zip(tables, found, strict=True):
-            mapping = np.array([positions[column][n] for n in dictionary], dtype=np.int32)
-            chunks = table.column(column).chunks
-            codes[column] += [mapping[_numpy(c.indices, column)] for c in chunks]
-
-    starts = [
-        _numpy(chunk, "window_start")
-        for table in tables
-        for chunk in table.column("window_start").chunks
-    ]
-    inside = all(s.min() >= since_ms and s.max() < until_ms for s in starts if len(s))
-    keep = None if inside else np.concatenate([(s >= since_ms) & (s < until_ms) for s in starts])
+            values = [str(v) for v in chunks[0].dictionary.to_pylist()] if chunks else []
+            if column == "device_id" and wanted is not None:
+                values = [v if v in wanted else "" for v in values]  # "" is never an id
+            mappings[column] = np.array(
+                [known.setdefault(v, len(known)) if v else -1 for v in values], dtype=np.int32
+            )
+        for batch in table.to_batches():  # columns chunked alike, views of the same buffers
+            codes = {
+                column: mappings[column][_numpy(batch.column(column).indices, column)]
+                for column in names
+            }
+            start = _numpy(batch.column("window_start"), "window_start")
+            stats = [_numpy(batch.column(stat), stat) for stat in STATISTICS]
+            inside = not len(start) or (start.min() >= since_ms and start.max() < until_ms)
+            keep = None if inside and wanted is None else (start >= since_ms) & (start < until_ms)
+            if wanted is not None:
+                keep &= codes["device_id"] >= 0
+            if keep is not None:  # a copy of the rows kept; otherwise views of the Arrow buffers
+                codes = {column: array[keep] for column, array in codes.items()}
+                start, stats = start[keep], [array[keep] for array in stats]
+            for column, array in codes.items():
+                parts[column].append(array)
+            parts["start"].append(start)
+            for index, array in enumerate(stats):
+                statistics_parts[index].append(array)
+        del table
 
     def joined(chunks: list[np.ndarray], dtype: type) -> np.ndarray:
-        array = np.concatenate(chunks) if chunks else np.empty(0, dtype=dtype)
-        return array if keep is None else array[keep]
+        return np.concatenate(chunks) if chunks else np.empty(0, dtype=dtype)
 
-    statistics = np.empty((len(STATISTICS), sum(map(len, starts)) if keep is None else keep.sum()))
-    for index, stat in enumerate(STATISTICS):
-        chunks = [_numpy(c, stat) for t in tables for c in t.column(stat).chunks]
-        if keep is None and chunks:
+    statistics = np.empty((len(STATISTICS), sum(map(len, parts["start"]))))
+    for index, chunks in enumerate(statistics_parts):
+        if chunks:
             np.concatenate(chunks, out=statistics[index])
-        elif chunks:
-            statistics[index] = np.concatenate(chunks)[keep]
-    devices = (joined(codes.pop("device_id"), np.int32), names["device_id"])
-    sensors = (joined(codes.pop("sensor"), np.int32), names["sensor"])
-    window_starts = joined(starts, np.int64)
-    del tables, starts  # the Arrow buffers: the cube is built without them
+    cube_devices = _in_name_order(joined(parts["device_id"], np.int32), names["device_id"])
+    cube_sensors = _in_name_order(joined(parts["sensor"], np.int32), names["sensor"])
+    starts = joined(parts["start"], np.int64)
+    del parts, statistics_parts  # the Arrow buffers: the cube is built without them
     pa.default_memory_pool().release_unused()  # so that forked workers do not inherit them
-    return WindowCube(devices, sensors, window_starts, statistics, window_ms)
+    return WindowCube(cube_devices, cube_sensors, starts, statistics, window_ms)
+
+
+def _in_name_order(codes: np.ndarray, names: dict[str, int]) -> Codes:
+    """Codes renumbered so that code order is name order, and the names in that order."""
+    ordered = sorted(names)
+    rank = np.empty(len(names), dtype=np.int32)
+    rank[[names[n] for n in ordered]] = np.arange(len(ordered), dtype=np.int32)
+    return np.take(rank, codes, out=codes), ordered
 
 
 def _numpy(chunk: pa.Array, column: str) -> np.ndarray:

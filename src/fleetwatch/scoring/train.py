@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -13,7 +14,12 @@ import numpy as np
 from fleetwatch.config import Settings
 from fleetwatch.errors import InvalidInputError
 from fleetwatch.output import progress_bar
-from fleetwatch.scoring.features import WindowCube, feature_names, read_windows
+from fleetwatch.scoring.features import (
+    aggregate_files,
+    devices_in_files,
+    feature_names,
+    read_cube,
+)
 from fleetwatch.scoring.models import ModelKindName, new_model
 from fleetwatch.scoring.registry import ModelRegistry
 
@@ -59,6 +65,11 @@ def _fit_one(job: tuple[str, np.ndarray, list[str], dict[str, Any]]) -> tuple[st
     return device_id, model, min(0.0, quantile)
 
 
+#: Aggregate rows read at once while training: the devices are read in groups of about this
+#: many rows (a day of 10,000 devices x 10 sensors is 144M rows, more than memory holds).
+READ_ROWS = 8_000_000
+
+
 def train(
     settings: Settings, since: datetime, until: datetime, devices: list[str] | None = None
 ) -> TrainSummary:
@@ -66,22 +77,20 @@ def train(
     kind: ModelKindName = "per_sensor" if options.per_sensor else "device"
     registry = ModelRegistry(settings.data_dir / "models")
     window_ms = int(settings.aggregate.window * 1000)
-    frame = read_windows(settings.data_dir, since, until)
-    if devices:
-        unknown = [d for d in devices if d not in set(frame["device_id"])]
-        frame = frame[frame["device_id"].isin(devices)]
-    else:
-        unknown = []
+    files = aggregate_files(settings.data_dir, since, until)
+    present, rows = devices_in_files(files)
     summary = TrainSummary()
-    for device in unknown:
-        summary.skipped[device] = "no windows in the training range"
-    if frame.empty and not unknown:
+    chosen = present
+    if devices:
+        chosen = sorted(set(devices) & set(present))
+        for device in sorted(set(devices) - set(present)):
+            summary.skipped[device] = "no windows in the training range"
+    if not present:
         raise InvalidInputError(
             f"no aggregates between {since:%Y-%m-%dT%H:%M}Z and {until:%Y-%m-%dT%H:%M}Z in "
             f"{settings.data_dir / 'aggregates'}; run `fleetwatch aggregate` first or pick "
             "another --since/--until"
         )
-    cube = WindowCube.from_frame(frame, window_ms)
     parameters = {
         "kind": kind,
         "nu": options.nu,
@@ -89,39 +98,64 @@ def train(
         "kernel": options.kernel,
         "threshold_quantile": options.threshold_quantile,
     }
-    jobs = []
-    for device_id in cube.devices:
-        count = cube.window_count(device_id)
-        if count < options.min_windows:
-            summary.skipped[device_id] = f"{count} windows < --min-windows {options.min_windows}"
-            continue
-        names = feature_names(cube.sensors(device_id))
-        jobs.append((device_id, cube.matrix(device_id, names).matrix, names, parameters))
-    workers = options.workers or os.cpu_count() or 1
+    group = max(1, READ_ROWS * len(present) // max(rows, 1))  # devices per read
+    workers = max(1, min(options.workers or os.cpu_count() or 1, len(chosen) or 1))
     with (
-        progress_bar("train", len(jobs), enabled=options.progress) as bar,
-        ProcessPoolExecutor(max_workers=max(1, min(workers, len(jobs) or 1))) as pool,
+        progress_bar("train", len(chosen), enabled=options.progress) as bar,
+        ProcessPoolExecutor(max_workers=workers) as pool,
     ):
-        futures = {pool.submit(_fit_one, job): job for job in jobs}
-        for done, future in enumerate(as_completed(futures), start=1):
-            device_id, matrix, names, parameters = futures[future]
-            try:
-                _, model, threshold = future.result()
-            except Exception as exc:  # one device's bad data must not stop the others
-                summary.failed[device_id] = f"{type(exc).__name__}: {exc}"
-                continue
-            saved = registry.save(
-                device_id,
-                model,
-                names,
-                since,
-                until,
-                len(matrix),
-                parameters,
-                activate=options.activate,
-                threshold=threshold,
-            )
-            summary.trained[device_id] = saved.version
+
+        def advance() -> None:
             if bar is not None:
-                bar.update(bar.task_ids[0], completed=done)
+                bar.update(bar.task_ids[0], advance=1)
+
+        for start in range(0, len(chosen), group):
+            part = chosen[start : start + group]
+            cube = read_cube(settings.data_dir, since, until, window_ms, devices=part)
+            jobs = []
+            for device_id in part:
+                count = cube.window_count(device_id) if device_id in cube else 0
+                if count < options.min_windows:
+                    summary.skipped[device_id] = (
+                        f"{count} windows < --min-windows {options.min_windows}"
+                    )
+                    advance()
+                    continue
+                names = feature_names(cube.sensors(device_id))
+                jobs.append((device_id, cube.matrix(device_id, names).matrix, names, parameters))
+            del cube
+            _fit_and_save(pool, jobs, registry, since, until, options.activate, summary, advance)
     return summary
+
+
+def _fit_and_save(
+    pool: ProcessPoolExecutor,
+    jobs: list[tuple[str, np.ndarray, list[str], dict[str, Any]]],
+    registry: ModelRegistry,
+    since: datetime,
+    until: datetime,
+    activate: bool,
+    summary: TrainSummary,
+    advance: Callable[[], None],
+) -> None:
+    futures = {pool.submit(_fit_one, job): job for job in jobs}
+    for future in as_completed(futures):
+        advance()
+        device_id, matrix, names, parameters = futures[future]
+        try:
+            _, model, threshold = future.result()
+        except Exception as exc:  # one device's bad data must not stop the others
+            summary.failed[device_id] = f"{type(exc).__name__}: {exc}"
+            continue
+        saved = registry.save(
+            device_id,
+            model,
+            names,
+            since,
+            until,
+            len(matrix),
+            parameters,
+            activate=activate,
+            threshold=threshold,
+        )
+        summary.trained[device_id] = saved.version

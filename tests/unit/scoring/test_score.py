@@ -295,3 +295,23 @@ def test_queries_during_a_scoring_write_succeed(trained: Settings) -> None:
     thread.join()
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().splitlines()[-1] == str(len(DEVICES) * 60)
+
+
+def test_training_in_device_groups_fits_the_same_models(
+    trained: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Reading the training range a few devices at a time (bounded memory for big fleets)
+    fits exactly the models of one read: same parameters, byte for byte."""
+    import fleetwatch.scoring.train as training
+
+    registry = ModelRegistry(trained.data_dir / "models")
+    whole = {d: registry.active(d).manifest["sha256"]["params.bin"] for d in DEVICES}  # type: ignore[union-attr]
+    monkeypatch.setattr(training, "READ_ROWS", 1000)  # about two devices per read
+    summary = train(trained, T0, T0 + pd.Timedelta(hours=2).to_pytimedelta())
+    assert sorted(summary.trained) == DEVICES and not summary.failed
+    grouped = {d: registry.active(d).manifest["sha256"]["params.bin"] for d in DEVICES}  # type: ignore[union-attr]
+    assert grouped == whole
+    assert {registry.active_version(d) for d in DEVICES} == {"v0002"}
+    summary = train(trained, T0, T0 + pd.Timedelta(hours=2).to_pytimedelta(), ["pump-01", "nope"])
+    assert list(summary.trained) == ["pump-01"]
+    assert summary.skipped == {"nope": "no windows in the training range"}
