@@ -10,6 +10,7 @@ times before it fails alone.
 from __future__ import annotations
 
 import gc
+import itertools
 import multiprocessing
 import os
 import time
@@ -67,9 +68,12 @@ def run_tasks(
     ``error_threshold`` devices failed (-1: never abort); remaining tasks are then not run.
     """
     context = multiprocessing.get_context("fork")
-    pending = [
-        _Task(devices[i : i + mini_batch_size]) for i in range(0, len(devices), mini_batch_size)
-    ]
+    # At most mini_batch_size devices per task, and a multiple of `workers` tasks of even size,
+    # so that no worker is left alone with the last task while the others idle.
+    tasks = -(-len(devices) // mini_batch_size)
+    if len(devices) >= workers > 1:
+        tasks = -(-tasks // workers) * workers
+    pending = [_Task(list(part)) for part in _even_parts(devices, tasks)]
     running: list[_Running] = []
     results: dict[str, Any] = {}
     errors: dict[str, str] = {}
@@ -141,6 +145,19 @@ def run_tasks(
     finally:
         gc.unfreeze()
     return results, errors, aborted
+
+
+def _even_parts(items: list[str], parts: int) -> list[list[str]]:
+    """``items`` cut into ``parts`` consecutive runs whose lengths differ by at most one.
+
+    >>> [len(p) for p in _even_parts([str(i) for i in range(10)], 4)]
+    [3, 3, 2, 2]
+    """
+    base, extra = divmod(len(items), max(parts, 1))
+    bounds = [0]
+    for index in range(max(parts, 1)):
+        bounds.append(bounds[-1] + base + (1 if index < extra else 0))
+    return [items[a:b] for a, b in itertools.pairwise(bounds) if b > a]
 
 
 def _exit_reason(entry: _Running) -> str:
