@@ -11,7 +11,7 @@ from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Final
+from typing import Final
 
 import numpy as np
 import numpy.typing as npt
@@ -19,10 +19,6 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fleetwatch.errors import InvalidInputError
-from fleetwatch.storage.parquet import AGGREGATE_SCHEMA
-
-if TYPE_CHECKING:  # pandas takes a while to import; scoring does not need it
-    import pandas as pd
 
 STATISTICS: Final = ("mean", "std", "min", "max")
 #: Value of ``<sensor>__present`` when the sensor reported (0 when not). A sensor that always
@@ -49,25 +45,6 @@ def hours_between(since: datetime, until: datetime) -> list[datetime]:
         hours.append(hour)
         hour += timedelta(hours=1)
     return hours
-
-
-def read_windows(data_dir: Path, since: datetime, until: datetime) -> pd.DataFrame:
-    """Closed windows with ``since <= window_start < until``, read once from the hour folders."""
-    import pandas as pd
-
-    root = data_dir / "aggregates"
-    tables = []
-    for hour in hours_between(since, until):
-        folder = root / f"date={hour:%Y-%m-%d}" / f"hour={hour:%H}"
-        for path in sorted(folder.glob("*.parquet")):
-            tables.append(pq.read_table(path, schema=AGGREGATE_SCHEMA))
-    if not tables:
-        empty: pd.DataFrame = AGGREGATE_SCHEMA.empty_table().to_pandas()
-        return empty
-    frame: pd.DataFrame = pa.concat_tables(tables).to_pandas()
-    start, end = pd.Timestamp(since), pd.Timestamp(until)
-    selected: pd.DataFrame = frame[(frame["window_start"] >= start) & (frame["window_start"] < end)]
-    return selected
 
 
 def aggregate_files(data_dir: Path, since: datetime, until: datetime) -> list[Path]:
@@ -216,10 +193,10 @@ Codes = tuple[npt.NDArray[np.integer], list[str]]  # per-row codes into a sorted
 class WindowCube:
     """Windows as a (device-window, sensor) grid over the rows' statistics, devices sorted.
 
-    Built once, vectorised, for all devices (``read_cube`` from Parquet, ``from_frame`` from
-    pandas). The grid holds, per window of a device and per sensor, the position of its
-    statistics (or -1): no dense copy of the values is made. ``matrix(device, names)`` cuts one
-    device's feature matrix out of it and ``gather(devices, names)`` those of many at once.
+    Built once, vectorised, for all devices by ``read_cube``. The grid holds, per window of a
+    device and per sensor, the position of its statistics (or -1): no dense copy of the values
+    is made. ``matrix(device, names)`` cuts one device's feature matrix out of it and
+    ``gather(devices, names)`` those of many at once.
     """
 
     def __init__(
@@ -253,21 +230,6 @@ class WindowCube:
         self._index = {d: i for i, d in enumerate(self.devices)}
         self._sensor_index = {s: i for i, s in enumerate(sensor_names)}
         self._plans: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
-
-    @classmethod
-    def from_frame(cls, frame: pd.DataFrame, window_ms: int) -> WindowCube:
-        """A cube of an aggregates data frame (columns as in the Parquet files)."""
-        import pandas as pd
-
-        device_codes, devices = pd.factorize(frame["device_id"], sort=True)
-        sensor_codes, sensors = pd.factorize(frame["sensor"], sort=True)
-        return cls(
-            (device_codes.astype(np.int64), [str(d) for d in devices]),
-            (sensor_codes.astype(np.int64), [str(s) for s in sensors]),
-            frame["window_start"].to_numpy(dtype="datetime64[ms]").astype(np.int64),
-            frame[list(STATISTICS)].to_numpy(dtype=float).T.copy(),
-            window_ms,
-        )
 
     def __contains__(self, device_id: str) -> bool:
         return device_id in self._index

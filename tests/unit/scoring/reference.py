@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from datetime import datetime
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
@@ -53,3 +56,13 @@ def device_matrix(
 
 def sensors_of(rows: pd.DataFrame) -> list[str]:
     return sorted({c.rsplit("__", 1)[0] for c in rows.columns if rows[c].notna().any()})
+
+
+def read_windows(data_dir: Path, since: datetime, until: datetime) -> pd.DataFrame:
+    """Every aggregate row with ``since <= window_start < until``, read with pandas alone."""
+    files = sorted((data_dir / "aggregates").glob("date=*/hour=*/*.parquet"))
+    frame = pd.concat([pd.read_parquet(path) for path in files], ignore_index=True)
+    chosen = (frame["window_start"] >= pd.Timestamp(since)) & (
+        frame["window_start"] < pd.Timestamp(until)
+    )
+    return frame[chosen]

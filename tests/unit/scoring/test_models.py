@@ -98,27 +98,6 @@ def test_versions_activate_and_rollback(tmp_path: Path) -> None:
         registry.active("../../etc")
 
 
-def test_cube_matrix_equals_the_pandas_pivot() -> None:
-    """The fast per-device cut equals the plain pandas pivot, absent sensors included."""
-    import pandas as pd
-
-    from fleetwatch.scoring.features import WindowCube
-    from tests.unit.scoring.conftest import synthetic_windows
-    from tests.unit.scoring.reference import device_matrix, pivot_by_device, sensors_of
-
-    frame = synthetic_windows(hours=3)
-    cube = WindowCube.from_frame(frame, 60_000)
-    names = feature_names(["pressure", "temperature", "vibration", "humidity"])  # humidity: none
-    for device_id, rows in pivot_by_device(frame).items():
-        fast = cube.matrix(device_id, names)
-        slow = device_matrix(device_id, rows, names, 60_000)
-        np.testing.assert_array_equal(fast.window_start, slow.window_start)
-        np.testing.assert_allclose(fast.matrix, slow.matrix, equal_nan=True, rtol=0, atol=0)
-        assert cube.sensors(device_id) == sensors_of(rows)
-        assert cube.window_count(device_id) == len(rows)
-    assert isinstance(frame, pd.DataFrame)
-
-
 def test_cube_read_from_parquet_equals_the_pandas_pivot(tmp_path: Path) -> None:
     """``read_cube`` (dictionary-encoded columns, several files per hour, a stray row outside
     the range, a missing statistic) equals the pandas pivot of the same rows."""
@@ -128,7 +107,7 @@ def test_cube_read_from_parquet_equals_the_pandas_pivot(tmp_path: Path) -> None:
     from fleetwatch.scoring.features import read_cube
     from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, write_atomically
     from tests.unit.scoring.conftest import T0, synthetic_windows
-    from tests.unit.scoring.reference import device_matrix, pivot_by_device
+    from tests.unit.scoring.reference import device_matrix, pivot_by_device, sensors_of
 
     frame = synthetic_windows(hours=3).sample(frac=1.0, random_state=1)  # rows in any order
     frame.loc[frame.index[:5], "std"] = np.nan  # written as nulls: read back as NaN
@@ -153,6 +132,8 @@ def test_cube_read_from_parquet_equals_the_pandas_pivot(tmp_path: Path) -> None:
             slow = device_matrix(device_id, rows, names, 60_000)
             np.testing.assert_array_equal(fast.window_start, slow.window_start)
             np.testing.assert_array_equal(fast.matrix, slow.matrix)
+            assert cube.sensors(device_id) == sensors_of(rows)
+            assert cube.window_count(device_id) == len(rows)
         windows, counts = cube.gather(cube.devices, names)  # many devices at once
         for device_id, matrix, count in zip(cube.devices, windows, counts, strict=True):
             np.testing.assert_array_equal(matrix[:count], cube.matrix(device_id, names).matrix)

@@ -18,14 +18,13 @@ import pytest
 
 from fleetwatch.config import Settings
 from fleetwatch.errors import FleetwatchError
-from fleetwatch.scoring.features import read_windows
 from fleetwatch.scoring.models import PerSensorModel
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.scoring.score import missed_hours, score_hour
 from fleetwatch.scoring.train import train
 from fleetwatch.storage.duck import query
 from tests.unit.scoring.conftest import DEVICES, T0, settings_for
-from tests.unit.scoring.reference import device_matrix, pivot_by_device
+from tests.unit.scoring.reference import device_matrix, pivot_by_device, read_windows
 
 HOUR3 = T0 + pd.Timedelta(hours=2).to_pytimedelta()
 
