@@ -179,6 +179,20 @@ def score_hour(
     )
 
 
+@dataclass
+class _Model:
+    """A device's active model, loaded and checked."""
+
+    version: str
+    threshold: float
+    features: tuple[str, ...]
+    params: SvmParams | None  # a single pipeline: scored together with its feature group
+    scores: np.ndarray | None  # any other kind: already scored
+
+    def result(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
+        return scores, scores < self.threshold, self.version
+
+
 def score_devices(
     registry: ModelRegistry, cube: WindowCube, devices: list[str], hook: DeviceHook | None = None
 ) -> dict[str, DeviceResult]:
@@ -190,26 +204,27 @@ def score_devices(
     """
     results: dict[str, DeviceResult] = {}
     for start in range(0, len(devices), GATHER_SIZE):
-        by_features: dict[tuple[str, ...], list[tuple[str, str, float, SvmParams]]] = {}
+        groups: dict[tuple[str, ...], list[tuple[str, _Model]]] = {}
         for device_id in devices[start : start + GATHER_SIZE]:
             try:
-                loaded = _load(registry, cube, device_id, hook)
+                model = _load(registry, cube, device_id, hook)
             except Exception as exc:  # a model that raises fails its device only
                 results[device_id] = ("error", f"{type(exc).__name__}: {exc}")
                 continue
-            if loaded is None or isinstance(loaded[1], np.ndarray):
-                results[device_id] = ("ok", None if loaded is None else _scored(*loaded))
+            if model is None:
+                results[device_id] = ("ok", None)  # a model folder without an active version
+            elif model.scores is not None:
+                results[device_id] = ("ok", model.result(model.scores))
             else:
-                names, params, threshold, version = loaded
-                by_features.setdefault(names, []).append((device_id, version, threshold, params))
-        for names, members in by_features.items():
-            windows, counts = cube.gather([m[0] for m in members], list(names))
-            for (device_id, version, threshold, params), matrix, count in zip(
+                groups.setdefault(model.features, []).append((device_id, model))
+        for features, members in groups.items():
+            windows, counts = cube.gather([device_id for device_id, _ in members], list(features))
+            for (device_id, model), matrix, count in zip(
                 members, windows, counts.tolist(), strict=True
             ):
                 try:
-                    values = params.decision(matrix[:count])
-                    results[device_id] = ("ok", _scored(threshold, values, version))
+                    assert model.params is not None
+                    results[device_id] = ("ok", model.result(model.params.decision(matrix[:count])))
                 except Exception as exc:
                     results[device_id] = ("error", f"{type(exc).__name__}: {exc}")
     return results
@@ -217,31 +232,26 @@ def score_devices(
 
 def _load(
     registry: ModelRegistry, cube: WindowCube, device_id: str, hook: DeviceHook | None
-) -> tuple[tuple[str, ...], SvmParams, float, str] | tuple[float, np.ndarray, str] | None:
-    """A device's checked model: (features, params, threshold, version) for a single pipeline,
-    already its scores (threshold, scores, version) for other kinds, None without one."""
+) -> _Model | None:
     if hook is not None:
         hook(device_id)
-    model = registry.active(device_id)
-    if model is None:
-        return None  # a model folder without an active version
-    kind, arrays = ModelRegistry.load_params(model)  # sha256-checked, no pickle
-    names = tuple(model.manifest["features"])
-    threshold = float(model.manifest.get("threshold", 0.0))
+    active = registry.active(device_id)
+    if active is None:
+        return None
+    kind, arrays = ModelRegistry.load_params(active)  # sha256-checked, no pickle
+    features = tuple(active.manifest["features"])
+    threshold = float(active.manifest.get("threshold", 0.0))
     if kind != "device":
-        matrix = cube.matrix(device_id, list(names)).matrix
-        return threshold, decision_from_arrays(kind, arrays, matrix), model.version
+        matrix = cube.matrix(device_id, list(features)).matrix
+        scores = decision_from_arrays(kind, arrays, matrix)
+        return _Model(active.version, threshold, features, None, scores)
     params = SvmParams.from_arrays(arrays)
-    if params.mean.shape != (len(names),):
+    if params.mean.shape != (len(features),):
         raise ValueError(
-            f"the model has {params.mean.shape[0]} features, its manifest lists {len(names)}: "
-            "retrain it"
+            f"the model has {params.mean.shape[0]} features, its manifest lists "
+            f"{len(features)}: retrain it"
         )
-    return names, params, threshold, model.version
-
-
-def _scored(threshold: float, values: np.ndarray, version: str) -> tuple[Any, ...]:
-    return values, values < threshold, version
+    return _Model(active.version, threshold, features, params, None)
 
 
 def _score_table(
