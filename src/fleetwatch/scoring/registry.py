@@ -214,7 +214,7 @@ class ModelRegistry:
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and is_valid_name(p.name))
 
     def active_version(self, device_id: str) -> str | None:
-        # Plain os.path and open(): scoring calls this for every device of the fleet.
+        # read_bytes, not Path.read_text: scoring calls this for every device of the fleet.
         try:
             version = read_bytes(f"{self._device_path(device_id)}/ACTIVE")
         except FileNotFoundError:
