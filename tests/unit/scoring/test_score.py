@@ -139,6 +139,17 @@ def test_a_tampered_model_fails_its_device_only(trained: Settings) -> None:
     assert "does not match the sha256" in error
 
 
+def test_an_active_file_pointing_outside_its_device_fails_that_device(
+    trained: Settings,
+) -> None:
+    registry = ModelRegistry(trained.data_dir / "models")
+    (registry.device_dir("pump-03") / "ACTIVE").write_text("../pump-00/v0001")
+    result = score_hour(trained, HOUR3, progress=False)
+    assert result.devices_failed == 1 and result.devices_scored == len(DEVICES) - 1
+    error = db(trained, "SELECT error FROM device_runs WHERE device_id = 'pump-03'")[0][0]
+    assert "is not 1-64" in error
+
+
 def test_a_model_that_raises(trained: Settings) -> None:
     model = ModelRegistry(trained.data_dir / "models").active("pump-01")
     manifest = model.manifest
