@@ -190,6 +190,13 @@ class DeviceWindows:
 Codes = tuple[npt.NDArray[np.integer], list[str]]  # per-row codes into a sorted list of names
 
 
+#: A grid with one column per sensor of the whole fleet is used while it holds at most this many
+#: cells per aggregate row (a fleet whose devices share their sensors: about one). A fleet of
+#: many device types, each with its own sensors, gets one column per sensor *of each device*
+#: instead, so memory follows the rows, not devices x every sensor name.
+SHARED_COLUMNS_UP_TO = 2.0
+
+
 class WindowCube:
     """Windows as a (device-window, sensor) grid over the rows' statistics, devices sorted.
 
@@ -214,20 +221,25 @@ class WindowCube:
         base = int(starts.min()) if len(starts) else 0
         slots = (starts - base) // window_ms
         width = int(slots.max()) + 1 if len(slots) else 1
-        keys = device_codes.astype(np.int64) * width + slots
-        if len(self.devices) * width <= max(8 * len(keys), 1 << 20):
-            seen = np.zeros(len(self.devices) * width, dtype=bool)  # dense: no sort needed
-            seen[keys] = True
-            row_keys = np.flatnonzero(seen)
-            rows = (np.cumsum(seen) - 1)[keys]
-        else:
-            row_keys, rows = np.unique(keys, return_inverse=True)
-        index_type = np.int32 if len(keys) < 2**31 else np.int64
-        self.cells = np.full((len(row_keys), len(sensor_names)), -1, dtype=index_type)
-        self.cells[rows, sensor_codes] = np.arange(len(keys), dtype=index_type)
+        row_keys, rows = _compact(device_codes.astype(np.int64) * width + slots)
+        index_type = np.int32 if len(starts) < 2**31 else np.int64
+        columns = len(sensor_names)
+        self._columns: tuple[np.ndarray, np.ndarray] | None = None  # shared: column = sensor
+        if len(row_keys) * columns > SHARED_COLUMNS_UP_TO * max(len(starts), 1):
+            # Per device, its sensors (codes, sorted) and their columns 0, 1, 2, ...
+            pair_keys, pairs = _compact(device_codes.astype(np.int64) * columns + sensor_codes)
+            owners = pair_keys // columns
+            first = np.searchsorted(owners, np.arange(len(self.devices) + 1))
+            local = np.arange(len(pair_keys)) - first[owners]
+            self._columns = (pair_keys % columns, first)
+            columns = int(local.max()) + 1 if len(local) else 0
+            sensor_codes = local[pairs]
+        self.cells = np.full((len(row_keys), columns), -1, dtype=index_type)
+        self.cells[rows, sensor_codes] = np.arange(len(starts), dtype=index_type)
         self.row_starts = base + (row_keys % width) * window_ms
         self._bounds = np.searchsorted(row_keys // width, np.arange(len(self.devices) + 1))
         self._index = {d: i for i, d in enumerate(self.devices)}
+        self._sensor_names = sensor_names
         self._sensor_index = {s: i for i, s in enumerate(sensor_names)}
         self._plans: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
 
@@ -246,11 +258,15 @@ class WindowCube:
     def sensors(self, device_id: str) -> list[str]:
         """The sensors that reported at least once for this device."""
         begin, end = self.rows(device_id)
+        if self._columns is not None:
+            codes, first = self._columns
+            index = self._index[device_id]
+            return [self._sensor_names[c] for c in codes[first[index] : first[index + 1]]]
         reported = np.asarray((self.cells[begin:end] >= 0).any(axis=0)).tolist()
-        return sorted(s for s, i in self._sensor_index.items() if reported[i])
+        return [s for s, seen in zip(self._sensor_names, reported, strict=True) if seen]
 
     def _plan(self, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """Where each feature comes from: (sensor index, statistic index, kind) per column.
+        """Where each feature comes from: (sensor code, statistic index, kind) per column.
 
         kind 0 = a statistic, 1 = a present indicator; +2 when the sensor is absent from the
         whole range (a statistic is then NaN, an indicator 0).
@@ -268,12 +284,34 @@ class WindowCube:
             plan = self._plans[names] = (np.array(sensors), np.array(stats), np.array(kinds))
         return plan
 
-    def features(self, rows: np.ndarray | slice, names: list[str]) -> FloatMatrix:
+    def _cells(
+        self, devices: list[str], owner: np.ndarray, rows: np.ndarray, sensors: np.ndarray
+    ) -> np.ndarray:
+        """Grid cells of ``rows`` (row i belongs to ``devices[owner[i]]``) for sensor codes."""
+        if self._columns is None:
+            shared: np.ndarray = self.cells[rows][:, sensors]
+            return shared
+        codes, first = self._columns
+        columns = np.empty((len(devices), len(sensors)), dtype=np.int64)
+        for position, device_id in enumerate(devices):
+            index = self._index[device_id]
+            own = codes[first[index] : first[index + 1]]
+            found = np.minimum(np.searchsorted(own, sensors), max(len(own) - 1, 0))
+            has = (own[found] == sensors) if len(own) else np.zeros(len(sensors), dtype=bool)
+            columns[position] = np.where(has, found, -1)
+        wanted = columns[owner]
+        cells = np.take_along_axis(self.cells[rows], np.maximum(wanted, 0), axis=1)
+        cells[wanted < 0] = -1
+        return cells
+
+    def _features(
+        self, devices: list[str], owner: np.ndarray, rows: np.ndarray, names: list[str]
+    ) -> FloatMatrix:
         """The feature matrix of grid ``rows`` over feature ``names``."""
         sensors, stats, kinds = self._plan(tuple(names))
-        if not (len(sensors) and self._sensor_index):
-            return np.full((len(self.row_starts[rows]), len(names)), np.nan)
-        cells = self.cells[rows][:, sensors]
+        if not (len(sensors) and self._sensor_index) or not self.cells.shape[1]:
+            return np.full((len(rows), len(names)), np.nan)
+        cells = self._cells(devices, owner, rows, sensors)
         missing = cells < 0
         matrix: FloatMatrix = self.statistics[stats, cells]
         matrix[missing] = np.nan
@@ -286,7 +324,8 @@ class WindowCube:
     def matrix(self, device_id: str, names: list[str]) -> DeviceWindows:
         begin, end = self.rows(device_id)
         starts = self.row_starts[begin:end]
-        matrix = self.features(slice(begin, end), names)
+        rows = np.arange(begin, end)
+        matrix = self._features([device_id], np.zeros(len(rows), dtype=np.int64), rows, names)
         return DeviceWindows(device_id, starts, starts + self.window_ms, matrix)
 
     def gather(self, devices: list[str], names: list[str]) -> tuple[FloatMatrix, np.ndarray]:
@@ -301,5 +340,17 @@ class WindowCube:
         position = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
         rows = np.repeat(bounds[:, 0], counts) + position
         windows = np.full((len(devices), depth, len(names)), np.nan)
-        windows[owner, position] = self.features(rows, names)
+        windows[owner, position] = self._features(devices, owner, rows, names)
         return windows, counts
+
+
+def _compact(keys: npt.NDArray[np.int64]) -> tuple[np.ndarray, np.ndarray]:
+    """The distinct keys, sorted, and each key's index among them (``np.unique`` without a sort
+    when the key range is small enough for a bitmap, as an hour of windows always is)."""
+    span = int(keys.max()) + 1 if len(keys) else 0
+    if span <= max(8 * len(keys), 1 << 20):
+        seen = np.zeros(span, dtype=bool)
+        seen[keys] = True
+        return np.flatnonzero(seen), (np.cumsum(seen) - 1)[keys]
+    distinct, inverse = np.unique(keys, return_inverse=True)
+    return distinct, inverse

@@ -98,18 +98,31 @@ def test_versions_activate_and_rollback(tmp_path: Path) -> None:
         registry.active("../../etc")
 
 
-def test_cube_read_from_parquet_equals_the_pandas_pivot(tmp_path: Path) -> None:
-    """``read_cube`` (dictionary-encoded columns, several files per hour, a stray row outside
-    the range, a missing statistic) equals the pandas pivot of the same rows."""
+@pytest.mark.parametrize("columns", ["shared", "per device"])
+@pytest.mark.parametrize("fleet", ["one device type", "two device types"])
+def test_cube_read_from_parquet_equals_the_pandas_pivot(
+    tmp_path: Path, columns: str, fleet: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``read_cube`` (dictionary-encoded columns, several files per hour, rows in any order, a
+    missing statistic, devices with different sensors) equals the pandas pivot of the rows,
+    whichever grid layout it picks."""
     import pandas as pd
     import pyarrow as pa
 
+    from fleetwatch.scoring import features
     from fleetwatch.scoring.features import read_cube
     from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, write_atomically
     from tests.unit.scoring.conftest import T0, synthetic_windows
     from tests.unit.scoring.reference import device_matrix, pivot_by_device, sensors_of
 
+    monkeypatch.setattr(features, "SHARED_COLUMNS_UP_TO", 1e9 if columns == "shared" else 0.0)
     frame = synthetic_windows(hours=3).sample(frac=1.0, random_state=1)  # rows in any order
+    sensors = ["pressure", "temperature", "vibration", "humidity"]
+    if fleet == "two device types":  # half the fleet has other sensors
+        other = frame["device_id"].isin(["pump-04", "pump-05", "pump-06", "pump-07"])
+        renamed = {"pressure": "flow", "temperature": "rpm", "vibration": "voltage"}
+        frame.loc[other, "sensor"] = frame.loc[other, "sensor"].map(renamed)
+        sensors += list(renamed.values())
     frame.loc[frame.index[:5], "std"] = np.nan  # written as nulls: read back as NaN
     for hour, rows in frame.groupby(frame["window_start"].dt.floor("h")):
         folder = tmp_path / "aggregates" / f"date={hour:%Y-%m-%d}" / f"hour={hour:%H}"
@@ -120,7 +133,7 @@ def test_cube_read_from_parquet_equals_the_pandas_pivot(tmp_path: Path) -> None:
                 preserve_index=False,
             )
             write_atomically(table, folder / f"p{part:04d}-{part:012d}-{part:012d}.parquet")
-    names = feature_names(["pressure", "temperature", "vibration", "humidity"])
+    names = feature_names(sensors)
     for since, until in ((T0, T0 + pd.Timedelta(hours=3)), (T0 + pd.Timedelta(hours=2), None)):
         end = until or since + pd.Timedelta(hours=1)
         cube = read_cube(tmp_path, since, end, 60_000)
@@ -134,6 +147,8 @@ def test_cube_read_from_parquet_equals_the_pandas_pivot(tmp_path: Path) -> None:
             np.testing.assert_array_equal(fast.matrix, slow.matrix)
             assert cube.sensors(device_id) == sensors_of(rows)
             assert cube.window_count(device_id) == len(rows)
+        if columns == "per device":
+            assert cube.cells.shape[1] == 3  # each device's own three sensors
         windows, counts = cube.gather(cube.devices, names)  # many devices at once
         for device_id, matrix, count in zip(cube.devices, windows, counts, strict=True):
             np.testing.assert_array_equal(matrix[:count], cube.matrix(device_id, names).matrix)
