@@ -261,7 +261,7 @@ class TrainSettings:
 class ScoreSettings:
     workers: int = setting(0, "worker processes (0 = one per core)", minimum=0)
     mini_batch_size: int = setting(
-        2000, "devices per task (each task is one forked process)", minimum=1
+        2000, "at most this many devices per task (a task is one forked process)", minimum=1
     )
     task_timeout: float = setting(
         300.0, "kill and retry a task after this long", kind="duration", minimum=0.1
