@@ -96,10 +96,10 @@ def read_cube(
         for column, known in names.items():
             chunks = table.column(column).chunks
             values = [str(v) for v in chunks[0].dictionary.to_pylist()] if chunks else []
-            if column == "device_id" and wanted is not None:
-                values = [v if v in wanted else "" for v in values]  # "" is never an id
+            skip = set(values) - wanted if column == "device_id" and wanted is not None else ()
             mappings[column] = np.array(
-                [known.setdefault(v, len(known)) if v else -1 for v in values], dtype=np.int32
+                [-1 if v in skip else known.setdefault(v, len(known)) for v in values],
+                dtype=np.int32,
             )
         for batch in table.to_batches():  # columns chunked alike, views of the same buffers
             codes = {
