@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fleetwatch.aggregate.windows import AGGREGATE_COLUMNS
 from fleetwatch.config import Settings, load_settings
 from fleetwatch.scoring.train import train
 from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, PartitionedParquetSink
@@ -47,19 +48,7 @@ def synthetic_windows(hours: int = 3, seed: int = 0) -> pd.DataFrame:
                 )
     frame = pd.DataFrame(
         rows,
-        columns=[
-            "device_id",
-            "sensor",
-            "window_start",
-            "window_end",
-            "count",
-            "mean",
-            "std",
-            "min",
-            "max",
-            "first_offset",
-            "last_offset",
-        ],
+        columns=[*AGGREGATE_COLUMNS, "first_offset", "last_offset"],
     )
     for column in ("window_start", "window_end"):
         frame[column] = frame[column].astype("datetime64[ms, UTC]")
