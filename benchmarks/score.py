@@ -4,8 +4,8 @@
     python benchmarks/score.py --devices 2000 --rounds 5 --format json
 
 Setup (not timed): one model per device (imputer -> scaler -> OneClassSVM, nu=0.01) trained on
-a day (1,440) of one-minute windows, saved through the registry; the hour's aggregates written
-as Parquet. Then, per round:
+a day (1,440) of one-minute windows, saved through the registry and packed (as ``fleetwatch
+train`` does); the hour's aggregates written as Parquet. Then, per round:
 
 (a) the baseline: one process, for every device ``joblib.load`` its model and call
     ``decision_function`` on its 60 windows (features already in memory: not timed);
@@ -37,6 +37,7 @@ import pyarrow as pa
 
 from fleetwatch.scoring.features import PRESENT, feature_names
 from fleetwatch.scoring.models import DeviceModel
+from fleetwatch.scoring.pack import ModelPack, pack_folder
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, write_atomically
 
@@ -145,6 +146,12 @@ def main() -> int:
         print(
             f"trained {args.devices:,} models in {time.perf_counter() - started:.0f}s",
             file=sys.stderr,
+        )
+    started = time.perf_counter()
+    packed = ModelPack.open(pack_folder(data), ModelRegistry(root)).refresh()  # as train does
+    if packed:
+        print(
+            f"packed {packed:,} models in {time.perf_counter() - started:.1f}s", file=sys.stderr
         )
     matrices = write_hour(data, args.devices)
     command = [

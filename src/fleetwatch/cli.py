@@ -219,6 +219,18 @@ def _run_models(args: argparse.Namespace, settings: Settings) -> int:
         columns = ["device_id", "active", "versions", "kind", "trained_until"]
         sys.stdout.write(emit_table(rows, columns, args.format))
         return 0
+    if args.action == "pack":
+        from fleetwatch.scoring.pack import ModelPack, pack_folder
+
+        pack = ModelPack.open(pack_folder(settings.data_dir), registry)
+        packed = pack.refresh([args.device] if args.device else None)
+        pack.compact()
+        emit_record(
+            "fleetwatch models pack",
+            {"packed_now": packed, "in_pack": len(pack), "folder": str(pack.folder)},
+            args.format,
+        )
+        return 0
     if not args.device:
         raise FleetwatchError(f"`models {args.action}` needs a device id: models {args.action} ID")
     if args.action == "show":
@@ -449,17 +461,18 @@ def build_parser() -> argparse.ArgumentParser:
     models = _command(
         subparsers,
         "models",
-        "list, show, activate or roll back per-device model versions",
+        "list, show, activate or roll back per-device model versions; pack them for scoring",
         """
         fleetwatch models list
         fleetwatch models show pump-0001            # manifest, sha256 verified
         fleetwatch models activate pump-0001 v0002
         fleetwatch models rollback pump-0001
+        fleetwatch models pack                      # after copying models in by hand
         """,
         [],
         _run_models,
     )
-    models.add_argument("action", choices=["list", "show", "activate", "rollback"])
+    models.add_argument("action", choices=["list", "show", "activate", "rollback", "pack"])
     models.add_argument("device", nargs="?", help="device id")
     models.add_argument("version", nargs="?", help="version, e.g. v0002")
     models.add_argument("--format", choices=["text", "json", "csv"], default="text")

@@ -108,9 +108,10 @@ class ModelRegistry:
         self._root = os.fspath(root)
 
     def device_dir(self, device_id: str) -> Path:
-        return Path(self._device_path(device_id))
+        return Path(self.device_path(device_id))
 
-    def _device_path(self, device_id: str) -> str:
+    def device_path(self, device_id: str) -> str:
+        """``device_dir`` as a string, for the per-device hot paths (no ``Path`` objects)."""
         if not is_valid_name(device_id):
             raise InvalidInputError(f"device id {device_id!r} is not 1-64 of [A-Za-z0-9_.-]")
         return f"{self._root}/{device_id}"  # f-strings: os.path.join costs more, per device
@@ -216,7 +217,7 @@ class ModelRegistry:
     def active_version(self, device_id: str) -> str | None:
         # read_bytes, not Path.read_text: scoring calls this for every device of the fleet.
         try:
-            version = read_bytes(f"{self._device_path(device_id)}/ACTIVE")
+            version = read_bytes(f"{self.device_path(device_id)}/ACTIVE")
         except FileNotFoundError:
             return None
         return version.decode().strip() or None
@@ -233,7 +234,7 @@ class ModelRegistry:
     def get(self, device_id: str, version: str) -> ModelVersion:
         if not is_valid_name(version):
             raise InvalidInputError(f"model version {version!r} is not 1-64 of [A-Za-z0-9_.-]")
-        path = f"{self._device_path(device_id)}/{version}"
+        path = f"{self.device_path(device_id)}/{version}"
         try:
             manifest = json.loads(read_bytes(f"{path}/manifest.json"))
         except FileNotFoundError:

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import os
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -23,6 +24,13 @@ from fleetwatch.output import progress_bar
 from fleetwatch.scoring.executor import DeviceResult, run_tasks
 from fleetwatch.scoring.features import WindowCube, read_cube
 from fleetwatch.scoring.models import SvmParams, decision_from_arrays
+from fleetwatch.scoring.pack import (
+    ActiveModel,
+    ModelPack,
+    pack_folder,
+    read_active,
+    refresh_quietly,
+)
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.storage import columns
 from fleetwatch.storage.checkpoints import CheckpointStore
@@ -68,17 +76,21 @@ def score_hour(
     run_id = f"{window_start:%Y%m%dT%H}-{uuid.uuid4().hex[:8]}"
     window_ms = round(settings.aggregate.window * 1000)
 
-    cube = read_cube(settings.data_dir, window_start, window_end, window_ms)
     registry = ModelRegistry(settings.data_dir / "models")
-    # Reading 10k ACTIVE files is work for the workers; the parent only lists folders.
     with_model_folder = registry.model_devices()
+    # The packed models are loaded (checked) by a thread while this one reads the hour: the
+    # reading waits on Arrow and numpy, which let the thread run. The workers inherit them.
+    with ThreadPoolExecutor(1) as thread:
+        preloading = thread.submit(_load_packed, settings, registry, sorted(with_model_folder))
+        cube = read_cube(settings.data_dir, window_start, window_end, window_ms)
+        pack, preloaded = preloading.result()
     with_data = set(cube.devices)
     to_score = sorted(with_data & with_model_folder)
     without_folder = sorted(with_data - with_model_folder)
     silent = sorted(d for d in with_model_folder - with_data if registry.active_version(d))
 
     def work(devices: list[str]) -> dict[str, DeviceResult]:
-        return score_devices(registry, cube, devices, hook)
+        return score_devices(registry, preloaded, cube, devices, hook)
 
     workers = options.workers or os.cpu_count() or 1
     with progress_bar(f"score {window_start:%Y-%m-%dT%H}", len(to_score), progress) as bar:
@@ -108,14 +120,17 @@ def score_hour(
             outcomes[column].append(value)
 
     scored: list[tuple[str, str, np.ndarray, np.ndarray]] = []
+    unpacked: list[str] = []
     without_model = list(without_folder)
     for device_id in to_score:
         if device_id in results and results[device_id] is None:
             without_model.append(device_id)  # a model folder, but no active version
         elif device_id in results:
-            values, flagged, version = results[device_id]
+            values, flagged, version, packed = results[device_id]
             outcome(device_id, "scored", None, version, len(values))
             scored.append((device_id, version, values, flagged))
+            if not packed:
+                unpacked.append(device_id)
         else:
             reason = errors.get(device_id, "not run: the run was aborted")
             outcome(device_id, "failed", reason, registry.active_version(device_id), 0)
@@ -164,6 +179,8 @@ def score_hour(
         }
     )
     write_run(database_path(settings), run, stored, outcome_table, options.lock_timeout)
+    if unpacked:  # read from their files this time (new, re-activated, or edited by hand)
+        refresh_quietly(pack, unpacked)
     return RunResult(
         run_id,
         window_start,
@@ -188,15 +205,37 @@ class _Model:
     features: tuple[str, ...]
     params: SvmParams | None  # a single pipeline: scored together with its feature group
     scores: np.ndarray | None  # any other kind: already scored
+    packed: bool  # loaded from the model pack (else from its files: pack it after the run)
 
-    def result(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
-        return scores, scores < self.threshold, self.version
+    def result(self, scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, str, bool]:
+        return scores, scores < self.threshold, self.version, self.packed
+
+
+def _load_packed(
+    settings: Settings, registry: ModelRegistry, devices: list[str]
+) -> tuple[ModelPack, dict[str, ActiveModel]]:
+    """The pack, and the devices' active models that it holds as they are now (checked)."""
+    pack = ModelPack.open(pack_folder(settings.data_dir), registry)
+    loaded = {}
+    for device_id in devices:
+        try:
+            model = pack.load(device_id)
+        except Exception:  # noqa: BLE001 - the worker reads its files and reports the error
+            continue
+        if model is not None:
+            loaded[device_id] = model
+    return pack, loaded
 
 
 def score_devices(
-    registry: ModelRegistry, cube: WindowCube, devices: list[str], hook: DeviceHook | None = None
+    registry: ModelRegistry,
+    preloaded: Mapping[str, ActiveModel],
+    cube: WindowCube,
+    devices: list[str],
+    hook: DeviceHook | None = None,
 ) -> dict[str, DeviceResult]:
-    """Score ``devices`` (one task, in a worker): ("ok", (scores, flagged, version) or None).
+    """Score ``devices`` (one task, in a worker): ("ok", (scores, flagged, version, packed) or
+    None). Models come from ``preloaded`` (the pack) or else from their files.
 
     Every model is loaded, checked and scored on its own, so a bad one fails its device only.
     Devices go ``GATHER_SIZE`` at a time: the windows of those that share a feature list are
@@ -207,7 +246,7 @@ def score_devices(
         groups: dict[tuple[str, ...], list[tuple[str, _Model]]] = {}
         for device_id in devices[start : start + GATHER_SIZE]:
             try:
-                model = _load(registry, cube, device_id, hook)
+                model = _load(registry, preloaded, cube, device_id, hook)
             except Exception as exc:  # a model that raises fails its device only
                 results[device_id] = ("error", f"{type(exc).__name__}: {exc}")
                 continue
@@ -231,27 +270,31 @@ def score_devices(
 
 
 def _load(
-    registry: ModelRegistry, cube: WindowCube, device_id: str, hook: DeviceHook | None
+    registry: ModelRegistry,
+    preloaded: Mapping[str, ActiveModel],
+    cube: WindowCube,
+    device_id: str,
+    hook: DeviceHook | None,
 ) -> _Model | None:
     if hook is not None:
         hook(device_id)
-    active = registry.active(device_id)
+    active = preloaded.get(device_id)
+    packed = active is not None
     if active is None:
-        return None
-    kind, arrays = ModelRegistry.load_params(active)  # sha256-checked, no pickle
-    features = tuple(active.manifest["features"])
-    threshold = float(active.manifest.get("threshold", 0.0))
-    if kind != "device":
-        matrix = cube.matrix(device_id, list(features)).matrix
-        scores = decision_from_arrays(kind, arrays, matrix)
-        return _Model(active.version, threshold, features, None, scores)
-    params = SvmParams.from_arrays(arrays)
-    if params.mean.shape != (len(features),):
+        active = read_active(registry, device_id)
+        if active is None:
+            return None
+    if active.kind != "device":
+        matrix = cube.matrix(device_id, list(active.features)).matrix
+        scores = decision_from_arrays(active.kind, active.arrays, matrix)
+        return _Model(active.version, active.threshold, active.features, None, scores, packed)
+    params = SvmParams.from_arrays(active.arrays)
+    if params.mean.shape != (len(active.features),):
         raise ValueError(
             f"the model has {params.mean.shape[0]} features, its manifest lists "
-            f"{len(features)}: retrain it"
+            f"{len(active.features)}: retrain it"
         )
-    return _Model(active.version, threshold, features, params, None)
+    return _Model(active.version, active.threshold, active.features, params, None, packed)
 
 
 def _score_table(

@@ -21,6 +21,7 @@ from fleetwatch.scoring.features import (
     read_cube,
 )
 from fleetwatch.scoring.models import ModelKindName, new_model
+from fleetwatch.scoring.pack import ModelPack, pack_folder, refresh_quietly
 from fleetwatch.scoring.registry import ModelRegistry
 
 
@@ -125,6 +126,8 @@ def train(
                 jobs.append((device_id, cube.matrix(device_id, names).matrix, names, parameters))
             del cube
             _fit_and_save(pool, jobs, registry, since, until, options.activate, summary, advance)
+    if options.activate and summary.trained:  # so that the next scoring run finds them packed
+        refresh_quietly(ModelPack.open(pack_folder(settings.data_dir), registry), summary.trained)
     return summary
 
 
