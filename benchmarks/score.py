@@ -150,9 +150,7 @@ def main() -> int:
     started = time.perf_counter()
     packed = ModelPack.open(pack_folder(data), ModelRegistry(root)).refresh()  # as train does
     if packed:
-        print(
-            f"packed {packed:,} models in {time.perf_counter() - started:.1f}s", file=sys.stderr
-        )
+        print(f"packed {packed:,} models in {time.perf_counter() - started:.1f}s", file=sys.stderr)
     matrices = write_hour(data, args.devices)
     command = [
         "score",

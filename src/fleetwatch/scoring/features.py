@@ -85,56 +85,68 @@ def read_cube(
     since_ms, until_ms = round(since.timestamp() * 1000), round(until.timestamp() * 1000)
     wanted = None if devices is None else set(devices)
     names: dict[str, dict[str, int]] = {"device_id": {}, "sensor": {}}
-    parts: dict[str, list[np.ndarray]] = {"device_id": [], "sensor": [], "start": []}
-    statistics_parts: list[list[np.ndarray]] = [[] for _ in STATISTICS]
+    files = aggregate_files(data_dir, since, until)
+    # Filled file by file, so that one file's Arrow memory is reused for the next (fresh
+    # memory costs more than decoding here); rows left out leave the tails untouched.
+    capacity = sum(pq.read_metadata(path).num_rows for path in files)
+    codes = {column: np.empty(capacity, dtype=np.int32) for column in names}
+    starts = np.empty(capacity, dtype=np.int64)
+    statistics = np.empty((len(STATISTICS), capacity))
+    filled = 0
+    arrays = (codes, starts, statistics)
+    for path in files:
+        filled = _fill_from(path, (since_ms, until_ms), wanted, names, filled, arrays)
+    cube_devices = _in_name_order(codes["device_id"][:filled], names["device_id"])
+    cube_sensors = _in_name_order(codes["sensor"][:filled], names["sensor"])
+    pa.default_memory_pool().release_unused()  # so that forked workers do not inherit it
+    statistics = statistics[:, :filled]
+    return WindowCube(cube_devices, cube_sensors, starts[:filled], statistics, window_ms)
+
+
+def _fill_from(
+    path: Path,
+    span: tuple[int, int],
+    wanted: set[str] | None,
+    names: dict[str, dict[str, int]],
+    filled: int,
+    arrays: tuple[dict[str, np.ndarray], np.ndarray, np.ndarray],
+) -> int:
+    """Append one file's rows in ``span`` (of ``wanted`` devices) to ``arrays`` from row
+    ``filled`` on; returns the new end. Its Arrow memory is released on return."""
+    since_ms, until_ms = span
+    codes, starts, statistics = arrays
     columns = ["device_id", "sensor", "window_start", *STATISTICS]
-    for path in aggregate_files(data_dir, since, until):
-        # ParquetFile, unlike read_table, does not import pandas (a third of a second)
-        table = pq.ParquetFile(path, read_dictionary=["device_id", "sensor"]).read(columns=columns)
-        table = table.unify_dictionaries()  # one dictionary per column and file
-        mappings = {}
-        for column, known in names.items():
-            chunks = table.column(column).chunks
-            values = [str(v) for v in chunks[0].dictionary.to_pylist()] if chunks else []
-            skip = set(values) - wanted if column == "device_id" and wanted is not None else ()
-            mappings[column] = np.array(
-                [-1 if v in skip else known.setdefault(v, len(known)) for v in values],
-                dtype=np.int32,
-            )
-        for batch in table.to_batches():  # columns chunked alike, views of the same buffers
-            codes = {
-                column: mappings[column][_numpy(batch.column(column).indices, column)]
-                for column in names
-            }
-            start = _numpy(batch.column("window_start"), "window_start")
-            stats = [_numpy(batch.column(stat), stat) for stat in STATISTICS]
-            inside = not len(start) or (start.min() >= since_ms and start.max() < until_ms)
-            keep = None if inside and wanted is None else (start >= since_ms) & (start < until_ms)
+    # ParquetFile, unlike read_table, does not import pandas (a third of a second)
+    parquet = pq.ParquetFile(path, read_dictionary=["device_id", "sensor"])
+    table = parquet.read(columns=columns).unify_dictionaries()  # one dictionary per column
+    mappings = {}
+    for column, known in names.items():
+        chunks = table.column(column).chunks
+        values = [str(v) for v in chunks[0].dictionary.to_pylist()] if chunks else []
+        skip = set(values) - wanted if column == "device_id" and wanted is not None else ()
+        mappings[column] = np.array(
+            [-1 if v in skip else known.setdefault(v, len(known)) for v in values],
+            dtype=np.int32,
+        )
+    for batch in table.to_batches():  # columns chunked alike, views of the same buffers
+        indices = {c: _numpy(batch.column(c).indices, c) for c in names}
+        start = _numpy(batch.column("window_start"), "window_start")
+        stats = [_numpy(batch.column(stat), stat) for stat in STATISTICS]
+        inside = not len(start) or (start.min() >= since_ms and start.max() < until_ms)
+        if not inside or wanted is not None:
+            keep = (start >= since_ms) & (start < until_ms)
             if wanted is not None:
-                keep &= codes["device_id"] >= 0
-            if keep is not None:  # a copy of the rows kept; otherwise views of the Arrow buffers
-                codes = {column: array[keep] for column, array in codes.items()}
-                start, stats = start[keep], [array[keep] for array in stats]
-            for column, array in codes.items():
-                parts[column].append(array)
-            parts["start"].append(start)
-            for index, array in enumerate(stats):
-                statistics_parts[index].append(array)
-        del table
-
-    def joined(chunks: list[np.ndarray], dtype: type) -> np.ndarray:
-        return np.concatenate(chunks) if chunks else np.empty(0, dtype=dtype)
-
-    statistics = np.empty((len(STATISTICS), sum(map(len, parts["start"]))))
-    for index, chunks in enumerate(statistics_parts):
-        if chunks:
-            np.concatenate(chunks, out=statistics[index])
-    cube_devices = _in_name_order(joined(parts["device_id"], np.int32), names["device_id"])
-    cube_sensors = _in_name_order(joined(parts["sensor"], np.int32), names["sensor"])
-    starts = joined(parts["start"], np.int64)
-    del parts, statistics_parts  # the Arrow buffers: the cube is built without them
-    pa.default_memory_pool().release_unused()  # so that forked workers do not inherit them
-    return WindowCube(cube_devices, cube_sensors, starts, statistics, window_ms)
+                keep &= mappings["device_id"][indices["device_id"]] >= 0
+            indices = {column: array[keep] for column, array in indices.items()}
+            start, stats = start[keep], [array[keep] for array in stats]
+        end = filled + len(start)
+        for column, array in indices.items():
+            np.take(mappings[column], array, out=codes[column][filled:end])
+        starts[filled:end] = start
+        for index, array in enumerate(stats):
+            statistics[index, filled:end] = array
+        filled = end
+    return filled
 
 
 def _in_name_order(codes: np.ndarray, names: dict[str, int]) -> Codes:
@@ -219,9 +231,15 @@ class WindowCube:
         self.window_ms = window_ms
         self.statistics = statistics
         base = int(starts.min()) if len(starts) else 0
-        slots = (starts - base) // window_ms
-        width = int(slots.max()) + 1 if len(slots) else 1
-        row_keys, rows = _compact(device_codes.astype(np.int64) * width + slots)
+        width = (int(starts.max()) - base) // window_ms + 1 if len(starts) else 1
+        # key = device * width + slot, built in place: every 6M-row temporary is fresh memory
+        keys = device_codes.astype(np.int64)
+        keys *= width
+        slots = starts - base
+        slots //= window_ms
+        keys += slots
+        del slots
+        row_keys, rows = _compact(keys, overwrite=True)
         index_type = np.int32 if len(starts) < 2**31 else np.int64
         columns = len(sensor_names)
         self._columns: tuple[np.ndarray, np.ndarray] | None = None  # shared: column = sensor
@@ -344,13 +362,16 @@ class WindowCube:
         return windows, counts
 
 
-def _compact(keys: npt.NDArray[np.int64]) -> tuple[np.ndarray, np.ndarray]:
+def _compact(keys: npt.NDArray[np.int64], overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
     """The distinct keys, sorted, and each key's index among them (``np.unique`` without a sort
-    when the key range is small enough for a bitmap, as an hour of windows always is)."""
+    when the key range is small enough for a bitmap, as an hour of windows always is). With
+    ``overwrite``, the indices may be written over ``keys``."""
     span = int(keys.max()) + 1 if len(keys) else 0
     if span <= max(8 * len(keys), 1 << 20):
         seen = np.zeros(span, dtype=bool)
         seen[keys] = True
-        return np.flatnonzero(seen), (np.cumsum(seen) - 1)[keys]
+        ranks = np.cumsum(seen, dtype=np.int64)
+        ranks -= 1
+        return np.flatnonzero(seen), np.take(ranks, keys, out=keys if overwrite else None)
     distinct, inverse = np.unique(keys, return_inverse=True)
     return distinct, inverse

@@ -27,6 +27,7 @@ import logging
 import math
 import mmap
 import os
+import threading
 import time
 import uuid
 from collections.abc import Iterable
@@ -112,17 +113,21 @@ class ModelPack:
         self._entries: dict[str, _Entry] = {}
         self._maps: dict[str, mmap.mmap] = {}
         self._stored = 0  # entries in all segments, superseded ones included
+        self._preloaded: dict[str, ActiveModel | None] = {}
 
     @classmethod
     def open(cls, folder: Path, registry: ModelRegistry) -> ModelPack:
         """The pack as it is on disk now; a damaged or vanished segment is left out."""
         pack = cls(folder, registry)
-        for name in pack._segment_names():
+        pack.open_segments()
+        return pack
+
+    def open_segments(self) -> None:
+        for name in self._segment_names():
             try:
-                pack._read_segment(name)
+                self._read_segment(name)
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("model pack segment %s left out: %s", name, exc)
-        return pack
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -162,9 +167,28 @@ class ModelPack:
 
     # ------------------------------------------------------------------ reading
 
+    def preload(self, devices: Iterable[str], stop: threading.Event | None = None) -> int:
+        """``load`` ``devices`` ahead, in order, until ``stop`` is set (from another thread);
+        ``load`` then returns what was found at once. Returns how many were tried."""
+        tried = 0
+        for device_id in devices:
+            if stop is not None and stop.is_set():
+                break
+            try:
+                self._preloaded[device_id] = self._load(device_id)
+            except Exception as exc:  # not loaded ahead: `load` raises it again, for its device
+                log.debug("%s not preloaded: %s", device_id, exc)
+            tried += 1
+        return tried
+
     def load(self, device_id: str) -> ActiveModel | None:
         """The device's active model from the pack, or None when the pack does not hold it as
         the registry has it now (the caller then reads the registry's files)."""
+        if device_id in self._preloaded:
+            return self._preloaded[device_id]
+        return self._load(device_id)
+
+    def _load(self, device_id: str) -> ActiveModel | None:
         entry = self._entries.get(device_id)
         if entry is None:
             return None
@@ -182,7 +206,7 @@ class ModelPack:
             return None
         blob = memoryview(self._maps[entry.segment])[entry.offset : entry.offset + entry.length]
         if hashlib.sha256(blob).hexdigest() != entry.sha256:
-            log.warning("model pack: %s %s is damaged, read from its files", device_id, entry.version)
+            log.warning("model pack: %s %s damaged, read from files", device_id, entry.version)
             return None
         arrays = entry.layout.arrays(blob)
         return ActiveModel(entry.version, entry.kind, entry.features, entry.threshold, arrays)
@@ -198,7 +222,7 @@ class ModelPack:
         chosen = sorted(self.registry.model_devices() if devices is None else set(devices))
         fresh = []
         for device_id in chosen:
-            if device_id in self._entries and self.load(device_id) is not None:
+            if device_id in self._entries and self._load(device_id) is not None:
                 continue
             item = self._from_registry(device_id)
             if item is not None:
@@ -214,7 +238,7 @@ class ModelPack:
         old = list(self._maps)
         keep = []
         for device_id, entry in sorted(self._entries.items()):
-            if self.load(device_id) is not None:
+            if self._load(device_id) is not None:
                 blob = bytes(self._maps[entry.segment][entry.offset : entry.offset + entry.length])
                 keep.append((device_id, entry, blob))
         self._entries.clear()

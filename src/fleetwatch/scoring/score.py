@@ -7,9 +7,11 @@ device's outcome are written to DuckDB in one transaction that replaces the hour
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -25,7 +27,6 @@ from fleetwatch.scoring.executor import DeviceResult, run_tasks
 from fleetwatch.scoring.features import WindowCube, read_cube
 from fleetwatch.scoring.models import SvmParams, decision_from_arrays
 from fleetwatch.scoring.pack import (
-    ActiveModel,
     ModelPack,
     pack_folder,
     read_active,
@@ -34,8 +35,8 @@ from fleetwatch.scoring.pack import (
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.storage import columns
 from fleetwatch.storage.checkpoints import CheckpointStore
-from fleetwatch.storage.duck import connect, write_run
 
+log = logging.getLogger(__name__)
 HOUR = timedelta(hours=1)
 #: Devices whose windows are cut from the cube together: enough to amortise the cut, small
 #: enough that its arrays are reused from the heap instead of fresh pages for every task.
@@ -78,19 +79,25 @@ def score_hour(
 
     registry = ModelRegistry(settings.data_dir / "models")
     with_model_folder = registry.model_devices()
-    # The packed models are loaded (checked) by a thread while this one reads the hour: the
-    # reading waits on Arrow and numpy, which let the thread run. The workers inherit them.
+    # While this thread reads the hour (mostly in Arrow and numpy, which let other threads
+    # run), another opens the pack and loads (checks) models until the reading is done; the
+    # workers inherit what it loaded and load the rest themselves.
+    pack = ModelPack(pack_folder(settings.data_dir), registry)
+    read = threading.Event()
     with ThreadPoolExecutor(1) as thread:
-        preloading = thread.submit(_load_packed, settings, registry, sorted(with_model_folder))
-        cube = read_cube(settings.data_dir, window_start, window_end, window_ms)
-        pack, preloaded = preloading.result()
+        preloading = thread.submit(_preload, pack, sorted(with_model_folder), read)
+        try:
+            cube = read_cube(settings.data_dir, window_start, window_end, window_ms)
+        finally:
+            read.set()
+            preloading.result()
     with_data = set(cube.devices)
     to_score = sorted(with_data & with_model_folder)
     without_folder = sorted(with_data - with_model_folder)
     silent = sorted(d for d in with_model_folder - with_data if registry.active_version(d))
 
     def work(devices: list[str]) -> dict[str, DeviceResult]:
-        return score_devices(registry, preloaded, cube, devices, hook)
+        return score_devices(registry, pack, cube, devices, hook)
 
     workers = options.workers or os.cpu_count() or 1
     with progress_bar(f"score {window_start:%Y-%m-%dT%H}", len(to_score), progress) as bar:
@@ -178,6 +185,8 @@ def score_hour(
             "windows": columns.numeric(np.array(outcomes["windows"], dtype=np.int64), pa.int64()),
         }
     )
+    from fleetwatch.storage.duck import write_run
+
     write_run(database_path(settings), run, stored, outcome_table, options.lock_timeout)
     if unpacked:  # read from their files this time (new, re-activated, or edited by hand)
         refresh_quietly(pack, unpacked)
@@ -211,31 +220,22 @@ class _Model:
         return scores, scores < self.threshold, self.version, self.packed
 
 
-def _load_packed(
-    settings: Settings, registry: ModelRegistry, devices: list[str]
-) -> tuple[ModelPack, dict[str, ActiveModel]]:
-    """The pack, and the devices' active models that it holds as they are now (checked)."""
-    pack = ModelPack.open(pack_folder(settings.data_dir), registry)
-    loaded = {}
-    for device_id in devices:
-        try:
-            model = pack.load(device_id)
-        except Exception:  # noqa: BLE001 - the worker reads its files and reports the error
-            continue
-        if model is not None:
-            loaded[device_id] = model
-    return pack, loaded
+def _preload(pack: ModelPack, devices: list[str], stop: threading.Event) -> None:
+    import fleetwatch.storage.duck  # noqa: F401 - DuckDB takes 0.06 s to import: not serially
+
+    pack.open_segments()
+    pack.preload(devices, stop)
 
 
 def score_devices(
     registry: ModelRegistry,
-    preloaded: Mapping[str, ActiveModel],
+    pack: ModelPack | None,
     cube: WindowCube,
     devices: list[str],
     hook: DeviceHook | None = None,
 ) -> dict[str, DeviceResult]:
     """Score ``devices`` (one task, in a worker): ("ok", (scores, flagged, version, packed) or
-    None). Models come from ``preloaded`` (the pack) or else from their files.
+    None). Models come from ``pack`` when it holds them as they are, else from their files.
 
     Every model is loaded, checked and scored on its own, so a bad one fails its device only.
     Devices go ``GATHER_SIZE`` at a time: the windows of those that share a feature list are
@@ -246,7 +246,7 @@ def score_devices(
         groups: dict[tuple[str, ...], list[tuple[str, _Model]]] = {}
         for device_id in devices[start : start + GATHER_SIZE]:
             try:
-                model = _load(registry, preloaded, cube, device_id, hook)
+                model = _load(registry, pack, cube, device_id, hook)
             except Exception as exc:  # a model that raises fails its device only
                 results[device_id] = ("error", f"{type(exc).__name__}: {exc}")
                 continue
@@ -271,14 +271,14 @@ def score_devices(
 
 def _load(
     registry: ModelRegistry,
-    preloaded: Mapping[str, ActiveModel],
+    pack: ModelPack | None,
     cube: WindowCube,
     device_id: str,
     hook: DeviceHook | None,
 ) -> _Model | None:
     if hook is not None:
         hook(device_id)
-    active = preloaded.get(device_id)
+    active = pack.load(device_id) if pack is not None else None
     packed = active is not None
     if active is None:
         active = read_active(registry, device_id)
@@ -372,6 +372,8 @@ def missed_hours(settings: Settings, limit: int | None = None) -> list[datetime]
     done: set[datetime] = set()
     path = database_path(settings)
     if path.exists() and candidates:
+        from fleetwatch.storage.duck import connect
+
         with connect(path, read_only=True, lock_timeout=settings.score.lock_timeout) as db:
             tables = {
                 r[0]

@@ -1,0 +1,142 @@
+"""The model pack: used while it holds the active models as they are, never after they change."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+import fleetwatch.scoring.score as scoring
+from fleetwatch.cli import main
+from fleetwatch.config import Settings
+from fleetwatch.scoring.pack import ModelPack, pack_folder, read_active
+from fleetwatch.scoring.registry import ModelRegistry
+from fleetwatch.scoring.score import score_hour
+from fleetwatch.scoring.train import train
+from tests.unit.scoring.conftest import DEVICES, T0
+from tests.unit.scoring.test_score import HOUR3, assert_scores_equal_sklearn, db
+
+TWO_HOURS = pd.Timedelta(hours=2).to_pytimedelta()
+
+
+def open_pack(settings: Settings) -> ModelPack:
+    return ModelPack.open(
+        pack_folder(settings.data_dir), ModelRegistry(settings.data_dir / "models")
+    )
+
+
+def segments(settings: Settings) -> list[Path]:
+    return sorted(pack_folder(settings.data_dir).glob("*.bin"))
+
+
+@pytest.fixture
+def read_from_files(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A file listing the devices whose model scoring read from the registry's files (the
+    workers are forked, so they append to a file rather than to a list)."""
+    record = tmp_path / "read-from-files.txt"
+    record.touch()
+
+    def recording(registry: ModelRegistry, device_id: str):  # type: ignore[no-untyped-def]
+        with record.open("a") as handle:
+            handle.write(device_id + "\n")
+        return read_active(registry, device_id)
+
+    monkeypatch.setattr(scoring, "read_active", recording)
+    return record
+
+
+def test_training_packs_the_models_and_scoring_uses_the_pack(
+    trained: Settings, read_from_files: Path
+) -> None:
+    assert len(open_pack(trained)) == len(DEVICES)
+    result = score_hour(trained, HOUR3, progress=False)
+    assert result.devices_scored == len(DEVICES)
+    assert read_from_files.read_text() == ""  # every model came from the pack
+    assert_scores_equal_sklearn(trained)
+
+
+def test_an_activated_version_is_scored_at_once_then_packed(
+    trained: Settings, read_from_files: Path
+) -> None:
+    train(trained, T0, T0 + TWO_HOURS, ["pump-01", "pump-02"])  # v0002, active and packed
+    registry = ModelRegistry(trained.data_dir / "models")
+    registry.activate("pump-01", "v0001")  # ACTIVE replaced by rename
+    (registry.device_dir("pump-02") / "ACTIVE").write_text("v0001")  # edited in place
+    score_hour(trained, HOUR3, progress=False)
+    assert sorted(read_from_files.read_text().split()) == ["pump-01", "pump-02"]
+    versions = dict(db(trained, "SELECT device_id, model_version FROM device_runs"))
+    assert versions["pump-01"] == versions["pump-02"] == "v0001"
+    assert versions["pump-03"] == "v0001"
+    assert_scores_equal_sklearn(trained)  # against the active (v0001) estimators
+    read_from_files.write_text("")
+    score_hour(trained, HOUR3, progress=False)  # the run packed them
+    assert read_from_files.read_text() == ""
+
+
+def test_a_tampered_file_fails_its_device_although_the_pack_holds_a_good_copy(
+    trained: Settings,
+) -> None:
+    model = ModelRegistry(trained.data_dir / "models").active("pump-04")
+    assert model is not None
+    params = model.path / "params.bin"
+    blob = bytearray(params.read_bytes())
+    blob[100] ^= 0xFF  # same size, same inode: only the modification time tells
+    params.write_bytes(bytes(blob))
+    result = score_hour(trained, HOUR3, progress=False)
+    assert result.devices_failed == 1
+    error = db(trained, "SELECT error FROM device_runs WHERE device_id = 'pump-04'")[0][0]
+    assert "does not match the sha256" in error
+    assert "pump-04" not in _fresh_entries(trained)
+
+
+def _fresh_entries(settings: Settings) -> set[str]:
+    pack = open_pack(settings)
+    return {d for d in DEVICES if pack.load(d) is not None}
+
+
+def test_a_damaged_pack_is_read_around_and_mended(trained: Settings, read_from_files: Path) -> None:
+    [segment] = segments(trained)
+    index = json.loads(segment.with_suffix(".json").read_text())
+    offset = index["entries"]["pump-05"][8]
+    blob = bytearray(segment.read_bytes())
+    blob[offset + 8] ^= 0xFF
+    segment.write_bytes(bytes(blob))
+    assert _fresh_entries(trained) == set(DEVICES) - {"pump-05"}
+    result = score_hour(trained, HOUR3, progress=False)
+    assert result.devices_scored == len(DEVICES) and result.devices_failed == 0
+    assert read_from_files.read_text().split() == ["pump-05"]
+    assert_scores_equal_sklearn(trained)
+    assert _fresh_entries(trained) == set(DEVICES)  # packed again after the run
+
+
+def test_scoring_without_a_pack_reads_the_files_and_packs_them(
+    trained: Settings, read_from_files: Path
+) -> None:
+    for path in pack_folder(trained.data_dir).iterdir():
+        path.unlink()
+    result = score_hour(trained, HOUR3, progress=False)
+    assert result.devices_scored == len(DEVICES)
+    assert sorted(read_from_files.read_text().split()) == DEVICES
+    assert_scores_equal_sklearn(trained)
+    assert _fresh_entries(trained) == set(DEVICES)
+
+
+def test_retraining_compacts_the_pack(trained: Settings) -> None:
+    for _ in range(3):
+        train(trained, T0, T0 + TWO_HOURS)
+    pack = open_pack(trained)
+    assert len(pack) == len(DEVICES)
+    assert len(segments(trained)) <= 2  # superseded versions do not pile up
+    assert {pack.load(d).version for d in DEVICES} == {"v0004"}  # type: ignore[union-attr]
+
+
+def test_models_pack_command(trained: Settings, capsys: pytest.CaptureFixture[str]) -> None:
+    for path in pack_folder(trained.data_dir).iterdir():
+        path.unlink()
+    code = main(["models", "pack", "--data-dir", str(trained.data_dir), "--format", "json"])
+    assert code == 0
+    record = json.loads(capsys.readouterr().out)
+    assert record["packed_now"] == record["in_pack"] == len(DEVICES)
+    assert _fresh_entries(trained) == set(DEVICES)
