@@ -151,8 +151,8 @@ class ModelPack:
                 raise ValueError(f"{device_id}'s entry lies past the end of {name}.bin")
             self._entries[device_id] = _Entry(
                 version,
-                tuple(manifest),  # type: ignore[arg-type]
-                tuple(params),  # type: ignore[arg-type]
+                tuple(manifest),
+                tuple(params),
                 sha,
                 kind,
                 features[feature_id],
