@@ -21,6 +21,7 @@ devices it had to read from their files; ``fleetwatch models pack`` packs every 
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -30,7 +31,7 @@ import os
 import threading
 import time
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,7 @@ class ModelPack:
         self._maps: dict[str, mmap.mmap] = {}
         self._stored = 0  # entries in all segments, superseded ones included
         self._preloaded: dict[str, ActiveModel | None] = {}
+        self._unreadable: list[str] = []  # damaged segments: a compaction deletes them
 
     @classmethod
     def open(cls, folder: Path, registry: ModelRegistry) -> ModelPack:
@@ -128,6 +130,7 @@ class ModelPack:
                 self._read_segment(name)
             except (OSError, ValueError, KeyError, TypeError) as exc:
                 log.warning("model pack segment %s left out: %s", name, exc)
+                self._unreadable.append(name)
 
     def __len__(self) -> int:
         return len(self._entries)
@@ -147,6 +150,8 @@ class ModelPack:
         layouts = [_Layout(params) for params in index["layouts"]]
         for device_id, row in index["entries"].items():
             version, manifest, params, sha, kind, feature_id, layout_id, threshold, at, size = row
+            if not (is_valid_name(device_id) and is_valid_name(version) and kind in KINDS):
+                raise ValueError(f"an entry names {device_id!r} {version!r} {kind!r}")
             if at + size > len(mapped):
                 raise ValueError(f"{device_id}'s entry lies past the end of {name}.bin")
             self._entries[device_id] = _Entry(
@@ -229,29 +234,38 @@ class ModelPack:
                 fresh.append(item)
         if fresh:
             self._write(fresh)
-        if self._stored > COMPACT_ABOVE * max(len(self._entries), 1):
+        if self._unreadable or self._stored > COMPACT_ABOVE * max(len(self._entries), 1):
             self.compact()
         return len(fresh)
 
     def compact(self) -> None:
-        """Rewrite what is in use as one segment; delete the others."""
+        """Rewrite what is in use as one segment; delete the others and any damaged one."""
+        for name in self._unreadable:  # an index is renamed into place whole: this one is bad
+            self._delete_segment(name)
+        self._unreadable.clear()
+        if len(self._maps) <= 1 and self._stored == len(self._entries):
+            return  # one segment, nothing superseded
         old = list(self._maps)
         keep = []
         for device_id, entry in sorted(self._entries.items()):
             if self._load(device_id) is not None:
-                blob = bytes(self._maps[entry.segment][entry.offset : entry.offset + entry.length])
-                keep.append((device_id, entry, blob))
+                view = memoryview(self._maps[entry.segment])
+                keep.append((device_id, entry, view[entry.offset : entry.offset + entry.length]))
         self._entries.clear()
         self._stored = 0
         if keep:
             self._write(keep)
         for name in old:
-            for suffix in (".json", ".bin"):  # index first: a reader never sees a lone index
-                (self.folder / f"{name}{suffix}").unlink(missing_ok=True)
-            del self._maps[name]  # its pages stay readable for whoever still maps them
+            self._delete_segment(name)
         for stale in self.folder.glob(".*.tmp"):  # left by a writer that crashed
-            if stale.stat().st_mtime < time.time() - 3600:
-                stale.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):
+                if stale.stat().st_mtime < time.time() - 3600:
+                    stale.unlink()
+
+    def _delete_segment(self, name: str) -> None:
+        for suffix in (".json", ".bin"):  # index first: no reader finds an index without data
+            (self.folder / f"{name}{suffix}").unlink(missing_ok=True)
+        self._maps.pop(name, None)  # its pages stay readable for whoever still maps them
 
     def _from_registry(self, device_id: str) -> tuple[str, _Entry, bytes] | None:
         try:
@@ -284,7 +298,7 @@ class ModelPack:
             return None
         return device_id, entry, blob
 
-    def _write(self, items: list[tuple[str, _Entry, bytes]]) -> None:
+    def _write(self, items: Sequence[tuple[str, _Entry, bytes | memoryview]]) -> None:
         self.folder.mkdir(parents=True, exist_ok=True)
         names = self._segment_names()
         sequence = 1 + max((int(n.split("-", 1)[0]) for n in names), default=0)
@@ -314,7 +328,8 @@ class ModelPack:
                     len(blob),
                 ]
                 padding = -len(blob) % ALIGN
-                handle.write(blob + b"\0" * padding)
+                handle.write(blob)
+                handle.write(b"\0" * padding)
                 offset += len(blob) + padding
             handle.flush()
             os.fsync(handle.fileno())
@@ -355,6 +370,6 @@ def refresh_quietly(pack: ModelPack, devices: Iterable[str] | None = None) -> in
     (a full disk, a read-only folder) only makes the next run slower, so it is logged."""
     try:
         return pack.refresh(devices)
-    except OSError as exc:
+    except Exception as exc:  # the pack is a cache: never fail the caller for it
         log.warning("model pack not updated (%s); scoring reads the model files instead", exc)
         return 0

@@ -223,8 +223,11 @@ class _Model:
 def _preload(pack: ModelPack, devices: list[str], stop: threading.Event) -> None:
     import fleetwatch.storage.duck  # noqa: F401 - DuckDB takes 0.06 s to import: not serially
 
-    pack.open_segments()
-    pack.preload(devices, stop)
+    try:
+        pack.open_segments()
+        pack.preload(devices, stop)
+    except Exception as exc:  # the pack is a cache: the workers read the model files instead
+        log.warning("model pack not used (%s)", exc)
 
 
 def score_devices(

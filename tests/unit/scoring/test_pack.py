@@ -111,6 +111,19 @@ def test_a_damaged_pack_is_read_around_and_mended(trained: Settings, read_from_f
     assert _fresh_entries(trained) == set(DEVICES)  # packed again after the run
 
 
+def test_an_unreadable_pack_index_is_left_out_then_replaced(
+    trained: Settings, read_from_files: Path
+) -> None:
+    [segment] = segments(trained)
+    segment.with_suffix(".json").write_text("{not json")
+    result = score_hour(trained, HOUR3, progress=False)
+    assert result.devices_scored == len(DEVICES) and result.devices_failed == 0
+    assert sorted(read_from_files.read_text().split()) == DEVICES
+    assert_scores_equal_sklearn(trained)
+    assert segment not in segments(trained)  # the run's refresh deleted the damaged segment
+    assert _fresh_entries(trained) == set(DEVICES)
+
+
 def test_scoring_without_a_pack_reads_the_files_and_packs_them(
     trained: Settings, read_from_files: Path
 ) -> None:
