@@ -25,7 +25,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import math
 import mmap
 import os
 import threading
@@ -41,7 +40,7 @@ import numpy as np
 from fleetwatch.errors import FleetwatchError
 from fleetwatch.ingest.telemetry import is_valid_name
 from fleetwatch.scoring.models import ModelKindName
-from fleetwatch.scoring.registry import ModelRegistry, read_bytes
+from fleetwatch.scoring.registry import ModelRegistry, ParamsLayout, read_bytes
 from fleetwatch.storage.parquet import fsync_directory
 
 log = logging.getLogger(__name__)
@@ -71,27 +70,6 @@ class ActiveModel:
     arrays: dict[str, np.ndarray]
 
 
-class _Layout:
-    """How a ``params.bin`` blob is cut into its arrays (shared by entries laid out alike)."""
-
-    def __init__(self, params: dict[str, Any]) -> None:
-        self.params = params  # the manifest's "params": {"layout": ..., "strings": ...}
-        self._numeric = [
-            (name, offset, math.prod(shape), tuple(shape), np.dtype(dtype))
-            for name, (offset, shape, dtype) in params["layout"].items()
-        ]
-        self._strings = {name: np.array(items) for name, items in params["strings"].items()}
-
-    def arrays(self, blob: memoryview) -> dict[str, np.ndarray]:
-        """Read-only views of ``blob`` (what ``unpack_arrays`` returns, without re-planning)."""
-        values = np.frombuffer(blob, dtype="<f8")
-        result = dict(self._strings)
-        for name, offset, size, shape, dtype in self._numeric:
-            array = values[offset : offset + size].reshape(shape)
-            result[name] = array if array.dtype == dtype else array.astype(dtype)
-        return result
-
-
 @dataclass(frozen=True)
 class _Entry:
     version: str
@@ -100,7 +78,7 @@ class _Entry:
     sha256: str
     kind: ModelKindName
     features: tuple[str, ...]
-    layout: _Layout
+    layout: ParamsLayout
     threshold: float
     segment: str
     offset: int
@@ -147,7 +125,7 @@ class ModelPack:
         with (self.folder / f"{name}.bin").open("rb") as handle:
             mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         features = [tuple(f) for f in index["features"]]
-        layouts = [_Layout(params) for params in index["layouts"]]
+        layouts = [ParamsLayout(params) for params in index["layouts"]]
         for device_id, row in index["entries"].items():
             version, manifest, params, sha, kind, feature_id, layout_id, threshold, at, size = row
             if not (is_valid_name(device_id) and is_valid_name(version) and kind in KINDS):
@@ -276,19 +254,19 @@ class ModelPack:
             # signatures before contents: a file changed after this no longer matches them
             manifest_signature = signature(f"{base}/manifest.json")
             params_signature = signature(f"{base}/params.bin")
-            manifest = self.registry.get(device_id, version).manifest
-            blob = read_bytes(f"{base}/params.bin")
-            sha = hashlib.sha256(blob).hexdigest()
-            if sha != manifest["sha256"]["params.bin"] or manifest["kind"] not in KINDS:
+            model = self.registry.get(device_id, version)
+            manifest = model.manifest
+            if manifest["kind"] not in KINDS:
                 return None  # scoring reads the files and reports why
+            blob = ModelRegistry.read_params(model)  # sha256-checked
             entry = _Entry(
                 version,
                 manifest_signature,
                 params_signature,
-                sha,
+                manifest["sha256"]["params.bin"],
                 manifest["kind"],
                 tuple(manifest["features"]),
-                _Layout(manifest["params"]),
+                ParamsLayout(manifest["params"]),
                 float(manifest.get("threshold", 0.0)),
                 "",
                 0,

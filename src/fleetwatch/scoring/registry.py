@@ -46,15 +46,30 @@ def pack_arrays(
     return layout, strings, b"".join(parts)
 
 
+class ParamsLayout:
+    """How a ``params.bin`` blob is cut into its arrays: a manifest's ``params`` section,
+    planned once (the model pack shares one plan among the models laid out alike)."""
+
+    def __init__(self, params: dict[str, Any]) -> None:
+        self.params = params  # {"layout": {name: [offset, shape, dtype]}, "strings": {...}}
+        self._numeric = [
+            (name, offset, math.prod(shape), tuple(shape), np.dtype(dtype))
+            for name, (offset, shape, dtype) in params["layout"].items()
+        ]
+        self._strings = {name: np.array(items) for name, items in params["strings"].items()}
+
+    def arrays(self, blob: bytes | memoryview) -> dict[str, np.ndarray]:
+        """Read-only views of ``blob`` (a copy only for a non-float64 array)."""
+        values = np.frombuffer(blob, dtype="<f8")
+        result = dict(self._strings)
+        for name, offset, size, shape, dtype in self._numeric:
+            array = values[offset : offset + size].reshape(shape)
+            result[name] = array if array.dtype == dtype else array.astype(dtype)
+        return result
+
+
 def unpack_arrays(params: dict[str, Any], blob: bytes) -> dict[str, np.ndarray]:
-    values = np.frombuffer(blob, dtype="<f8")
-    result: dict[str, np.ndarray] = {}
-    for name, (offset, shape, dtype) in params["layout"].items():
-        size = math.prod(shape)
-        result[name] = values[offset : offset + size].reshape(shape).astype(dtype, copy=False)
-    for name, items in params["strings"].items():
-        result[name] = np.array(items)
-    return result
+    return ParamsLayout(params).arrays(blob)
 
 
 class ModelIntegrityError(FleetwatchError):
@@ -260,6 +275,12 @@ class ModelRegistry:
     @classmethod
     def load_params(cls, model: ModelVersion) -> tuple[ModelKindName, dict[str, np.ndarray]]:
         """The parameter arrays: read once, sha256-checked, decoded without pickle."""
+        kind: ModelKindName = model.manifest["kind"]
+        return kind, unpack_arrays(model.manifest["params"], cls.read_params(model))
+
+    @staticmethod
+    def read_params(model: ModelVersion) -> bytes:
+        """``params.bin`` as bytes, once its sha256 matched the manifest."""
         if "params.bin" not in model.manifest.get("sha256", {}):
             raise ModelIntegrityError(
                 f"{model.device_id} {model.version} has no params.bin in its manifest (saved by "
@@ -271,8 +292,7 @@ class ModelRegistry:
                 f"{model.device_id} {model.version}: params.bin does not match the sha256 in its "
                 "manifest (tampered or corrupt); it was not loaded. Retrain or roll back."
             )
-        kind: ModelKindName = model.manifest["kind"]
-        return kind, unpack_arrays(model.manifest["params"], blob)
+        return blob
 
     @classmethod
     def load_estimator(cls, model: ModelVersion) -> Any:
