@@ -11,7 +11,10 @@ place. It is a cache, never the truth:
   ``manifest.json`` and ``params.bin`` have the inode, size and modification time they had
   when they were packed; otherwise scoring reads the registry's files as before (so an
   ``activate``, a rollback, a hand-edited ``ACTIVE`` or a tampered file takes effect at once);
-- the packed bytes are checked against the manifest's sha256 each time they are used;
+- the bytes are copied from a ``params.bin`` checked against its manifest's sha256, and are
+  checked against their CRC-32 each time they are used (damage to the pack is caught; the
+  CRC is kept beside the bytes, so like a sha256 there it could not stop someone who may
+  write the pack: the registry's files and their sha256 stay the reference);
 - segments are written aside and renamed into place, and only ever deleted whole, so a run
   that mapped a segment keeps reading it even while a refresh replaces it.
 
@@ -22,7 +25,6 @@ devices it had to read from their files; ``fleetwatch models pack`` packs every 
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import mmap
@@ -30,6 +32,7 @@ import os
 import threading
 import time
 import uuid
+import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -45,7 +48,7 @@ from fleetwatch.storage.parquet import fsync_directory
 
 log = logging.getLogger(__name__)
 
-FORMAT = 1
+FORMAT = 2  # 1: a sha256 per entry (as in the manifests); 2: a CRC-32, 2.4x faster
 ALIGN = 64  # every entry starts on a cache line: float64 views of the mapping are aligned
 #: A refresh rewrites the pack as one segment when it stores more than this many times the
 #: entries in use (superseded versions pile up with every retraining).
@@ -75,7 +78,7 @@ class _Entry:
     version: str
     manifest: Signature
     params: Signature
-    sha256: str
+    crc32: int  # of the packed bytes
     kind: ModelKindName
     features: tuple[str, ...]
     layout: ParamsLayout
@@ -120,14 +123,14 @@ class ModelPack:
 
     def _read_segment(self, name: str) -> None:
         index = json.loads((self.folder / f"{name}.json").read_bytes())
-        if index.get("format") != FORMAT:
+        if index.get("format") != FORMAT:  # an older fleetwatch's: compacted away, repacked
             raise ValueError(f"format {index.get('format')!r}, this fleetwatch reads {FORMAT}")
         with (self.folder / f"{name}.bin").open("rb") as handle:
             mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_READ)
         features = [tuple(f) for f in index["features"]]
         layouts = [ParamsLayout(params) for params in index["layouts"]]
         for device_id, row in index["entries"].items():
-            version, manifest, params, sha, kind, feature_id, layout_id, threshold, at, size = row
+            version, manifest, params, crc, kind, feature_id, layout_id, threshold, at, size = row
             if not (is_valid_name(device_id) and is_valid_name(version) and kind in KINDS):
                 raise ValueError(f"an entry names {device_id!r} {version!r} {kind!r}")
             if at + size > len(mapped):
@@ -136,7 +139,7 @@ class ModelPack:
                 version,
                 tuple(manifest),
                 tuple(params),
-                sha,
+                int(crc),
                 kind,
                 features[feature_id],
                 layouts[layout_id],
@@ -188,7 +191,7 @@ class ModelPack:
         except (OSError, UnicodeDecodeError):
             return None
         blob = memoryview(self._maps[entry.segment])[entry.offset : entry.offset + entry.length]
-        if hashlib.sha256(blob).hexdigest() != entry.sha256:
+        if zlib.crc32(blob) != entry.crc32:
             log.warning("model pack: %s %s damaged, read from files", device_id, entry.version)
             return None
         arrays = entry.layout.arrays(blob)
@@ -263,7 +266,7 @@ class ModelPack:
                 version,
                 manifest_signature,
                 params_signature,
-                manifest["sha256"]["params.bin"],
+                zlib.crc32(blob),
                 manifest["kind"],
                 tuple(manifest["features"]),
                 ParamsLayout(manifest["params"]),
@@ -297,7 +300,7 @@ class ModelPack:
                     entry.version,
                     list(entry.manifest),
                     list(entry.params),
-                    entry.sha256,
+                    entry.crc32,
                     entry.kind,
                     features.setdefault(entry.features, len(features)),
                     layouts[key],
