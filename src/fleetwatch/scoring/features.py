@@ -83,40 +83,50 @@ def read_cube(
     ``devices``, only their rows are kept, file by file, so memory follows what is kept.
     """
     since_ms, until_ms = round(since.timestamp() * 1000), round(until.timestamp() * 1000)
+    # Window starts are multiples of the window length: slot = (start - base) // window_ms.
+    base = since_ms // window_ms * window_ms
+    width = max((until_ms - 1 - base) // window_ms + 1, 1)
     wanted = None if devices is None else set(devices)
     names: dict[str, dict[str, int]] = {"device_id": {}, "sensor": {}}
     files = [(path, pq.read_metadata(path)) for path in aggregate_files(data_dir, since, until)]
-    # Filled file by file, so that one file's Arrow memory is reused for the next (fresh
-    # memory costs more than decoding here); rows left out leave the tails untouched.
+    # Filled file by file, so that one file's Arrow memory is reused for the next: fresh
+    # memory costs more than decoding here, so each row keeps only its (device, slot) key, its
+    # sensor's code and its statistics. Rows left out leave the tails untouched.
     capacity = sum(metadata.num_rows for _, metadata in files)
-    codes = {column: np.empty(capacity, dtype=np.int32) for column in names}
-    starts = np.empty(capacity, dtype=np.int64)
+    key_type = np.int32 if capacity * width < 2**31 else np.int64
+    keys = np.empty(capacity, dtype=key_type)
+    sensor_codes = np.empty(capacity, dtype=np.int32)
     statistics = np.empty((len(STATISTICS), capacity))
     filled = 0
-    arrays = (codes, starts, statistics)
+    span = (since_ms, until_ms, base, width, window_ms)
     for path, metadata in files:
         parquet = pq.ParquetFile(path, metadata=metadata, read_dictionary=["device_id", "sensor"])
-        filled = _fill_from(parquet, (since_ms, until_ms), wanted, names, filled, arrays)
-    cube_devices = _in_name_order(codes["device_id"][:filled], names["device_id"])
-    cube_sensors = _in_name_order(codes["sensor"][:filled], names["sensor"])
+        filled = _fill_from(parquet, span, wanted, names, filled, (keys, sensor_codes, statistics))
     pa.default_memory_pool().release_unused()  # so that forked workers do not inherit it
-    statistics = statistics[:, :filled]
-    return WindowCube(cube_devices, cube_sensors, starts[:filled], statistics, window_ms)
+    return WindowCube(
+        keys[:filled],
+        sensor_codes[:filled],
+        list(names["device_id"]),
+        list(names["sensor"]),
+        statistics if filled == capacity else np.ascontiguousarray(statistics[:, :filled]),
+        (base, width, window_ms),
+    )
 
 
 def _fill_from(
     parquet: pq.ParquetFile,
-    span: tuple[int, int],
+    span: tuple[int, int, int, int, int],
     wanted: set[str] | None,
     names: dict[str, dict[str, int]],
     filled: int,
-    arrays: tuple[dict[str, np.ndarray], np.ndarray, np.ndarray],
+    arrays: tuple[np.ndarray, np.ndarray, np.ndarray],
 ) -> int:
     """Append one file's rows in ``span`` (of ``wanted`` devices) to ``arrays`` from row
-    ``filled`` on; returns the new end. Its Arrow memory is released on return. (ParquetFile,
-    unlike read_table, does not import pandas: a third of a second.)"""
-    since_ms, until_ms = span
-    codes, starts, statistics = arrays
+    ``filled`` on; returns the new end. Codes are numbered in order of first appearance. Its
+    Arrow memory is released on return. (ParquetFile, unlike read_table, does not import
+    pandas: a third of a second.)"""
+    since_ms, until_ms, base, width, window_ms = span
+    keys, sensor_codes, statistics = arrays
     columns = ["device_id", "sensor", "window_start", *STATISTICS]
     table = parquet.read(columns=columns).unify_dictionaries()  # one dictionary per column
     mappings = {}
@@ -126,35 +136,46 @@ def _fill_from(
         skip = set(values) - wanted if column == "device_id" and wanted is not None else ()
         mappings[column] = np.array(
             [-1 if v in skip else known.setdefault(v, len(known)) for v in values],
-            dtype=np.int32,
+            dtype=keys.dtype if column == "device_id" else np.int32,
         )
     for batch in table.to_batches():  # columns chunked alike, views of the same buffers
-        indices = {c: _numpy(batch.column(c).indices, c) for c in names}
+        devices = _numpy(batch.column("device_id").indices, "device_id")
+        sensors = _numpy(batch.column("sensor").indices, "sensor")
         start = _numpy(batch.column("window_start"), "window_start")
         stats = [_numpy(batch.column(stat), stat) for stat in STATISTICS]
         inside = not len(start) or (start.min() >= since_ms and start.max() < until_ms)
         if not inside or wanted is not None:
             keep = (start >= since_ms) & (start < until_ms)
             if wanted is not None:
-                keep &= mappings["device_id"][indices["device_id"]] >= 0
-            indices = {column: array[keep] for column, array in indices.items()}
-            start, stats = start[keep], [array[keep] for array in stats]
+                keep &= mappings["device_id"][devices] >= 0
+            devices, sensors, start = devices[keep], sensors[keep], start[keep]
+            stats = [array[keep] for array in stats]
         end = filled + len(start)
-        for column, array in indices.items():
-            np.take(mappings[column], array, out=codes[column][filled:end])
-        starts[filled:end] = start
+        key, scratch = keys[filled:end], _scratch(len(start))
+        # Through one reused int64 buffer: numpy would otherwise make a fresh temporary (an
+        # intp copy of the indices, an int64 slot) per batch, and fresh memory is the cost.
+        np.copyto(scratch, devices)
+        np.take(mappings["device_id"], scratch, out=key)
+        key *= width
+        np.subtract(start, base, out=scratch)
+        np.floor_divide(scratch, window_ms, out=scratch)
+        np.add(key, scratch, out=key, casting="same_kind")  # + slot
+        np.copyto(scratch, sensors)
+        np.take(mappings["sensor"], scratch, out=sensor_codes[filled:end])
         for index, array in enumerate(stats):
             statistics[index, filled:end] = array
         filled = end
     return filled
 
 
-def _in_name_order(codes: np.ndarray, names: dict[str, int]) -> Codes:
-    """Codes renumbered so that code order is name order, and the names in that order."""
-    ordered = sorted(names)
-    rank = np.empty(len(names), dtype=np.int32)
-    rank[[names[n] for n in ordered]] = np.arange(len(ordered), dtype=np.int32)
-    return np.take(rank, codes, out=codes), ordered
+_SCRATCH: list[np.ndarray] = [np.empty(0, dtype=np.int64)]
+
+
+def _scratch(size: int) -> np.ndarray:
+    """A reused int64 buffer of ``size`` (grown when needed; one per process)."""
+    if len(_SCRATCH[0]) < size:
+        _SCRATCH[0] = np.empty(size, dtype=np.int64)
+    return _SCRATCH[0][:size]
 
 
 def _numpy(chunk: pa.Array, column: str) -> np.ndarray:
@@ -199,9 +220,6 @@ class DeviceWindows:
     matrix: FloatMatrix  # (windows, features); NaN where a sensor did not report
 
 
-Codes = tuple[npt.NDArray[np.integer], list[str]]  # per-row codes into a sorted list of names
-
-
 #: A grid with one column per sensor of the whole fleet is used while it holds at most this many
 #: cells per aggregate row (a fleet whose devices share their sensors: about one). A fleet of
 #: many device types, each with its own sensors, gets one column per sensor *of each device*
@@ -210,7 +228,7 @@ SHARED_COLUMNS_UP_TO = 2.0
 
 
 class WindowCube:
-    """Windows as a (device-window, sensor) grid over the rows' statistics, devices sorted.
+    """Windows as a (device-window, sensor) grid over the rows' statistics.
 
     Built once, vectorised, for all devices by ``read_cube``. The grid holds, per window of a
     device and per sensor, the position of its statistics (or -1): no dense copy of the values
@@ -220,43 +238,46 @@ class WindowCube:
 
     def __init__(
         self,
-        devices: Codes,
-        sensors: Codes,
-        starts: npt.NDArray[np.int64],
+        keys: npt.NDArray[np.integer],
+        sensor_codes: npt.NDArray[np.int32],
+        device_names: list[str],
+        sensor_names: list[str],
         statistics: FloatMatrix,
-        window_ms: int,
+        grid: tuple[int, int, int],
     ) -> None:
-        """``statistics`` is (len(STATISTICS), rows): mean, std, min, max per input row."""
-        (device_codes, self.devices), (sensor_codes, sensor_names) = devices, sensors
+        """Per input row: its ``keys`` (device code * width + window slot; overwritten), its
+        sensor code and its ``statistics`` column ((len(STATISTICS), rows): mean, std, min,
+        max). Codes index ``device_names`` and ``sensor_names``; ``grid`` is (base, width,
+        window_ms): slot s is the window starting at base + s * window_ms."""
+        base, width, window_ms = grid
         self.window_ms = window_ms
         self.statistics = statistics
-        base = int(starts.min()) if len(starts) else 0
-        width = (int(starts.max()) - base) // window_ms + 1 if len(starts) else 1
-        # key = device * width + slot, built in place: every 6M-row temporary is fresh memory
-        keys = device_codes.astype(np.int64)
-        keys *= width
-        slots = starts - base
-        slots //= window_ms
-        keys += slots
-        del slots
+        # statistic s of input row r is _flat[s * rows + r]: one np.take instead of 2-d indexing
+        self._flat = np.ascontiguousarray(statistics).reshape(-1)
+        self.devices = sorted(device_names)
+        rows_in = len(keys)
         row_keys, rows = _compact(keys, overwrite=True)
-        index_type = np.int32 if len(starts) < 2**31 else np.int64
+        index_type = np.int32 if rows_in < 2**31 else np.int64
         columns = len(sensor_names)
         self._columns: tuple[np.ndarray, np.ndarray] | None = None  # shared: column = sensor
-        if len(row_keys) * columns > SHARED_COLUMNS_UP_TO * max(len(starts), 1):
+        if len(row_keys) * columns > SHARED_COLUMNS_UP_TO * max(rows_in, 1):
             # Per device, its sensors (codes, sorted) and their columns 0, 1, 2, ...
-            pair_keys, pairs = _compact(device_codes.astype(np.int64) * columns + sensor_codes)
+            device_codes = (row_keys // width)[rows].astype(np.int64)
+            pair_keys, pairs = _compact(device_codes * columns + sensor_codes)
             owners = pair_keys // columns
-            first = np.searchsorted(owners, np.arange(len(self.devices) + 1))
+            first = np.searchsorted(owners, np.arange(len(device_names) + 1))
             local = np.arange(len(pair_keys)) - first[owners]
             self._columns = (pair_keys % columns, first)
             columns = int(local.max()) + 1 if len(local) else 0
             sensor_codes = local[pairs]
         self.cells = np.full((len(row_keys), columns), -1, dtype=index_type)
-        self.cells[rows, sensor_codes] = np.arange(len(starts), dtype=index_type)
-        self.row_starts = base + (row_keys % width) * window_ms
-        self._bounds = np.searchsorted(row_keys // width, np.arange(len(self.devices) + 1))
-        self._index = {d: i for i, d in enumerate(self.devices)}
+        for begin in range(0, rows_in, 1 << 20):  # cell (row, sensor) = its input row
+            end = min(begin + (1 << 20), rows_in)
+            positions = np.arange(begin, end, dtype=index_type)
+            self.cells[rows[begin:end], sensor_codes[begin:end]] = positions
+        self.row_starts = base + (row_keys % width).astype(np.int64) * window_ms
+        self._bounds = np.searchsorted(row_keys // width, np.arange(len(device_names) + 1))
+        self._index = {d: i for i, d in enumerate(device_names)}
         self._sensor_names = sensor_names
         self._sensor_index = {s: i for i, s in enumerate(sensor_names)}
         self._plans: dict[tuple[str, ...], tuple[np.ndarray, np.ndarray, np.ndarray]] = {}
@@ -279,9 +300,9 @@ class WindowCube:
         if self._columns is not None:
             codes, first = self._columns
             index = self._index[device_id]
-            return [self._sensor_names[c] for c in codes[first[index] : first[index + 1]]]
+            return sorted(self._sensor_names[c] for c in codes[first[index] : first[index + 1]])
         reported = np.asarray((self.cells[begin:end] >= 0).any(axis=0)).tolist()
-        return [s for s, seen in zip(self._sensor_names, reported, strict=True) if seen]
+        return sorted(s for s, seen in zip(self._sensor_names, reported, strict=True) if seen)
 
     def _plan(self, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Where each feature comes from: (sensor code, statistic index, kind) per column.
@@ -331,7 +352,8 @@ class WindowCube:
             return np.full((len(rows), len(names)), np.nan)
         cells = self._cells(devices, owner, rows, sensors)
         missing = cells < 0
-        matrix: FloatMatrix = self.statistics[stats, cells]
+        flat = np.add(cells, stats * self.statistics.shape[1], dtype=np.intp)
+        matrix: FloatMatrix = np.take(self._flat, flat)  # -1 (missing) reads a neighbour
         matrix[missing] = np.nan
         indicator = kinds % 2 == 1
         matrix[:, indicator] = (~missing[:, indicator]) * PRESENT
@@ -357,12 +379,17 @@ class WindowCube:
         owner = np.repeat(np.arange(len(devices)), counts)
         position = np.arange(len(owner)) - np.repeat(np.cumsum(counts) - counts, counts)
         rows = np.repeat(bounds[:, 0], counts) + position
+        features = self._features(devices, owner, rows, names)
+        if (counts == depth).all():  # no padding: the rows are already in place
+            return features.reshape(len(devices), depth, len(names)), counts
         windows = np.full((len(devices), depth, len(names)), np.nan)
-        windows[owner, position] = self._features(devices, owner, rows, names)
+        windows[owner, position] = features
         return windows, counts
 
 
-def _compact(keys: npt.NDArray[np.int64], overwrite: bool = False) -> tuple[np.ndarray, np.ndarray]:
+def _compact(
+    keys: npt.NDArray[np.integer], overwrite: bool = False
+) -> tuple[np.ndarray, np.ndarray]:
     """The distinct keys, sorted, and each key's index among them (``np.unique`` without a sort
     when the key range is small enough for a bitmap, as an hour of windows always is). With
     ``overwrite``, the indices may be written over ``keys``."""
@@ -370,8 +397,15 @@ def _compact(keys: npt.NDArray[np.int64], overwrite: bool = False) -> tuple[np.n
     if span <= max(8 * len(keys), 1 << 20):
         seen = np.zeros(span, dtype=bool)
         seen[keys] = True
-        ranks = np.cumsum(seen, dtype=np.int64)
+        ranks = np.cumsum(seen, dtype=keys.dtype)
         ranks -= 1
-        return np.flatnonzero(seen), np.take(ranks, keys, out=keys if overwrite else None)
+        if not overwrite:
+            return np.flatnonzero(seen), ranks[keys]
+        for begin in range(0, len(keys), 1 << 20):  # through the scratch buffer: see _fill_from
+            part = keys[begin : begin + (1 << 20)]
+            indices = _scratch(len(part))
+            np.copyto(indices, part)
+            np.take(ranks, indices, out=part)
+        return np.flatnonzero(seen), keys
     distinct, inverse = np.unique(keys, return_inverse=True)
     return distinct, inverse

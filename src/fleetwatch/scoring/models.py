@@ -38,17 +38,17 @@ class SvmParams:
 
     def decision(self, matrix: FloatMatrix) -> np.ndarray:
         """``decision_function`` of the pipeline, computed from the parameters."""
-        scaled = np.where(np.isnan(matrix), self.fill, matrix)
-        scaled -= self.mean
-        scaled /= self.scale
+        windows = np.array(matrix, dtype=float)[None]
+        return decide([self], windows, np.array([len(matrix)]))[0]
+
+    def _from_scaled(self, scaled: FloatMatrix, norms: np.ndarray) -> np.ndarray:
+        """The decision values of imputed, scaled windows (``norms``: their squared norms)."""
         sv = self.support_vectors
         if self.kernel == "rbf":  # exp(-gamma |x - sv|^2), |x - sv|^2 = |x|^2 + |sv|^2 - 2 x.sv
             kernel = scaled @ sv.T
-            kernel *= -2.0
-            kernel += np.einsum("ij,ij->i", scaled, scaled)[:, None]
-            kernel += np.einsum("ij,ij->i", sv, sv)[None, :]
-            np.maximum(kernel, 0.0, out=kernel)
-            kernel *= -self.gamma
+            kernel *= 2.0 * self.gamma
+            kernel -= (self.gamma * norms)[:, None]
+            kernel -= self.gamma * np.einsum("ij,ij->i", sv, sv)
             np.exp(kernel, out=kernel)
         elif self.kernel == "linear":
             kernel = scaled @ sv.T
@@ -103,6 +103,23 @@ class SvmParams:
             degree=int(degree),
             kernel=str(arrays[f"{prefix}kernel"][0]),
         )
+
+
+def decide(models: list[SvmParams], windows: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+    """``decision`` of ``models[i]`` on ``windows[i, :counts[i]]`` (``windows``: devices x
+    windows x features, NaN where missing; overwritten). Imputing, scaling and the windows'
+    norms run once for all the devices (a few whole-array passes instead of several small
+    calls per device); each kernel is the device's own."""
+    missing = np.isnan(windows)
+    if missing.any():
+        np.copyto(windows, np.stack([m.fill for m in models])[:, None, :], where=missing)
+    windows -= np.stack([m.mean for m in models])[:, None, :]
+    windows /= np.stack([m.scale for m in models])[:, None, :]
+    norms = np.einsum("dwf,dwf->dw", windows, windows)
+    return [
+        model._from_scaled(windows[i, :count], norms[i, :count])
+        for i, (model, count) in enumerate(zip(models, counts.tolist(), strict=True))
+    ]
 
 
 def make_pipeline(nu: float, gamma: str | float, kernel: str) -> Pipeline:

@@ -25,7 +25,7 @@ from fleetwatch.config import Settings
 from fleetwatch.output import progress_bar
 from fleetwatch.scoring.executor import DeviceResult, run_tasks
 from fleetwatch.scoring.features import WindowCube, read_cube
-from fleetwatch.scoring.models import SvmParams, decision_from_arrays
+from fleetwatch.scoring.models import SvmParams, decide, decision_from_arrays
 from fleetwatch.scoring.pack import (
     ModelPack,
     pack_folder,
@@ -260,13 +260,22 @@ def score_devices(
             else:
                 groups.setdefault(model.features, []).append((device_id, model))
         for features, members in groups.items():
-            windows, counts = cube.gather([device_id for device_id, _ in members], list(features))
-            for (device_id, model), matrix, count in zip(
-                members, windows, counts.tolist(), strict=True
-            ):
+            ids, params = [d for d, _ in members], [m.params for _, m in members]
+            windows, counts = cube.gather(ids, list(features))
+            try:
+                scores = decide(params, windows, counts)  # type: ignore[arg-type]
+            except Exception:  # a malformed model among them: score them one by one
+                windows, counts = cube.gather(ids, list(features))
+                scores = None
+            for index, (device_id, model) in enumerate(members):
                 try:
                     assert model.params is not None
-                    results[device_id] = ("ok", model.result(model.params.decision(matrix[:count])))
+                    values = (
+                        scores[index]
+                        if scores is not None
+                        else model.params.decision(windows[index, : counts[index]])
+                    )
+                    results[device_id] = ("ok", model.result(values))
                 except Exception as exc:
                     results[device_id] = ("error", f"{type(exc).__name__}: {exc}")
     return results
