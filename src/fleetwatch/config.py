@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 import os
 import re
@@ -504,18 +505,17 @@ class SettingInfo:
         return "--" + self.name.replace("_", "-")
 
 
-def _section_class(section: str) -> type[Any]:
-    if section == "":
-        return Settings
-    hints = get_type_hints(Settings)
-    cls: type[Any] = hints[SECTIONS[section]]
-    return cls
+@functools.cache
+def _section_class(section: str) -> tuple[type[Any], dict[str, Any]]:
+    """A section's class and its type hints (cached: ``get_type_hints`` compiles every
+    annotation string, 30 ms of each CLI start)."""
+    cls: type[Any] = Settings if section == "" else get_type_hints(Settings)[SECTIONS[section]]
+    return cls, get_type_hints(cls)
 
 
 def describe(section: str) -> list[SettingInfo]:
     """The settings of one section (``""`` = top level, without the nested sections)."""
-    cls = _section_class(section)
-    hints = get_type_hints(cls)
+    cls, hints = _section_class(section)
     infos = []
     for f in dataclasses.fields(cls):
         if section == "" and f.name in SECTIONS.values():
@@ -625,7 +625,7 @@ def load_settings(
             shown = "********" if info.annotation is Secret else raw
             raise ConfigError(f"{origin}={shown}: {exc}") from None
 
-    sections = {attr: _section_class(name)(**values[name]) for name, attr in SECTIONS.items()}
+    sections = {attr: _section_class(name)[0](**values[name]) for name, attr in SECTIONS.items()}
     settings = Settings(**values[""], **sections)
     _check(settings)
     return settings

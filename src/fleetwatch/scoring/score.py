@@ -78,19 +78,18 @@ def score_hour(
     window_ms = round(settings.aggregate.window * 1000)
 
     registry = ModelRegistry(settings.data_dir / "models")
-    with_model_folder = registry.model_devices()
     # While this thread reads the hour (mostly in Arrow and numpy, which let other threads
-    # run), another opens the pack and loads (checks) models until the reading is done; the
-    # workers inherit what it loaded and load the rest themselves.
+    # run), another lists the models, opens the pack and loads (checks) models until the
+    # reading is done; the workers inherit what it loaded and load the rest themselves.
     pack = ModelPack(pack_folder(settings.data_dir), registry)
     read = threading.Event()
     with ThreadPoolExecutor(1) as thread:
-        preloading = thread.submit(_preload, pack, sorted(with_model_folder), read)
+        preloading = thread.submit(_preload, pack, read)
         try:
             cube = read_cube(settings.data_dir, window_start, window_end, window_ms)
         finally:
             read.set()
-            preloading.result()
+            with_model_folder = preloading.result()
     with_data = set(cube.devices)
     to_score = sorted(with_data & with_model_folder)
     without_folder = sorted(with_data - with_model_folder)
@@ -114,37 +113,26 @@ def score_hour(
             else lambda done: bar.update(bar.task_ids[0], completed=done),
         )
 
-    outcomes: dict[str, list[Any]] = {
-        "device_id": [],
-        "outcome": [],
-        "error": [],
-        "model_version": [],
-        "windows": [],
-    }
-
-    def outcome(device_id: str, kind: str, error: str | None, version: str | None, n: int) -> None:
-        for column, value in zip(outcomes, (device_id, kind, error, version, n), strict=True):
-            outcomes[column].append(value)
-
+    # One row per device: (device_id, outcome, error, model_version, windows)
+    outcomes: list[tuple[str, str, str | None, str | None, int]] = []
     scored: list[tuple[str, str, bytes, float]] = []  # device, version, scores, threshold
     unpacked: list[str] = []
     without_model = list(without_folder)
     for device_id in to_score:
-        if device_id in results and results[device_id] is None:
+        result = results.get(device_id, errors)  # `errors`: not in results
+        if result is None:
             without_model.append(device_id)  # a model folder, but no active version
-        elif device_id in results:
-            raw, threshold, version, packed = results[device_id]
-            outcome(device_id, "scored", None, version, len(raw) // 8)
+        elif result is not errors:
+            raw, threshold, version, packed = result
+            outcomes.append((device_id, "scored", None, version, len(raw) // 8))
             scored.append((device_id, version, raw, threshold))
             if not packed:
                 unpacked.append(device_id)
         else:
             reason = errors.get(device_id, "not run: the run was aborted")
-            outcome(device_id, "failed", reason, registry.active_version(device_id), 0)
-    for device_id in sorted(without_model):
-        outcome(device_id, "no_model", None, None, 0)
-    for device_id in silent:
-        outcome(device_id, "silent", None, registry.active_version(device_id), 0)
+            outcomes.append((device_id, "failed", reason, registry.active_version(device_id), 0))
+    outcomes += [(device_id, "no_model", None, None, 0) for device_id in sorted(without_model)]
+    outcomes += [(d, "silent", None, registry.active_version(d), 0) for d in silent]
 
     scores, flagged_column = _score_table(run_id, cube, scored)
     rows_scored = scores.num_rows
@@ -179,9 +167,14 @@ def score_hour(
     }
     outcome_table = pa.table(
         {
-            "run_id": columns.strings([run_id] * len(outcomes["device_id"])),
-            **{name: columns.strings(outcomes[name]) for name in list(outcomes)[:-1]},
-            "windows": columns.numeric(np.array(outcomes["windows"], dtype=np.int64), pa.int64()),
+            "run_id": columns.strings([run_id] * len(outcomes)),
+            "device_id": columns.strings([row[0] for row in outcomes]),
+            "outcome": columns.strings([row[1] for row in outcomes]),
+            "error": columns.strings([row[2] for row in outcomes]),
+            "model_version": columns.strings([row[3] for row in outcomes]),
+            "windows": columns.numeric(
+                np.array([row[4] for row in outcomes], dtype=np.int64), pa.int64()
+            ),
         }
     )
     from fleetwatch.storage.duck import write_run
@@ -220,14 +213,17 @@ class _Model:
         return scores.astype(np.float64).tobytes(), self.threshold, self.version, self.packed
 
 
-def _preload(pack: ModelPack, devices: list[str], stop: threading.Event) -> None:
+def _preload(pack: ModelPack, stop: threading.Event) -> set[str]:
+    """The devices with a model folder; their models preloaded from the pack until ``stop``."""
     import fleetwatch.storage.duck  # noqa: F401 - DuckDB takes 0.06 s to import: not serially
 
+    devices = pack.registry.model_devices()
     try:
         pack.open_segments()
-        pack.preload(devices, stop)
+        pack.preload(sorted(devices), stop)
     except Exception as exc:  # the pack is a cache: the workers read the model files instead
         log.warning("model pack not used (%s)", exc)
+    return devices
 
 
 def score_devices(
