@@ -24,6 +24,9 @@ def pivot_by_device(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
         dropna=False,
     )
     wide.columns = [f"{pair[1]}__{pair[0]}" for pair in wide.columns]
+    # dropna=False pivots every device x every window start: keep the windows that have rows
+    reported = pd.MultiIndex.from_frame(frame[["device_id", "window_start"]].drop_duplicates())
+    wide = wide[wide.index.isin(reported)]
     result: dict[str, pd.DataFrame] = {}
     for device_id, rows in wide.groupby(level=0, sort=True):
         result[str(device_id)] = rows.droplevel(0)

@@ -117,6 +117,9 @@ def test_cube_read_from_parquet_equals_the_pandas_pivot(
 
     monkeypatch.setattr(features, "SHARED_COLUMNS_UP_TO", 1e9 if columns == "shared" else 0.0)
     frame = synthetic_windows(hours=3).sample(frac=1.0, random_state=1)  # rows in any order
+    minute = (frame["window_start"] - frame["window_start"].min()).dt.total_seconds() // 60
+    gap = (frame["device_id"] == "pump-02") & (minute % 60).between(10, 14)
+    frame = frame[~gap]  # pump-02 lost five windows an hour: `gather` pads it with NaN rows
     sensors = ["pressure", "temperature", "vibration", "humidity"]
     if fleet == "two device types":  # half the fleet has other sensors
         other = frame["device_id"].isin(["pump-04", "pump-05", "pump-06", "pump-07"])

@@ -18,7 +18,7 @@ import pytest
 
 from fleetwatch.config import Settings
 from fleetwatch.errors import FleetwatchError
-from fleetwatch.scoring.models import PerSensorModel
+from fleetwatch.scoring.models import DeviceModel, PerSensorModel
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.scoring.score import missed_hours, score_hour
 from fleetwatch.scoring.train import train
@@ -34,11 +34,13 @@ def db(settings: Settings, sql: str) -> list[tuple]:
         return c.execute(sql).fetchall()
 
 
-def assert_scores_equal_sklearn(settings: Settings) -> None:
+def assert_scores_equal_sklearn(settings: Settings, skip: frozenset[str] = frozenset()) -> None:
     """Every stored score equals scikit-learn's own decision function (from model.joblib)."""
     frame = read_windows(settings.data_dir, HOUR3, HOUR3 + pd.Timedelta(hours=1).to_pytimedelta())
     registry = ModelRegistry(settings.data_dir / "models")
     for device_id, rows in pivot_by_device(frame).items():
+        if device_id in skip:
+            continue
         model = registry.active(device_id)
         assert model is not None
         estimator = ModelRegistry.load_estimator(model)
@@ -137,6 +139,33 @@ def test_a_tampered_model_fails_its_device_only(trained: Settings) -> None:
     assert result.devices_failed == 1 and result.devices_scored == len(DEVICES) - 1
     error = db(trained, "SELECT error FROM device_runs WHERE device_id = 'pump-02'")[0][0]
     assert "does not match the sha256" in error
+
+
+def test_a_malformed_model_fails_only_its_device_among_those_scored_with_it(
+    trained: Settings,
+) -> None:
+    """Devices that share a feature list are imputed and scaled together; a model whose
+    support vectors do not fit its features (a valid file, a wrong shape) fails alone."""
+    registry = ModelRegistry(trained.data_dir / "models")
+    good = registry.active("pump-02")
+    assert good is not None
+    features = good.manifest["features"]
+
+    class WrongShape(DeviceModel):
+        def arrays(self) -> dict[str, np.ndarray]:
+            arrays = super().arrays()
+            arrays["sv"] = np.hstack([arrays["sv"], np.ones((len(arrays["sv"]), 1))])
+            return arrays
+
+    model = WrongShape()
+    model.fit(np.random.default_rng(0).normal(size=(50, len(features))), features)
+    registry.save("pump-02", model, features, T0, T0, 50, {})
+    result = score_hour(trained, HOUR3, progress=False)  # 3 devices a task, scored together
+    assert result.devices_failed == 1 and result.devices_scored == len(DEVICES) - 1
+    error = db(trained, "SELECT error FROM device_runs WHERE device_id = 'pump-02'")[0][0]
+    assert error.startswith("ValueError")
+    assert_scores_equal_sklearn(trained, skip=frozenset({"pump-02"}))
+    assert db(trained, "SELECT count(*) FROM scores WHERE device_id = 'pump-02'") == [(0,)]
 
 
 def test_an_active_file_pointing_outside_its_device_fails_that_device(
