@@ -10,7 +10,8 @@ train`` does); the hour's aggregates written as Parquet. Then, per round:
 (a) the baseline: one process, for every device ``joblib.load`` its model and call
     ``decision_function`` on its 60 windows (features already in memory: not timed);
 (b) ``fleetwatch score --hour`` end to end, as the command (interpreter start included):
-    Parquet in, sha256 checks, parallel scoring in forked workers, DuckDB out.
+    Parquet in, model checks (stat + CRC-32 of the pack), parallel scoring in forked workers,
+    DuckDB out.
 
 Printed: medians, the ratio a/b, the largest difference to scikit-learn's scores, and the peak
 RSS of (b)'s process and of its largest worker.
