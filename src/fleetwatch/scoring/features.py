@@ -7,6 +7,7 @@ while the sensor's own statistics are imputed with the training medians.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Collection
 from dataclasses import dataclass
 from datetime import datetime, timedelta
@@ -168,14 +169,15 @@ def _fill_from(
     return filled
 
 
-_SCRATCH: list[np.ndarray] = [np.empty(0, dtype=np.int64)]
+_SCRATCH = threading.local()  # `fleetwatch schedule` may score and train in two threads
 
 
 def _scratch(size: int) -> np.ndarray:
-    """A reused int64 buffer of ``size`` (grown when needed; one per process)."""
-    if len(_SCRATCH[0]) < size:
-        _SCRATCH[0] = np.empty(size, dtype=np.int64)
-    return _SCRATCH[0][:size]
+    """A reused int64 buffer of ``size`` (grown when needed; one per thread)."""
+    buffer: np.ndarray | None = getattr(_SCRATCH, "buffer", None)
+    if buffer is None or len(buffer) < size:
+        buffer = _SCRATCH.buffer = np.empty(size, dtype=np.int64)
+    return buffer[:size]
 
 
 def _numpy(chunk: pa.Array, column: str) -> np.ndarray:

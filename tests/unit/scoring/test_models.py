@@ -175,3 +175,30 @@ def test_cube_refuses_a_file_with_rows_without_a_device(tmp_path: Path) -> None:
     write_atomically(table, folder / "p0000-000000000000-000000000001.parquet")
     with pytest.raises(InvalidInputError, match="3 rows without a"):
         read_cube(tmp_path, T0, T0.replace(hour=1), 60_000)
+
+
+def test_cubes_read_in_two_threads_at_once_are_the_cubes_read_alone(tmp_path: Path) -> None:
+    """`fleetwatch schedule` may score and retrain at the same moment, in two threads."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    from fleetwatch.scoring.features import read_cube
+    from tests.unit.scoring.conftest import T0, synthetic_windows, write_windows
+
+    folders = [tmp_path / "a", tmp_path / "b"]
+    for seed, folder in enumerate(folders):
+        write_windows(folder, synthetic_windows(hours=3, seed=seed))
+    until = T0.replace(hour=3)
+    names = feature_names(["pressure", "temperature", "vibration"])
+
+    def matrices(folder: Path) -> dict[str, np.ndarray]:
+        cube = read_cube(folder, T0, until, 60_000)
+        return {d: cube.matrix(d, names).matrix for d in cube.devices}
+
+    alone = [matrices(folder) for folder in folders]
+    with ThreadPoolExecutor(2) as pool:
+        together = list(pool.map(matrices, folders * 25))
+    for index, got in enumerate(together):
+        expected = alone[index % 2]
+        assert got.keys() == expected.keys()
+        for device_id, matrix in expected.items():
+            np.testing.assert_array_equal(got[device_id], matrix)
