@@ -42,6 +42,7 @@ HOUR = timedelta(hours=1)
 #: enough that its arrays are reused from the heap instead of fresh pages for every task.
 GATHER_SIZE = 32
 DeviceHook = Callable[[str], None]
+_FAILED = object()  # a device without a result: it failed, or the run was aborted first
 
 
 @dataclass
@@ -119,10 +120,10 @@ def score_hour(
     unpacked: list[str] = []
     without_model = list(without_folder)
     for device_id in to_score:
-        result = results.get(device_id, errors)  # `errors`: not in results
+        result = results.get(device_id, _FAILED)
         if result is None:
             without_model.append(device_id)  # a model folder, but no active version
-        elif result is not errors:
+        elif result is not _FAILED:
             raw, threshold, version, packed = result
             outcomes.append((device_id, "scored", None, version, len(raw) // 8))
             scored.append((device_id, version, raw, threshold))
