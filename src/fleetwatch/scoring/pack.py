@@ -110,7 +110,12 @@ class ModelPack:
             try:
                 self._read_segment(name)
             except (OSError, ValueError, KeyError, TypeError) as exc:
-                log.warning("model pack segment %s left out: %s", name, exc)
+                log.warning(
+                    "model pack segment %s left out (%s): its models are read from their "
+                    "files, and the pack is rewritten after the next scoring run",
+                    name,
+                    exc,
+                )
                 self._unreadable.append(name)
 
     def __len__(self) -> int:

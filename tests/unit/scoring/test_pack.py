@@ -111,11 +111,16 @@ def test_a_damaged_pack_is_read_around_and_mended(trained: Settings, read_from_f
     assert _fresh_entries(trained) == set(DEVICES)  # packed again after the run
 
 
+@pytest.mark.parametrize("damage", ["not JSON", "an older format"])
 def test_an_unreadable_pack_index_is_left_out_then_replaced(
-    trained: Settings, read_from_files: Path
+    trained: Settings, read_from_files: Path, damage: str
 ) -> None:
     [segment] = segments(trained)
-    segment.with_suffix(".json").write_text("{not json")
+    index = segment.with_suffix(".json")
+    if damage == "not JSON":
+        index.write_text("{not json")
+    else:  # as a fleetwatch of format 1 (sha256 entries) left it
+        index.write_text(json.dumps({**json.loads(index.read_text()), "format": 1}))
     result = score_hour(trained, HOUR3, progress=False)
     assert result.devices_scored == len(DEVICES) and result.devices_failed == 0
     assert sorted(read_from_files.read_text().split()) == DEVICES
