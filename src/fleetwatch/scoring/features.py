@@ -109,7 +109,7 @@ def read_cube(
         sensor_codes[:filled],
         list(names["device_id"]),
         list(names["sensor"]),
-        statistics if filled == capacity else np.ascontiguousarray(statistics[:, :filled]),
+        statistics[:, :filled],
         (base, width, window_ms),
     )
 
@@ -253,9 +253,10 @@ class WindowCube:
         window_ms): slot s is the window starting at base + s * window_ms."""
         base, width, window_ms = grid
         self.window_ms = window_ms
-        self.statistics = statistics
-        # statistic s of input row r is _flat[s * rows + r]: one np.take instead of 2-d indexing
-        self._flat = np.ascontiguousarray(statistics).reshape(-1)
+        # Contiguous (a copy only when rows were left out), so that statistic s of input row r
+        # is _flat[s * rows + r]: one np.take instead of 2-d indexing
+        self.statistics = np.ascontiguousarray(statistics)
+        self._flat = self.statistics.reshape(-1)
         self.devices = sorted(device_names)
         rows_in = len(keys)
         row_keys, rows = _compact(keys, overwrite=True)

@@ -216,7 +216,7 @@ class _Model:
 
 def _preload(pack: ModelPack, stop: threading.Event) -> set[str]:
     """The devices with a model folder; their models preloaded from the pack until ``stop``."""
-    import fleetwatch.storage.duck  # noqa: F401 - DuckDB takes 0.06 s to import: not serially
+    import fleetwatch.storage.duck  # noqa: F401 - DuckDB takes 0.1 s to import: not serially
 
     devices = pack.registry.model_devices()
     try:
@@ -238,9 +238,10 @@ def score_devices(
     version, packed) or None). Models come from ``pack`` when it holds them as they are, else
     from their files.
 
-    Every model is loaded, checked and scored on its own, so a bad one fails its device only.
+    Every model is loaded and checked on its own, so a bad one fails its device only.
     Devices go ``GATHER_SIZE`` at a time: the windows of those that share a feature list are
-    cut from the cube in one go, and their models are released before the next ones load.
+    cut from the cube and imputed and scaled in one go (re-scored one by one if a model among
+    them fails), and their models are released before the next ones load.
     """
     results: dict[str, DeviceResult] = {}
     for start in range(0, len(devices), GATHER_SIZE):
