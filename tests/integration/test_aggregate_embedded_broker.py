@@ -54,6 +54,19 @@ def expected_for(partition_records: dict[int, list]) -> tuple[pd.DataFrame, pd.D
     return pd.concat(frames, ignore_index=True), pd.concat(lates, ignore_index=True), invalid
 
 
+def codec_of(path: Path) -> str:
+    import pyarrow.parquet as pq
+
+    metadata = pq.read_metadata(path)
+    codecs = {
+        metadata.row_group(g).column(c).compression
+        for g in range(metadata.num_row_groups)
+        for c in range(metadata.num_columns)
+    }
+    assert len(codecs) == 1, codecs
+    return str(codecs.pop())
+
+
 def assert_windows_equal(got: pd.DataFrame, expected: pd.DataFrame) -> None:
     got = got.copy()
     got["window_start"] = got["window_start"].dt.as_unit("ms").astype("int64")
@@ -73,7 +86,8 @@ def test_windows_late_sink_and_dead_letters_are_exact(settings: Settings, tmp_pa
     # a device lives in one partition, as keyed traffic does
     partition_records = {p: make_records(10 + p, 1500, f"p{p}dev") for p in range(4)}
     produce(settings, partition_records)
-    worker = start_worker(worker_env(settings, data, "g-exact"), tmp_path / "worker.log")
+    env = worker_env(settings, data, "g-exact", FLEETWATCH_AGGREGATE_PARQUET_COMPRESSION="zstd")
+    worker = start_worker(env, tmp_path / "worker.log")
     try:
         wait_drained(
             data, settings.kafka.telemetry_topic, {p: 1500 for p in range(4)}, process=worker
@@ -82,6 +96,8 @@ def test_windows_late_sink_and_dead_letters_are_exact(settings: Settings, tmp_pa
         assert stop_worker(worker) == 0, (tmp_path / "worker.log").read_text()[-3000:]
     expected, expected_late, invalid = expected_for(partition_records)
     assert_windows_equal(read_parquet_dir(data / "aggregates"), expected)
+    files = list(data.glob("*/date=*/hour=*/*.parquet"))  # aggregates and late readings
+    assert {codec_of(path) for path in files} == {"ZSTD"}, "the configured codec"
 
     late = read_parquet_dir(data / "late")
     got_late = sorted(
@@ -227,6 +243,8 @@ def test_two_workers_split_the_partitions_without_duplicates(
     assert sum(int(s["messages"]) for s in statuses) == 4 * 1200  # every record once
     expected, _, _ = expected_for(partition_records)
     assert_windows_equal(read_parquet_dir(data / "aggregates"), expected)
+    files = list(data.glob("aggregates/date=*/hour=*/*.parquet"))
+    assert {codec_of(path) for path in files} == {"SNAPPY"}, "the default codec"
 
 
 def test_a_silent_device_gets_its_last_window_closed(settings: Settings, tmp_path: Path) -> None:

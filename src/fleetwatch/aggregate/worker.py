@@ -83,8 +83,9 @@ class Aggregator:
         self.dead_letter_topic = settings.kafka.dead_letter_topic
         self.spec = WindowSpec(round(options.window * 1000), round(options.grace * 1000))
         data = settings.data_dir
-        self.aggregates = PartitionedParquetSink(data / "aggregates", AGGREGATE_SCHEMA)
-        self.late = PartitionedParquetSink(data / "late", LATE_SCHEMA)
+        codec = options.parquet_compression
+        self.aggregates = PartitionedParquetSink(data / "aggregates", AGGREGATE_SCHEMA, codec)
+        self.late = PartitionedParquetSink(data / "late", LATE_SCHEMA, codec)
         self.state_dir = data / "state" / "aggregate" / self.topic
         self.checkpoints = CheckpointStore(self.state_dir)
         self.processors: dict[int, PartitionProcessor] = {}

@@ -92,12 +92,18 @@ def fsync_directory(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomically(table: pa.Table, path: Path) -> None:
+#: Snappy, the Parquet default most readers expect: scoring decodes an hour of it in 0.27
+#: CPU-seconds where zstd takes 0.46 (6M rows), for files 8% larger (random values; the
+#: demo's real readings: the same size). ``[aggregate] parquet_compression`` chooses another.
+DEFAULT_COMPRESSION: Final = "snappy"
+
+
+def write_atomically(table: pa.Table, path: Path, compression: str = DEFAULT_COMPRESSION) -> None:
     """Write ``table`` to ``path`` so that readers see all of it or nothing."""
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.tmp")
     with temporary.open("wb") as handle:
-        pq.write_table(table, handle, compression="zstd")
+        pq.write_table(table, handle, compression=compression)
         handle.flush()
         os.fsync(handle.fileno())
     os.replace(temporary, path)
@@ -111,9 +117,12 @@ def hour_directory(root: Path, hour_start: datetime) -> Path:
 class PartitionedParquetSink:
     """A :class:`RecordSink` writing hive-partitioned files under ``root``."""
 
-    def __init__(self, root: Path, schema: pa.Schema) -> None:
+    def __init__(
+        self, root: Path, schema: pa.Schema, compression: str = DEFAULT_COMPRESSION
+    ) -> None:
         self.root = root
         self.schema = schema
+        self.compression = compression
 
     def write(self, frame: pd.DataFrame, partition: int, time_column: str) -> list[Path]:
         """One file per event-time hour of ``time_column``, named from the rows' offsets.
@@ -138,7 +147,7 @@ class PartitionedParquetSink:
             path = hour_directory(self.root, pd.Timestamp(hour_start)) / file_name(
                 partition, first, last
             )
-            write_atomically(table, path)
+            write_atomically(table, path, self.compression)
             written.append(path)
         return written
 

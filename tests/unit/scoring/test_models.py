@@ -129,13 +129,16 @@ def test_cube_read_from_parquet_equals_the_pandas_pivot(
     frame.loc[frame.index[:5], "std"] = np.nan  # written as nulls: read back as NaN
     for hour, rows in frame.groupby(frame["window_start"].dt.floor("h")):
         folder = tmp_path / "aggregates" / f"date={hour:%Y-%m-%d}" / f"hour={hour:%H}"
-        for part in range(3):  # as three partitions' files, each with its own dictionary
+        # as three partitions' files, each with its own dictionary and codec (the setting
+        # [aggregate] parquet_compression may change between two workers' restarts)
+        for part, codec in enumerate(("snappy", "zstd", "none")):
             table = pa.Table.from_pandas(
                 rows.iloc[part::3][AGGREGATE_SCHEMA.names],
                 schema=AGGREGATE_SCHEMA,
                 preserve_index=False,
             )
-            write_atomically(table, folder / f"p{part:04d}-{part:012d}-{part:012d}.parquet")
+            name = f"p{part:04d}-{part:012d}-{part:012d}.parquet"
+            write_atomically(table, folder / name, codec)
     names = feature_names(sensors)
     for since, until in ((T0, T0 + pd.Timedelta(hours=3)), (T0 + pd.Timedelta(hours=2), None)):
         end = until or since + pd.Timedelta(hours=1)
