@@ -9,7 +9,7 @@ avoids scikit-learn's per-call overhead across thousands of small models.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
 
 import numpy as np
 
@@ -38,28 +38,36 @@ class SvmParams:
 
     def decision(self, matrix: FloatMatrix) -> np.ndarray:
         """``decision_function`` of the pipeline, computed from the parameters."""
-        windows = np.array(matrix, dtype=float)[None]
-        return decide([self], windows, np.array([len(matrix)]))[0]
+        return self.scorer().decision(matrix)
 
-    def _from_scaled(self, scaled: FloatMatrix, norms: np.ndarray) -> np.ndarray:
-        """The decision values of imputed, scaled windows (``norms``: their squared norms)."""
-        sv = self.support_vectors
-        if self.kernel == "rbf":  # exp(-gamma |x - sv|^2), |x - sv|^2 = |x|^2 + |sv|^2 - 2 x.sv
-            kernel = scaled @ sv.T
-            kernel *= 2.0 * self.gamma
-            kernel -= (self.gamma * norms)[:, None]
-            kernel -= self.gamma * np.einsum("ij,ij->i", sv, sv)
-            np.exp(kernel, out=kernel)
-        elif self.kernel == "linear":
-            kernel = scaled @ sv.T
-        elif self.kernel == "poly":
-            kernel = (self.gamma * (scaled @ sv.T) + self.coef0) ** self.degree
-        elif self.kernel == "sigmoid":
-            kernel = np.tanh(self.gamma * (scaled @ sv.T) + self.coef0)
-        else:  # pragma: no cover - rejected at training
-            raise ValueError(f"unsupported kernel {self.kernel}")
-        result: np.ndarray = kernel @ self.dual_coef + self.intercept
-        return result
+    def scorer(self) -> Scorer:
+        """The parameters in the form scoring uses (see :class:`Scorer`)."""
+        sv = np.asarray(self.support_vectors, dtype=float)
+        if sv.ndim != 2 or sv.shape[1] != len(self.mean) or self.dual_coef.shape != (len(sv),):
+            raise ValueError(
+                f"the model's support vectors are {sv.shape} with {self.dual_coef.shape} dual "
+                f"coefficients for {len(self.mean)} features: it is malformed, retrain it"
+            )
+        columns = np.flatnonzero((sv != 0).any(axis=0))
+        vectors = sv[:, columns]
+        if self.kernel == "rbf":
+            vectors = np.column_stack(
+                [2.0 * self.gamma * vectors, -self.gamma * np.einsum("ij,ij->i", sv, sv)]
+            )
+            vectors = np.column_stack([vectors, np.ones(len(sv))])
+        return Scorer(
+            self.fill,
+            self.mean,
+            self.scale,
+            columns,
+            np.ascontiguousarray(vectors),
+            self.dual_coef,
+            self.intercept,
+            self.kernel,
+            self.gamma,
+            self.coef0,
+            self.degree,
+        )
 
     @classmethod
     def from_pipeline(cls, pipeline: Pipeline) -> SvmParams:
@@ -105,21 +113,110 @@ class SvmParams:
         )
 
 
-def decide(models: list[SvmParams], windows: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+class Scorer(NamedTuple):
+    """A fitted imputer -> scaler -> one-class SVM, prepared for scoring many small models.
+
+    The support vectors keep only the ``columns`` (features) where one of them is not 0: a
+    feature constant in training (a sensor always present) is 0 in every scaled support
+    vector, so it adds nothing to a dot product. For the RBF kernel, the vectors are
+    ``[2 gamma sv | -gamma |sv|^2 | 1]``: with a window as ``[x | 1 | -gamma |x|^2]`` (``|x|``
+    over all features), one matrix product gives the exponent ``-gamma |x - sv|^2``.
+    """
+
+    fill: np.ndarray  # imputer medians, per feature
+    mean: np.ndarray
+    scale: np.ndarray
+    columns: np.ndarray  # the features the support vectors use
+    vectors: np.ndarray  # support vectors over ``columns`` (RBF: extended, as above)
+    dual_coef: np.ndarray
+    intercept: float
+    kernel: str
+    gamma: float
+    coef0: float
+    degree: int
+
+    def decision(self, matrix: FloatMatrix) -> np.ndarray:
+        """``decision_function`` of the pipeline on one device's windows."""
+        windows = np.array(matrix, dtype=float)[None]
+        return decide([self], windows, np.array([len(matrix)]))[0]
+
+    def to_arrays(self) -> dict[str, np.ndarray]:
+        return {
+            "fill": self.fill,
+            "mean": self.mean,
+            "scale": self.scale,
+            "columns": self.columns,
+            "vectors": self.vectors,
+            "dual": self.dual_coef,
+            "scalars": np.array([self.intercept, self.gamma, self.coef0, self.degree]),
+            "kernel": np.array([self.kernel]),
+        }
+
+    @classmethod
+    def from_arrays(cls, arrays: Any) -> Scorer:
+        intercept, gamma, coef0, degree = arrays["scalars"].tolist()
+        return cls(
+            arrays["fill"],
+            arrays["mean"],
+            arrays["scale"],
+            arrays["columns"],
+            arrays["vectors"],
+            arrays["dual"],
+            intercept,
+            str(arrays["kernel"][0]),
+            gamma,
+            coef0,
+            int(degree),
+        )
+
+    def _decision(self, windows: FloatMatrix) -> np.ndarray:
+        """Decision values of windows imputed, scaled and extended: ``[x | 1 | -gamma |x|^2]``
+        (``x`` over ``columns``)."""
+        if self.kernel == "rbf":
+            kernel = windows @ self.vectors.T
+            np.exp(kernel, out=kernel)
+        else:
+            products = windows[:, : len(self.columns)] @ self.vectors.T
+            if self.kernel == "linear":
+                kernel = products
+            elif self.kernel == "poly":
+                kernel = (self.gamma * products + self.coef0) ** self.degree
+            elif self.kernel == "sigmoid":
+                kernel = np.tanh(self.gamma * products + self.coef0)
+            else:  # pragma: no cover - rejected at training
+                raise ValueError(f"unsupported kernel {self.kernel}")
+        result: np.ndarray = kernel @ self.dual_coef + self.intercept
+        return result
+
+
+def decide(models: list[Scorer], windows: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
     """``decision`` of ``models[i]`` on ``windows[i, :counts[i]]`` (``windows``: devices x
-    windows x features, NaN where missing; overwritten). Imputing, scaling and the windows'
-    norms run once for all the devices (a few whole-array passes instead of several small
-    calls per device); each kernel is the device's own."""
+    windows x features, NaN where missing; overwritten). Imputing, scaling, the windows'
+    norms and their extension run once for all the devices (a few whole-array passes instead
+    of several small calls per device); each kernel is the device's own."""
     missing = np.isnan(windows)
     if missing.any():
         np.copyto(windows, np.stack([m.fill for m in models])[:, None, :], where=missing)
     windows -= np.stack([m.mean for m in models])[:, None, :]
     windows /= np.stack([m.scale for m in models])[:, None, :]
     norms = np.einsum("dwf,dwf->dw", windows, windows)
-    return [
-        model._from_scaled(windows[i, :count], norms[i, :count])
-        for i, (model, count) in enumerate(zip(models, counts.tolist(), strict=True))
-    ]
+    gammas = np.array([m.gamma for m in models])
+    # Models of one fleet use the same columns: one extended copy of their windows
+    alike: dict[bytes, list[int]] = {}
+    for index, model in enumerate(models):
+        alike.setdefault(model.columns.tobytes(), []).append(index)
+    results: list[np.ndarray] = [np.empty(0)] * len(models)
+    for members in alike.values():
+        columns = models[members[0]].columns
+        chosen = windows if len(alike) == 1 else windows[members]
+        extended = np.empty((*chosen.shape[:2], len(columns) + 2))
+        extended[..., : len(columns)] = chosen[..., columns]
+        extended[..., len(columns)] = 1.0
+        np.multiply(norms[members], -gammas[members, None], out=extended[..., -1])
+        for position, index in enumerate(members):
+            count = int(counts[index])
+            results[index] = models[index]._decision(extended[position, :count])
+    return results
 
 
 def make_pipeline(nu: float, gamma: str | float, kernel: str) -> Pipeline:

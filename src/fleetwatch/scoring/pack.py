@@ -2,16 +2,17 @@
 
 Scoring a device from the registry's own files costs ``ACTIVE``, ``manifest.json`` (parsed)
 and a fresh copy of ``params.bin``: about 0.15 ms, more than scoring its hour. The pack keeps
-copies of the active versions' ``params.bin``, with what scoring needs from their manifests, in
+the active versions' parameters (a single pipeline in the form scoring uses, its ``Scorer``;
+other kinds as in their ``params.bin``), with what scoring needs from their manifests, in
 segments under ``<data>/state/model-pack/``: ``<seq>-<token>.bin`` (the parameters, aligned)
-and ``<seq>-<token>.json`` (their index). Workers inherit the mapping and hash the bytes in
+and ``<seq>-<token>.json`` (their index). Workers inherit the mapping and check the bytes in
 place. It is a cache, never the truth:
 
 - an entry is used only while the device's ``ACTIVE`` names its version and that version's
   ``manifest.json`` and ``params.bin`` have the inode, size and modification time they had
   when they were packed; otherwise scoring reads the registry's files as before (so an
   ``activate``, a rollback, a hand-edited ``ACTIVE`` or a tampered file takes effect at once);
-- the bytes are copied from a ``params.bin`` checked against its manifest's sha256, and are
+- the bytes are made from a ``params.bin`` checked against its manifest's sha256, and are
   checked against their CRC-32 each time they are used (damage to the pack is caught; the
   CRC is kept beside the bytes, so like a sha256 there it could not stop someone who may
   write the pack: the registry's files and their sha256 stay the reference);
@@ -42,13 +43,15 @@ import numpy as np
 
 from fleetwatch.errors import FleetwatchError
 from fleetwatch.ingest.telemetry import is_valid_name
-from fleetwatch.scoring.models import ModelKindName
-from fleetwatch.scoring.registry import ModelRegistry, ParamsLayout, read_bytes
+from fleetwatch.scoring.models import ModelKindName, Scorer, SvmParams
+from fleetwatch.scoring.registry import ModelRegistry, ParamsLayout, pack_arrays, read_bytes
 from fleetwatch.storage.parquet import fsync_directory
 
 log = logging.getLogger(__name__)
 
-FORMAT = 2  # 1: a sha256 per entry (as in the manifests); 2: a CRC-32, 2.4x faster
+#: 1: params.bin copies with a sha256 each (as in the manifests); 2: with a CRC-32, 2.4x faster;
+#: 3: single-pipeline models as their ``Scorer`` (20 us less per device than params.bin)
+FORMAT = 3
 ALIGN = 64  # every entry starts on a cache line: float64 views of the mapping are aligned
 #: A refresh rewrites the pack as one segment when it stores more than this many times the
 #: entries in use (superseded versions pile up with every retraining).
@@ -70,7 +73,8 @@ class ActiveModel:
     kind: ModelKindName
     features: tuple[str, ...]
     threshold: float
-    arrays: dict[str, np.ndarray]
+    arrays: dict[str, np.ndarray]  # params.bin's (empty when ``scorer`` is given)
+    scorer: Scorer | None = None  # a single pipeline, ready to score (from the pack)
 
 
 @dataclass(frozen=True)
@@ -199,7 +203,14 @@ class ModelPack:
         if zlib.crc32(blob) != entry.crc32:
             log.warning("model pack: %s %s damaged, read from files", device_id, entry.version)
             return None
-        arrays = entry.layout.arrays(blob)
+        try:
+            arrays = entry.layout.arrays(blob)
+            scorer = Scorer.from_arrays(arrays) if entry.kind == "device" else None
+        except (KeyError, ValueError, IndexError, TypeError) as exc:
+            log.warning("model pack: %s %s unusable (%s)", device_id, entry.version, exc)
+            return None
+        if scorer is not None:
+            return ActiveModel(entry.version, "device", entry.features, entry.threshold, {}, scorer)
         return ActiveModel(entry.version, entry.kind, entry.features, entry.threshold, arrays)
 
     # ------------------------------------------------------------------ writing
@@ -267,6 +278,11 @@ class ModelPack:
             if manifest["kind"] not in KINDS:
                 return None  # scoring reads the files and reports why
             blob = ModelRegistry.read_params(model)  # sha256-checked
+            layout = ParamsLayout(manifest["params"])
+            if manifest["kind"] == "device":  # kept as its Scorer
+                scorer = SvmParams.from_arrays(layout.arrays(blob)).scorer()
+                numeric, strings, blob = pack_arrays(scorer.to_arrays())
+                layout = ParamsLayout({"layout": numeric, "strings": strings})
             entry = _Entry(
                 version,
                 manifest_signature,
@@ -274,7 +290,7 @@ class ModelPack:
                 zlib.crc32(blob),
                 manifest["kind"],
                 tuple(manifest["features"]),
-                ParamsLayout(manifest["params"]),
+                layout,
                 float(manifest.get("threshold", 0.0)),
                 "",
                 0,

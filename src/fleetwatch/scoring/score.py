@@ -25,7 +25,7 @@ from fleetwatch.config import Settings
 from fleetwatch.output import progress_bar
 from fleetwatch.scoring.executor import DeviceResult, run_tasks
 from fleetwatch.scoring.features import WindowCube, read_cube
-from fleetwatch.scoring.models import SvmParams, decide, decision_from_arrays
+from fleetwatch.scoring.models import Scorer, SvmParams, decide, decision_from_arrays
 from fleetwatch.scoring.pack import (
     ModelPack,
     pack_folder,
@@ -205,7 +205,7 @@ class _Model:
     version: str
     threshold: float
     features: tuple[str, ...]
-    params: SvmParams | None  # a single pipeline: scored together with its feature group
+    scorer: Scorer | None  # a single pipeline: scored together with its feature group
     scores: np.ndarray | None  # any other kind: already scored
     packed: bool  # loaded from the model pack (else from its files: pack it after the run)
 
@@ -259,20 +259,20 @@ def score_devices(
             else:
                 groups.setdefault(model.features, []).append((device_id, model))
         for features, members in groups.items():
-            ids, params = [d for d, _ in members], [m.params for _, m in members]
+            ids, scorers = [d for d, _ in members], [m.scorer for _, m in members]
             windows, counts = cube.gather(ids, list(features))
             try:
-                scores = decide(params, windows, counts)  # type: ignore[arg-type]
+                scores = decide(scorers, windows, counts)  # type: ignore[arg-type]
             except Exception:  # a malformed model among them: score them one by one
                 windows, counts = cube.gather(ids, list(features))
                 scores = None
             for index, (device_id, model) in enumerate(members):
                 try:
-                    assert model.params is not None
+                    assert model.scorer is not None
                     values = (
                         scores[index]
                         if scores is not None
-                        else model.params.decision(windows[index, : counts[index]])
+                        else model.scorer.decision(windows[index, : counts[index]])
                     )
                     results[device_id] = ("ok", model.result(values))
                 except Exception as exc:
@@ -299,13 +299,13 @@ def _load(
         matrix = cube.matrix(device_id, list(active.features)).matrix
         scores = decision_from_arrays(active.kind, active.arrays, matrix)
         return _Model(active.version, active.threshold, active.features, None, scores, packed)
-    params = SvmParams.from_arrays(active.arrays)
-    if params.mean.shape != (len(active.features),):
+    scorer = active.scorer or SvmParams.from_arrays(active.arrays).scorer()
+    if scorer.mean.shape != (len(active.features),):
         raise ValueError(
-            f"the model has {params.mean.shape[0]} features, its manifest lists "
+            f"the model has {scorer.mean.shape[0]} features, its manifest lists "
             f"{len(active.features)}: retrain it"
         )
-    return _Model(active.version, active.threshold, active.features, params, None, packed)
+    return _Model(active.version, active.threshold, active.features, scorer, None, packed)
 
 
 def _score_table(

@@ -38,6 +38,40 @@ def test_fast_scores_equal_sklearn_decision_function(kind: str, kernel: str) -> 
     np.testing.assert_allclose(fast, model.sklearn_decision(probe), rtol=0, atol=1e-9)
 
 
+def test_models_scored_together_whose_support_vectors_use_other_features() -> None:
+    """``decide`` scores a group of devices at once; each model's support vectors keep only
+    the features that are not 0 in all of them, so models of one group may keep different
+    ones (or none), and a kernel other than RBF skips the RBF extension."""
+    from fleetwatch.scoring.models import DeviceModel, SvmParams, decide
+
+    always, sometimes, constant = data(0, 300), data(4, 300), np.ones((300, len(NAMES)))
+    sometimes[::5, NAMES.index("a__present")] = 0.0  # sensor a missing in a fifth
+    sometimes[::5, NAMES.index("a__mean")] = np.nan
+    models = []
+    for training, kernel in (
+        (always, "rbf"),
+        (sometimes, "rbf"),
+        (constant, "rbf"),
+        (always, "linear"),
+    ):
+        model = DeviceModel(0.05, "scale", kernel)
+        model.fit(training, NAMES)
+        models.append(model)
+    scorers = [SvmParams.from_pipeline(m.pipeline).scorer() for m in models]
+    presents = [NAMES.index(n) for n in NAMES if n.endswith("present")]
+    assert not set(presents) & set(scorers[0].columns.tolist())
+    assert NAMES.index("a__present") in scorers[1].columns.tolist()
+    assert len(scorers[2].columns) == 0
+    counts = np.array([80, 61, 80, 17])
+    probes = [data(10 + i, int(count)) for i, count in enumerate(counts)]
+    probes[1][::3, NAMES.index("a__present")] = 0.0
+    windows = np.full((len(models), 80, len(NAMES)), np.nan)
+    for i, probe in enumerate(probes):
+        windows[i, : len(probe)] = probe
+    for model, probe, fast in zip(models, probes, decide(scorers, windows, counts), strict=True):
+        np.testing.assert_allclose(fast, model.sklearn_decision(probe), rtol=0, atol=1e-9)
+
+
 @pytest.mark.parametrize("kind", KINDS)
 def test_round_trip_scores_the_same_after_reload(kind: str, tmp_path: Path) -> None:
     registry = ModelRegistry(tmp_path)

@@ -119,8 +119,8 @@ def test_an_unreadable_pack_index_is_left_out_then_replaced(
     index = segment.with_suffix(".json")
     if damage == "not JSON":
         index.write_text("{not json")
-    else:  # as a fleetwatch of format 1 (sha256 entries) left it
-        index.write_text(json.dumps({**json.loads(index.read_text()), "format": 1}))
+    else:  # as a fleetwatch of format 2 (params.bin copies) left it
+        index.write_text(json.dumps({**json.loads(index.read_text()), "format": 2}))
     result = score_hour(trained, HOUR3, progress=False)
     assert result.devices_scored == len(DEVICES) and result.devices_failed == 0
     assert sorted(read_from_files.read_text().split()) == DEVICES
