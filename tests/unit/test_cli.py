@@ -58,3 +58,20 @@ def test_password_never_printed(capsys: pytest.CaptureFixture[str]) -> None:
         == 2
     )
     assert "TOPSECRET" not in capsys.readouterr().err
+
+
+def test_a_command_built_alone_has_the_flags_it_has_among_all() -> None:
+    """`main` builds only the invoked command's settings flags; they must be all of them."""
+    import argparse
+
+    def flags(parser: argparse.ArgumentParser, command: str) -> set[str]:
+        [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        chosen = commands.choices[command]
+        return {flag for action in chosen._actions for flag in action.option_strings}
+
+    full = build_parser()
+    [commands] = [a for a in full._actions if isinstance(a, argparse._SubParsersAction)]
+    for command in commands.choices:
+        alone = flags(build_parser(command), command)
+        assert alone == flags(full, command), command
+        assert "--data-dir" in alone or command in {"broker", "topics"}, command
