@@ -228,8 +228,8 @@ class AggregateSettings:
     )
     parquet_compression: Compression = setting(
         "snappy",
-        "codec of the aggregate and late Parquet files; zstd: smaller (real data: about the "
-        "same), a third slower for scoring to read",
+        "codec of the aggregate and late Parquet files; zstd: up to 8% smaller, 1.7x the CPU "
+        "for scoring to read",
     )
 
 

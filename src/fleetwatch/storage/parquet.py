@@ -94,7 +94,7 @@ def fsync_directory(directory: Path) -> None:
 
 #: Snappy, the Parquet default most readers expect: scoring decodes an hour of it in 0.27
 #: CPU-seconds where zstd takes 0.46 (6M rows), for files 8% larger (random values; the
-#: demo's real readings: the same size). ``[aggregate] parquet_compression`` chooses another.
+#: demo's small files: no larger). ``[aggregate] parquet_compression`` chooses another.
 DEFAULT_COMPRESSION: Final = "snappy"
 
 
