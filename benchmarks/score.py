@@ -238,19 +238,20 @@ def main() -> int:
     return 0
 
 
-#: Runs the CLI like ``fleetwatch ...`` and reports its peak RSS (and its workers') on stderr.
+#: Runs the CLI as ``fleetwatch ...`` does and reports its peak RSS (and its workers') on stderr.
 LAUNCHER = """
-import json, resource, sys
-from fleetwatch.cli import main
-try:
-    code = main(sys.argv[1:])
-except SystemExit as exit:
-    code = exit.code
-# VmHWM, not ru_maxrss: after fork + exec, ru_maxrss still counts the benchmark process itself
-peak = next(int(line.split()[1]) for line in open("/proc/self/status") if line.startswith("VmHWM"))
-workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-print(json.dumps({"self": peak / 1024, "children": workers / 1024}), file=sys.stderr)
-sys.exit(code)
+import atexit, json, resource, sys
+from fleetwatch.cli import run
+
+@atexit.register  # run() calls the exit handlers once the command is done
+def report():
+    # VmHWM, not ru_maxrss: after fork + exec, ru_maxrss still counts the benchmark process
+    status = open("/proc/self/status").read().splitlines()
+    peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps({"self": peak / 1024, "children": workers / 1024}), file=sys.stderr)
+
+run(sys.argv[1:])
 """
 
 

@@ -1,5 +1,5 @@
 from __future__ import annotations
 
-from fleetwatch.cli import main
+from fleetwatch.cli import run
 
-raise SystemExit(main())
+run()

@@ -8,6 +8,7 @@ fix and exit 2 (1 for delivery failures); there is no traceback unless ``FLEETWA
 from __future__ import annotations
 
 import argparse
+import atexit
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ import sys
 import textwrap
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
 from fleetwatch import __version__
 from fleetwatch.config import SettingInfo, Settings, describe, load_settings
@@ -592,3 +593,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"fleetwatch {args.command}: interrupted", file=sys.stderr)
         return 130
+
+
+def run(argv: Sequence[str] | None = None) -> NoReturn:
+    """The ``fleetwatch`` command: ``main``, the exit handlers (logging's and the libraries'),
+    then exit without tearing the interpreter down object by object, which took 40-70 ms after
+    a scoring run for memory the system takes back at once anyway. Files are closed by then:
+    every command closes what it writes (and fsyncs its results) before ``main`` returns."""
+    code = main(argv)
+    atexit._run_exitfuncs()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)

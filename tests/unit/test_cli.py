@@ -75,3 +75,32 @@ def test_a_command_built_alone_has_the_flags_it_has_among_all() -> None:
         alone = flags(build_parser(command), command)
         assert alone == flags(full, command), command
         assert "--data-dir" in alone or command in {"broker", "topics"}, command
+
+
+def test_the_command_runs_exit_handlers_and_keeps_its_output_and_exit_code(
+    tmp_path: Path,
+) -> None:
+    """`run` skips the interpreter's teardown, never the exit handlers, the output or the code."""
+    import subprocess
+    import sys
+
+    script = (
+        "import atexit, sys\n"
+        "from fleetwatch.cli import run\n"
+        "atexit.register(print, 'handler ran')\n"
+        "run(sys.argv[1:])\n"
+    )
+    data = ["--data-dir", str(tmp_path)]
+    listed = subprocess.run(
+        [sys.executable, "-c", script, "models", "list", *data, "--format", "json"],
+        capture_output=True,
+        text=True,
+    )
+    assert (listed.returncode, listed.stdout) == (0, "[]\nhandler ran\n")
+    refused = subprocess.run(
+        [sys.executable, "-c", script, "sql", "DROP TABLE runs", *data],
+        capture_output=True,
+        text=True,
+    )
+    assert refused.returncode == 2 and refused.stdout == "handler ran\n"
+    assert refused.stderr.strip().endswith("read-only: DROP statements are refused (use SELECT)")
