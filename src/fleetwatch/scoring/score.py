@@ -318,7 +318,11 @@ def _load(
         matrix = cube.matrix(device_id, list(active.features)).matrix
         scores = decision_from_arrays(active.kind, active.arrays, matrix)
         return _Model(active.version, active.threshold, active.features, None, scores, packed)
-    scorer = active.scorer or SvmParams.from_arrays(active.arrays).scorer()
+    scorer = (
+        active.scorer
+        if active.scorer is not None
+        else SvmParams.from_arrays(active.arrays).scorer()
+    )
     if scorer.mean.shape != (len(active.features),):
         raise ValueError(
             f"the model has {scorer.mean.shape[0]} features, its manifest lists "
