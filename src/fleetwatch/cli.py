@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import atexit
+import functools
 import json
 import logging
 import os
@@ -78,8 +79,9 @@ def _add_command(
     examples: str,
     sections: Sequence[str],
     handler: Handler,
-    with_flags: bool = True,
+    only: str | None = None,
 ) -> argparse.ArgumentParser:
+    """A command; its settings' flags unless ``only`` names another command."""
     parser = subparsers.add_parser(
         name,
         help=summary,
@@ -94,7 +96,7 @@ def _add_command(
         metavar="PATH",
         help="settings file (default: $FLEETWATCH_CONFIG or ./fleetwatch.toml if present)",
     )
-    if with_flags:
+    if only in (None, name):
         _add_setting_flags(parser, [*COMMON_SECTIONS, *sections])
     parser.set_defaults(handler=handler)
     return parser
@@ -379,17 +381,7 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The CLI; with ``command``, only that command gets its settings' flags (the others'
     would cost 20 ms of every start: a scoring run is about two seconds)."""
 
-    def _command(
-        subparsers: argparse._SubParsersAction[argparse.ArgumentParser],
-        name: str,
-        summary: str,
-        examples: str,
-        sections: Sequence[str],
-        handler: Handler,
-    ) -> argparse.ArgumentParser:
-        flags = command is None or name == command
-        return _add_command(subparsers, name, summary, examples, sections, handler, flags)
-
+    _command = functools.partial(_add_command, only=command)
     parser = argparse.ArgumentParser(
         prog="fleetwatch",
         description="Watch a fleet of IoT devices: Kafka telemetry -> event-time windows "
