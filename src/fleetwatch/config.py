@@ -227,7 +227,7 @@ class AggregateSettings:
         minimum=1,
     )
     parquet_compression: Compression = setting(
-        "snappy",
+        "snappy",  # = storage.parquet.DEFAULT_COMPRESSION (not imported: it imports pyarrow)
         "codec of the aggregate and late Parquet files; zstd: up to 8% smaller, 1.7x the CPU "
         "for scoring to read",
     )

@@ -131,3 +131,11 @@ def test_parsers() -> None:
     assert parse_timestamp("2026-11-22T10") == datetime(2026, 11, 22, 10, tzinfo=UTC)
     assert parse_timestamp("2026-11-22T12:00:00+02:00") == datetime(2026, 11, 22, 10, tzinfo=UTC)
     assert parse_timestamp("2026-11-22T10:00:00") == datetime(2026, 11, 22, 10, tzinfo=UTC)
+
+
+def test_the_parquet_codec_setting_defaults_to_what_the_writer_uses() -> None:
+    """Config does not import pyarrow (every command would pay for it), so the default is
+    written twice: here they must agree."""
+    from fleetwatch.storage.parquet import DEFAULT_COMPRESSION
+
+    assert load_settings(environ={}).aggregate.parquet_compression == DEFAULT_COMPRESSION

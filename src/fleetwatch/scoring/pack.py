@@ -44,7 +44,7 @@ import numpy as np
 from fleetwatch.errors import FleetwatchError
 from fleetwatch.ingest.telemetry import is_valid_name
 from fleetwatch.scoring.models import ModelKindName, Scorer, SvmParams
-from fleetwatch.scoring.registry import ModelRegistry, ParamsLayout, pack_arrays
+from fleetwatch.scoring.registry import ModelRegistry, ParamsLayout, pack_arrays, read_bytes
 from fleetwatch.storage.parquet import fsync_directory
 
 log = logging.getLogger(__name__)
@@ -58,16 +58,6 @@ ALIGN = 64  # every entry starts on a cache line: float64 views of the mapping a
 COMPACT_ABOVE = 2.0
 Signature = tuple[int, int, int]  # st_ino, st_size, st_mtime_ns
 KINDS: tuple[ModelKindName, ...] = ("device", "per_sensor")
-
-
-def _read_short(path: str) -> bytes:
-    """At most 256 bytes of a file, in three system calls (an ACTIVE file names a version of
-    at most 64 characters; a longer one matches no pack entry, and the registry says why)."""
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        return os.read(descriptor, 256)
-    finally:
-        os.close(descriptor)
 
 
 def signature(path: str) -> Signature:
@@ -198,7 +188,7 @@ class ModelPack:
             return None
         device = self.registry.device_path(device_id)  # validates the id
         try:
-            if _read_short(f"{device}/ACTIVE").decode().strip() != entry.version:
+            if read_bytes(f"{device}/ACTIVE").decode().strip() != entry.version:
                 return None
             base = f"{device}/{entry.version}"
             if (

@@ -264,7 +264,7 @@ def score_devices(
     """
     results: dict[str, DeviceResult] = {}
     for start in range(0, len(devices), GATHER_SIZE):
-        groups: dict[tuple[str, ...], list[tuple[str, _Model]]] = {}
+        groups: dict[tuple[str, ...], list[tuple[str, _Model, Scorer]]] = {}
         for device_id in devices[start : start + GATHER_SIZE]:
             try:
                 model = _load(registry, pack, cube, device_id, hook)
@@ -275,23 +275,22 @@ def score_devices(
                 results[device_id] = ("ok", None)  # a model folder without an active version
             elif model.scores is not None:
                 results[device_id] = ("ok", model.result(model.scores))
-            else:
-                groups.setdefault(model.features, []).append((device_id, model))
+            elif model.scorer is not None:
+                groups.setdefault(model.features, []).append((device_id, model, model.scorer))
         for features, members in groups.items():
-            ids, scorers = [d for d, _ in members], [m.scorer for _, m in members]
+            ids, scorers = [d for d, _, _ in members], [s for _, _, s in members]
             windows, counts = cube.gather(ids, list(features))
             try:
-                scores = decide(scorers, windows, counts)  # type: ignore[arg-type]
+                scores = decide(scorers, windows, counts)
             except Exception:  # a malformed model among them: score them one by one
                 windows, counts = cube.gather(ids, list(features))
                 scores = None
-            for index, (device_id, model) in enumerate(members):
+            for index, (device_id, model, scorer) in enumerate(members):
                 try:
-                    assert model.scorer is not None
                     values = (
                         scores[index]
                         if scores is not None
-                        else model.scorer.decision(windows[index, : counts[index]])
+                        else scorer.decision(windows[index, : counts[index]])
                     )
                     results[device_id] = ("ok", model.result(values))
                 except Exception as exc:
