@@ -43,7 +43,7 @@ from fleetwatch.scoring.features import PRESENT, feature_names
 from fleetwatch.scoring.models import DeviceModel
 from fleetwatch.scoring.pack import ModelPack, pack_folder
 from fleetwatch.scoring.registry import ModelRegistry
-from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, write_atomically
+from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, write_table
 
 HOUR = datetime(2026, 11, 22, 10, tzinfo=UTC)
 SENSORS = [f"s{i:02d}" for i in range(10)]
@@ -110,7 +110,7 @@ def write_hour(data: Path, devices: int) -> dict[str, np.ndarray]:
         table = pa.Table.from_pandas(
             frame.iloc[i * chunk : (i + 1) * chunk], schema=AGGREGATE_SCHEMA, preserve_index=False
         )
-        write_atomically(table, folder / f"p{i:04d}-{i:012d}-{i:012d}.parquet")
+        write_table(table, folder / f"p{i:04d}-{i:012d}-{i:012d}.parquet")
     return matrices
 
 

@@ -8,7 +8,6 @@ fix and exit 2 (1 for delivery failures); there is no traceback unless ``FLEETWA
 from __future__ import annotations
 
 import argparse
-import atexit
 import functools
 import json
 import logging
@@ -145,9 +144,19 @@ def _run_topics(args: argparse.Namespace, settings: Settings) -> int:
     return 0
 
 
+def _stop_on_sigterm() -> None:
+    """SIGTERM (``docker stop``, a service manager) stops like Ctrl-C: flushed, summed up."""
+
+    def stop(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, stop)
+
+
 def _run_simulate(args: argparse.Namespace, settings: Settings) -> int:
     from fleetwatch.simulators.publish import simulate
 
+    _stop_on_sigterm()
     summary = simulate(settings)
     emit_record("fleetwatch simulate: summary", summary.as_record(), settings.simulate.format)
     if summary.messages_failed:
@@ -173,6 +182,14 @@ def _run_import(args: argparse.Namespace, settings: Settings) -> int:
         print(
             f"... and {len(summary.rejected) - len(shown)} more invalid rows "
             "(write them all with --rejects PATH)",
+            file=sys.stderr,
+        )
+    if summary.readings_closed:
+        print(
+            f"fleetwatch import: warning: {summary.readings_closed} readings are for windows "
+            f"the aggregation in {settings.data_dir} closed already (closed through "
+            f"{summary.closed_through:%Y-%m-%dT%H:%M}Z): they go to its late sink; for a file "
+            "of history, use --backfill",
             file=sys.stderr,
         )
     if summary.messages_failed:
@@ -271,37 +288,34 @@ def _run_score(args: argparse.Namespace, settings: Settings) -> int:
     from datetime import timedelta
 
     from fleetwatch.config import parse_timestamp
-    from fleetwatch.scoring.score import missed_hours, score_hour
+    from fleetwatch.scheduler.service import CatchUp, scoring_lock
+    from fleetwatch.scoring.score import score_hour
 
-    if args.hour:
-        hours = [parse_timestamp(args.hour)]
-    elif args.since and args.until:
-        start, end = parse_timestamp(args.since), parse_timestamp(args.until)
-        start = start.replace(minute=0, second=0, microsecond=0)
-        hours = []
-        while start < end:
-            hours.append(start)
-            start += timedelta(hours=1)
-    elif args.missed:
-        hours = missed_hours(settings)
+    if args.missed:
+        results = CatchUp(settings)()
     else:
-        raise FleetwatchError("say which hours: --hour 2026-11-22T10, --since/--until, or --missed")
-    from fleetwatch.scoring.score import closed_through
-
-    closed = closed_through(settings)
-    for hour in hours:
-        if closed is not None and hour.replace(minute=0, second=0) + timedelta(hours=1) > closed:
-            print(
-                f"fleetwatch score: warning: {hour:%Y-%m-%dT%H} is not closed on every partition "
-                f"yet (closed through {closed:%Y-%m-%dT%H:%M}Z); windows still to come are not "
-                "in this run: score it again later, or use --missed",
-                file=sys.stderr,
+        if args.hour:
+            hours = [parse_timestamp(args.hour)]
+        elif args.since and args.until:
+            start, end = parse_timestamp(args.since), parse_timestamp(args.until)
+            start = start.replace(minute=0, second=0, microsecond=0)
+            hours = []
+            while start < end:
+                hours.append(start)
+                start += timedelta(hours=1)
+        else:
+            raise FleetwatchError(
+                "say which hours: --hour 2026-11-22T10, --since/--until, or --missed"
             )
-    results = [score_hour(settings, hour) for hour in hours]
+        results = []
+        for hour in hours:
+            with scoring_lock(settings):
+                results.append(score_hour(settings, hour))
     rows = [r.as_record() for r in results]
     columns = [
         "window_start",
         "status",
+        "scope",
         "devices_total",
         "devices_scored",
         "devices_failed",
@@ -312,9 +326,17 @@ def _run_score(args: argparse.Namespace, settings: Settings) -> int:
         "run_id",
     ]
     sys.stdout.write(emit_table(rows, columns, settings.score.format))
+    for result in results:
+        if result.status == "provisional":
+            print(
+                f"fleetwatch score: warning: {result.window_start:%Y-%m-%dT%H} is not closed "
+                "yet (windows may still come): its run is provisional, and its devices are "
+                "scored again once it is closed",
+                file=sys.stderr,
+            )
     if not results:
-        print("fleetwatch score: no hours to score", file=sys.stderr)
-    return 1 if any(r.status != "succeeded" for r in results) else 0
+        print("fleetwatch score: nothing pending", file=sys.stderr)
+    return 1 if any(r.status == "aborted" for r in results) else 0
 
 
 def _run_sql(args: argparse.Namespace, settings: Settings) -> int:
@@ -347,15 +369,10 @@ def _run_status(args: argparse.Namespace, settings: Settings) -> int:
     if fmt == "json":
         print(json.dumps(report, default=str))
         return 0
-    print(f"next run        {report['next_run']}")
-    print(f"closed through  {report['closed_through']}")
-    print(
-        f"hours pending   {len(report['pending_hours'])}"
-        + (f" (oldest {report['pending_hours'][0]})" if report["pending_hours"] else "")
-    )
     columns = [
         "window_start",
         "status",
+        "scope",
         "devices_scored",
         "devices_failed",
         "devices_without_model",
@@ -364,7 +381,27 @@ def _run_status(args: argparse.Namespace, settings: Settings) -> int:
         "anomalies",
         "finished_at",
     ]
-    sys.stdout.write(emit_table(report["last_runs"], columns, "csv" if fmt == "csv" else "text"))
+    if fmt == "csv":
+        sys.stdout.write(emit_table(report["last_runs"], columns, "csv"))
+        return 0
+    scheduler = report["scheduler"]
+    if scheduler.get("running"):
+        print(
+            f"scheduler       running ({scheduler.get('trigger', '?')}, pid "
+            f"{scheduler.get('pid', '?')} on {scheduler.get('host', '?')}), next tick "
+            f"{scheduler.get('next_tick')}"
+        )
+    else:
+        print("scheduler       not running")
+    print(f"closed through  {report['closed_through']}")
+    pending = report["pending_hours"]
+    whole = sum(1 for item in pending if item["devices"] == "all")
+    print(
+        f"hours pending   {len(pending)}"
+        + (f" (oldest {pending[0]['hour']}; {whole} with every device)" if pending else "")
+    )
+    print(f"devices pending {report['pending_devices']} (in hours already scored)")
+    sys.stdout.write(emit_table(report["last_runs"], columns, "text"))
     return 0
 
 
@@ -588,12 +625,5 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def run(argv: Sequence[str] | None = None) -> NoReturn:
-    """The ``fleetwatch`` command: ``main``, the exit handlers (logging's and the libraries'),
-    then exit without tearing the interpreter down object by object, which took 40-70 ms after
-    a scoring run for memory the system takes back at once anyway. Files are closed by then:
-    every command closes what it writes (and fsyncs its results) before ``main`` returns."""
-    code = main(argv)
-    atexit._run_exitfuncs()
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(code)
+    """The ``fleetwatch`` command."""
+    sys.exit(main(argv))

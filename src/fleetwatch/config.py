@@ -129,6 +129,11 @@ class SimulateSettings:
     start: datetime | None = setting(
         None, "simulated start time, ISO-8601 (default: now)", kind="timestamp"
     )
+    resume: bool = setting(
+        False,
+        "continue the simulated clock after the newest event already in the topic (a "
+        "restarted simulator); --clean-for counts from the topic's first event",
+    )
     duration: float | None = setting(
         None, "stop after this much simulated time (30s, 10m, 2h, 1d)", kind="duration", minimum=0
     )
@@ -184,6 +189,11 @@ class ImportSettings:
         None, "write every invalid row (line, reason) to this CSV", metavar="PATH"
     )
     delimiter: str = setting("", "CSV delimiter (default: sniffed)")
+    backfill: bool = setting(
+        False,
+        "historical data: write its windows straight into the aggregates (no Kafka, no "
+        "watermark) instead of publishing it",
+    )
     format: OutputFormat = setting("text", "summary format")
 
 
@@ -230,6 +240,18 @@ class AggregateSettings:
         "snappy",  # = storage.parquet.DEFAULT_COMPRESSION (not imported: it imports pyarrow)
         "codec of the aggregate and late Parquet files; zstd: up to 8% smaller, 1.7x the CPU "
         "for scoring to read",
+    )
+    future_limit: float = setting(
+        3600.0,
+        "dead-letter a reading stamped more than this ahead of its Kafka record's timestamp "
+        "(future_timestamp; 0 = no limit)",
+        kind="duration",
+        minimum=0,
+    )
+    on_offset_reset: Literal["earliest", "fail"] = setting(
+        "earliest",
+        "when the log lost records a partition had not finished (topic reset or recreated, "
+        "retention): log an ERROR and go on from the log's start (earliest), or stop (fail)",
     )
 
 
@@ -303,6 +325,13 @@ class ScheduleSettings:
     )
     retrain_window: float = setting(
         86400.0, "retrain on this much of the newest closed data", kind="duration", minimum=60
+    )
+    train_first: float | None = setting(
+        None,
+        "train every device without a model on its first this much of closed data, as soon as "
+        "it is closed (e.g. 2h)",
+        kind="duration",
+        minimum=60,
     )
     format: OutputFormat = setting("text", "output format of `fleetwatch status`")
 

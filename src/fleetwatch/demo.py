@@ -29,7 +29,7 @@ from fleetwatch.brokers.topics import ensure_topics
 from fleetwatch.config import Settings
 from fleetwatch.errors import FleetwatchError
 from fleetwatch.scheduler.service import CatchUp
-from fleetwatch.scoring.score import closed_through
+from fleetwatch.scoring.pending import watermark
 from fleetwatch.scoring.train import train
 from fleetwatch.simulators.anomalies import read_labels
 from fleetwatch.simulators.publish import simulate
@@ -60,7 +60,7 @@ def _say(message: str) -> None:
 
 def _wait_closed(settings: Settings, until: datetime, deadline: float, why: str) -> None:
     while True:
-        closed = closed_through(settings)
+        closed = watermark(settings)
         if closed is not None and closed >= until:
             return
         if time.monotonic() > deadline:

@@ -29,3 +29,9 @@ class DeliveryError(FleetwatchError):
     """Some messages could not be delivered to Kafka."""
 
     exit_code = 1
+
+
+class StorageError(FleetwatchError):
+    """A file in the data directory could not be written (a full disk, a read-only folder)."""
+
+    exit_code = 1

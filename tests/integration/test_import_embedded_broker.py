@@ -172,3 +172,81 @@ def test_missing_file_and_wrong_type_are_one_line_errors(
     other.write_text("{}")
     wrong = fleetwatch_cli("import", str(other), env=cli_env(settings))
     assert wrong.returncode == 2 and "use .csv or .parquet" in wrong.stderr
+
+
+def test_a_history_file_into_a_live_pipeline_goes_through_backfill_not_the_late_sink(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Before: importing the Azure reference's sensor_data.csv (older timestamps) into a topic
+    with recent data exited 0 while every reading landed in late/. Published, it still does,
+    but the import says so; with --backfill it becomes aggregates, scored like live data."""
+    from datetime import UTC, datetime, timedelta
+
+    from fleetwatch.scheduler.service import CatchUp
+    from fleetwatch.scoring.train import train
+    from tests.integration.aggregate_helpers import (
+        read_parquet_dir,
+        start_worker,
+        stop_worker,
+        wait_drained,
+        worker_env,
+    )
+    from tests.unit.ingest.test_backfill import START, azure_csv, expected_windows
+
+    data = tmp_path / "data"
+    recent = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(minutes=30)
+    live = [
+        json.dumps(
+            {
+                "device_id": "live-1",
+                "ts": int((recent + timedelta(seconds=10 * i)).timestamp() * 1000),
+                "readings": {"t": 1.0},
+            }
+        ).encode()
+        for i in range(120)
+    ]
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(bootstrap_servers=settings.kafka.bootstrap_servers)
+    for value in live:
+        producer.send(settings.kafka.telemetry_topic, key=b"live-1", value=value, partition=0)
+    producer.flush()
+    producer.close()
+    env = worker_env(settings, data, "g-history", FLEETWATCH_AGGREGATE_IDLE_TIMEOUT="1s")
+    worker = start_worker(env, tmp_path / "worker.log")
+    try:
+        wait_drained(data, settings.kafka.telemetry_topic, {0: 120}, process=worker)
+        source = tmp_path / "sensor_data.csv"
+        frame = azure_csv(source, hours=3)
+        cli = {**cli_env(settings), "FLEETWATCH_DATA_DIR": str(data)}
+        published_run = fleetwatch_cli("import", str(source), "--assume-timezone", "UTC", env=cli)
+        assert published_run.returncode == 0, published_run.stderr
+        assert f"{len(frame)} readings are for windows the aggregation" in published_run.stderr
+        assert "--backfill" in published_run.stderr
+        backfilled = fleetwatch_cli(
+            "import", str(source), "--assume-timezone", "UTC", "--backfill", env=cli
+        )
+        assert backfilled.returncode == 0, backfilled.stderr
+    finally:
+        assert stop_worker(worker) == 0
+    late = read_parquet_dir(data / "late")
+    assert len(late) == len(frame)  # the published copy, every reading of it, counted late
+    windows = read_parquet_dir(data / "aggregates")
+    history = windows[windows["device_id"].str.startswith("Device_")]
+    assert len(history) == len(expected_windows(frame))
+    assert history["count"].sum() == len(frame)
+    settings_ = cli_settings(data, settings)
+    train(settings_, START, START + timedelta(hours=2))
+    scored = {r.window_start for r in CatchUp(settings_)() if r.status == "succeeded"}
+    assert {START + timedelta(hours=h) for h in range(3)} <= scored
+
+
+def cli_settings(data: Path, settings: Settings) -> Settings:
+    from dataclasses import replace
+
+    return replace(
+        settings,
+        data_dir=data,
+        train=replace(settings.train, workers=1, progress=False),
+        score=replace(settings.score, workers=1),
+    )

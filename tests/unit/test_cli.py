@@ -65,12 +65,12 @@ def test_a_command_built_alone_has_the_flags_it_has_among_all() -> None:
     import argparse
 
     def flags(parser: argparse.ArgumentParser, command: str) -> set[str]:
-        [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        [commands] = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]  # noqa: SLF001
         chosen = commands.choices[command]
-        return {flag for action in chosen._actions for flag in action.option_strings}
+        return {flag for action in chosen._actions for flag in action.option_strings}  # noqa: SLF001
 
     full = build_parser()
-    [commands] = [a for a in full._actions if isinstance(a, argparse._SubParsersAction)]
+    [commands] = [a for a in full._actions if isinstance(a, argparse._SubParsersAction)]  # noqa: SLF001
     for command in commands.choices:
         alone = flags(build_parser(command), command)
         assert alone == flags(full, command), command

@@ -1,14 +1,20 @@
 """One partition's aggregation: validate, window, close, and say what is safe to commit.
 
 No Kafka here: a :class:`PartitionProcessor` takes batches of raw records ``(offset, key,
-value)`` of one partition in offset order and writes closed windows and late readings through
-its sinks. The worker (:mod:`fleetwatch.aggregate.worker`) feeds it and persists its
-checkpoints. Everything it decides depends only on the records, never on how they were batched,
-so a replay from a checkpoint reproduces the same files (see :mod:`..storage.checkpoints`).
+value[, timestamp_ms])`` of one partition in offset order and writes closed windows and late
+readings through its sinks. The coordinator (:mod:`fleetwatch.aggregate.coordinator`) feeds it
+and persists its checkpoints. Everything it decides depends only on the records, never on how
+they were batched or on the wall clock, so a replay from a checkpoint reproduces the same files
+(see :mod:`..storage.checkpoints`).
 
 Watermark: per partition, the newest event time seen minus the grace period. A window
 ``[start, end)`` is closed, and written, once the watermark reaches ``end``; a reading whose
-window is already closed is late and goes to the late sink with its lateness.
+window is already closed is late and goes to the late sink with its lateness. The close
+boundary also moves when the coordinator finds the partition idle (:meth:`advance_to`).
+
+A message whose event time lies more than ``future_limit_ms`` ahead of its Kafka record's
+timestamp (the producer's clock) is dead-lettered ``future_timestamp``: one message stamped
+2099 must not move the watermark and make every normal reading after it late.
 """
 
 from __future__ import annotations
@@ -18,6 +24,7 @@ import logging
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -37,13 +44,21 @@ from fleetwatch.aggregate.windows import (
     result_std,
 )
 from fleetwatch.errors import FleetwatchError
-from fleetwatch.ingest.telemetry import InvalidMessage, InvalidReason, Telemetry, parse_message
+from fleetwatch.ingest.telemetry import (
+    InvalidMessage,
+    InvalidReason,
+    Telemetry,
+    format_ts,
+    parse_message,
+)
 from fleetwatch.storage.checkpoints import Checkpoint, CheckpointStore
 from fleetwatch.storage.parquet import PartitionedParquetSink, RecordSink
 
 log = logging.getLogger(__name__)
 
-RawRecord = tuple[int, bytes | None, bytes | None]  # (offset, key, value)
+#: ``(offset, key, value)`` or ``(offset, key, value, timestamp_ms)``; the Kafka record's
+#: timestamp (None or negative when it has none) bounds how far ahead its event time may be.
+RawRecord = tuple[Any, ...]
 DeadLetterFn = Callable[[int, bytes | None, bytes | None, InvalidReason, str], None]
 _NO_BOUNDARY = np.iinfo(np.int64).min
 _PAIR_SHIFT = 32
@@ -55,9 +70,26 @@ class PartitionCounters:
     readings: int = 0  # readings aggregated into windows
     late_readings: int = 0
     replayed_skipped: int = 0
+    duplicates_skipped: int = 0  # records delivered again around a seek
     windows_written: int = 0
     dead_lettered: Counter[str] = field(default_factory=Counter)
     forced_closes: int = 0
+
+
+class OffsetGapError(FleetwatchError):
+    """Records were skipped between two batches of a partition: something upstream of the
+    processor lost them (see :meth:`PartitionProcessor.process`)."""
+
+    exit_code = 1
+
+    def __init__(self, partition: int, expected: int, got: int) -> None:
+        super().__init__(
+            f"partition {partition}: expected offset {expected} next, got {got}: "
+            f"{got - expected} records were skipped before reaching the aggregator"
+        )
+        self.partition = partition
+        self.expected = expected
+        self.got = got
 
 
 class PartitionProcessor:
@@ -72,6 +104,7 @@ class PartitionProcessor:
         dead_letter: DeadLetterFn,
         checkpoint: Checkpoint | None = None,
         max_open_windows: int = 2_000_000,
+        future_limit_ms: int | None = None,
     ) -> None:
         self.partition = partition
         self.spec = spec
@@ -79,7 +112,11 @@ class PartitionProcessor:
         self.late = late
         self.dead_letter = dead_letter
         self.max_open_windows = max_open_windows
-        checkpoint = checkpoint or Checkpoint(None, None, None, None)
+        self.future_limit_ms = future_limit_ms
+        checkpoint = checkpoint or Checkpoint()
+        self.epoch = checkpoint.epoch
+        self.topic_id = checkpoint.topic_id
+        self.idle = False  # set by the coordinator: caught up and silent for the idle timeout
         self.close_boundary: int | None = checkpoint.close_boundary_ms
         self.max_event: int | None = checkpoint.max_event_ms
         self.next_offset: int | None = checkpoint.offset
@@ -96,16 +133,45 @@ class PartitionProcessor:
     # ------------------------------------------------------------------ input
 
     def process(self, records: Sequence[RawRecord]) -> bool:
-        """Process records in offset order; True if windows were closed (time to checkpoint)."""
+        """Process records in offset order; True if windows were closed (time to checkpoint).
+
+        Records before ``next_offset`` were delivered again around a seek and are skipped.
+        The rest must follow on without a hole: a skipped offset raises
+        :class:`OffsetGapError` *before* anything changes, since a record lost upstream would
+        otherwise vanish without a trace.
+        """
+        start = 0
+        if self.next_offset is not None:
+            while start < len(records) and records[start][0] < self.next_offset:
+                start += 1
+        expected = self.next_offset
+        for record in records[start:]:
+            if expected is not None and record[0] != expected:
+                raise OffsetGapError(self.partition, expected, record[0])
+            expected = record[0] + 1
+        self.counters.duplicates_skipped += start
         offsets: list[int] = []
         messages: list[Telemetry] = []
-        for offset, key, value in records:
-            if self.next_offset is not None and offset < self.next_offset:
-                continue  # delivered twice around a seek
+        limit = self.future_limit_ms
+        for record in records[start:]:
+            offset, key, value = record[0], record[1], record[2]
             self.next_offset = offset + 1
             self.counters.messages += 1
             try:
-                messages.append(parse_message(value, key))
+                message = parse_message(value, key)
+                produced = record[3] if len(record) > 3 else None
+                if (
+                    limit is not None
+                    and produced is not None
+                    and produced >= 0
+                    and message.ts_ms > produced + limit
+                ):
+                    raise InvalidMessage(
+                        "future_timestamp",
+                        f"ts {format_ts(message.ts_ms)} is more than {limit // 1000}s ahead "
+                        f"of the record's timestamp {format_ts(produced)}",
+                    )
+                messages.append(message)
                 offsets.append(offset)
             except InvalidMessage as exc:
                 self.counters.dead_lettered[exc.reason] += 1
@@ -265,7 +331,7 @@ class PartitionProcessor:
             ("window_start", "window_end"),
         )
         frame = frame.sort_values(["window_start", "device_id", "sensor"], kind="stable")
-        self.aggregates.write(frame, self.partition, "window_start")
+        self.aggregates.write(frame, self.partition, "window_start", self.epoch)
         self.counters.windows_written += len(frame)
         return True
 
@@ -276,6 +342,31 @@ class PartitionProcessor:
         boundary = max(self.open) + self.spec.size_ms
         self.close_boundary = max(boundary, self.close_boundary or boundary)
         return self._close_through(self.close_boundary)
+
+    def advance_to(self, boundary_ms: int) -> bool:
+        """Move the close boundary of an idle partition forward to ``boundary_ms`` (the other
+        partitions' watermark), closing what it passes: readings for windows before it are late
+        from now on. True if anything changed."""
+        if self.close_boundary is not None and boundary_ms <= self.close_boundary:
+            return False
+        self.close_boundary = boundary_ms
+        self._close_through(boundary_ms)
+        return True
+
+    def resume_after_loss(self, offset: int, new_epoch: bool) -> int:
+        """Continue at ``offset`` after the log lost records this partition had not finished
+        with (a reset or recreated topic: ``new_epoch``, offsets start again; or retention
+        deleted unread records). Windows still open are written as they are (their records
+        are gone), and so are pending late readings; the watermark is kept, so readings for
+        windows already closed go to the late sink. Returns how many windows were written."""
+        written = self.counters.windows_written
+        self.close_all()
+        self.flush_late()
+        if new_epoch:
+            self.epoch += 1
+        self.next_offset = offset
+        self.replay_until = None
+        return self.counters.windows_written - written
 
     def _force_close(self) -> bool:
         """Too many open windows: close the oldest until under 90 % of the cap."""
@@ -322,7 +413,7 @@ class PartitionProcessor:
             ("ts", "window_start"),
         )
         frame["partition"] = np.int32(self.partition)
-        self.late.write(frame, self.partition, "ts")
+        self.late.write(frame, self.partition, "ts", self.epoch)
         self.pending_late = []
 
     def checkpoint(self) -> Checkpoint:
@@ -331,6 +422,10 @@ class PartitionProcessor:
         The caller flushes its dead-letter producer, saves this, then commits ``offset``.
         """
         self.flush_late()
+        return self.checkpoint_view()
+
+    def checkpoint_view(self) -> Checkpoint:
+        """The checkpoint of the current state (true on disk once late readings are written)."""
         oldest = min(
             (
                 int(state[FIRST_OFFSET])
@@ -344,6 +439,9 @@ class PartitionProcessor:
             next_offset=self.next_offset,
             close_boundary_ms=self.close_boundary,
             max_event_ms=self.max_event,
+            epoch=self.epoch,
+            topic_id=self.topic_id,
+            idle=self.idle,
         )
 
 
@@ -368,26 +466,34 @@ def restore(
     late: PartitionedParquetSink,
     dead_letter: DeadLetterFn,
     max_open_windows: int = 2_000_000,
+    future_limit_ms: int | None = None,
 ) -> PartitionProcessor:
     """A processor for ``partition`` resumed from its checkpoint, with orphans removed.
 
-    Seek the partition to the returned processor's ``next_offset`` (None: where Kafka says).
+    Seek the partition to the returned processor's ``next_offset`` (None: the log's start).
     """
     checkpoint = checkpoints.load(partition)
     if checkpoint is None:
-        existing = next(iter(aggregates.files_of(partition)), None)
+        existing = aggregates.has_files(partition)
         if existing is not None:
             raise OrphanedFilesError(
-                f"aggregates of partition {partition} exist ({existing[0]}) but there is no "
+                f"aggregates of partition {partition} exist ({existing}) but there is no "
                 f"checkpoint {checkpoints.path(partition)}; restore the state directory, or move "
                 "the old aggregates away to rebuild them from Kafka"
             )
-        checkpoint = Checkpoint(None, None, None, None)
+        checkpoint = Checkpoint()
         checkpoints.save(partition, checkpoint)
     removed = aggregates.remove_windows_after(partition, checkpoint.close_boundary_ms)
-    removed += late.remove_from_offset(partition, checkpoint.next_offset)
+    removed += late.remove_from_offset(partition, checkpoint.epoch, checkpoint.next_offset)
     if removed:
         log.info("partition %d: removed %d files written after its checkpoint", partition, removed)
     return PartitionProcessor(
-        partition, spec, aggregates, late, dead_letter, checkpoint, max_open_windows
+        partition,
+        spec,
+        aggregates,
+        late,
+        dead_letter,
+        checkpoint,
+        max_open_windows,
+        future_limit_ms,
     )

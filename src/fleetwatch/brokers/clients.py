@@ -98,3 +98,56 @@ def admin_client(kafka: KafkaSettings) -> Iterator[KafkaAdminClient]:
         yield client
     finally:
         client.close()
+
+
+def event_time_span(kafka: KafkaSettings, topic: str, tail: int = 200) -> tuple[int, int] | None:
+    """The first and the newest event time (epoch ms) among the valid messages at the start and
+    the end of every partition of ``topic``, or None when it holds none.
+
+    Reads at most ``tail`` records at each end of each partition. The end is the high watermark
+    of a fetch response: the embedded broker answers a LATEST offset request with the last
+    batch's base offset instead of the log's end."""
+    from kafka import TopicPartition
+
+    from fleetwatch.ingest.telemetry import InvalidMessage, parse_message
+
+    def events(batch: list[Any]) -> list[int]:
+        found = []
+        for record in batch:
+            try:
+                found.append(parse_message(record.value, record.key).ts_ms)
+            except InvalidMessage:
+                continue
+        return found
+
+    consumer = make_consumer(kafka)
+    try:
+        partitions = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or ())
+        ]
+        if not partitions:
+            return None
+        consumer.assign(partitions)
+        starts = consumer.beginning_offsets(partitions)
+        first: list[int] = []
+        newest: list[int] = []
+        for tp in partitions:
+            consumer.seek(tp, starts[tp])
+            head = consumer.poll(timeout_ms=2000, max_records=tail).get(tp, [])
+            first += events(head)[:1]
+            end = consumer.highwater(tp)
+            if end is None or end <= starts[tp]:
+                continue
+            consumer.seek(tp, max(starts[tp], end - tail))
+            while consumer.position(tp) < end:
+                batch = consumer.poll(timeout_ms=2000, max_records=tail).get(tp, [])
+                if not batch:
+                    break
+                newest += events(batch)
+        if not first or not newest:
+            return None
+        return min(first), max(newest)
+    except KafkaError as exc:
+        raise BrokerError(f"cannot read {topic} on {describe_target(kafka)}: {exc}") from None
+    finally:
+        consumer.close()

@@ -57,6 +57,16 @@ def list_topics(kafka: KafkaSettings) -> list[TopicInfo]:
         return [TopicInfo(n, _partition_count(admin, n), False) for n in names]
 
 
+def topic_id(kafka: KafkaSettings, name: str) -> str | None:
+    """The topic's id (a new one each time a topic is created), where the broker has ids."""
+    with admin_client(kafka) as admin:
+        described = admin.describe_topics([name])
+    found = described[0].get("topic_id") if described else None
+    if not found or str(found).strip("0-") == "":  # the all-zero id: the broker has none
+        return None
+    return str(found)
+
+
 def _partition_count(admin: object, name: str) -> int:
     described = admin.describe_topics([name])  # type: ignore[attr-defined]
     return len(described[0]["partitions"]) if described else 0

@@ -27,6 +27,7 @@ import pandas as pd
 from fleetwatch.brokers.clients import make_producer
 from fleetwatch.config import Settings
 from fleetwatch.errors import BrokerError, InvalidInputError
+from fleetwatch.ingest.backfill import BackfillSummary, backfill, import_id
 from fleetwatch.ingest.telemetry import (
     MAX_EVENT_MS,
     MIN_EVENT_MS,
@@ -56,8 +57,19 @@ class ImportSummary:
     readings: int = 0
     rejected: list[RejectedRow] = field(default_factory=list)
     first_error: str | None = None
+    backfill: BackfillSummary | None = None
+    readings_closed: int = 0  # for windows the aggregation closed already: they will be late
+    closed_through: datetime | None = None
 
     def as_record(self) -> dict[str, Any]:
+        if self.backfill is not None:
+            return {
+                "file": self.file,
+                "layout": self.layout,
+                "rows": self.rows,
+                **self.backfill.as_record(),
+                "rows_rejected": len(self.rejected),
+            }
         return {
             "file": self.file,
             "layout": self.layout,
@@ -285,6 +297,20 @@ def import_file(settings: Settings, path: Path) -> ImportSummary:
         )
     )
     summary.rejected.sort(key=lambda row: row.line)
+    if options.backfill:
+        window_ms = round(settings.aggregate.window * 1000)
+        summary.backfill = backfill(
+            settings.data_dir,
+            messages,
+            import_id(path, window_ms),
+            window_ms,
+            settings.aggregate.parquet_compression,
+        )
+        summary.readings = summary.backfill.readings
+        if options.rejects is not None:
+            write_rejects(summary.rejected, options.rejects)
+        return summary
+    summary.closed_through, summary.readings_closed = _closed_already(settings, messages)
     topic = settings.kafka.telemetry_topic
     failures: list[BaseException] = []
     if messages:
@@ -310,6 +336,23 @@ def import_file(settings: Settings, path: Path) -> ImportSummary:
     if options.rejects is not None:
         write_rejects(summary.rejected, options.rejects)
     return summary
+
+
+def _closed_already(settings: Settings, messages: list[Message]) -> tuple[datetime | None, int]:
+    """The aggregation's watermark in this data directory, and how many of the readings are
+    for windows it has closed (they would all go to the late sink)."""
+    from fleetwatch.aggregate.progress import closed_through
+    from fleetwatch.storage.layout import DataLayout
+
+    closed = closed_through(DataLayout(settings.data_dir), settings.kafka.telemetry_topic)
+    if closed is None:
+        return None, 0
+    window_ms = round(settings.aggregate.window * 1000)
+    boundary = closed.timestamp() * 1000
+    late = sum(
+        len(readings) for _, ts, readings in messages if ts - ts % window_ms + window_ms <= boundary
+    )
+    return closed, late
 
 
 def write_rejects(rejected: list[RejectedRow], path: Path) -> None:

@@ -40,6 +40,8 @@ InvalidReason = Literal[
     "bad_sensor_name",
     "non_numeric",
     "non_finite",
+    "future_timestamp",
+    "unparseable",
 ]
 
 
@@ -84,30 +86,69 @@ def parse_timestamp_field(value: Any) -> int:
     if isinstance(value, bool):
         raise InvalidMessage("bad_timestamp", "ts is a boolean")
     if isinstance(value, int):
-        ts_ms = value
-    elif isinstance(value, str):
-        try:
-            parsed = datetime.fromisoformat(value)
-        except ValueError:
-            raise InvalidMessage("bad_timestamp", f"ts {value[:40]!r} is not ISO-8601") from None
-        if parsed.tzinfo is None:
-            raise InvalidMessage("naive_timestamp", f"ts {value[:40]!r} has no offset or Z")
-        ts_ms = round(parsed.timestamp() * 1000)
-    else:
+        if not MIN_EVENT_MS <= value < MAX_EVENT_MS:
+            raise InvalidMessage("absurd_timestamp", f"ts {_short(value)} is outside 2000..2100")
+        return value
+    if not isinstance(value, str):
         raise InvalidMessage("bad_timestamp", f"ts is a {type(value).__name__}")
+    try:
+        parsed = datetime.fromisoformat(value)
+    except ValueError:
+        raise InvalidMessage("bad_timestamp", f"ts {value[:40]!r} is not ISO-8601") from None
+    if parsed.tzinfo is None:
+        raise InvalidMessage("naive_timestamp", f"ts {value[:40]!r} has no offset or Z")
+    try:
+        ts_ms = round(parsed.timestamp() * 1000)
+    except (OverflowError, ValueError, OSError):  # year 1 with a positive offset, and the like
+        ts_ms = MIN_EVENT_MS - 1
     if not MIN_EVENT_MS <= ts_ms < MAX_EVENT_MS:
-        raise InvalidMessage("absurd_timestamp", f"ts {value!r} is outside 2000..2100")
+        raise InvalidMessage("absurd_timestamp", f"ts {value[:40]!r} is outside 2000..2100")
     return ts_ms
+
+
+def _short(value: object) -> str:
+    """A bounded, never-failing rendering of a JSON value for a detail message (a 5,000-digit
+    integer cannot even be turned into a string by default)."""
+    if isinstance(value, int) and not isinstance(value, bool):
+        digits = value.bit_length() * 0.30103
+        return repr(value) if digits < 40 else f"<an integer of about {digits:.0f} digits>"
+    try:
+        return repr(value)[:40]
+    except (ValueError, RecursionError):
+        return f"<a {type(value).__name__}>"
+
+
+def _reading(sensor: str, reading: object) -> float:
+    """A sensor's value as a finite float, or why it is invalid."""
+    if isinstance(reading, bool) or not isinstance(reading, int | float):
+        raise InvalidMessage("non_numeric", f"{sensor} = {_short(reading)}")
+    try:
+        number = float(reading)  # an integer beyond float's range raises OverflowError
+    except OverflowError:
+        raise InvalidMessage("non_finite", f"{sensor} = {_short(reading)}") from None
+    if not math.isfinite(number):
+        raise InvalidMessage("non_finite", f"{sensor} = {number}")
+    return number
 
 
 def parse_message(value: bytes | None, key: bytes | None = None) -> Telemetry:
     """Validate one raw Kafka message against the contract.
 
-    Raises :class:`InvalidMessage` with a reason; never anything else for any input bytes.
+    Raises :class:`InvalidMessage` with a reason; never anything else for any input bytes (an
+    unforeseen failure is reported as ``unparseable`` with its type, not raised as it is).
 
     >>> parse_message(b'{"device_id":"p-1","ts":1763806503250,"readings":{"t":1.5}}').readings
     {'t': 1.5}
     """
+    try:
+        return _parse(value, key)
+    except InvalidMessage:
+        raise
+    except Exception as exc:  # a message must never crash its consumer: see the docstring
+        raise InvalidMessage("unparseable", f"{type(exc).__name__} while parsing") from None
+
+
+def _parse(value: bytes | None, key: bytes | None) -> Telemetry:
     if value is None:
         raise InvalidMessage("not_json", "empty message (tombstone)")
     if len(value) > MAX_MESSAGE_BYTES:
@@ -125,7 +166,7 @@ def parse_message(value: bytes | None, key: bytes | None = None) -> Telemetry:
     except KeyError as exc:
         raise InvalidMessage("missing_field", f"no {exc.args[0]!r} field") from None
     if not is_valid_name(device_id):
-        raise InvalidMessage("bad_device_id", f"device_id {str(device_id)[:80]!r}")
+        raise InvalidMessage("bad_device_id", f"device_id {_short(device_id)}")
     if key is not None and key != device_id.encode():
         raise InvalidMessage("key_mismatch", f"key {key[:80]!r} is not device_id {device_id!r}")
     ts_ms = parse_timestamp_field(ts)
@@ -133,14 +174,12 @@ def parse_message(value: bytes | None, key: bytes | None = None) -> Telemetry:
         raise InvalidMessage("bad_readings", f"readings is a {type(readings).__name__}")
     if not readings:
         raise InvalidMessage("empty_readings", "readings is empty")
+    values: dict[str, float] = {}
     for sensor, reading in readings.items():
         if not is_valid_name(sensor):
             raise InvalidMessage("bad_sensor_name", f"sensor {sensor[:80]!r}")
-        if isinstance(reading, bool) or not isinstance(reading, int | float):
-            raise InvalidMessage("non_numeric", f"{sensor} = {str(reading)[:40]!r}")
-        if not math.isfinite(reading):
-            raise InvalidMessage("non_finite", f"{sensor} = {reading}")
-    return Telemetry(device_id, ts_ms, {s: float(v) for s, v in readings.items()})
+        values[sensor] = _reading(sensor, reading)
+    return Telemetry(device_id, ts_ms, values)
 
 
 def format_ts(ts_ms: int) -> str:

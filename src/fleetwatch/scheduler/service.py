@@ -1,10 +1,15 @@
 """``fleetwatch schedule``: hourly scoring with catch-up, on APScheduler 3.
 
-The state is the DuckDB ``runs`` table, not the scheduler: at start and at every tick the
-scheduler scores every *closed* event-time hour that has data and no successful run, oldest
-first, at most ``--max-catchup`` per tick. A restart therefore never skips an hour (it is still
-missing) and never scores one twice (it has a successful run). Event time, not wall-clock time,
-decides which hours exist, so an accelerated simulator's hours are scored as they close.
+The state is DuckDB's ``runs`` and ``device_runs``, not the scheduler: at start and at every
+tick the scheduler scores every *pending* (hour, device) pair (see
+:mod:`fleetwatch.scoring.pending`), oldest hour first, at most ``--max-catchup`` hours per
+tick. A restart therefore never skips a pair (it is still pending) and never scores one twice
+(it has an outcome). Event time, not wall-clock time, decides which hours are closed, so an
+accelerated simulator's hours are scored as they close.
+
+One scheduler per data directory: a second one refuses to start (the lock dies with its holder,
+``kill -9`` included). Every scoring process (the scheduler's ticks, ``fleetwatch score``) takes
+the scoring lock for one hour at a time, so two of them never score the same pairs at once.
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -22,7 +28,10 @@ from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from fleetwatch.config import Settings
-from fleetwatch.scoring.score import HOUR, RunResult, missed_hours, score_hour
+from fleetwatch.scoring.pending import PendingHour, closed_hours, pending_hours
+from fleetwatch.scoring.score import RunResult, score_hour
+from fleetwatch.storage.layout import HOUR, DataLayout
+from fleetwatch.storage.locks import ProcessLock
 
 log = logging.getLogger("fleetwatch.schedule")
 
@@ -34,30 +43,59 @@ def make_trigger(settings: Settings) -> Any:
     return CronTrigger.from_crontab(options.cron, timezone=UTC)
 
 
+def scoring_lock(settings: Settings) -> ProcessLock:
+    """Held while deciding what to score and scoring it, one hour at a time."""
+    return ProcessLock(
+        DataLayout(settings.data_dir).scoring_lock,
+        f"scoring {settings.data_dir}",
+        wait=max(settings.score.lock_timeout, 1.0),
+        advice="try again when it is done, or raise --lock-timeout",
+    )
+
+
+def scheduler_lock(settings: Settings) -> ProcessLock:
+    """Held by the one ``fleetwatch schedule`` of a data directory for its lifetime."""
+    return ProcessLock(
+        DataLayout(settings.data_dir).scheduler_lock,
+        f"already scheduling {settings.data_dir}",
+        advice="one scheduler per data directory: stop that one first",
+    )
+
+
+def _score_pending(settings: Settings, pending: PendingHour) -> RunResult:
+    return score_hour(settings, pending.hour, devices=pending.devices, progress=False)
+
+
 @dataclass
 class CatchUp:
-    """Scores pending hours; the job both the scheduler and the tests run."""
+    """Scores pending (hour, device) pairs; the job both the scheduler and the tests run."""
 
     settings: Settings
     stop: threading.Event = field(default_factory=threading.Event)
-    score: Callable[[Settings, datetime], RunResult] = field(
-        default=lambda s, h: score_hour(s, h, progress=False)
-    )
+    score: Callable[[Settings, PendingHour], RunResult] = field(default=_score_pending)
     results: list[RunResult] = field(default_factory=list)
 
-    def pending(self) -> list[datetime]:
-        return missed_hours(self.settings, limit=self.settings.schedule.max_catchup)
+    def pending(self) -> list[PendingHour]:
+        return pending_hours(self.settings, limit=self.settings.schedule.max_catchup)
 
     def __call__(self) -> list[RunResult]:
         done = []
-        for hour in self.pending():
+        for candidate in self.pending():
             if self.stop.is_set():
-                log.info("stopping: %s and later hours stay pending", f"{hour:%Y-%m-%dT%H}")
+                log.info(
+                    "stopping: %s and later hours stay pending", f"{candidate.hour:%Y-%m-%dT%H}"
+                )
                 break
-            result = self.score(self.settings, hour)
+            with scoring_lock(self.settings):
+                # another process may have scored it meanwhile: what is left of it, now
+                still = pending_hours(self.settings, hours=[candidate.hour])
+                if not still:
+                    continue
+                result = self.score(self.settings, still[0])
             log.info(
-                "scored %s: %s, %d devices scored, %d failed, %d silent, %d anomalies",
-                f"{hour:%Y-%m-%dT%H}",
+                "scored %s (%s): %s, %d devices scored, %d failed, %d silent, %d anomalies",
+                f"{candidate.hour:%Y-%m-%dT%H}",
+                "every device" if still[0].whole else f"{len(still[0].devices or ())} devices",
                 result.status,
                 result.devices_scored,
                 result.devices_failed,
@@ -76,14 +114,13 @@ class Retrainer:
     settings: Settings
 
     def __call__(self) -> None:
-        from fleetwatch.scoring.score import closed_through, hours_with_data
         from fleetwatch.scoring.train import train
 
-        hours = hours_with_data(self.settings)
-        closed = closed_through(self.settings)
-        if not hours:
+        closed = closed_hours(self.settings)
+        if not closed:
+            log.info("retraining skipped: no closed hour yet")
             return
-        until = closed or (hours[-1] + HOUR)
+        until = closed[-1].hour + HOUR
         since = until - timedelta(seconds=self.settings.schedule.retrain_window)
         summary = train(self.settings, since, until)
         log.info(
@@ -95,14 +132,94 @@ class Retrainer:
         )
 
 
+@dataclass
+class FirstTraining:
+    """Trains every device that has no model on the first ``--train-first`` of its data (from
+    its first window on), once that much of it is closed: a fleet is trained on its first,
+    clean hours, and a device that joins later gets its model the same way."""
+
+    settings: Settings
+    first_seen: dict[str, datetime] = field(default_factory=dict)
+    scanned: set[datetime] = field(default_factory=set)
+    tried: set[str] = field(default_factory=set)
+
+    def __call__(self) -> None:
+        from fleetwatch.scoring.features import devices_in_files
+        from fleetwatch.scoring.registry import ModelRegistry
+        from fleetwatch.scoring.train import train_ranges
+
+        duration = timedelta(seconds=self.settings.schedule.train_first or 0)
+        closed = closed_hours(self.settings)
+        for files in closed:
+            if files.hour not in self.scanned:
+                self.scanned.add(files.hour)
+                new = set(devices_in_files(list(files.files))[0]) - set(self.first_seen)
+                if new:
+                    self.first_seen.update(first_windows(list(files.files), new))
+        if not closed:
+            return
+        closed_until = closed[-1].hour + HOUR
+        registry = ModelRegistry(DataLayout(self.settings.data_dir).models)
+        ready = {
+            device: (first, first + duration)
+            for device, first in sorted(self.first_seen.items())
+            if first + duration <= closed_until
+            and device not in self.tried
+            and registry.active_version(device) is None
+        }
+        if not ready:
+            return
+        self.tried.update(ready)
+        summary = train_ranges(self.settings, ready)
+        log.info(
+            "trained %d devices on their first %s of data (%d skipped, %d failed)",
+            len(summary.trained),
+            duration,
+            len(summary.skipped),
+            len(summary.failed),
+        )
+
+
+def first_windows(files: list[Path], devices: set[str]) -> dict[str, datetime]:
+    """The first window start of each of ``devices`` in ``files``."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+    import pyarrow.parquet as pq
+
+    tables = [pq.read_table(path, columns=["device_id", "window_start"]) for path in files]
+    table = pa.concat_tables(tables)
+    table = table.filter(pc.is_in(table["device_id"], pa.array(sorted(devices))))
+    firsts = table.group_by("device_id").aggregate([("window_start", "min")])
+    return {
+        str(device): start.astimezone(UTC)
+        for device, start in zip(
+            firsts["device_id"].to_pylist(), firsts["window_start_min"].to_pylist(), strict=True
+        )
+    }
+
+
 def run_schedule(settings: Settings, *, install_signals: bool = True) -> int:
     """Run until SIGTERM/SIGINT; the current hour finishes, the rest stays pending."""
+    with scheduler_lock(settings):
+        return _run_schedule(settings, install_signals)
+
+
+def _run_schedule(settings: Settings, install_signals: bool) -> int:
     options = settings.schedule
     catch_up = CatchUp(settings)
+    first_training = FirstTraining(settings) if settings.schedule.train_first else None
+
+    def tick() -> None:
+        if first_training is not None:
+            first_training()  # before scoring: the hours it makes scorable are pending now
+        catch_up()
+
     scheduler = BackgroundScheduler(timezone=UTC)
     trigger = make_trigger(settings)
+    started = datetime.now(UTC)
+    write_state(settings, started, started)
     scheduler.add_job(
-        catch_up,
+        tick,
         trigger,
         id="score",
         max_instances=1,
@@ -131,13 +248,44 @@ def run_schedule(settings: Settings, *, install_signals: bool = True) -> int:
     scheduler.start()
     job = scheduler.get_job("score")
     log.info("scheduler started; next tick %s", job.next_run_time if job else None)
+    shown = None
     try:
         while not stopped.wait(0.5):
-            pass
+            job = scheduler.get_job("score")
+            upcoming = job.next_run_time if job else None
+            if upcoming != shown:  # what `fleetwatch status` shows of this scheduler
+                write_state(settings, started, upcoming)
+                shown = upcoming
     finally:
         scheduler.shutdown(wait=True)  # waits for a running job: the current hour completes
     log.info("scheduler stopped cleanly")
     return 0
+
+
+def describe_trigger(settings: Settings) -> str:
+    options = settings.schedule
+    if options.every:
+        return f"every {options.every:g}s"
+    return f"cron {options.cron!r} (UTC)"
+
+
+def write_state(settings: Settings, started: datetime, next_run: datetime | None) -> None:
+    """What ``fleetwatch status`` shows of the running scheduler."""
+    import json
+    import os
+    import socket
+
+    from fleetwatch.storage.atomic import write_text_atomically
+
+    state = {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started_at": started.isoformat(),
+        "trigger": describe_trigger(settings),
+        "last_tick": datetime.now(UTC).isoformat(),
+        "next_tick": None if next_run is None else next_run.astimezone(UTC).isoformat(),
+    }
+    write_text_atomically(DataLayout(settings.data_dir).scheduler_state, json.dumps(state))
 
 
 def next_tick(settings: Settings, now: datetime | None = None) -> datetime | None:

@@ -1,27 +1,66 @@
-"""``fleetwatch status``: what the scheduler did and will do, from DuckDB and the checkpoints."""
+"""``fleetwatch status``: what the scheduler does, what is closed, what is pending, last runs.
+
+Read-only: it never creates or changes anything in the data directory.
+"""
 
 from __future__ import annotations
 
+import json
+from datetime import datetime
 from typing import Any
 
 from fleetwatch.config import Settings
-from fleetwatch.scheduler.service import next_tick
-from fleetwatch.scoring.score import closed_through, database_path, missed_hours
-from fleetwatch.storage.duck import connect, ensure_schema
+from fleetwatch.scheduler.service import scheduler_lock
+from fleetwatch.scoring.pending import pending_hours, watermark
+from fleetwatch.storage.layout import DataLayout
+
+
+def scheduler(settings: Settings) -> dict[str, Any]:
+    """The running scheduler as it described itself, or ``{"running": False}``."""
+    layout = DataLayout(settings.data_dir)
+    if not layout.scheduler_lock.exists() or not scheduler_lock(settings).held():
+        return {"running": False}
+    try:
+        state: dict[str, Any] = json.loads(layout.scheduler_state.read_text())
+    except (OSError, ValueError):
+        state = {}
+    return {"running": True, **state}
+
+
+def last_runs(settings: Settings, limit: int = 10) -> list[dict[str, Any]]:
+    layout = DataLayout(settings.data_dir)
+    if not layout.database.exists():
+        return []
+    from fleetwatch.storage.duck import connect, has_table
+
+    with connect(layout.database, read_only=True, lock_timeout=settings.score.lock_timeout) as db:
+        if not has_table(db, "runs"):
+            return []
+        cursor = db.execute(
+            "SELECT r.window_start, r.status, r.scope, r.devices_scored, r.devices_failed, "
+            "r.devices_without_model, r.devices_silent, r.rows_scored, "
+            "(SELECT count(*) FROM scores s WHERE s.run_id = r.run_id AND s.is_anomaly) "
+            "AS anomalies, r.started_at, r.finished_at, r.run_id, r.error "
+            "FROM runs r ORDER BY r.started_at DESC LIMIT ?",
+            [limit],
+        )
+        names = [column[0] for column in cursor.description]
+        return [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
 
 
 def status(settings: Settings, runs: int = 10) -> dict[str, Any]:
-    path = database_path(settings)
-    ensure_schema(path, settings.score.lock_timeout)
-    with connect(path, read_only=True, lock_timeout=settings.score.lock_timeout) as db:
-        frame = db.execute(
-            "SELECT r.*, (SELECT count(*) FROM scores s WHERE s.run_id = r.run_id "
-            "AND s.is_anomaly) AS anomalies FROM runs r ORDER BY started_at DESC LIMIT ?",
-            [runs],
-        ).fetchdf()
+    pending = pending_hours(settings)
+    closed: datetime | None = watermark(settings)
     return {
-        "next_run": next_tick(settings),
-        "closed_through": closed_through(settings),
-        "pending_hours": [h.isoformat() for h in missed_hours(settings)],
-        "last_runs": frame.to_dict(orient="records"),
+        "scheduler": scheduler(settings),
+        "closed_through": closed,
+        "pending_hours": [
+            {
+                "hour": item.hour.isoformat(),
+                "devices": "all" if item.devices is None else len(item.devices),
+            }
+            for item in pending
+        ],
+        "pending_devices": sum(len(item.devices or ()) for item in pending),
+        "last_runs": last_runs(settings, runs),
     }

@@ -152,6 +152,8 @@ def run_tasks(
                         on_progress(len(results) + len(errors))
     finally:
         gc.unfreeze()
+    # Failures that came back with the last tasks count as much as early ones.
+    aborted = aborted or 0 <= error_threshold < len(errors)
     return results, errors, aborted
 
 

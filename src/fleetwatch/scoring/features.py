@@ -10,7 +10,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Collection
 from dataclasses import dataclass
-from datetime import datetime, timedelta
+from datetime import datetime
 from pathlib import Path
 from typing import Final
 
@@ -20,6 +20,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fleetwatch.errors import InvalidInputError
+from fleetwatch.storage.layout import DataLayout
 
 STATISTICS: Final = ("mean", "std", "min", "max")
 #: Value of ``<sensor>__present`` when the sensor reported (0 when not). A sensor that always
@@ -36,26 +37,6 @@ def feature_names(sensors: list[str]) -> list[str]:
     ['temp__mean', 'temp__std', 'temp__min', 'temp__max', 'temp__present']
     """
     return [f"{s}__{stat}" for s in sorted(sensors) for stat in (*STATISTICS, "present")]
-
-
-def hours_between(since: datetime, until: datetime) -> list[datetime]:
-    """Hour starts h with since <= h < until (since is floored to the hour)."""
-    hour = since.replace(minute=0, second=0, microsecond=0)
-    hours = []
-    while hour < until:
-        hours.append(hour)
-        hour += timedelta(hours=1)
-    return hours
-
-
-def aggregate_files(data_dir: Path, since: datetime, until: datetime) -> list[Path]:
-    """The Parquet files of the hour folders that hold windows starting in [since, until)."""
-    root = data_dir / "aggregates"
-    return [
-        path
-        for hour in hours_between(since, until)
-        for path in sorted((root / f"date={hour:%Y-%m-%d}" / f"hour={hour:%H}").glob("*.parquet"))
-    ]
 
 
 def devices_in_files(files: list[Path]) -> tuple[list[str], int]:
@@ -89,7 +70,8 @@ def read_cube(
     width = max((until_ms - 1 - base) // window_ms + 1, 1)
     wanted = None if devices is None else set(devices)
     names: dict[str, dict[str, int]] = {"device_id": {}, "sensor": {}}
-    files = [(path, pq.read_metadata(path)) for path in aggregate_files(data_dir, since, until)]
+    chosen = DataLayout(data_dir).files_between(since, until)
+    files = [(path, pq.read_metadata(path)) for path in chosen]
     # Filled file by file, so that one file's Arrow memory is reused for the next: fresh
     # memory costs more than decoding here, so each row keeps only its (device, slot) key, its
     # sensor's code and its statistics. Rows left out leave the tails untouched.

@@ -80,7 +80,7 @@ class SvmParams:
             dual_coef=np.asarray(svm.dual_coef_, dtype=float).ravel(),
             intercept=float(np.asarray(svm.intercept_).ravel()[0]),
             kernel=str(svm.kernel),
-            gamma=float(svm._gamma),
+            gamma=_numeric_gamma(svm),
             coef0=float(svm.coef0),
             degree=int(svm.degree),
         )
@@ -169,7 +169,7 @@ class Scorer(NamedTuple):
             int(degree),
         )
 
-    def _decision(self, windows: FloatMatrix) -> np.ndarray:
+    def decide_extended(self, windows: FloatMatrix) -> np.ndarray:
         """Decision values of windows imputed, scaled and extended: ``[x | 1 | -gamma |x|^2]``
         (``x`` over ``columns``)."""
         if self.kernel == "rbf":
@@ -215,8 +215,31 @@ def decide(models: list[Scorer], windows: np.ndarray, counts: np.ndarray) -> lis
         np.multiply(norms[members], -gammas[members, None], out=extended[..., -1])
         for position, index in enumerate(members):
             count = int(counts[index])
-            results[index] = models[index]._decision(extended[position, :count])
+            results[index] = models[index].decide_extended(extended[position, :count])
     return results
+
+
+def fit_pipeline(pipeline: Pipeline, matrix: FloatMatrix) -> Pipeline:
+    """Fit imputer, scaler and SVM in turn, giving the SVM its ``gamma`` as the number
+    ``"scale"`` or ``"auto"`` stands for (computed as scikit-learn does, on the scaled
+    windows), so that the number can be read back from its public parameters."""
+    imputer, scaler, svm = pipeline.named_steps.values()
+    scaled = scaler.fit_transform(imputer.fit_transform(matrix))
+    gamma = svm.get_params()["gamma"]
+    if gamma == "scale":
+        variance = float(scaled.var())
+        svm.set_params(gamma=1.0 / (scaled.shape[1] * variance) if variance != 0 else 1.0)
+    elif gamma == "auto":
+        svm.set_params(gamma=1.0 / scaled.shape[1])
+    svm.fit(scaled)
+    return pipeline
+
+
+def _numeric_gamma(svm: Any) -> float:
+    gamma = svm.get_params()["gamma"]
+    if isinstance(gamma, str):
+        raise ValueError(f"gamma {gamma!r} was not resolved: fit with fit_pipeline()")
+    return float(gamma)
 
 
 def make_pipeline(nu: float, gamma: str | float, kernel: str) -> Pipeline:
@@ -261,7 +284,7 @@ class DeviceModel:
         self.pipeline = make_pipeline(nu, gamma, kernel)
 
     def fit(self, matrix: FloatMatrix, names: list[str]) -> None:
-        self.pipeline.fit(matrix)
+        fit_pipeline(self.pipeline, matrix)
 
     def estimator(self) -> object:
         return self.pipeline
@@ -291,8 +314,7 @@ class PerSensorModel:
         for sensor in sensors:
             columns = [names.index(f"{sensor}__{stat}") for stat in ("mean", "std", "min", "max")]
             rows = ~np.isnan(matrix[:, columns[0]])
-            pipeline = make_pipeline(*self.settings)
-            pipeline.fit(matrix[rows][:, columns])
+            pipeline = fit_pipeline(make_pipeline(*self.settings), matrix[rows][:, columns])
             self.pipelines[sensor] = (columns, pipeline)
 
     def estimator(self) -> object:

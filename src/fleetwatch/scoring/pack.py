@@ -37,7 +37,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 import numpy as np
 
@@ -45,7 +45,7 @@ from fleetwatch.errors import FleetwatchError
 from fleetwatch.ingest.telemetry import is_valid_name
 from fleetwatch.scoring.models import ModelKindName, Scorer, SvmParams
 from fleetwatch.scoring.registry import ModelRegistry, ParamsLayout, pack_arrays, read_bytes
-from fleetwatch.storage.parquet import fsync_directory
+from fleetwatch.storage.atomic import write_atomically, write_bytes_atomically
 
 log = logging.getLogger(__name__)
 
@@ -309,45 +309,44 @@ class ModelPack:
         layout_list: list[dict[str, Any]] = []
         entries: dict[str, list[Any]] = {}
         offset = 0
-        temporary = self.folder / f".{name}.bin.tmp"
-        with temporary.open("wb") as handle:
-            for device_id, entry, blob in items:
-                key = json.dumps(entry.layout.params, sort_keys=True)
-                if key not in layouts:
-                    layouts[key] = len(layout_list)
-                    layout_list.append(entry.layout.params)
-                entries[device_id] = [
-                    entry.version,
-                    list(entry.manifest),
-                    list(entry.params),
-                    entry.crc32,
-                    entry.kind,
-                    features.setdefault(entry.features, len(features)),
-                    layouts[key],
-                    entry.threshold,
-                    offset,
-                    len(blob),
-                ]
-                padding = -len(blob) % ALIGN
+        rows: list[tuple[bytes | memoryview, int]] = []
+        for device_id, entry, blob in items:
+            key = json.dumps(entry.layout.params, sort_keys=True)
+            if key not in layouts:
+                layouts[key] = len(layout_list)
+                layout_list.append(entry.layout.params)
+            entries[device_id] = [
+                entry.version,
+                list(entry.manifest),
+                list(entry.params),
+                entry.crc32,
+                entry.kind,
+                features.setdefault(entry.features, len(features)),
+                layouts[key],
+                entry.threshold,
+                offset,
+                len(blob),
+            ]
+            padding = -len(blob) % ALIGN
+            rows.append((blob, padding))
+            offset += len(blob) + padding
+
+        def write_blobs(handle: BinaryIO) -> None:
+            for blob, padding in rows:
                 handle.write(blob)
                 handle.write(b"\0" * padding)
-                offset += len(blob) + padding
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.folder / f"{name}.bin")
+
+        # data first, then its index: no reader finds an index whose data is not there
+        write_atomically(self.folder / f"{name}.bin", write_blobs)
         index = {
             "format": FORMAT,
             "features": [list(f) for f in features],
             "layouts": layout_list,
             "entries": entries,
         }
-        temporary = self.folder / f".{name}.json.tmp"
-        with temporary.open("w") as handle:
-            json.dump(index, handle, separators=(",", ":"))
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, self.folder / f"{name}.json")
-        fsync_directory(self.folder)
+        write_bytes_atomically(
+            self.folder / f"{name}.json", json.dumps(index, separators=(",", ":")).encode()
+        )
         self._read_segment(name)
 
 

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import platform
+import shutil
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -24,7 +25,7 @@ import numpy as np
 from fleetwatch.errors import FleetwatchError, InvalidInputError
 from fleetwatch.ingest.telemetry import is_valid_name
 from fleetwatch.scoring.models import ModelKind, ModelKindName
-from fleetwatch.storage.parquet import fsync_directory
+from fleetwatch.storage.atomic import publish_directory, storage_error, write_text_atomically
 
 
 def pack_arrays(
@@ -107,16 +108,6 @@ def read_bytes(path: str) -> bytes:
         os.close(descriptor)
 
 
-def _write_text_atomically(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    with temporary.open("w") as handle:
-        handle.write(text)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(temporary, path)
-    fsync_directory(path.parent)
-
-
 class ModelRegistry:
     def __init__(self, root: Path) -> None:
         self.root = root
@@ -154,38 +145,42 @@ class ModelRegistry:
         version = f"v{number:04d}"
         target = folder / version
         staging = folder / f".{version}.tmp"
-        staging.mkdir(parents=True, exist_ok=True)
-        joblib.dump(model.estimator(), staging / "model.joblib")
-        layout, strings, blob = pack_arrays(model.arrays())
-        (staging / "params.bin").write_bytes(blob)
-        manifest = {
-            "device_id": device_id,
-            "version": version,
-            "kind": model.kind,
-            "sha256": {
-                "model.joblib": sha256_of(staging / "model.joblib"),
-                "params.bin": sha256_of(staging / "params.bin"),
-            },
-            "params": {"layout": layout, "strings": strings},
-            "features": features,
-            "training": {
-                "from": trained_from.isoformat(),
-                "until": trained_until.isoformat(),
-                "windows": windows,
-            },
-            "parameters": parameters,
-            "threshold": threshold,
-            "created_at": datetime.now(UTC).isoformat(),
-            "libraries": {
-                "python": platform.python_version(),
-                "scikit-learn": sklearn.__version__,
-                "numpy": np.__version__,
-                "joblib": joblib.__version__,
-            },
-        }
-        (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        os.replace(staging, target)
-        fsync_directory(folder)
+        shutil.rmtree(staging, ignore_errors=True)  # left by a writer that crashed
+        try:
+            staging.mkdir(parents=True)
+            joblib.dump(model.estimator(), staging / "model.joblib")
+            layout, strings, blob = pack_arrays(model.arrays())
+            (staging / "params.bin").write_bytes(blob)
+            manifest = {
+                "device_id": device_id,
+                "version": version,
+                "kind": model.kind,
+                "sha256": {
+                    "model.joblib": sha256_of(staging / "model.joblib"),
+                    "params.bin": sha256_of(staging / "params.bin"),
+                },
+                "params": {"layout": layout, "strings": strings},
+                "features": features,
+                "training": {
+                    "from": trained_from.isoformat(),
+                    "until": trained_until.isoformat(),
+                    "windows": windows,
+                },
+                "parameters": parameters,
+                "threshold": threshold,
+                "created_at": datetime.now(UTC).isoformat(),
+                "libraries": {
+                    "python": platform.python_version(),
+                    "scikit-learn": sklearn.__version__,
+                    "numpy": np.__version__,
+                    "joblib": joblib.__version__,
+                },
+            }
+            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise storage_error(target, exc) from exc
+        publish_directory(staging, target)
         if activate:
             self.activate(device_id, version)
         return ModelVersion(device_id, version, target, manifest)
@@ -196,8 +191,8 @@ class ModelRegistry:
             raise InvalidInputError(f"{device_id} has no model version {version}")
         history = self.history(device_id)
         history.append(version)
-        _write_text_atomically(folder / "history.json", json.dumps(history))
-        _write_text_atomically(folder / "ACTIVE", version)
+        write_text_atomically(folder / "history.json", json.dumps(history))
+        write_text_atomically(folder / "ACTIVE", version)
 
     def rollback(self, device_id: str) -> str:
         """Re-activate the version that was active before the current one."""

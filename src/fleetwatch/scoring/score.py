@@ -1,8 +1,10 @@
-"""``fleetwatch score``: score an hour of closed windows with every device's active model.
+"""``fleetwatch score``: score an hour of windows with every device's active model.
 
-One run per hour: the hour's windows are read from Parquet once, every device with an active
-model and data is scored in parallel worker processes, and the run, its scores and every
-device's outcome are written to DuckDB in one transaction that replaces the hour's old scores.
+A run is one hour, for every device in it or for some (the pending ones, see
+:mod:`fleetwatch.scoring.pending`): the hour's windows are read from Parquet once, every device
+with an active model and data is scored in parallel worker processes, and the run, its scores
+and every device's outcome are written to DuckDB in one transaction that replaces the old
+scores of the devices it scored (no duplicates, ever).
 """
 
 from __future__ import annotations
@@ -13,11 +15,11 @@ import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from fleetwatch.config import Settings
+from fleetwatch.errors import FleetwatchError
 from fleetwatch.output import progress_bar
 from fleetwatch.scoring.executor import DeviceResult, run_tasks
 from fleetwatch.scoring.features import WindowCube, read_cube
@@ -37,10 +40,9 @@ from fleetwatch.scoring.pack import (
 )
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.storage import columns
-from fleetwatch.storage.checkpoints import CheckpointStore
+from fleetwatch.storage.layout import HOUR, DataLayout, floor_hour
 
 log = logging.getLogger(__name__)
-HOUR = timedelta(hours=1)
 #: Devices whose windows are cut from the cube together: enough to amortise the cut, small
 #: enough that its arrays are reused from the heap instead of fresh pages for every task.
 GATHER_SIZE = 32
@@ -48,11 +50,18 @@ DeviceHook = Callable[[str], None]
 _FAILED = object()  # a device without a result: it failed, or the run was aborted first
 
 
+class NoDataError(FleetwatchError):
+    """An hour to score has no aggregates at all."""
+
+    exit_code = 1
+
+
 @dataclass
 class RunResult:
     run_id: str
     window_start: datetime
-    status: str
+    status: str  # succeeded | aborted | provisional
+    scope: str  # hour | devices
     devices_total: int
     devices_scored: int
     devices_failed: int
@@ -67,7 +76,7 @@ class RunResult:
 
 
 def database_path(settings: Settings) -> Path:
-    return settings.data_dir / "fleetwatch.duckdb"
+    return DataLayout(settings.data_dir).database
 
 
 @contextmanager
@@ -86,17 +95,40 @@ def _cycle_collection_paused() -> Iterator[None]:
 
 @_cycle_collection_paused()
 def score_hour(
-    settings: Settings, hour: datetime, *, hook: DeviceHook | None = None, progress: bool = True
+    settings: Settings,
+    hour: datetime,
+    *,
+    devices: Sequence[str] | None = None,
+    hook: DeviceHook | None = None,
+    progress: bool = True,
 ) -> RunResult:
-    """Score the hour starting at ``hour`` (UTC) and record it; see the module docstring."""
+    """Score the hour starting at ``hour`` (UTC) and record the run; see the module docstring.
+
+    Every device of the hour (``devices`` None: the hour's scores are replaced), or just
+    ``devices`` (their scores are replaced). An hour that is not closed yet is scored too, as a
+    ``provisional`` run: its pairs stay pending, and are scored again once it is closed.
+    Raises :class:`NoDataError` for an hour without any aggregates.
+    """
+    from fleetwatch.scoring.pending import is_closed, watermark
+
     options = settings.score
-    window_start = hour.astimezone(UTC).replace(minute=0, second=0, microsecond=0)
+    layout = DataLayout(settings.data_dir)
+    window_start = floor_hour(hour)
     window_end = window_start + HOUR
     started_at = datetime.now(UTC)
     run_id = f"{window_start:%Y%m%dT%H}-{uuid.uuid4().hex[:8]}"
     window_ms = round(settings.aggregate.window * 1000)
+    found = layout.inventory([window_start])
+    if not found:
+        raise NoDataError(
+            f"no aggregates for {window_start:%Y-%m-%dT%H}:00Z in {layout.aggregates}: "
+            "nothing to score (check --data-dir and the hour)"
+        )
+    files = found[0]
+    closed = is_closed(files, watermark(settings))
+    whole = devices is None
 
-    registry = ModelRegistry(settings.data_dir / "models")
+    registry = ModelRegistry(layout.models)
     # While this thread reads the hour (mostly in Arrow and numpy, which let other threads
     # run), another lists the models, opens the pack and loads (checks) models until the
     # reading is done; the workers inherit what it loaded and load the rest themselves.
@@ -105,17 +137,23 @@ def score_hour(
     with ThreadPoolExecutor(1) as thread:
         preloading = thread.submit(_preload, pack, read)
         try:
-            cube = read_cube(settings.data_dir, window_start, window_end, window_ms)
+            cube = read_cube(
+                settings.data_dir, window_start, window_end, window_ms, devices=devices
+            )
         finally:
             read.set()
             with_model_folder = preloading.result()
     with_data = set(cube.devices)
     to_score = sorted(with_data & with_model_folder)
     without_folder = sorted(with_data - with_model_folder)
-    silent = sorted(d for d in with_model_folder - with_data if registry.active_version(d))
+    silent = (
+        sorted(d for d in with_model_folder - with_data if registry.active_version(d))
+        if whole
+        else []
+    )
 
-    def work(devices: list[str]) -> dict[str, DeviceResult]:
-        return score_devices(registry, pack, cube, devices, hook)
+    def work(chosen: list[str]) -> dict[str, DeviceResult]:
+        return score_devices(registry, pack, cube, chosen, hook)
 
     workers = options.workers or os.cpu_count() or 1
     with progress_bar(f"score {window_start:%Y-%m-%dT%H}", len(to_score), progress) as bar:
@@ -152,7 +190,7 @@ def score_hour(
                 unpacked.append(device_id)
         else:
             reason = errors.get(device_id, "not run: the run was aborted")
-            outcomes.append((device_id, "failed", reason, registry.active_version(device_id), 0))
+            outcomes.append((device_id, "failed", reason, _active_or_none(registry, device_id), 0))
     outcomes += [(device_id, "no_model", None, None, 0) for device_id in sorted(without_model)]
     outcomes += [(d, "silent", None, registry.active_version(d), 0) for d in silent]
 
@@ -166,7 +204,7 @@ def score_hour(
             f"{failed} devices failed, more than --error-threshold "
             f"{options.error_threshold}; first: {next(iter(errors.values()), '')}"
         )
-    status = "aborted" if aborted else "succeeded"
+    status = "aborted" if aborted else "succeeded" if closed else "provisional"
     stored = None
     if not aborted:
         stored = (
@@ -186,6 +224,8 @@ def score_hour(
         "devices_silent": len(silent),
         "rows_scored": rows_scored,
         "error": error,
+        "scope": "hour" if whole else "devices",
+        "files_signature": files.signature,
     }
     outcome_table = pa.table(
         {
@@ -201,13 +241,22 @@ def score_hour(
     )
     from fleetwatch.storage.duck import write_run
 
-    write_run(database_path(settings), run, stored, outcome_table, options.lock_timeout)
+    write_run(
+        layout.database,
+        run,
+        stored,
+        outcome_table,
+        devices=None if whole else sorted(devices or ()),
+        hour_devices=sorted(with_data) if whole and status == "succeeded" else None,
+        lock_timeout=options.lock_timeout,
+    )
     if unpacked:  # read from their files this time (new, re-activated, or edited by hand)
         refresh_quietly(pack, unpacked)
     return RunResult(
         run_id,
         window_start,
         status,
+        run["scope"],
         run["devices_total"],
         len(scored),
         failed,
@@ -217,6 +266,13 @@ def score_hour(
         anomalies,
         error,
     )
+
+
+def _active_or_none(registry: ModelRegistry, device_id: str) -> str | None:
+    try:
+        return registry.active_version(device_id)
+    except FleetwatchError:
+        return None
 
 
 @dataclass
@@ -355,67 +411,3 @@ def _score_table(
         }
     )
     return table, flagged
-
-
-def closed_through(settings: Settings) -> datetime | None:
-    """Event time up to which every window is on disk (None: nothing aggregated yet).
-
-    It is the lowest close boundary among partitions that still hold open windows. A partition
-    with nothing open (every window written, e.g. closed by the idle timeout) or that never saw
-    data holds nothing back; when no partition holds anything open, everything is written up to
-    the highest boundary. (A device that resumes later on an idle partition can still add
-    windows to an hour that was scored meanwhile: rescore it with `fleetwatch score --hour`.)
-    """
-    store = CheckpointStore(
-        settings.data_dir / "state" / "aggregate" / settings.kafka.telemetry_topic
-    )
-    holding: list[int] = []
-    written: list[int] = []
-    for path in sorted(store.root.glob("p*.json")) if store.root.exists() else []:
-        checkpoint = store.load(int(path.stem[1:]))
-        if checkpoint is None or checkpoint.close_boundary_ms is None:
-            if checkpoint is not None and checkpoint.next_offset is not None:
-                return None  # data read, nothing closed yet: nothing is closed anywhere
-            continue
-        written.append(checkpoint.close_boundary_ms)
-        if checkpoint.offset is not None and checkpoint.offset != checkpoint.next_offset:
-            holding.append(checkpoint.close_boundary_ms)
-    if holding:
-        return datetime.fromtimestamp(min(holding) / 1000, UTC)
-    if written:
-        return datetime.fromtimestamp(max(written) / 1000, UTC)
-    return None
-
-
-def hours_with_data(settings: Settings) -> list[datetime]:
-    root = settings.data_dir / "aggregates"
-    hours = []
-    for folder in root.glob("date=*/hour=*") if root.exists() else []:
-        if any(folder.glob("*.parquet")):
-            date = folder.parent.name.split("=", 1)[1]
-            hour = folder.name.split("=", 1)[1]
-            hours.append(datetime.fromisoformat(f"{date}T{hour}:00:00+00:00"))
-    return sorted(hours)
-
-
-def missed_hours(settings: Settings, limit: int | None = None) -> list[datetime]:
-    """Closed hours with data and no successful run, oldest first."""
-    closed = closed_through(settings)
-    candidates = [h for h in hours_with_data(settings) if closed is None or h + HOUR <= closed]
-    done: set[datetime] = set()
-    path = database_path(settings)
-    if path.exists() and candidates:
-        from fleetwatch.storage.duck import connect
-
-        with connect(path, read_only=True, lock_timeout=settings.score.lock_timeout) as db:
-            tables = {
-                r[0]
-                for r in db.execute("SELECT table_name FROM information_schema.tables").fetchall()
-            }
-            if "runs" in tables:
-                rows = db.execute(
-                    "SELECT DISTINCT window_start FROM runs WHERE status = 'succeeded'"
-                ).fetchall()
-                done = {r[0].astimezone(UTC) for r in rows}
-    pending = [h for h in candidates if h not in done]
-    return pending[:limit] if limit is not None else pending

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -14,15 +14,11 @@ import numpy as np
 from fleetwatch.config import Settings
 from fleetwatch.errors import InvalidInputError
 from fleetwatch.output import progress_bar
-from fleetwatch.scoring.features import (
-    aggregate_files,
-    devices_in_files,
-    feature_names,
-    read_cube,
-)
+from fleetwatch.scoring.features import devices_in_files, feature_names, read_cube
 from fleetwatch.scoring.models import ModelKindName, new_model
 from fleetwatch.scoring.pack import ModelPack, pack_folder, refresh_quietly
 from fleetwatch.scoring.registry import ModelRegistry
+from fleetwatch.storage.layout import DataLayout
 
 
 @dataclass
@@ -74,24 +70,34 @@ READ_ROWS = 8_000_000
 def train(
     settings: Settings, since: datetime, until: datetime, devices: list[str] | None = None
 ) -> TrainSummary:
-    options = settings.train
-    kind: ModelKindName = "per_sensor" if options.per_sensor else "device"
-    registry = ModelRegistry(settings.data_dir / "models")
-    window_ms = int(settings.aggregate.window * 1000)
-    files = aggregate_files(settings.data_dir, since, until)
-    present, rows = devices_in_files(files)
-    summary = TrainSummary()
-    chosen = present
-    if devices:
-        chosen = sorted(set(devices) & set(present))
-        for device in sorted(set(devices) - set(present)):
-            summary.skipped[device] = "no windows in the training range"
+    """Fit every device with windows in [since, until) (or just ``devices``) on that range."""
+    layout = DataLayout(settings.data_dir)
+    present, _ = devices_in_files(layout.files_between(since, until))
     if not present:
         raise InvalidInputError(
             f"no aggregates between {since:%Y-%m-%dT%H:%M}Z and {until:%Y-%m-%dT%H:%M}Z in "
-            f"{settings.data_dir / 'aggregates'}; run `fleetwatch aggregate` first or pick "
-            "another --since/--until"
+            f"{layout.aggregates}; run `fleetwatch aggregate` first or pick another "
+            "--since/--until"
         )
+    chosen = present if not devices else sorted(set(devices) & set(present))
+    summary = TrainSummary()
+    for device in sorted(set(devices or ()) - set(present)):
+        summary.skipped[device] = "no windows in the training range"
+    return train_ranges(settings, dict.fromkeys(chosen, (since, until)), summary)
+
+
+def train_ranges(
+    settings: Settings,
+    ranges: Mapping[str, tuple[datetime, datetime]],
+    summary: TrainSummary | None = None,
+) -> TrainSummary:
+    """Fit each device of ``ranges`` on its own range of windows [since, until)."""
+    options = settings.train
+    summary = summary or TrainSummary()
+    kind: ModelKindName = "per_sensor" if options.per_sensor else "device"
+    layout = DataLayout(settings.data_dir)
+    registry = ModelRegistry(layout.models)
+    window_ms = int(settings.aggregate.window * 1000)
     parameters = {
         "kind": kind,
         "nu": options.nu,
@@ -99,10 +105,12 @@ def train(
         "kernel": options.kernel,
         "threshold_quantile": options.threshold_quantile,
     }
-    group = max(1, READ_ROWS * len(present) // max(rows, 1))  # devices per read
-    workers = max(1, min(options.workers or os.cpu_count() or 1, len(chosen) or 1))
+    by_range: dict[tuple[datetime, datetime], list[str]] = {}
+    for device_id, span in sorted(ranges.items()):
+        by_range.setdefault(span, []).append(device_id)
+    workers = max(1, min(options.workers or os.cpu_count() or 1, len(ranges) or 1))
     with (
-        progress_bar("train", len(chosen), enabled=options.progress) as bar,
+        progress_bar("train", len(ranges), enabled=options.progress) as bar,
         ProcessPoolExecutor(max_workers=workers) as pool,
     ):
 
@@ -110,22 +118,29 @@ def train(
             if bar is not None:
                 bar.update(bar.task_ids[0], advance=1)
 
-        for start in range(0, len(chosen), group):
-            part = chosen[start : start + group]
-            cube = read_cube(settings.data_dir, since, until, window_ms, devices=part)
-            jobs = []
-            for device_id in part:
-                count = cube.window_count(device_id) if device_id in cube else 0
-                if count < options.min_windows:
-                    summary.skipped[device_id] = (
-                        f"{count} windows < --min-windows {options.min_windows}"
-                    )
-                    advance()
-                    continue
-                names = feature_names(cube.sensors(device_id))
-                jobs.append((device_id, cube.matrix(device_id, names).matrix, names, parameters))
-            del cube
-            _fit_and_save(pool, jobs, registry, since, until, options.activate, summary, advance)
+        for (since, until), chosen in by_range.items():
+            _, rows = devices_in_files(layout.files_between(since, until))
+            present = max(len(chosen), 1)
+            group = max(1, READ_ROWS * present // max(rows, 1))  # devices per read
+            for start in range(0, len(chosen), group):
+                part = chosen[start : start + group]
+                cube = read_cube(settings.data_dir, since, until, window_ms, devices=part)
+                jobs = []
+                for device_id in part:
+                    count = cube.window_count(device_id) if device_id in cube else 0
+                    if count < options.min_windows:
+                        summary.skipped[device_id] = (
+                            f"{count} windows < --min-windows {options.min_windows}"
+                        )
+                        advance()
+                        continue
+                    names = feature_names(cube.sensors(device_id))
+                    matrix = cube.matrix(device_id, names).matrix
+                    jobs.append((device_id, matrix, names, parameters))
+                del cube
+                _fit_and_save(
+                    pool, jobs, registry, since, until, options.activate, summary, advance
+                )
     if options.activate and summary.trained:  # so that the next scoring run finds them packed
         refresh_quietly(ModelPack.open(pack_folder(settings.data_dir), registry), summary.trained)
     return summary

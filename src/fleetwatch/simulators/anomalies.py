@@ -168,9 +168,15 @@ class AnomalyInjector:
         return sorted(self.labels, key=lambda label: (label.start_ms, label.device_id))
 
 
-def write_labels(labels: list[AnomalyLabel], path: Path) -> None:
-    """Write ground truth as Parquet or CSV (by suffix): device_id, sensor, kind, start, end."""
+def write_labels(labels: list[AnomalyLabel], path: Path, keep_existing: bool = False) -> None:
+    """Write ground truth as Parquet or CSV (by suffix): device_id, sensor, kind, start, end.
+
+    With ``keep_existing``, the labels already in ``path`` (a resumed simulator's earlier
+    runs) are kept ahead of the new ones."""
     import pandas as pd
+
+    if keep_existing and path.exists():
+        labels = [*read_labels(path), *labels]
 
     frame = pd.DataFrame(
         {

@@ -16,7 +16,7 @@ from typing import Any
 
 from kafka.errors import KafkaError
 
-from fleetwatch.brokers.clients import make_producer
+from fleetwatch.brokers.clients import event_time_span, make_producer
 from fleetwatch.config import Settings
 from fleetwatch.output import progress_bar
 from fleetwatch.simulators.anomalies import write_labels
@@ -70,6 +70,15 @@ class SimulationSummary:
 def spec_from_settings(settings: Settings, seed: int) -> FleetSpec:
     sim = settings.simulate
     start = sim.start or datetime.now(UTC).replace(microsecond=0)
+    clean_for = sim.clean_for
+    if sim.resume:
+        span = event_time_span(settings.kafka, settings.kafka.telemetry_topic)
+        if span is not None:
+            first_ms, newest_ms = span
+            interval_ms = max(1, round(sim.interval * 1000))
+            resumed_ms = (newest_ms // interval_ms + 1) * interval_ms
+            start = datetime.fromtimestamp(resumed_ms / 1000, UTC)
+            clean_for = max(0.0, (first_ms + sim.clean_for * 1000 - resumed_ms) / 1000)
     return FleetSpec(
         devices=sim.devices,
         sensors=sim.sensors,
@@ -79,7 +88,7 @@ def spec_from_settings(settings: Settings, seed: int) -> FleetSpec:
         device_prefix=sim.device_prefix,
         anomaly_rate=sim.anomaly_rate,
         anomaly_kinds=tuple(sim.anomaly_kinds),
-        clean_for_s=sim.clean_for,
+        clean_for_s=clean_for,
         daily_cycle=sim.daily_cycle,
         drift=sim.drift,
         late_fraction=sim.late_fraction,
@@ -120,16 +129,24 @@ def simulate(
     summary = SimulationSummary(seed=seed)
 
     last_tick: int | None = None
+    last_sent_tick = 0
+    unsent: tuple[list[Message], int] | None = None
     if sim.duration is not None:
         last_tick = max(0, math.ceil(sim.duration * 1000 / spec.interval_ms) - 1)
     total: float | None = sim.messages
     if total is None and last_tick is not None:
         total = (last_tick + 1) * spec.devices
 
-    def send(messages: list[Message]) -> None:
+    def send(messages: list[Message], simulated_ms: int) -> None:
+        # The record's timestamp is the producer's clock, which the aggregator holds event
+        # times to (see [aggregate] future_limit): the simulated clock where it runs ahead of
+        # the wall clock, else the wall clock (time-based retention reads it too).
+        stamp = max(simulated_ms, int(time.time() * 1000))
         for key, value in messages:
             try:
-                producer.send(topic, key=key, value=value).add_errback(tracker.on_error)
+                producer.send(topic, key=key, value=value, timestamp_ms=stamp).add_errback(
+                    tracker.on_error
+                )
             except KafkaError as exc:  # no metadata or a full buffer within --timeout
                 tracker.on_error(exc)
             summary.messages_sent += 1
@@ -141,12 +158,16 @@ def simulate(
             for tick, messages in stream.ticks(sim.messages):
                 if last_tick is not None and tick > last_tick:
                     break
+                # generated (and counted): sent even when Ctrl-C comes during the pause
+                unsent = (messages, stream.tick_time_ms(tick))
                 if sim.speed > 0:
                     due = started + tick * spec.interval_s / sim.speed
                     pause = due - time.monotonic()
                     if pause > 0:
                         time.sleep(pause)
-                send(messages)
+                send(*unsent)
+                unsent = None
+                last_sent_tick = tick
                 if tracker.failed:
                     break  # the broker is refusing or gone: stop, flush and report
                 if stop is not None and stop.is_set():
@@ -167,12 +188,18 @@ def simulate(
         summary.interrupted = True
     finally:
         try:
+            if unsent is not None:
+                if tracker.failed:
+                    tracker.failed += len(unsent[0])
+                    summary.messages_sent += len(unsent[0])
+                else:
+                    send(*unsent)
             held = stream.drain_late()
             if tracker.failed:
                 tracker.failed += len(held)  # never sent: the broker was already failing
                 summary.messages_sent += len(held)
             else:
-                send(held)
+                send(held, stream.tick_time_ms(last_sent_tick))
             producer.flush(timeout=FLUSH_TIMEOUT_S)
         except KeyboardInterrupt:
             summary.interrupted = True
@@ -185,7 +212,7 @@ def simulate(
     counters = stream.counters
     labels = stream.close()
     if sim.labels is not None:
-        write_labels(labels, sim.labels)
+        write_labels(labels, sim.labels, keep_existing=sim.resume)
     summary.messages_failed = tracker.failed
     summary.messages_sent -= tracker.failed
     summary.first_error = tracker.first_error

@@ -5,8 +5,13 @@ before the matching Kafka offset commit. It is the source of truth for resuming 
 
 - ``offset``: the first record a restart must re-read (the oldest record of any open window);
 - ``next_offset``: the record after the last one processed when it was taken;
-- ``close_boundary_ms``: every window ending at or before it has been written;
-- ``max_event_ms``: the partition's newest event time, from which the watermark follows.
+- ``close_boundary_ms``: the partition's persisted watermark: every window ending at or before
+  it has been written, and a reading for such a window is late from now on;
+- ``max_event_ms``: the partition's newest event time, from which its watermark follows;
+- ``epoch``: how many times the partition's log was found reset (offsets started again);
+- ``topic_id``: the Kafka topic id the offsets belong to (None where the broker has none);
+- ``idle``: the partition was caught up and silent for the idle timeout when it was taken (see
+  :mod:`fleetwatch.aggregate.progress` for what that changes).
 
 Re-reading from ``offset`` rebuilds the open windows exactly; records before ``next_offset``
 whose window is already closed were written (or sent to the late sink) before, so they are
@@ -16,19 +21,24 @@ skipped, and files written after the checkpoint are deleted before the replay re
 from __future__ import annotations
 
 import json
-import os
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from fleetwatch.storage.parquet import fsync_directory
+from fleetwatch.storage.atomic import write_text_atomically
 
 
 @dataclass(frozen=True)
 class Checkpoint:
-    offset: int | None  # None: nothing read yet, start where Kafka says
-    next_offset: int | None
-    close_boundary_ms: int | None
-    max_event_ms: int | None
+    offset: int | None = None  # None: nothing read yet, start at the beginning of the log
+    next_offset: int | None = None
+    close_boundary_ms: int | None = None
+    max_event_ms: int | None = None
+    epoch: int = 0
+    topic_id: str | None = None
+    idle: bool = False
+
+
+_FIELDS = frozenset(f.name for f in fields(Checkpoint))
 
 
 class CheckpointStore:
@@ -45,15 +55,7 @@ class CheckpointStore:
             document = json.loads(self.path(partition).read_text())
         except FileNotFoundError:
             return None
-        return Checkpoint(**document)
+        return Checkpoint(**{k: v for k, v in document.items() if k in _FIELDS})
 
     def save(self, partition: int, checkpoint: Checkpoint) -> None:
-        self.root.mkdir(parents=True, exist_ok=True)
-        path = self.path(partition)
-        temporary = path.with_suffix(".json.tmp")
-        with temporary.open("w") as handle:
-            json.dump(asdict(checkpoint), handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
-        fsync_directory(self.root)
+        write_text_atomically(self.path(partition), json.dumps(asdict(checkpoint)))

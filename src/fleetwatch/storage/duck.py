@@ -7,6 +7,7 @@ writer and ``fleetwatch sql``) retries while another process holds the lock.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -26,11 +27,13 @@ CREATE TABLE IF NOT EXISTS runs (
     run_id VARCHAR PRIMARY KEY,
     window_start TIMESTAMPTZ, window_end TIMESTAMPTZ,
     started_at TIMESTAMPTZ, finished_at TIMESTAMPTZ,
-    status VARCHAR,                      -- succeeded | aborted | failed
+    status VARCHAR,                      -- succeeded | aborted | provisional
     devices_total INTEGER, devices_scored INTEGER, devices_failed INTEGER,
     devices_without_model INTEGER, devices_silent INTEGER,
     rows_scored BIGINT, error VARCHAR
 );
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS scope VARCHAR;           -- hour | devices
+ALTER TABLE runs ADD COLUMN IF NOT EXISTS files_signature VARCHAR;
 CREATE TABLE IF NOT EXISTS scores (
     run_id VARCHAR, device_id VARCHAR,
     window_start TIMESTAMPTZ, window_end TIMESTAMPTZ,
@@ -41,6 +44,9 @@ CREATE TABLE IF NOT EXISTS device_runs (
     outcome VARCHAR,                     -- scored | failed | no_model | silent
     error VARCHAR, model_version VARCHAR, windows INTEGER
 );
+CREATE TABLE IF NOT EXISTS hour_devices (   -- devices with data in an hour, as last scored
+    window_start TIMESTAMPTZ, files_signature VARCHAR, device_id VARCHAR
+);
 CREATE OR REPLACE VIEW anomalies AS SELECT * FROM scores WHERE is_anomaly;
 CREATE OR REPLACE VIEW device_status AS
     SELECT d.*, r.window_start, r.window_end, r.started_at
@@ -49,8 +55,9 @@ CREATE OR REPLACE VIEW device_status AS
 
 
 #: Increased whenever SCHEMA changes: a database that records an older version is given SCHEMA
-#: again. Run at every connection instead, its CREATE OR REPLACE VIEWs took 30 ms of each run.
-SCHEMA_VERSION = 1
+#: again (its statements only add what is missing). Run at every connection instead, its
+#: CREATE OR REPLACE VIEWs took 30 ms of each run.
+SCHEMA_VERSION = 2
 
 
 def _create_schema(connection: Any) -> None:
@@ -99,6 +106,13 @@ def connect(path: Path, *, read_only: bool, lock_timeout: float = 30.0) -> Itera
         connection.close()
 
 
+def has_table(connection: Any, name: str) -> bool:
+    found = connection.execute(
+        "SELECT count(*) FROM information_schema.tables WHERE table_name = ?", [name]
+    ).fetchone()
+    return bool(found and found[0])
+
+
 def ensure_schema(path: Path, lock_timeout: float = 30.0) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with connect(path, read_only=False, lock_timeout=lock_timeout) as connection:
@@ -110,25 +124,49 @@ def write_run(
     run: dict[str, Any],
     scores: pa.Table | None,
     outcomes: pa.Table,
+    *,
+    devices: list[str] | None = None,
+    hour_devices: list[str] | None = None,
     lock_timeout: float = 30.0,
 ) -> None:
-    """Record a run; with ``scores``, replace the hour's scores. One transaction."""
+    """Record a run, in one transaction. With ``scores``, replace the hour's scores: all of
+    them, or with ``devices`` only those devices'. With ``hour_devices``, record them as the
+    devices with data in the hour (for ``run["files_signature"]``)."""
     path.parent.mkdir(parents=True, exist_ok=True)
     with connect(path, read_only=False, lock_timeout=lock_timeout) as connection:
         _create_schema(connection)
         connection.execute("BEGIN TRANSACTION")
         try:
+            hour = [run["window_start"], run["window_end"]]
             if scores is not None:
-                connection.execute(
-                    "DELETE FROM scores WHERE window_start >= ? AND window_start < ?",
-                    [run["window_start"], run["window_end"]],
-                )
+                if devices is None:
+                    connection.execute(
+                        "DELETE FROM scores WHERE window_start >= ? AND window_start < ?", hour
+                    )
+                else:
+                    connection.register("run_devices", _device_table(devices))
+                    connection.execute(
+                        "DELETE FROM scores WHERE window_start >= ? AND window_start < ? "
+                        "AND device_id IN (SELECT device_id FROM run_devices)",
+                        hour,
+                    )
+                    connection.unregister("run_devices")
                 connection.register("new_scores", scores)
                 connection.execute(
                     "INSERT INTO scores SELECT run_id, device_id, window_start, window_end, "
                     "score, is_anomaly, model_version FROM new_scores"
                 )
                 connection.unregister("new_scores")
+            if hour_devices is not None:
+                connection.execute(
+                    "DELETE FROM hour_devices WHERE window_start >= ? AND window_start < ?", hour
+                )
+                connection.register("with_data", _device_table(hour_devices))
+                connection.execute(
+                    "INSERT INTO hour_devices SELECT ?, ?, device_id FROM with_data",
+                    [run["window_start"], run["files_signature"]],
+                )
+                connection.unregister("with_data")
             connection.register("new_outcomes", outcomes)
             connection.execute(
                 "INSERT INTO device_runs SELECT run_id, device_id, outcome, error, "
@@ -143,8 +181,17 @@ def write_run(
             )
             connection.execute("COMMIT")
         except Exception:
-            connection.execute("ROLLBACK")
+            with contextlib.suppress(duckdb.Error):  # a failed commit leaves nothing to undo
+                connection.execute("ROLLBACK")
             raise
+
+
+def _device_table(devices: list[str]) -> pa.Table:
+    import pyarrow as pa
+
+    from fleetwatch.storage.columns import strings
+
+    return pa.table({"device_id": strings(devices)})
 
 
 #: Statement types `fleetwatch sql` runs; anything else (INSERT, DROP, COPY, ATTACH...) is refused.

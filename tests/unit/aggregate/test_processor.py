@@ -12,7 +12,8 @@ import pytest
 from fleetwatch.aggregate.processor import OrphanedFilesError, PartitionProcessor, restore
 from fleetwatch.aggregate.windows import WindowSpec
 from fleetwatch.storage.checkpoints import CheckpointStore
-from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, LATE_SCHEMA, PartitionedParquetSink
+from fleetwatch.storage.layout import DataLayout
+from fleetwatch.storage.parquet import PartitionedParquetSink
 
 SPEC = WindowSpec(size_ms=60_000, grace_ms=30_000)
 T0 = 1_795_334_400_000  # 2026-11-22T08:00:00Z
@@ -102,8 +103,8 @@ def compare(root: Path, expected: pd.DataFrame) -> None:
 class Harness:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self.aggregates = PartitionedParquetSink(root / "aggregates", AGGREGATE_SCHEMA)
-        self.late = PartitionedParquetSink(root / "late", LATE_SCHEMA)
+        self.aggregates = PartitionedParquetSink(DataLayout(root), "aggregates")
+        self.late = PartitionedParquetSink(DataLayout(root), "late")
         self.store = CheckpointStore(root / "state")
         self.dead: list[tuple[int, str]] = []
 
@@ -217,3 +218,60 @@ def test_open_window_cap_closes_the_oldest(tmp_path: Path) -> None:
     processor.process(make_records(2, 400))
     assert processor.open_count <= 20
     assert processor.counters.forced_closes >= 1
+
+
+def reading(offset: int, ts: int, produced: int | None, device: str = "dev-0") -> tuple:
+    value = json.dumps({"device_id": device, "ts": ts, "readings": {"s": 1.0}}).encode()
+    return (offset, device.encode(), value, produced)
+
+
+def test_one_future_timestamp_cannot_poison_the_partition(tmp_path: Path) -> None:
+    """A message stamped 2099 is dead-lettered future_timestamp; the readings after it are not
+    late. The bound is the record's own timestamp (the producer's clock), so an accelerated
+    simulated clock that stamps its records in simulated time passes, and a replay decides
+    the same way."""
+    harness = Harness(tmp_path)
+    processor = PartitionProcessor(
+        0, SPEC, harness.aggregates, harness.late, harness.dead_letter, future_limit_ms=3_600_000
+    )
+    now = T0
+    records = [reading(0, now, now)]
+    records.append(reading(1, 4_102_358_400_000, now))  # 2099-12-31, produced now
+    records += [reading(2 + i, now + 1000 * i, now + 1000 * i) for i in range(120)]
+    # an accelerated clock: hours ahead of the wall clock, stamped so by its producer
+    records += [reading(122 + i, now + 7_200_000 + i, now + 7_200_000) for i in range(3)]
+    processor.process(records)
+    processor.close_all()
+    processor.checkpoint()
+    assert harness.dead == [(1, "future_timestamp")]
+    assert processor.counters.late_readings == 0
+    assert read_dir(tmp_path / "aggregates")["count"].sum() == 1 + 120 + 3
+
+
+def test_a_skipped_offset_fails_loudly_before_changing_anything(tmp_path: Path) -> None:
+    from fleetwatch.aggregate.processor import OffsetGapError
+
+    harness = Harness(tmp_path)
+    processor = harness.restore()
+    records = make_records(13, 100)
+    processor.process(records[:40])
+    before = processor.checkpoint_view()
+    with pytest.raises(OffsetGapError, match="expected offset 40 next, got 45"):
+        processor.process(records[45:60])
+    with pytest.raises(OffsetGapError, match="expected offset 52 next, got 55"):
+        processor.process(records[30:52] + records[55:60])  # a hole inside a batch
+    assert processor.checkpoint_view() == before
+    processor.process(records[35:100])  # redelivered records before 40 are skipped
+    assert processor.counters.duplicates_skipped == 5
+
+
+def test_an_idle_partition_advances_to_the_frontier(tmp_path: Path) -> None:
+    harness = Harness(tmp_path)
+    processor = harness.restore()
+    processor.process([reading(0, T0 + 5_000, None)])
+    assert processor.close_boundary == T0 - 60_000 and processor.open_count == 1
+    assert processor.advance_to(T0 + 120_000)
+    assert processor.open_count == 0 and processor.close_boundary == T0 + 120_000
+    assert not processor.advance_to(T0 + 60_000)  # never backwards
+    processor.process([reading(1, T0 + 90_000, None)])  # its window is closed now: late
+    assert processor.counters.late_readings == 1

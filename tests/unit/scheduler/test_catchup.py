@@ -21,18 +21,17 @@ import pytest
 
 from fleetwatch.config import Settings, load_settings
 from fleetwatch.scheduler.service import CatchUp, next_tick
+from fleetwatch.scoring.pending import PendingHour
 from fleetwatch.scoring.score import RunResult, score_hour
 from fleetwatch.storage.checkpoints import Checkpoint, CheckpointStore
-from tests.unit.scoring.conftest import T0
+from tests.unit.scoring.conftest import T0, set_watermark
 
 HOUR = timedelta(hours=1)
 
 
-def set_watermark(settings: Settings, closed: datetime, partitions: int = 2) -> None:
-    store = CheckpointStore(settings.data_dir / "state" / "aggregate" / "telemetry")
-    for partition in range(partitions):
-        boundary = int(closed.timestamp() * 1000) + partition * 60_000  # the min counts
-        store.save(partition, Checkpoint(0, 10, boundary, boundary))  # windows still open
+def duckdb_rows(settings: Settings, sql: str) -> list[tuple]:
+    with duckdb.connect(str(settings.data_dir / "fleetwatch.duckdb"), read_only=True) as db:
+        return db.execute(sql).fetchall()
 
 
 def runs_per_hour(settings: Settings) -> dict[int, int]:
@@ -57,11 +56,11 @@ def test_restart_mid_run_resumes_without_skipping_or_repeating(trained: Settings
     set_watermark(trained, T0 + 3 * HOUR)
     calls: list[int] = []
 
-    def crash_after_first(settings: Settings, hour: datetime) -> RunResult:
+    def crash_after_first(settings: Settings, pending: PendingHour) -> RunResult:
         if calls:
             raise KeyboardInterrupt  # the process dies mid catch-up
-        calls.append(hour.hour)
-        return score_hour(settings, hour, progress=False)
+        calls.append(pending.hour.hour)
+        return score_hour(settings, pending.hour, devices=pending.devices, progress=False)
 
     with pytest.raises(KeyboardInterrupt):
         CatchUp(trained, score=crash_after_first)()
@@ -97,16 +96,135 @@ def test_an_unfinished_hour_waits_for_every_partition(trained: Settings) -> None
     assert [r.window_start.hour for r in CatchUp(trained)()] == [0, 1]
 
 
-def test_idle_or_empty_partitions_do_not_hold_hours_back(trained: Settings) -> None:
-    set_watermark(trained, T0 + 3 * HOUR, partitions=2)
+def test_unknown_means_not_closed(trained: Settings) -> None:
+    """A partition without a checkpoint, or whose watermark is not known (it read nothing, or
+    only dead letters, and is not idle yet), or an unknown partition count: nothing is closed.
+    (Before, such a partition was read as "everything is closed" and open hours were scored.)"""
+    set_watermark(trained, T0 + 3 * HOUR, partitions=3)
     store = CheckpointStore(trained.data_dir / "state" / "aggregate" / "telemetry")
-    early = int((T0 + HOUR).timestamp() * 1000)
-    store.save(2, Checkpoint(50, 50, early, early))  # idle since 01:00, nothing open
-    store.save(3, Checkpoint(None, None, None, None))  # never saw data
-    assert [r.window_start.hour for r in CatchUp(trained)()] == [0, 1, 2]
-    store.save(4, Checkpoint(60, 70, early, early))  # open windows at 01:00 hold back
-    set_watermark(trained, T0 + 4 * HOUR, partitions=2)
+    store.path(2).unlink()  # a partition no worker has taken yet
     assert CatchUp(trained)() == []
+    store.save(2, Checkpoint(None, 1, None, None))  # one dead letter read, nothing closed
+    assert CatchUp(trained)() == []
+    (store.root / "topic.json").unlink()  # no worker ever recorded the topic
+    store.save(2, Checkpoint(0, 10, 0, 0))
+    assert CatchUp(trained)() == []
+    early = int((T0 + HOUR).timestamp() * 1000)
+    set_watermark(trained, T0 + 3 * HOUR, partitions=3)
+    store.save(2, Checkpoint(50, 50, early, early, idle=True))  # an idle one at 01:00
+    assert [r.window_start.hour for r in CatchUp(trained)()] == [0]
+
+
+def test_a_device_trained_later_is_scored_for_the_hours_it_missed(trained: Settings) -> None:
+    """The unit of exactly-once is (hour, device): an hour scored while a device had no model
+    is pending for that device once it has one, and only for it."""
+    from fleetwatch.scheduler.status import status
+    from fleetwatch.scoring.registry import ModelRegistry
+    from fleetwatch.scoring.train import train
+
+    registry = ModelRegistry(trained.data_dir / "models")
+    shutil.rmtree(registry.device_dir("pump-05"))  # as if it had never been trained
+    set_watermark(trained, T0 + 3 * HOUR)
+    assert len(CatchUp(trained)()) == 3
+    assert status(trained)["pending_hours"] == []
+    outcomes = dict(duckdb_rows(trained, "SELECT outcome, count(*) FROM device_runs GROUP BY 1"))
+    assert outcomes == {"scored": 21, "no_model": 3}
+    train(trained, T0, T0 + 2 * HOUR, ["pump-05"])
+    report = status(trained)
+    assert report["pending_devices"] == 3
+    assert [p["devices"] for p in report["pending_hours"]] == [1, 1, 1]
+    results = CatchUp(trained)()
+    assert [(r.scope, r.devices_scored) for r in results] == [("devices", 1)] * 3
+    assert status(trained)["pending_hours"] == [] and CatchUp(trained)() == []
+    counts = duckdb_rows(
+        trained, "SELECT device_id, count(*), count(DISTINCT window_start) FROM scores GROUP BY 1"
+    )
+    assert len(counts) == 8 and all(n == 180 and m == 180 for _, n, m in counts)  # no duplicates
+
+
+def test_a_failing_model_is_retried_only_once_it_changes(trained: Settings) -> None:
+    from fleetwatch.scoring.registry import ModelRegistry
+    from fleetwatch.scoring.train import train
+
+    model = ModelRegistry(trained.data_dir / "models").active("pump-02")
+    assert model is not None
+    with (model.path / "params.bin").open("ab") as handle:
+        handle.write(b"tampered")
+    set_watermark(trained, T0 + 3 * HOUR)
+    assert [r.devices_failed for r in CatchUp(trained)()] == [1, 1, 1]
+    assert CatchUp(trained)() == []  # not retried with the same broken model
+    train(trained, T0, T0 + 2 * HOUR, ["pump-02"])
+    assert [(r.scope, r.devices_scored) for r in CatchUp(trained)()] == [("devices", 1)] * 3
+
+
+def test_an_hour_scored_before_it_closed_is_scored_again_once_it_is(trained: Settings) -> None:
+    from fleetwatch.scoring.score import score_hour
+
+    set_watermark(trained, T0 + 2 * HOUR)
+    early = score_hour(trained, T0 + 2 * HOUR, progress=False)
+    assert early.status == "provisional"
+    assert [r.window_start.hour for r in CatchUp(trained)()] == [0, 1]
+    set_watermark(trained, T0 + 3 * HOUR)
+    [again] = CatchUp(trained)()
+    assert (again.window_start.hour, again.status, again.scope) == (2, "succeeded", "hour")
+    rows = duckdb_rows(
+        trained, "SELECT count(*), count(DISTINCT run_id) FROM scores WHERE hour(window_start) = 2"
+    )
+    assert rows == [(8 * 60, 1)]
+
+
+def test_a_second_scheduler_refuses_and_a_killed_one_leaves_no_lock(
+    trained: Settings, tmp_path: Path
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWATCH_")}
+    env.update(
+        {
+            "FLEETWATCH_DATA_DIR": str(trained.data_dir),
+            "FLEETWATCH_SCORE_WORKERS": "1",
+            "FLEETWATCH_SCHEDULE_EVERY": "1s",
+        }
+    )
+    log = tmp_path / "first.log"
+
+    def start() -> subprocess.Popen[bytes]:
+        with log.open("a") as handle:
+            return subprocess.Popen(
+                [sys.executable, "-m", "fleetwatch", "schedule"],
+                env=env,
+                stdout=handle,
+                stderr=handle,
+            )
+
+    first = start()
+    try:
+        deadline = time.monotonic() + 60
+        while "scheduler started" not in log.read_text():
+            assert time.monotonic() < deadline and first.poll() is None, log.read_text()
+            time.sleep(0.1)
+        second = subprocess.run(
+            [sys.executable, "-m", "fleetwatch", "schedule"],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
+        assert second.returncode == 2, second.stderr
+        [line] = second.stderr.strip().splitlines()
+        assert f"pid {first.pid}" in line and "one scheduler per data directory" in line
+        first.kill()  # kill -9: the lock goes with it
+        first.wait(10)
+        third = start()
+        deadline = time.monotonic() + 60
+        while log.read_text().count("scheduler started") < 2:
+            assert time.monotonic() < deadline and third.poll() is None, log.read_text()
+            time.sleep(0.1)
+        third.send_signal(signal.SIGTERM)
+        assert third.wait(60) == 0
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert all(n == 1 for n in runs_per_hour(trained).values())
 
 
 def test_next_tick_cron_and_every() -> None:

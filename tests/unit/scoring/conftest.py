@@ -9,10 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from fleetwatch.aggregate.progress import TopicState, save_topic_state
 from fleetwatch.aggregate.windows import AGGREGATE_COLUMNS
 from fleetwatch.config import Settings, load_settings
 from fleetwatch.scoring.train import train
-from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, PartitionedParquetSink
+from fleetwatch.storage.checkpoints import Checkpoint, CheckpointStore
+from fleetwatch.storage.layout import DataLayout
+from fleetwatch.storage.parquet import PartitionedParquetSink
 
 T0 = datetime(2026, 11, 22, tzinfo=UTC)
 DEVICES = [f"pump-{i:02d}" for i in range(8)]
@@ -56,8 +59,20 @@ def synthetic_windows(hours: int = 3, seed: int = 0) -> pd.DataFrame:
 
 
 def write_windows(data_dir: Path, frame: pd.DataFrame) -> None:
-    sink = PartitionedParquetSink(data_dir / "aggregates", AGGREGATE_SCHEMA)
+    sink = PartitionedParquetSink(DataLayout(data_dir), "aggregates")
     sink.write(frame, 0, "window_start")
+
+
+def set_watermark(settings: Settings, closed: datetime, partitions: int = 2) -> None:
+    """As the aggregator would leave it: the topic's partitions, each with a watermark (the
+    lowest counts) and windows still open."""
+    layout = DataLayout(settings.data_dir)
+    topic = settings.kafka.telemetry_topic
+    save_topic_state(layout, topic, TopicState(partitions))
+    store = CheckpointStore(layout.aggregation_state(topic))
+    for partition in range(partitions):
+        boundary = int(closed.timestamp() * 1000) + partition * 60_000  # the min counts
+        store.save(partition, Checkpoint(0, 10, boundary, boundary))
 
 
 def settings_for(data_dir: Path, **score: object) -> Settings:
@@ -87,4 +102,5 @@ def trained(tmp_path: Path) -> Settings:
         settings, T0, T0 + pd.Timedelta(hours=2).to_pytimedelta(), [*DEVICES[:-1], "pump-07"]
     )
     assert len(summary.trained) == len(DEVICES)
+    set_watermark(settings, T0 + pd.Timedelta(hours=3).to_pytimedelta())
     return settings

@@ -31,3 +31,33 @@ def test_meanwhile_runs_once_while_the_first_tasks_run() -> None:
     )
     assert results == {d: d * 2 for d in devices} and not errors and not aborted
     assert calls == [2]  # once, with both workers' first tasks running
+
+
+def fail_the_last(devices: list[str]) -> dict[str, tuple[str, object]]:
+    return {d: ("error", "tampered") if d >= "d7" else ("ok", d) for d in devices}
+
+
+def test_the_error_threshold_holds_whatever_the_batching() -> None:
+    """Failures that come back with the last tasks abort the run as well as early ones."""
+    devices = [f"d{i}" for i in range(10)]  # d7, d8, d9 fail
+    for mini_batch_size in (1, 3, 10):
+        _, errors, aborted = run_tasks(
+            devices,
+            fail_the_last,
+            workers=2,
+            mini_batch_size=mini_batch_size,
+            task_timeout=30,
+            max_retries=0,
+            error_threshold=0,
+        )
+        assert len(errors) >= 1 and aborted, mini_batch_size
+        _, errors, aborted = run_tasks(
+            devices,
+            fail_the_last,
+            workers=2,
+            mini_batch_size=mini_batch_size,
+            task_timeout=30,
+            max_retries=0,
+            error_threshold=3,
+        )
+        assert len(errors) == 3 and not aborted, mini_batch_size

@@ -145,7 +145,7 @@ def test_cube_read_from_parquet_equals_the_pandas_pivot(
 
     from fleetwatch.scoring import features
     from fleetwatch.scoring.features import read_cube
-    from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, write_atomically
+    from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, write_table
     from tests.unit.scoring.conftest import T0, synthetic_windows
     from tests.unit.scoring.reference import device_matrix, pivot_by_device, sensors_of
 
@@ -172,7 +172,7 @@ def test_cube_read_from_parquet_equals_the_pandas_pivot(
                 preserve_index=False,
             )
             name = f"p{part:04d}-{part:012d}-{part:012d}.parquet"
-            write_atomically(table, folder / name, codec)
+            write_table(table, folder / name, codec)
     names = feature_names(sensors)
     for since, until in ((T0, T0 + pd.Timedelta(hours=3)), (T0 + pd.Timedelta(hours=2), None)):
         end = until or since + pd.Timedelta(hours=1)
@@ -200,7 +200,7 @@ def test_cube_refuses_a_file_with_rows_without_a_device(tmp_path: Path) -> None:
 
     from fleetwatch.errors import InvalidInputError
     from fleetwatch.scoring.features import read_cube
-    from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, write_atomically
+    from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, write_table
     from tests.unit.scoring.conftest import T0, synthetic_windows
 
     frame = synthetic_windows(hours=1)
@@ -209,7 +209,7 @@ def test_cube_refuses_a_file_with_rows_without_a_device(tmp_path: Path) -> None:
         frame[AGGREGATE_SCHEMA.names], schema=AGGREGATE_SCHEMA, preserve_index=False
     )
     folder = tmp_path / "aggregates" / f"date={T0:%Y-%m-%d}" / f"hour={T0:%H}"
-    write_atomically(table, folder / "p0000-000000000000-000000000001.parquet")
+    write_table(table, folder / "p0000-000000000000-000000000001.parquet")
     with pytest.raises(InvalidInputError, match="3 rows without a"):
         read_cube(tmp_path, T0, T0.replace(hour=1), 60_000)
 

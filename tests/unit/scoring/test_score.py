@@ -19,8 +19,9 @@ import pytest
 from fleetwatch.config import Settings
 from fleetwatch.errors import FleetwatchError
 from fleetwatch.scoring.models import DeviceModel, PerSensorModel
+from fleetwatch.scoring.pending import pending_hours
 from fleetwatch.scoring.registry import ModelRegistry
-from fleetwatch.scoring.score import missed_hours, score_hour
+from fleetwatch.scoring.score import score_hour
 from fleetwatch.scoring.train import train
 from fleetwatch.storage.duck import query
 from tests.unit.scoring.conftest import DEVICES, T0, settings_for
@@ -139,9 +140,9 @@ def test_no_model_and_silent_devices(trained: Settings) -> None:
         part = part[part["device_id"] != "pump-06"]
         import pyarrow as pa
 
-        from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, write_atomically
+        from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, write_table
 
-        write_atomically(
+        write_table(
             pa.Table.from_pandas(
                 part[AGGREGATE_SCHEMA.names], schema=AGGREGATE_SCHEMA, preserve_index=False
             ),
@@ -270,10 +271,10 @@ def test_error_threshold_aborts_and_keeps_the_old_scores(trained: Settings) -> N
     assert statuses[result.run_id] == "aborted"
 
 
-def test_missed_hours_are_the_unscored_ones(trained: Settings) -> None:
-    assert [h.hour for h in missed_hours(trained)] == [0, 1, 2]
+def test_pending_hours_are_the_unscored_ones(trained: Settings) -> None:
+    assert [p.hour.hour for p in pending_hours(trained)] == [0, 1, 2]
     score_hour(trained, HOUR3, progress=False)
-    assert [h.hour for h in missed_hours(trained)] == [0, 1]
+    assert [p.hour.hour for p in pending_hours(trained)] == [0, 1]
 
 
 def test_sql_is_read_only_with_one_line_errors(trained: Settings) -> None:

@@ -1,0 +1,352 @@
+"""The aggregation coordinator on an in-memory log: checkpoints, idle partitions, resets, dead
+letters. Reference answers come from the plain per-event loop + pandas of test_processor."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from fleetwatch.aggregate.coordinator import (
+    DEAD_LETTER_MAX_VALUE,
+    Aggregator,
+    OffsetResetError,
+)
+from fleetwatch.aggregate.memory import MemoryLog, MemorySource, OutOfRange
+from fleetwatch.aggregate.progress import closed_through, progress
+from fleetwatch.config import Settings, load_settings
+from fleetwatch.storage.layout import parse_live_file_name
+from tests.unit.aggregate.test_processor import (
+    T0,
+    as_ms,
+    compare,
+    make_records,
+    read_dir,
+    reference,
+)
+
+TOPIC = "telemetry"
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+def settings_for(root: Path, **aggregate: str) -> Settings:
+    return load_settings(
+        environ={},
+        overrides={
+            "": {"data_dir": str(root)},
+            "aggregate": {"idle_timeout": "5s", "checkpoint_interval": "10s", **aggregate},
+        },
+    )
+
+
+class Harness:
+    """An aggregator over a memory log, pumped by hand with a fake clock."""
+
+    def __init__(
+        self, root: Path, log: MemoryLog, out_of_range: OutOfRange = "reset_to_earliest", **agg: str
+    ) -> None:
+        self.root = root
+        self.log = log
+        self.clock = Clock()
+        self.source = MemorySource(log, out_of_range=out_of_range)
+        self.settings = settings_for(root, **agg)
+        self.aggregator = Aggregator(self.settings, self.source, clock=self.clock)
+
+    def run(self, coroutine: object) -> None:
+        asyncio.run(coroutine)  # type: ignore[arg-type]
+
+    def assign(self, *partitions: int) -> None:
+        self.run(self.aggregator.on_assigned(list(partitions)))
+
+    def pump(self, rounds: int = 50, batch: int = 137) -> None:
+        async def go() -> None:
+            for _ in range(rounds):
+                batches = self.source.poll(batch)
+                if batches:
+                    await self.aggregator.on_records(batches)
+                await self.aggregator.tick()
+
+        self.run(go())
+
+    def idle(self, seconds: float = 6.0) -> None:
+        """Let wall-clock time pass with nothing new, then tick."""
+        self.clock.now += seconds
+        self.pump(rounds=3)
+
+    def stop(self) -> None:
+        self.run(self.aggregator.on_shutdown())
+
+    @property
+    def closed(self) -> int | None:
+        return progress(self.aggregator.layout, TOPIC).closed_through_ms
+
+
+def fill(log: MemoryLog, partition: int, records: list[tuple[int, bytes, bytes]]) -> None:
+    for _, key, value in records:
+        log.append(partition, key, value)
+
+
+def reading(device: str, ts: int, value: float = 1.0) -> bytes:
+    return json.dumps({"device_id": device, "ts": ts, "readings": {"s": value}}).encode()
+
+
+def test_windows_dead_letters_and_checkpoints_are_exact(tmp_path: Path) -> None:
+    log = MemoryLog(partitions=2)
+    records = {p: make_records(20 + p, 1200, f"p{p}") for p in range(2)}
+    for partition, rows in records.items():
+        fill(log, partition, rows)
+    harness = Harness(tmp_path, log)
+    harness.assign(0, 1)
+    harness.pump()
+    harness.idle()
+    harness.stop()
+    expected = pd.concat([reference(rows)[0] for rows in records.values()], ignore_index=True)
+    compare(tmp_path, expected)
+    invalid = sum(reference(rows)[2] for rows in records.values())
+    assert len(harness.source.dead_letters) == invalid > 0
+    reasons = {dict(h)["fleetwatch.reason"] for _, _, h in harness.source.dead_letters}
+    assert reasons == {b"not_json"}
+    # the group's committed offsets follow the checkpoints: everything was read and closed
+    assert harness.source.committed == {0: 1200, 1: 1200}
+
+
+def test_the_topic_is_closed_only_once_every_partition_is_known(tmp_path: Path) -> None:
+    """Unknown means not closed: a partition that read nothing (or only dead letters) holds
+    the topic back until it is idle, then follows the busy partitions' watermark."""
+    log = MemoryLog(partitions=3)
+    fill(log, 0, make_records(1, 2000, "busy"))
+    log.append(1, b"x", b"{not json")  # a partition with a single malformed message
+    harness = Harness(tmp_path, log)
+    harness.assign(0, 1, 2)
+    harness.pump(rounds=20)
+    assert harness.aggregator.processors[0].close_boundary is not None
+    assert harness.closed is None  # partitions 1 and 2 know no watermark yet
+    harness.clock.now += 6  # the others are idle now; partition 0 keeps receiving
+    log.append(0, b"busy-1", reading("busy-1", T0 + 2000 * 200))
+    harness.pump(rounds=2)
+    busy = harness.aggregator.processors[0].close_boundary
+    assert harness.closed == busy  # the idle ones follow the busy one
+    checkpoints = progress(harness.aggregator.layout, TOPIC).partitions
+    assert [c.idle for c in checkpoints.values() if c] == [False, True, True]
+    # more data on the busy partition: the idle ones keep following
+    for offset in range(2000, 2400):
+        log.append(0, b"busy-1", reading("busy-1", T0 + offset * 200))
+    harness.pump(rounds=5)
+    harness.clock.now += 1
+    harness.pump(rounds=2)
+    later = harness.aggregator.processors[0].close_boundary
+    assert later is not None and later > busy and harness.closed == later
+    # a reading arriving later on an idle partition for a closed window is late, not added
+    log.append(2, b"quiet", reading("quiet", T0 + 60_000))
+    harness.pump(rounds=2)
+    harness.stop()
+    late = read_dir(tmp_path / "late")
+    assert (late["device_id"] == "quiet").sum() == 1
+    assert "quiet" not in set(read_dir(tmp_path / "aggregates")["device_id"])
+
+
+def test_when_every_partition_is_idle_everything_read_is_closed(tmp_path: Path) -> None:
+    log = MemoryLog(partitions=2)
+    fill(log, 0, make_records(2, 500, "a"))
+    fill(log, 1, make_records(3, 300, "b"))
+    harness = Harness(tmp_path, log)
+    harness.assign(0, 1)
+    harness.pump()
+    assert harness.closed is not None
+    harness.idle()
+    expected = pd.concat(
+        [reference(make_records(2, 500, "a"))[0], reference(make_records(3, 300, "b"))[0]]
+    )
+    newest_end = int(expected["window_start"].max()) + 60_000
+    assert harness.closed == newest_end
+    compare(tmp_path, expected)
+
+
+def test_no_checkpoint_or_unknown_partition_count_means_not_closed(tmp_path: Path) -> None:
+    log = MemoryLog(partitions=2)
+    fill(log, 0, make_records(4, 800, "a"))
+    harness = Harness(tmp_path, log)
+    harness.assign(0)  # partition 1 belongs to a worker that has not started
+    harness.pump()
+    harness.idle()
+    assert harness.closed is None
+    assert closed_through(harness.aggregator.layout, "other-topic") is None
+
+
+@pytest.mark.parametrize("out_of_range", ["reset_to_earliest", "empty"])
+def test_a_topic_reset_under_a_running_worker_loses_nothing(
+    tmp_path: Path, out_of_range: OutOfRange, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The broker restarts with empty topics (the embedded one is memory-only): what is sent
+    afterwards is aggregated (or late, never dropped), in files that overwrite nothing."""
+    first = make_records(5, 1500, "d")
+    log = MemoryLog(partitions=1)
+    fill(log, 0, first)
+    harness = Harness(tmp_path, log, out_of_range=out_of_range)
+    harness.assign(0)
+    harness.pump()
+    before = {p.name: p.read_bytes() for p in (tmp_path / "aggregates").rglob("*.parquet")}
+    assert before
+    log.recreate()
+    # the new log: later readings, plus a few for windows that were closed before the reset
+    shift = 1500 * 200 + 120_000
+    second = [(o, k, v) for o, k, v in make_records(6, 900, "d")]
+    second = [
+        (o, k, json.dumps({**json.loads(v), "ts": json.loads(v)["ts"] + shift}).encode())
+        if v.startswith(b'{"')
+        else (o, k, v)
+        for o, k, v in second
+    ]
+    second += [(900 + i, b"d-0", reading("d-0", T0 + 10_000 * i)) for i in range(5)]
+    with caplog.at_level(logging.ERROR, logger="fleetwatch.aggregate"):
+        fill(log, 0, second[:10])
+        harness.pump(rounds=3)
+        fill(log, 0, second[10:])
+        harness.pump()
+    harness.idle()
+    harness.stop()
+    errors = [r.getMessage() for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and "topic was reset" in errors[0] and "epoch 1" in errors[0]
+    after = {p.name: p.read_bytes() for p in (tmp_path / "aggregates").rglob("*.parquet")}
+    assert all(after[name] == data for name, data in before.items())  # nothing overwritten
+    new = [parse_live_file_name(name) for name in set(after) - set(before)]
+    assert {name.epoch for name in new if name} == {0, 1}
+    # epoch 0: the windows still open at the reset, written then from the old log's records
+    assert all(name.last_offset < 1500 for name in new if name and name.epoch == 0)
+    expected, expected_late, _ = reference(first + second)
+    compare(tmp_path, expected)
+    late = read_dir(tmp_path / "late")
+    assert len(late) == len(expected_late) and (as_ms(late["ts"]) < T0 + 50_000).sum() >= 5
+
+
+def test_a_topic_recreated_while_the_worker_was_down_is_noticed_at_assignment(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = MemoryLog(partitions=1)
+    fill(log, 0, make_records(7, 600, "d"))
+    harness = Harness(tmp_path, log)
+    harness.assign(0)
+    harness.pump()
+    harness.stop()
+    log.recreate()
+    fill(log, 0, [(0, b"d-1", reading("d-1", T0 + 3_600_000 + i * 1000)) for i in range(700)])
+    restarted = Harness(tmp_path, log)
+    with caplog.at_level(logging.ERROR, logger="fleetwatch.aggregate"):
+        restarted.assign(0)
+        restarted.pump()
+    restarted.idle()
+    restarted.stop()
+    assert any("deleted and created again" in r.getMessage() for r in caplog.records)
+    written = read_dir(tmp_path / "aggregates")
+    new = written[as_ms(written["window_start"]) >= T0 + 3_600_000]
+    assert new["count"].sum() == 700  # every reading sent after the reset
+
+
+def test_records_deleted_by_retention_are_reported_and_skipped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    log = MemoryLog(partitions=1)
+    fill(log, 0, make_records(8, 400, "d"))
+    harness = Harness(tmp_path, log)
+    harness.assign(0)
+    harness.pump()
+    harness.stop()
+    fill(log, 0, make_records(9, 600, "d")[400:])
+    log.delete_before(0, 500)
+    restarted = Harness(tmp_path, log)
+    with caplog.at_level(logging.ERROR, logger="fleetwatch.aggregate"):
+        restarted.assign(0)
+        restarted.pump()
+    assert any("deleted from the log" in r.getMessage() for r in caplog.records)
+    assert restarted.aggregator.processors[0].next_offset == 600
+
+
+def test_on_offset_reset_fail_stops_without_changing_anything(tmp_path: Path) -> None:
+    log = MemoryLog(partitions=1)
+    fill(log, 0, make_records(10, 500, "d"))
+    harness = Harness(tmp_path, log, on_offset_reset="fail")
+    harness.assign(0)
+    harness.pump()
+    harness.stop()
+    saved = (tmp_path / "state" / "aggregate" / TOPIC / "p0000.json").read_text()
+    log.recreate()
+    restarted = Harness(tmp_path, log, on_offset_reset="fail")
+    with pytest.raises(OffsetResetError, match="on_offset_reset=fail"):
+        restarted.assign(0)
+    assert (tmp_path / "state" / "aggregate" / TOPIC / "p0000.json").read_text() == saved
+
+
+def test_a_failed_batch_is_never_checkpointed(tmp_path: Path) -> None:
+    """A dead letter that cannot be sent stops the partition before its checkpoint moves:
+    the next start replays the batch, dead letter included (at least once)."""
+    log = MemoryLog(partitions=1)
+    records = make_records(11, 300, "d")
+    records[10] = (10, b"d-1", b"{broken")
+    fill(log, 0, records)
+    harness = Harness(tmp_path, log)
+    harness.assign(0)
+    harness.source.fail_sends = True
+    with pytest.raises(ConnectionError):
+        harness.pump()
+    harness.stop()
+    saved = json.loads((tmp_path / "state" / "aggregate" / TOPIC / "p0000.json").read_text())
+    assert saved["next_offset"] is None  # nothing of the failed batch was vouched for
+    restarted = Harness(tmp_path, log)
+    restarted.assign(0)
+    restarted.pump()
+    restarted.idle()
+    restarted.stop()
+    expected, _, invalid = reference(records)
+    compare(tmp_path, expected)
+    assert len(restarted.source.dead_letters) == invalid
+
+
+def test_a_huge_payload_is_dead_lettered_cut_with_its_size(tmp_path: Path) -> None:
+    log = MemoryLog(partitions=1)
+    huge = b"{" + b"x" * 1_000_082
+    log.append(0, b"k" * 10_000, huge)
+    log.append(0, b"d", reading("d", T0))
+    harness = Harness(tmp_path, log)
+    harness.assign(0)
+    harness.pump()
+    harness.idle()
+    harness.stop()
+    [(key, value, headers)] = harness.source.dead_letters
+    named = dict(headers)
+    assert named["fleetwatch.reason"] == b"oversized"
+    assert value == huge[:DEAD_LETTER_MAX_VALUE] and key is not None and len(key) == 4096
+    assert named["fleetwatch.truncated.value_bytes"] == str(len(huge)).encode()
+    assert named["fleetwatch.truncated.key_bytes"] == b"10000"
+    assert read_dir(tmp_path / "aggregates")["count"].tolist() == [1]
+
+
+def test_records_fetched_during_a_rebalance_are_fetched_again(tmp_path: Path) -> None:
+    log = MemoryLog(partitions=1)
+    records = make_records(12, 700, "d")
+    fill(log, 0, records)
+    harness = Harness(tmp_path, log)
+    harness.assign(0)
+
+    async def stale_then_fresh() -> None:
+        harness.source.poll(200)  # fetched, then the flow stopped: not delivered
+        await harness.aggregator.rewind([0])
+        for _ in range(20):
+            batches = harness.source.poll(150)
+            if batches:
+                await harness.aggregator.on_records(batches)
+
+    harness.run(stale_then_fresh())
+    harness.idle()
+    harness.stop()
+    compare(tmp_path, reference(records)[0])

@@ -1,0 +1,152 @@
+"""`fleetwatch import --backfill`: historical files become aggregates exactly, once, and are
+trained and scored like live data (before, they went to the late sink)."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fleetwatch.cli import main
+from fleetwatch.config import load_settings
+from fleetwatch.scheduler.service import CatchUp
+from fleetwatch.scoring.train import train
+from fleetwatch.storage.layout import DataLayout
+from tests.integration.aggregate_helpers import read_parquet_dir
+
+START = datetime(2026, 11, 20, 6, tzinfo=UTC)
+
+
+def azure_csv(path: Path, hours: int = 3, seed: int = 3) -> pd.DataFrame:
+    """The Azure batch-scoring reference's layout: TS, Device, Tag, Value, one reading a row."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for device in ("Device_1", "Device_2", "Device_3"):
+        for second in range(0, hours * 3600, 10):
+            ts = START + timedelta(seconds=second + int(rng.integers(0, 9)))
+            for tag, base in (("temperature", 60.0), ("pressure", 2.0)):
+                rows.append((ts.strftime("%Y-%m-%d %H:%M:%S"), device, tag, base + rng.normal()))
+    frame = pd.DataFrame(rows, columns=["TS", "Device", "Tag", "Value"])
+    frame.to_csv(path, index=False)
+    return frame
+
+
+def expected_windows(frame: pd.DataFrame) -> pd.DataFrame:
+    ts = pd.to_datetime(frame["TS"]).dt.tz_localize("UTC")
+    data = pd.DataFrame(
+        {
+            "device_id": frame["Device"],
+            "sensor": frame["Tag"],
+            "window_start": ts.dt.floor("min"),
+            "value": frame["Value"],
+        }
+    )
+    return (
+        data.groupby(["device_id", "sensor", "window_start"])["value"]
+        .agg(count="count", mean="mean", std=lambda v: v.std(ddof=0), min="min", max="max")
+        .reset_index()
+    )
+
+
+def test_a_historical_file_becomes_exact_aggregates_once(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "sensor_data.csv"
+    frame = azure_csv(source)
+    data = tmp_path / "data"
+    args = [
+        "import",
+        str(source),
+        "--backfill",
+        "--assume-timezone",
+        "UTC",
+        "--data-dir",
+        str(data),
+    ]
+    assert main(args) == 0
+    assert "windows_written" in capsys.readouterr().out
+    assert main(args) == 0  # again: the same files, no duplicate
+    got = read_parquet_dir(data / "aggregates")
+    assert not got.duplicated(["device_id", "sensor", "window_start"]).any()
+    want = expected_windows(frame)
+    merged = want.merge(
+        got.assign(window_start=got["window_start"].astype("datetime64[ns, UTC]")),
+        on=["device_id", "sensor", "window_start"],
+        suffixes=("_want", "_got"),
+        how="outer",
+        indicator=True,
+    )
+    assert (merged["_merge"] == "both").all()
+    assert (merged["count_want"] == merged["count_got"]).all()
+    for column in ("mean", "std", "min", "max"):
+        np.testing.assert_allclose(merged[f"{column}_got"], merged[f"{column}_want"], atol=1e-9)
+    assert not (data / "late").exists()
+    files = sorted(p.name for p in (data / "aggregates").rglob("*.parquet"))
+    assert len(files) == 3 and len(set(files)) == 1 and files[0].startswith("b-")
+
+
+def test_backfilled_hours_are_closed_trained_and_scored(tmp_path: Path) -> None:
+    source = tmp_path / "sensor_data.csv"
+    azure_csv(source, hours=4)
+    data = tmp_path / "data"
+    assert (
+        main(
+            [
+                "import",
+                str(source),
+                "--backfill",
+                "--assume-timezone",
+                "UTC",
+                "--data-dir",
+                str(data),
+            ]
+        )
+        == 0
+    )
+    settings = load_settings(
+        environ={},
+        overrides={
+            "": {"data_dir": str(data)},
+            "train": {"workers": "1", "progress": "false"},
+            "score": {"workers": "1"},
+        },
+    )
+    summary = train(settings, START, START + timedelta(hours=2))
+    assert sorted(summary.trained) == ["Device_1", "Device_2", "Device_3"]
+    results = CatchUp(settings)()  # no aggregation ever ran here: backfilled hours are closed
+    assert [r.window_start.hour for r in results] == [6, 7, 8, 9]
+    assert all(r.status == "succeeded" and r.devices_scored == 3 for r in results)
+    assert CatchUp(settings)() == []
+
+
+def test_windows_that_exist_already_are_refused_not_doubled(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "sensor_data.csv"
+    azure_csv(source, hours=1)
+    data = tmp_path / "data"
+    main(["import", str(source), "--backfill", "--assume-timezone", "UTC", "--data-dir", str(data)])
+    capsys.readouterr()
+    changed = tmp_path / "other.csv"  # another file with the same windows
+    changed.write_text(source.read_text().replace("\n", "\n", 1) + "\n")
+    assert (
+        main(
+            [
+                "import",
+                str(changed),
+                "--backfill",
+                "--assume-timezone",
+                "UTC",
+                "--data-dir",
+                str(data),
+            ]
+        )
+        == 2
+    )
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "exist already" in line
+    hours = DataLayout(data).inventory()
+    assert len(hours) == 1 and len(hours[0].files) == 1

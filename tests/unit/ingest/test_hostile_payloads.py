@@ -1,0 +1,144 @@
+"""No message can crash the aggregation or take valid neighbours with it: hostile payloads."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from fleetwatch.aggregate.processor import PartitionProcessor
+from fleetwatch.aggregate.windows import WindowSpec
+from fleetwatch.ingest.telemetry import InvalidMessage, parse_message
+from fleetwatch.storage.layout import DataLayout
+from fleetwatch.storage.parquet import PartitionedParquetSink
+from tests.unit.aggregate.test_processor import read_dir
+
+T0 = 1_795_334_400_000
+
+
+def doc(**fields: object) -> bytes:
+    base: dict[str, object] = {"device_id": "pump-1", "ts": T0, "readings": {"t": 1.0}}
+    base.update(fields)
+    return json.dumps(base).encode()
+
+
+def raw(text: str) -> bytes:
+    return text.encode()
+
+
+HOSTILE: list[bytes | None] = [
+    None,
+    b"",
+    b" ",
+    b"\x00",
+    b"\x00" * 100,
+    b"\xff\xfe\xfd",
+    b"\xc3\x28",  # invalid UTF-8
+    b'{"device_id": "pump-1", "ts": 1, "readings": {"t": 1}}\x00',
+    b"null",
+    b"true",
+    b"42",
+    b'"a string"',
+    b"[]",
+    b"[" * 100_000 + b"]" * 100_000,  # deep nesting
+    b'{"a":' * 50_000 + b"1" + b"}" * 50_000,
+    raw('{"device_id": "pump-1", "ts": ' + "9" * 400 + ', "readings": {"t": 1}}'),
+    raw('{"device_id": "pump-1", "ts": 1795334400000, "readings": {"t": ' + "9" * 400 + "}}"),
+    raw('{"device_id": "pump-1", "ts": 1795334400000, "readings": {"t": -' + "9" * 400 + "}}"),
+    raw('{"device_id": "pump-1", "ts": 1795334400000, "readings": {"t": 1' + "0" * 5000 + "}}"),
+    raw('{"device_id": "pump-1", "ts": 1795334400000, "readings": {"t": 1e999}}'),
+    raw('{"device_id": "pump-1", "ts": 1795334400000, "readings": {"t": -1e999}}'),
+    raw('{"device_id": "pump-1", "ts": 1795334400000, "readings": {"t": NaN}}'),
+    raw('{"device_id": "pump-1", "ts": 1795334400000, "readings": {"t": Infinity}}'),
+    raw('{"device_id": ' + "1" * 5000 + ', "ts": 1795334400000, "readings": {"t": 1}}'),
+    doc(ts=1.5e12),
+    doc(ts=-1),
+    doc(ts=2**70),
+    doc(ts=True),
+    doc(ts=None),
+    doc(ts=[1, 2]),
+    doc(ts={"a": 1}),
+    doc(ts=""),
+    doc(ts="yesterday"),
+    doc(ts="2026-11-22T10:00:00"),  # naive
+    doc(ts="0001-01-01T00:00:00+14:00"),
+    doc(ts="9999-12-31T23:59:59-14:00"),
+    doc(ts="2026-13-45T99:99:99Z"),
+    doc(ts="2026-11-22T10:00:00Z" + "0" * 10_000),
+    doc(device_id=""),
+    doc(device_id="a" * 65),
+    doc(device_id="../../etc/passwd"),
+    doc(device_id="pump 1"),
+    doc(device_id="pump-1\x00"),
+    doc(device_id=None),
+    doc(device_id=12),
+    doc(device_id=["pump-1"]),
+    doc(device_id=".."),
+    doc(readings=None),
+    doc(readings=[]),
+    doc(readings={}),
+    doc(readings="t=1"),
+    doc(readings={"": 1.0}),
+    doc(readings={"t; DROP TABLE scores": 1.0}),
+    doc(readings={"t" * 65: 1.0}),
+    doc(readings={"t": "1.0"}),
+    doc(readings={"t": None}),
+    doc(readings={"t": True}),
+    doc(readings={"t": [1.0]}),
+    doc(readings={"t": {"v": 1.0}}),
+    doc(readings={f"s{i}": 1.0 for i in range(20_000)}),  # 64 KiB and more
+    raw('{"device_id": "pump-1", "device_id": "pump-2", "ts": 1795334400000, "readings": 1}'),
+    raw('{"device_id": "pump-1"}'),
+    raw('{"ts": 1795334400000, "readings": {"t": 1}}'),
+    raw('{"device_id": "pump-1", "ts": 1795334400000}'),
+    b'{"device_id": "pump-1", "ts": 1795334400000, "readings": {"t": 1}' + b" " * 70_000 + b"}",
+    doc(ts="2026-11-22T10:00:00+25:00"),  # an offset beyond a day
+    doc() + b"garbage",
+    doc() * 2,
+    b"{" + b"x" * 1_000_082,  # a payload above Kafka's default message size
+]
+
+
+def test_there_are_at_least_fifty_hostile_payloads() -> None:
+    assert len(HOSTILE) >= 50
+
+
+@pytest.mark.parametrize("payload", HOSTILE, ids=range(len(HOSTILE)))
+def test_a_hostile_payload_is_invalid_with_a_reason_and_nothing_else(payload: bytes | None) -> None:
+    with pytest.raises(InvalidMessage) as caught:
+        parse_message(payload, b"pump-1")
+    assert caught.value.reason and len(caught.value.detail) < 2000
+
+
+def test_a_key_that_does_not_match_is_invalid() -> None:
+    with pytest.raises(InvalidMessage, match="key_mismatch"):
+        parse_message(doc(), b"x" * 1_000_000)
+
+
+def test_hostile_payloads_among_valid_readings_cost_only_themselves(tmp_path: Path) -> None:
+    """Every valid reading sent between hostile ones is aggregated, each hostile one is dead
+    lettered once with its reason, and the processor never raises."""
+    layout = DataLayout(tmp_path)
+    dead: list[tuple[int, str]] = []
+    processor = PartitionProcessor(
+        0,
+        WindowSpec(60_000, 30_000),
+        PartitionedParquetSink(layout, "aggregates"),
+        PartitionedParquetSink(layout, "late"),
+        lambda offset, key, value, reason, detail: dead.append((offset, reason)),
+    )
+    records = []
+    valid = 0
+    for index, payload in enumerate(HOSTILE):
+        records.append((2 * index, b"pump-1", payload))
+        good = json.dumps({"device_id": "pump-1", "ts": T0 + index * 100, "readings": {"t": 2.0}})
+        records.append((2 * index + 1, b"pump-1", good.encode()))
+        valid += 1
+    for start in range(0, len(records), 7):  # whatever the batching
+        processor.process(records[start : start + 7])
+    processor.close_all()
+    processor.checkpoint()
+    assert sorted(offset for offset, _ in dead) == [2 * i for i in range(len(HOSTILE))]
+    windows = read_dir(tmp_path / "aggregates")
+    assert windows["count"].sum() == valid and set(windows["mean"]) == {2.0}
