@@ -40,7 +40,7 @@ import pyarrow as pa
 
 import fleetwatch
 from fleetwatch.scoring.features import PRESENT, feature_names
-from fleetwatch.scoring.models import DeviceModel
+from fleetwatch.scoring.kinds import DeviceModel
 from fleetwatch.scoring.pack import ModelPack, pack_folder
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, write_table

@@ -5,60 +5,87 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import sys
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, TextIO
 
 if TYPE_CHECKING:  # rich takes 0.05 s to import: only when a bar is shown
     from rich.progress import Progress
 
 
-def _plain(value: Any) -> Any:
+def json_value(value: Any) -> Any:
+    """A value as JSON carries it exactly: times as ISO-8601, a float as its shortest exact
+    form, a decimal as a number; NaN and infinities (not JSON) as null."""
+    if isinstance(value, bool) or value is None or isinstance(value, int | str):
+        return value
     if isinstance(value, float):
-        return round(value, 6)
+        return value if math.isfinite(value) else None
+    if isinstance(value, Decimal):
+        return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, Mapping):
-        return {k: _plain(v) for k, v in value.items()}
-    if isinstance(value, list | tuple):
-        return [_plain(v) for v in value]
+        return {str(k): json_value(v) for k, v in value.items()}
+    if isinstance(value, list | tuple | set):
+        return [json_value(v) for v in value]
     if hasattr(value, "isoformat"):
         return value.isoformat()
-    return value
+    if hasattr(value, "item"):  # numpy scalars
+        return json_value(value.item())
+    return str(value)
+
+
+def _csv_value(value: Any) -> Any:
+    value = json_value(value)
+    if isinstance(value, dict | list):
+        return json.dumps(value)
+    return "" if value is None else value
+
+
+def _text_value(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return f"{value:.6g}"
+    if isinstance(value, Mapping):
+        return ", ".join(f"{k}={_text_value(v)}" for k, v in value.items()) or "-"
+    if hasattr(value, "isoformat"):
+        return str(value.isoformat())
+    return str(value)
 
 
 def emit_record(title: str, record: Mapping[str, Any], fmt: str, out: TextIO | None = None) -> None:
-    """One summary record: aligned ``key: value`` lines, one JSON object, or a header+row CSV."""
+    """One summary record: aligned ``key: value`` lines, one JSON object, or a header+row CSV.
+    The machine formats are exact (no rounding); the text one is for people."""
     out = out or sys.stdout
-    plain = {k: _plain(v) for k, v in record.items()}
     if fmt == "json":
-        out.write(json.dumps(plain, sort_keys=False) + "\n")
+        out.write(json.dumps(json_value(dict(record))) + "\n")
     elif fmt == "csv":
-        flat = {k: json.dumps(v) if isinstance(v, dict | list) else v for k, v in plain.items()}
-        writer = csv.DictWriter(out, fieldnames=list(flat), lineterminator="\n")
+        writer = csv.DictWriter(out, fieldnames=list(record), lineterminator="\n")
         writer.writeheader()
-        writer.writerow(flat)
+        writer.writerow({k: _csv_value(v) for k, v in record.items()})
     else:
         out.write(f"{title}\n")
-        width = max((len(k) for k in plain), default=0)
-        for key, value in plain.items():
-            if isinstance(value, dict):
-                value = ", ".join(f"{k}={v}" for k, v in value.items()) or "-"
-            out.write(f"  {key:<{width}}  {value}\n")
+        width = max((len(k) for k in record), default=0)
+        for key, value in record.items():
+            out.write(f"  {key:<{width}}  {_text_value(value)}\n")
     out.flush()
 
 
 def emit_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], fmt: str) -> str:
-    """Rows as an aligned text table, JSON lines array or CSV; returned as a string."""
-    plain_rows = [{c: _plain(r.get(c)) for c in columns} for r in rows]
+    """Rows as an aligned text table, one JSON array, or CSV; returned as a string. The
+    machine formats are exact (floats as Python's shortest exact form, integers as integers);
+    the text one rounds for people."""
     if fmt == "json":
-        return json.dumps(plain_rows) + "\n"
+        return json.dumps([{c: json_value(r.get(c)) for c in columns} for r in rows]) + "\n"
     if fmt == "csv":
         buffer = io.StringIO()
-        writer = csv.DictWriter(buffer, fieldnames=list(columns), lineterminator="\n")
-        writer.writeheader()
-        writer.writerows(plain_rows)
+        writer = csv.writer(buffer, lineterminator="\n")
+        writer.writerow(columns)
+        writer.writerows([[_csv_value(r.get(c)) for c in columns] for r in rows])
         return buffer.getvalue()
-    text = [[("" if r[c] is None else str(r[c])) for c in columns] for r in plain_rows]
+    text = [[_text_value(r.get(c)) for c in columns] for r in rows]
     widths = [max([len(c)] + [len(row[i]) for row in text]) for i, c in enumerate(columns)]
     lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))

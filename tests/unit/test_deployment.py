@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from fleetwatch.cli import build_parser
+from fleetwatch.cli import parser as build_parser
+from fleetwatch.cli.parser import overrides
 from fleetwatch.config import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -34,15 +35,10 @@ def test_every_fleetwatch_service_command_parses(compose: dict) -> None:
         entrypoint = service.get("entrypoint", ["fleetwatch"])
         assert entrypoint[0] == "fleetwatch", name
         argv = [*entrypoint[1:], *argv]
-        args = parser.parse_args(argv)  # exits (fails the test) on a bad flag or subcommand
+        args = parser.parse_args(argv)  # raises UsageError on a bad flag or subcommand
         environment = {k: str(v) for k, v in service["environment"].items()}
         assert all(k.startswith("FLEETWATCH_") for k in environment), name
-        overrides: dict[str, dict[str, object]] = {}
-        for dest, value in vars(args).items():
-            if dest.startswith("setting:"):
-                _, section, key = dest.split(":", 2)
-                overrides.setdefault(section, {})[key] = value
-        load_settings(environ=environment, overrides=overrides)  # raises on a bad key or value
+        load_settings(environ=environment, overrides=overrides(args))  # raises on a bad value
 
 
 def test_services_share_one_data_volume_and_wait_for_kafka(compose: dict) -> None:
@@ -59,6 +55,10 @@ def test_services_share_one_data_volume_and_wait_for_kafka(compose: dict) -> Non
     assert kafka["image"].startswith("apache/kafka:") and "healthcheck" in kafka
     assert kafka["environment"]["KAFKA_PROCESS_ROLES"] == "broker,controller"  # KRaft
     assert "data" in compose["volumes"]
+    # Kafka's log lives as long as the data volume's checkpoints: `down`/`up` keeps both
+    assert "kafka:/var/lib/kafka/data" in kafka["volumes"]
+    assert kafka["environment"]["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data"
+    assert "kafka" in compose["volumes"]
 
 
 def test_dockerfile_installs_the_package_and_uses_the_cli() -> None:

@@ -156,7 +156,9 @@ class FaustSource:
         return TP(self.topic, partition)
 
     async def seek(self, partition: int, offset: int) -> None:
-        await self.app.consumer.seek(self._tp(partition), offset)
+        # On the consumer's own thread (Faust runs aiokafka in one): a seek from this one
+        # races with a fetch there (seen: KeyError in aiokafka's fetched_records).
+        await self.app.consumer.seek_wait({self._tp(partition): offset})
 
     def highwater(self, partition: int) -> int | None:
         try:

@@ -140,5 +140,16 @@ def run_worker(settings: Settings) -> int:
     try:
         worker.execute_from_commandline()
     except SystemExit as exc:
-        return int(exc.code or 0)
-    return 0
+        code = int(exc.code or 0)
+    else:  # pragma: no cover - execute_from_commandline always exits
+        code = 0
+    reason = worker.crash_reason or app.crash_reason
+    if code and reason is not None and app.receiver is not None and app.receiver.failure is None:
+        # Faust exits 1 on a crash without saying why; say it (errors of ours were said)
+        log.error(
+            "the worker stopped after an error: %s: %s",
+            type(reason).__name__,
+            reason,
+            exc_info=(type(reason), reason, reason.__traceback__),
+        )
+    return code

@@ -107,6 +107,23 @@ class CatchUp:
         return done
 
 
+def score_hours(
+    settings: Settings, hours: list[datetime]
+) -> tuple[list[RunResult], list[datetime]]:
+    """Score each of ``hours`` whole (replacing its scores), one at a time under the scoring
+    lock; the runs, and the hours that had no aggregates at all (nothing was recorded)."""
+    from fleetwatch.scoring.score import NoDataError
+
+    results, empty = [], []
+    for hour in hours:
+        with scoring_lock(settings):
+            try:
+                results.append(score_hour(settings, hour))
+            except NoDataError:
+                empty.append(hour)
+    return results, empty
+
+
 @dataclass
 class Retrainer:
     """Retrains every device on the newest closed ``--retrain-window`` of event time."""

@@ -39,13 +39,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO, NamedTuple
 
-import numpy as np
-
 from fleetwatch.errors import FleetwatchError
 from fleetwatch.ingest.telemetry import is_valid_name
-from fleetwatch.scoring.models import ModelKindName, Scorer, SvmParams
+from fleetwatch.scoring.kinds import KINDS, ModelKind, Scorer, kind_named
 from fleetwatch.scoring.registry import ModelRegistry, ParamsLayout, pack_arrays, read_bytes
 from fleetwatch.storage.atomic import write_atomically, write_bytes_atomically
+from fleetwatch.storage.layout import DataLayout
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +56,6 @@ ALIGN = 64  # every entry starts on a cache line: float64 views of the mapping a
 #: entries in use (superseded versions pile up with every retraining).
 COMPACT_ABOVE = 2.0
 Signature = tuple[int, int, int]  # st_ino, st_size, st_mtime_ns
-KINDS: tuple[ModelKindName, ...] = ("device", "per_sensor")
 
 
 def signature(path: str) -> Signature:
@@ -70,11 +68,10 @@ class ActiveModel:
     """A device's active model as scoring needs it, from the pack or the registry's files."""
 
     version: str
-    kind: ModelKindName
+    kind: type[ModelKind]
     features: tuple[str, ...]
     threshold: float
-    arrays: dict[str, np.ndarray]  # params.bin's (empty when ``scorer`` is given)
-    scorer: Scorer | None = None  # a single pipeline, ready to score (from the pack)
+    scorer: Scorer
 
 
 class _Entry(NamedTuple):  # 10,000 made per run: a tuple is made 4x faster than a dataclass
@@ -82,7 +79,7 @@ class _Entry(NamedTuple):  # 10,000 made per run: a tuple is made 4x faster than
     manifest: Signature
     params: Signature
     crc32: int  # of the packed bytes
-    kind: ModelKindName
+    kind: type[ModelKind]
     features: tuple[str, ...]
     layout: ParamsLayout
     threshold: float
@@ -141,6 +138,7 @@ class ModelPack:
             version, manifest, params, crc, kind, feature_id, layout_id, threshold, at, size = row
             if not (is_valid_name(device_id) and is_valid_name(version) and kind in KINDS):
                 raise ValueError(f"an entry names {device_id!r} {version!r} {kind!r}")
+            kind = KINDS[kind]
             if at + size > len(mapped):
                 raise ValueError(f"{device_id}'s entry lies past the end of {name}.bin")
             self._entries[device_id] = _Entry(
@@ -203,14 +201,11 @@ class ModelPack:
             log.warning("model pack: %s %s damaged, read from files", device_id, entry.version)
             return None
         try:
-            arrays = entry.layout.arrays(blob)
-            scorer = Scorer.from_arrays(arrays) if entry.kind == "device" else None
+            scorer = entry.kind.from_packed(entry.layout.arrays(blob))
         except (KeyError, ValueError, IndexError, TypeError) as exc:
             log.warning("model pack: %s %s unusable (%s)", device_id, entry.version, exc)
             return None
-        if scorer is not None:
-            return ActiveModel(entry.version, "device", entry.features, entry.threshold, {}, scorer)
-        return ActiveModel(entry.version, entry.kind, entry.features, entry.threshold, arrays)
+        return ActiveModel(entry.version, entry.kind, entry.features, entry.threshold, scorer)
 
     # ------------------------------------------------------------------ writing
 
@@ -274,20 +269,19 @@ class ModelPack:
             params_signature = signature(f"{base}/params.bin")
             model = self.registry.get(device_id, version)
             manifest = model.manifest
-            if manifest["kind"] not in KINDS:
+            kind = KINDS.get(manifest["kind"])
+            if kind is None:
                 return None  # scoring reads the files and reports why
             blob = ModelRegistry.read_params(model)  # sha256-checked
-            layout = ParamsLayout(manifest["params"])
-            if manifest["kind"] == "device":  # kept as its Scorer
-                scorer = SvmParams.from_arrays(layout.arrays(blob)).scorer()
-                numeric, strings, blob = pack_arrays(scorer.to_arrays())
-                layout = ParamsLayout({"layout": numeric, "strings": strings})
+            arrays = ParamsLayout(manifest["params"]).arrays(blob)
+            numeric, strings, blob = pack_arrays(kind.packed(arrays))
+            layout = ParamsLayout({"layout": numeric, "strings": strings})
             entry = _Entry(
                 version,
                 manifest_signature,
                 params_signature,
                 zlib.crc32(blob),
-                manifest["kind"],
+                kind,
                 tuple(manifest["features"]),
                 layout,
                 float(manifest.get("threshold", 0.0)),
@@ -320,7 +314,7 @@ class ModelPack:
                 list(entry.manifest),
                 list(entry.params),
                 entry.crc32,
-                entry.kind,
+                entry.kind.name,
                 features.setdefault(entry.features, len(features)),
                 layouts[key],
                 entry.threshold,
@@ -355,14 +349,15 @@ def read_active(registry: ModelRegistry, device_id: str) -> ActiveModel | None:
     active = registry.active(device_id)
     if active is None:
         return None
-    kind, arrays = ModelRegistry.load_params(active)
+    name, arrays = ModelRegistry.load_params(active)
+    kind = kind_named(name)
     features = tuple(active.manifest["features"])
     threshold = float(active.manifest.get("threshold", 0.0))
-    return ActiveModel(active.version, kind, features, threshold, arrays)
+    return ActiveModel(active.version, kind, features, threshold, kind.scorer(arrays))
 
 
 def pack_folder(data_dir: Path) -> Path:
-    return data_dir / "state" / "model-pack"
+    return DataLayout(data_dir).model_pack
 
 
 def refresh_quietly(pack: ModelPack, devices: Iterable[str] | None = None) -> int:

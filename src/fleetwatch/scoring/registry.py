@@ -24,7 +24,7 @@ import numpy as np
 
 from fleetwatch.errors import FleetwatchError, InvalidInputError
 from fleetwatch.ingest.telemetry import is_valid_name
-from fleetwatch.scoring.models import ModelKind, ModelKindName
+from fleetwatch.scoring.kinds import ModelKind
 from fleetwatch.storage.atomic import publish_directory, storage_error, write_text_atomically
 
 
@@ -154,7 +154,7 @@ class ModelRegistry:
             manifest = {
                 "device_id": device_id,
                 "version": version,
-                "kind": model.kind,
+                "kind": model.name,
                 "sha256": {
                     "model.joblib": sha256_of(staging / "model.joblib"),
                     "params.bin": sha256_of(staging / "params.bin"),
@@ -255,6 +255,36 @@ class ModelRegistry:
         version = self.active_version(device_id)
         return None if version is None else self.get(device_id, version)
 
+    def overview(self) -> list[dict[str, Any]]:
+        """One row per device: its active version, how many it has, kind, training end."""
+        rows = []
+        for device_id in self.devices():
+            active = self.active(device_id)
+            rows.append(
+                {
+                    "device_id": device_id,
+                    "active": active.version if active else None,
+                    "versions": len(self._version_names(device_id)),
+                    "kind": active.manifest.get("kind") if active else None,
+                    "trained_until": active.manifest["training"]["until"] if active else None,
+                }
+            )
+        return rows
+
+    def describe(self, device_id: str, version: str | None = None) -> dict[str, Any]:
+        """A version's manifest (default: the active one's), after both its files checked out."""
+        version = version or self.active_version(device_id)
+        if version is None:
+            raise InvalidInputError(f"{device_id} has no active model; train one first")
+        model = self.get(device_id, version)
+        self.verified(model, "model.joblib")
+        self.verified(model, "params.bin")
+        return {
+            **model.manifest,
+            "active": version == self.active_version(device_id),
+            "sha256_verified": True,
+        }
+
     @staticmethod
     def verified(model: ModelVersion, file_name: str) -> Path:
         """The path of ``file_name`` after its sha256 matched the manifest."""
@@ -268,9 +298,9 @@ class ModelRegistry:
         return path
 
     @classmethod
-    def load_params(cls, model: ModelVersion) -> tuple[ModelKindName, dict[str, np.ndarray]]:
-        """The parameter arrays: read once, sha256-checked, decoded without pickle."""
-        kind: ModelKindName = model.manifest["kind"]
+    def load_params(cls, model: ModelVersion) -> tuple[str, dict[str, np.ndarray]]:
+        """The kind and parameter arrays: read once, sha256-checked, decoded without pickle."""
+        kind = str(model.manifest["kind"])
         return kind, unpack_arrays(model.manifest["params"], cls.read_params(model))
 
     @staticmethod

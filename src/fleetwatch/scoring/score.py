@@ -31,8 +31,9 @@ from fleetwatch.errors import FleetwatchError
 from fleetwatch.output import progress_bar
 from fleetwatch.scoring.executor import DeviceResult, run_tasks
 from fleetwatch.scoring.features import WindowCube, read_cube
-from fleetwatch.scoring.models import Scorer, SvmParams, decide, decision_from_arrays
+from fleetwatch.scoring.kinds import ModelKind
 from fleetwatch.scoring.pack import (
+    ActiveModel,
     ModelPack,
     pack_folder,
     read_active,
@@ -279,16 +280,13 @@ def _active_or_none(registry: ModelRegistry, device_id: str) -> str | None:
 class _Model:
     """A device's active model, loaded and checked."""
 
-    version: str
-    threshold: float
-    features: tuple[str, ...]
-    scorer: Scorer | None  # a single pipeline: scored together with its feature group
-    scores: np.ndarray | None  # any other kind: already scored
+    active: ActiveModel
     packed: bool  # loaded from the model pack (else from its files: pack it after the run)
 
     def result(self, scores: np.ndarray) -> tuple[bytes, float, str, bool]:
         # bytes: 10,000 small arrays cost the parent 0.08 s to unpickle, bytes next to nothing
-        return scores.astype(np.float64).tobytes(), self.threshold, self.version, self.packed
+        active = self.active
+        return scores.astype(np.float64).tobytes(), active.threshold, active.version, self.packed
 
 
 def _preload(pack: ModelPack, stop: threading.Event) -> set[str]:
@@ -320,33 +318,32 @@ def score_devices(
     """
     results: dict[str, DeviceResult] = {}
     for start in range(0, len(devices), GATHER_SIZE):
-        groups: dict[tuple[str, ...], list[tuple[str, _Model, Scorer]]] = {}
+        groups: dict[tuple[type[ModelKind], tuple[str, ...]], list[tuple[str, _Model]]] = {}
         for device_id in devices[start : start + GATHER_SIZE]:
             try:
-                model = _load(registry, pack, cube, device_id, hook)
+                model = _load(registry, pack, device_id, hook)
             except Exception as exc:  # a model that raises fails its device only
                 results[device_id] = ("error", f"{type(exc).__name__}: {exc}")
                 continue
             if model is None:
                 results[device_id] = ("ok", None)  # a model folder without an active version
-            elif model.scores is not None:
-                results[device_id] = ("ok", model.result(model.scores))
-            elif model.scorer is not None:
-                groups.setdefault(model.features, []).append((device_id, model, model.scorer))
-        for features, members in groups.items():
-            ids, scorers = [d for d, _, _ in members], [s for _, _, s in members]
+            else:
+                key = (model.active.kind, model.active.features)
+                groups.setdefault(key, []).append((device_id, model))
+        for (kind, features), members in groups.items():
+            ids = [device_id for device_id, _ in members]
             windows, counts = cube.gather(ids, list(features))
             try:
-                scores = decide(scorers, windows, counts)
+                scores = kind.decide_many([m.active.scorer for _, m in members], windows, counts)
             except Exception:  # a malformed model among them: score them one by one
                 windows, counts = cube.gather(ids, list(features))
                 scores = None
-            for index, (device_id, model, scorer) in enumerate(members):
+            for index, (device_id, model) in enumerate(members):
                 try:
                     values = (
                         scores[index]
                         if scores is not None
-                        else scorer.decision(windows[index, : counts[index]])
+                        else model.active.scorer.decision(windows[index, : counts[index]])
                     )
                     results[device_id] = ("ok", model.result(values))
                 except Exception as exc:
@@ -357,7 +354,6 @@ def score_devices(
 def _load(
     registry: ModelRegistry,
     pack: ModelPack | None,
-    cube: WindowCube,
     device_id: str,
     hook: DeviceHook | None,
 ) -> _Model | None:
@@ -369,21 +365,13 @@ def _load(
         active = read_active(registry, device_id)
         if active is None:
             return None
-    if active.kind != "device":
-        matrix = cube.matrix(device_id, list(active.features)).matrix
-        scores = decision_from_arrays(active.kind, active.arrays, matrix)
-        return _Model(active.version, active.threshold, active.features, None, scores, packed)
-    scorer = (
-        active.scorer
-        if active.scorer is not None
-        else SvmParams.from_arrays(active.arrays).scorer()
-    )
-    if scorer.mean.shape != (len(active.features),):
+    expected = active.scorer.feature_count
+    if expected is not None and expected != len(active.features):
         raise ValueError(
-            f"the model has {scorer.mean.shape[0]} features, its manifest lists "
+            f"the model has {expected} features, its manifest lists "
             f"{len(active.features)}: retrain it"
         )
-    return _Model(active.version, active.threshold, active.features, scorer, None, packed)
+    return _Model(active, packed)
 
 
 def _score_table(

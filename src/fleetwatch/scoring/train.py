@@ -15,7 +15,7 @@ from fleetwatch.config import Settings
 from fleetwatch.errors import InvalidInputError
 from fleetwatch.output import progress_bar
 from fleetwatch.scoring.features import devices_in_files, feature_names, read_cube
-from fleetwatch.scoring.models import ModelKindName, new_model
+from fleetwatch.scoring.kinds import new_model
 from fleetwatch.scoring.pack import ModelPack, pack_folder, refresh_quietly
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.storage.layout import DataLayout
@@ -94,7 +94,7 @@ def train_ranges(
     """Fit each device of ``ranges`` on its own range of windows [since, until)."""
     options = settings.train
     summary = summary or TrainSummary()
-    kind: ModelKindName = "per_sensor" if options.per_sensor else "device"
+    kind = "per_sensor" if options.per_sensor else "device"
     layout = DataLayout(settings.data_dir)
     registry = ModelRegistry(layout.models)
     window_ms = int(settings.aggregate.window * 1000)

@@ -11,16 +11,17 @@ import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
 
 if TYPE_CHECKING:  # pandas and pyarrow take a moment to import; `fleetwatch sql` needs pandas
-    import pandas as pd
     import pyarrow as pa
 
 from fleetwatch.errors import FleetwatchError
+from fleetwatch.storage.layout import DataLayout
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -194,39 +195,147 @@ def _device_table(devices: list[str]) -> pa.Table:
     return pa.table({"device_id": strings(devices)})
 
 
-#: Statement types `fleetwatch sql` runs; anything else (INSERT, DROP, COPY, ATTACH...) is refused.
-READ_ONLY_STATEMENTS = ("SELECT", "EXPLAIN", "PRAGMA")
+@dataclass(frozen=True)
+class QueryResult:
+    """One statement's result: column names, DuckDB types, rows of Python values."""
+
+    columns: list[str]
+    types: list[str]
+    rows: list[tuple[Any, ...]]
+
+    def records(self) -> list[dict[str, Any]]:
+        return [dict(zip(self.columns, row, strict=True)) for row in self.rows]
 
 
-def query(path: Path, data_dir: Path, sql: str, lock_timeout: float = 30.0) -> pd.DataFrame:
-    """Run read-only SQL over the DuckDB tables plus views of the Parquet files."""
+#: What ``fleetwatch sql`` runs: queries (``SELECT``, and ``SHOW``, ``DESCRIBE``, ``SUMMARIZE``,
+#: ``FROM ...``, which DuckDB parses as ``SELECT``), ``EXPLAIN`` without ``ANALYZE`` (which
+#: would run its statement), and these pragmas. Everything else is refused before DuckDB sees it.
+READ_ONLY_PRAGMAS = frozenset(
+    {"show_tables", "show_tables_expanded", "table_info", "show", "version", "database_size"}
+)
+
+
+def check_read_only(sql: str) -> list[str]:
+    """The statements of ``sql`` if every one of them only reads; else one clear error."""
     try:
         statements = duckdb.extract_statements(sql)
     except duckdb.Error as exc:
-        raise FleetwatchError(f"bad SQL: {_first_line(exc)}") from None
+        raise FleetwatchError(f"bad SQL: {one_line(exc)}") from None
     if not statements:
         raise FleetwatchError("no SQL statement given")
+    chosen = []
     for statement in statements:
         kind = statement.type.name
-        if kind not in READ_ONLY_STATEMENTS:
+        words = [
+            sql_token_text(statement.query, start)
+            for start, token in duckdb.tokenize(statement.query)
+            if token.name != "comment"
+        ]
+        keywords = {word.upper() for word in words}
+        if kind == "EXPLAIN" and "ANALYZE" in keywords:
+            raise FleetwatchError(
+                "fleetwatch sql is read-only: EXPLAIN ANALYZE runs its statement and is refused "
+                "(use EXPLAIN)"
+            )
+        if kind == "PRAGMA":
+            upper = [word.upper() for word in words]
+            after = upper.index("PRAGMA") + 1 if "PRAGMA" in upper else len(words)
+            name = words[after].lower() if after < len(words) else ""
+            if name not in READ_ONLY_PRAGMAS:
+                raise FleetwatchError(
+                    f"fleetwatch sql is read-only: PRAGMA {name} is refused (allowed: "
+                    f"{', '.join(sorted(READ_ONLY_PRAGMAS))})"
+                )
+        elif kind not in ("SELECT", "EXPLAIN"):
             raise FleetwatchError(
                 f"fleetwatch sql is read-only: {kind} statements are refused (use SELECT)"
             )
-    ensure_schema(path, lock_timeout)
-    with connect(path, read_only=True, lock_timeout=lock_timeout) as connection:
-        for name, folder in (("aggregates", "aggregates"), ("late", "late")):
-            pattern = data_dir / folder / "date=*" / "hour=*" / "*.parquet"
-            if list((data_dir / folder).glob("date=*/hour=*/*.parquet")):
-                source = f"read_parquet('{_quote(pattern)}', hive_partitioning = false)"
+        chosen.append(statement.query)
+    return chosen
+
+
+def sql_token_text(sql: str, start: int) -> str:
+    """The word of ``sql`` starting at ``start`` (DuckDB's tokenizer gives only offsets)."""
+    end = start
+    while end < len(sql) and (sql[end].isalnum() or sql[end] == "_"):
+        end += 1
+    return sql[start:end]
+
+
+@contextmanager
+def sandbox(layout: DataLayout, lock_timeout: float = 30.0) -> Iterator[Any]:
+    """A connection that can read the database and the data folder's Parquet files and
+    nothing else: opened read-only (nothing is created: a data folder without a database
+    gets empty tables in memory); file access off except for the aggregate and late files
+    that exist now (DuckDB's ``allowed_paths``: it cannot even write those, as it writes a
+    file under a temporary name first); extensions off; and the configuration locked, so no
+    statement can turn any of it back on."""
+    if not layout.root.is_dir():
+        what = "is not a folder" if layout.root.exists() else "does not exist"
+        raise FleetwatchError(f"data directory {layout.root} {what} (check --data-dir)")
+    files = {name: layout.dataset_files(name) for name in ("aggregates", "late")}
+    if layout.database.exists():
+        opened = connect(layout.database, read_only=True, lock_timeout=lock_timeout)
+    else:
+        opened = _in_memory()
+    with opened as connection:
+        allowed = [str(path) for paths in files.values() for path in paths]
+        if allowed:
+            connection.execute("SET allowed_paths = ?", [allowed])
+        connection.execute("SET enable_external_access = false")
+        connection.execute("SET autoinstall_known_extensions = false")
+        connection.execute("SET autoload_known_extensions = false")
+        for name, paths in files.items():
+            if paths:
+                listed = ", ".join(f"'{_quote(path)}'" for path in paths)
+                source = f"read_parquet([{listed}], hive_partitioning = false)"
             else:
                 source = _empty(name)
-            # name is one of two literals and source quotes the path: no user text reaches this
+            # name is one of two literals and the paths are quoted: no user text reaches this
             connection.execute(f"CREATE OR REPLACE TEMP VIEW {name} AS SELECT * FROM {source}")  # noqa: S608
-        try:
-            result: pd.DataFrame = connection.execute(sql).fetchdf()
-        except duckdb.Error as exc:
-            raise FleetwatchError(f"SQL error: {_first_line(exc)}") from None
-        return result
+        connection.execute("SET lock_configuration = true")
+        yield connection
+
+
+@contextmanager
+def _in_memory() -> Iterator[Any]:
+    connection = duckdb.connect(":memory:")
+    try:
+        connection.execute("SET TimeZone = 'UTC'")
+        connection.execute(SCHEMA.replace("ALTER TABLE runs ADD COLUMN IF NOT EXISTS", "--"))
+        yield connection
+    finally:
+        connection.close()
+
+
+def query(layout: DataLayout, sql: str, lock_timeout: float = 30.0) -> list[QueryResult]:
+    """Run read-only SQL in the :func:`sandbox`; one result per statement."""
+    statements = check_read_only(sql)
+    results = []
+    with sandbox(layout, lock_timeout) as connection:
+        for statement in statements:
+            try:
+                cursor = connection.execute(statement)
+                description = cursor.description or []
+                rows = cursor.fetchall()
+            except duckdb.Error as exc:
+                raise FleetwatchError(f"SQL error: {one_line(exc)}") from None
+            results.append(
+                QueryResult(
+                    [str(d[0]) for d in description], [str(d[1]) for d in description], rows
+                )
+            )
+    return results
+
+
+def table_schema(layout: DataLayout, lock_timeout: float = 30.0) -> list[QueryResult]:
+    """Every table and view ``fleetwatch sql`` can query, with its columns and their types."""
+    return query(
+        layout,
+        "SELECT table_name, column_name, data_type FROM information_schema.columns "
+        "WHERE table_name NOT IN ('fleetwatch_schema') ORDER BY table_name, ordinal_position",
+        lock_timeout,
+    )
 
 
 def _quote(path: Path) -> str:
@@ -248,5 +357,9 @@ def _empty(name: str) -> str:
     )
 
 
-def _first_line(exc: Exception) -> str:
-    return str(exc).strip().splitlines()[0]
+def one_line(exc: Exception) -> str:
+    """DuckDB's message on one line, its hints kept (``Did you mean ...``), the caret
+    drawing of the statement left out."""
+    lines = [line.strip() for line in str(exc).strip().splitlines()]
+    kept = [line for line in lines if line and not line.startswith("LINE ") and set(line) != {"^"}]
+    return " ".join(kept)

@@ -210,6 +210,11 @@ class DataLayout:
             found.append(HourFiles(hour, files, digest.hexdigest()[:16]))
         return found
 
+    def dataset_files(self, name: Dataset) -> list[Path]:
+        """Every data file of a dataset (temporary files are hidden)."""
+        root = self.dataset(name)
+        return sorted(root.glob("date=*/hour=*/[!.]*.parquet")) if root.is_dir() else []
+
     def hour_files(self, name: Dataset, hour: datetime) -> list[Path]:
         """The data files of one hour folder, sorted (temporary files are hidden)."""
         folder = self.hour_dir(name, hour)

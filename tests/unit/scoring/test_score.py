@@ -18,12 +18,13 @@ import pytest
 
 from fleetwatch.config import Settings
 from fleetwatch.errors import FleetwatchError
-from fleetwatch.scoring.models import DeviceModel, PerSensorModel
+from fleetwatch.scoring.kinds import DeviceModel, PerSensorModel
 from fleetwatch.scoring.pending import pending_hours
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.scoring.score import score_hour
 from fleetwatch.scoring.train import train
 from fleetwatch.storage.duck import query
+from fleetwatch.storage.layout import DataLayout
 from tests.unit.scoring.conftest import DEVICES, T0, settings_for
 from tests.unit.scoring.reference import device_matrix, pivot_by_device, read_windows
 
@@ -279,9 +280,9 @@ def test_pending_hours_are_the_unscored_ones(trained: Settings) -> None:
 
 def test_sql_is_read_only_with_one_line_errors(trained: Settings) -> None:
     score_hour(trained, HOUR3, progress=False)
-    path = trained.data_dir / "fleetwatch.duckdb"
-    frame = query(path, trained.data_dir, "SELECT count(*) AS n FROM aggregates")
-    assert frame["n"].tolist() == [len(DEVICES) * 180 * 3 - 60]  # pump-07 lost a sensor
+    layout = DataLayout(trained.data_dir)
+    [result] = query(layout, "SELECT count(*) AS n FROM aggregates")
+    assert result.rows == [(len(DEVICES) * 180 * 3 - 60,)]  # pump-07 lost a sensor
     for statement in (
         "DROP TABLE scores",
         "INSERT INTO runs (run_id) VALUES ('x')",
@@ -291,11 +292,11 @@ def test_sql_is_read_only_with_one_line_errors(trained: Settings) -> None:
         "SELECT 1; DROP TABLE runs",
     ):
         with pytest.raises(FleetwatchError, match="read-only"):
-            query(path, trained.data_dir, statement)
+            query(layout, statement)
     with pytest.raises(FleetwatchError, match=r"bad SQL|SQL error"):
-        query(path, trained.data_dir, "SELEC * FROM runs")
+        query(layout, "SELEC * FROM runs")
     with pytest.raises(FleetwatchError, match="SQL error"):
-        query(path, trained.data_dir, "SELECT * FROM no_such_table")
+        query(layout, "SELECT * FROM no_such_table")
     assert len(db(trained, "SELECT * FROM scores")) == len(DEVICES) * 60
 
 

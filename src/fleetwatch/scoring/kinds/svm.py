@@ -1,24 +1,23 @@
-"""Model kinds: what is fitted per device, and how it is scored fast.
+"""The one-class SVM pipeline both model kinds are made of, and its fast scoring.
 
-Every kind fits scikit-learn estimators (kept as ``model.joblib``, the reference) and exports
-their fitted parameters as plain arrays (``params.bin``, loaded without pickle). Scoring uses
-the arrays with vectorised numpy, which matches ``decision_function`` to 1e-9 (tested) and
-avoids scikit-learn's per-call overhead across thousands of small models.
+A fitted ``SimpleImputer(median) -> StandardScaler -> OneClassSVM`` is exported as plain arrays
+(:class:`SvmParams`, kept in ``params.bin``) and scored from them with vectorised numpy
+(:class:`SvmScorer`), which matches scikit-learn's ``decision_function`` to 1e-9 (tested) and
+avoids its per-call overhead across thousands of small models.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 import numpy as np
-
-from fleetwatch.scoring.features import FloatMatrix
+import numpy.typing as npt
 
 if TYPE_CHECKING:  # scikit-learn takes a second to import; scoring never needs it
     from sklearn.pipeline import Pipeline
 
-ModelKindName = Literal["device", "per_sensor"]
+FloatMatrix = npt.NDArray[np.float64]
 
 
 @dataclass(frozen=True)
@@ -40,8 +39,8 @@ class SvmParams:
         """``decision_function`` of the pipeline, computed from the parameters."""
         return self.scorer().decision(matrix)
 
-    def scorer(self) -> Scorer:
-        """The parameters in the form scoring uses (see :class:`Scorer`)."""
+    def scorer(self) -> SvmScorer:
+        """The parameters in the form scoring uses (see :class:`SvmScorer`)."""
         sv = np.asarray(self.support_vectors, dtype=float)
         if sv.ndim != 2 or sv.shape[1] != len(self.mean) or self.dual_coef.shape != (len(sv),):
             raise ValueError(
@@ -55,7 +54,7 @@ class SvmParams:
                 [2.0 * self.gamma * vectors, -self.gamma * np.einsum("ij,ij->i", sv, sv)]
             )
             vectors = np.column_stack([vectors, np.ones(len(sv))])
-        return Scorer(
+        return SvmScorer(
             self.fill,
             self.mean,
             self.scale,
@@ -113,7 +112,7 @@ class SvmParams:
         )
 
 
-class Scorer(NamedTuple):
+class SvmScorer(NamedTuple):  # a NamedTuple: 10,000 are made per run from the pack
     """A fitted imputer -> scaler -> one-class SVM, prepared for scoring many small models.
 
     The support vectors keep only the ``columns`` (features) where one of them is not 0: a
@@ -135,6 +134,10 @@ class Scorer(NamedTuple):
     coef0: float
     degree: int
 
+    @property
+    def feature_count(self) -> int | None:
+        return len(self.mean)
+
     def decision(self, matrix: FloatMatrix) -> np.ndarray:
         """``decision_function`` of the pipeline on one device's windows."""
         windows = np.array(matrix, dtype=float)[None]
@@ -153,7 +156,7 @@ class Scorer(NamedTuple):
         }
 
     @classmethod
-    def from_arrays(cls, arrays: Any) -> Scorer:
+    def from_arrays(cls, arrays: Any) -> SvmScorer:
         intercept, gamma, coef0, degree = arrays["scalars"].tolist()
         return cls(
             arrays["fill"],
@@ -189,7 +192,7 @@ class Scorer(NamedTuple):
         return result
 
 
-def decide(models: list[Scorer], windows: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
+def decide(models: list[SvmScorer], windows: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
     """``decision`` of ``models[i]`` on ``windows[i, :counts[i]]`` (``windows``: devices x
     windows x features, NaN where missing; overwritten). Imputing, scaling, the windows'
     norms and their extension run once for all the devices (a few whole-array passes instead
@@ -255,103 +258,3 @@ def make_pipeline(nu: float, gamma: str | float, kernel: str) -> Pipeline:
             ("svm", OneClassSVM(nu=nu, gamma=gamma, kernel=kernel)),
         ]
     )
-
-
-class ModelKind(Protocol):
-    """A per-device model. ``fit`` may take seconds; the others are cheap and never block."""
-
-    kind: ModelKindName
-
-    def fit(self, matrix: FloatMatrix, names: list[str]) -> None:
-        """Fit on training windows (rows) over feature ``names``."""
-
-    def estimator(self) -> object:
-        """The fitted scikit-learn object(s), for ``model.joblib``."""
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        """The fitted parameters for ``params.bin``."""
-
-    def sklearn_decision(self, matrix: FloatMatrix) -> np.ndarray:
-        """scikit-learn's own decision values: the reference the fast path must match."""
-
-
-class DeviceModel:
-    """One pipeline over all of a device's features (the default)."""
-
-    kind: ModelKindName = "device"
-
-    def __init__(self, nu: float = 0.01, gamma: str | float = "scale", kernel: str = "rbf"):
-        self.pipeline = make_pipeline(nu, gamma, kernel)
-
-    def fit(self, matrix: FloatMatrix, names: list[str]) -> None:
-        fit_pipeline(self.pipeline, matrix)
-
-    def estimator(self) -> object:
-        return self.pipeline
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        return SvmParams.from_pipeline(self.pipeline).to_arrays()
-
-    def sklearn_decision(self, matrix: FloatMatrix) -> np.ndarray:
-        return np.asarray(self.pipeline.decision_function(matrix), dtype=float)
-
-
-class PerSensorModel:
-    """One univariate-sensor pipeline per sensor (its mean/std/min/max), as in Azure's reference.
-
-    A window's device score is its lowest sensor score; a sensor that did not report in a window
-    does not vote.
-    """
-
-    kind: ModelKindName = "per_sensor"
-
-    def __init__(self, nu: float = 0.01, gamma: str | float = "scale", kernel: str = "rbf"):
-        self.settings = (nu, gamma, kernel)
-        self.pipelines: dict[str, tuple[list[int], Pipeline]] = {}
-
-    def fit(self, matrix: FloatMatrix, names: list[str]) -> None:
-        sensors = sorted({n.rsplit("__", 1)[0] for n in names})
-        for sensor in sensors:
-            columns = [names.index(f"{sensor}__{stat}") for stat in ("mean", "std", "min", "max")]
-            rows = ~np.isnan(matrix[:, columns[0]])
-            pipeline = fit_pipeline(make_pipeline(*self.settings), matrix[rows][:, columns])
-            self.pipelines[sensor] = (columns, pipeline)
-
-    def estimator(self) -> object:
-        return self.pipelines
-
-    def arrays(self) -> dict[str, np.ndarray]:
-        arrays: dict[str, np.ndarray] = {"sensors": np.array(sorted(self.pipelines))}
-        for sensor, (columns, pipeline) in self.pipelines.items():
-            arrays.update(SvmParams.from_pipeline(pipeline).to_arrays(f"{sensor}/"))
-            arrays[f"{sensor}/columns"] = np.array(columns)
-        return arrays
-
-    def sklearn_decision(self, matrix: FloatMatrix) -> np.ndarray:
-        scores = np.full(len(matrix), np.inf)
-        for columns, pipeline in self.pipelines.values():
-            rows = ~np.isnan(matrix[:, columns[0]])
-            if rows.any():
-                values = pipeline.decision_function(matrix[rows][:, columns])
-                scores[rows] = np.minimum(scores[rows], values)
-        return scores
-
-
-def decision_from_arrays(kind: ModelKindName, arrays: Any, matrix: FloatMatrix) -> np.ndarray:
-    """Fast scores of ``matrix`` from a model's ``params.bin`` arrays."""
-    if kind == "device":
-        return SvmParams.from_arrays(arrays).decision(matrix)
-    scores = np.full(len(matrix), np.inf)
-    for sensor in arrays["sensors"].tolist():
-        columns = [int(c) for c in arrays[f"{sensor}/columns"].tolist()]
-        rows = ~np.isnan(matrix[:, columns[0]])
-        if rows.any():
-            values = SvmParams.from_arrays(arrays, f"{sensor}/").decision(matrix[rows][:, columns])
-            scores[rows] = np.minimum(scores[rows], values)
-    return scores
-
-
-def new_model(kind: ModelKindName, nu: float, gamma: str | float, kernel: str) -> ModelKind:
-    if kind == "device":
-        return DeviceModel(nu, gamma, kernel)
-    return PerSensorModel(nu, gamma, kernel)

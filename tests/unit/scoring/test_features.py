@@ -1,135 +1,13 @@
-"""One behaviour suite over every model kind: fast scores equal scikit-learn, round-trip, tamper."""
+"""The window cube: read from Parquet once, it equals the pandas pivot of the rows."""
 
 from __future__ import annotations
 
-from datetime import UTC, datetime
 from pathlib import Path
 
-import joblib
 import numpy as np
 import pytest
 
 from fleetwatch.scoring.features import feature_names
-from fleetwatch.scoring.models import decision_from_arrays, new_model
-from fleetwatch.scoring.registry import ModelIntegrityError, ModelRegistry
-
-KINDS = ["device", "per_sensor"]
-NAMES = feature_names(["a", "b", "c"])
-
-
-def data(seed: int, rows: int) -> np.ndarray:
-    rng = np.random.default_rng(seed)
-    matrix = rng.normal(size=(rows, len(NAMES)))
-    for i, name in enumerate(NAMES):
-        if name.endswith("present"):
-            matrix[:, i] = 10.0
-    return matrix
-
-
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("kernel", ["rbf", "linear", "poly", "sigmoid"])
-def test_fast_scores_equal_sklearn_decision_function(kind: str, kernel: str) -> None:
-    model = new_model(kind, 0.05, "scale", kernel)  # type: ignore[arg-type]
-    model.fit(data(0, 300), NAMES)
-    probe = data(1, 80)
-    probe[::7, 0] = np.nan  # a sensor that did not report
-    probe[::7, NAMES.index("a__present")] = 0.0
-    fast = decision_from_arrays(kind, model.arrays(), probe)  # type: ignore[arg-type]
-    np.testing.assert_allclose(fast, model.sklearn_decision(probe), rtol=0, atol=1e-9)
-
-
-def test_models_scored_together_whose_support_vectors_use_other_features() -> None:
-    """``decide`` scores a group of devices at once; each model's support vectors keep only
-    the features that are not 0 in all of them, so models of one group may keep different
-    ones (or none), and a kernel other than RBF skips the RBF extension."""
-    from fleetwatch.scoring.models import DeviceModel, SvmParams, decide
-
-    always, sometimes, constant = data(0, 300), data(4, 300), np.ones((300, len(NAMES)))
-    sometimes[::5, NAMES.index("a__present")] = 0.0  # sensor a missing in a fifth
-    sometimes[::5, NAMES.index("a__mean")] = np.nan
-    models = []
-    for training, kernel in (
-        (always, "rbf"),
-        (sometimes, "rbf"),
-        (constant, "rbf"),
-        (always, "linear"),
-    ):
-        model = DeviceModel(0.05, "scale", kernel)
-        model.fit(training, NAMES)
-        models.append(model)
-    scorers = [SvmParams.from_pipeline(m.pipeline).scorer() for m in models]
-    presents = [NAMES.index(n) for n in NAMES if n.endswith("present")]
-    assert not set(presents) & set(scorers[0].columns.tolist())
-    assert NAMES.index("a__present") in scorers[1].columns.tolist()
-    assert len(scorers[2].columns) == 0
-    counts = np.array([80, 61, 80, 17])
-    probes = [data(10 + i, int(count)) for i, count in enumerate(counts)]
-    probes[1][::3, NAMES.index("a__present")] = 0.0
-    windows = np.full((len(models), 80, len(NAMES)), np.nan)
-    for i, probe in enumerate(probes):
-        windows[i, : len(probe)] = probe
-    for model, probe, fast in zip(models, probes, decide(scorers, windows, counts), strict=True):
-        np.testing.assert_allclose(fast, model.sklearn_decision(probe), rtol=0, atol=1e-9)
-
-
-@pytest.mark.parametrize("kind", KINDS)
-def test_round_trip_scores_the_same_after_reload(kind: str, tmp_path: Path) -> None:
-    registry = ModelRegistry(tmp_path)
-    model = new_model(kind, 0.05, "scale", "rbf")  # type: ignore[arg-type]
-    model.fit(data(2, 200), NAMES)
-    when = datetime(2026, 11, 22, tzinfo=UTC)
-    saved = registry.save("pump-1", model, NAMES, when, when, 200, {"nu": 0.05})
-    probe = data(3, 50)
-    loaded_kind, arrays = ModelRegistry.load_params(registry.active("pump-1"))  # type: ignore[arg-type]
-    np.testing.assert_allclose(
-        decision_from_arrays(loaded_kind, arrays, probe), model.sklearn_decision(probe), atol=1e-9
-    )
-    estimator = ModelRegistry.load_estimator(saved)
-    if kind == "device":
-        np.testing.assert_allclose(
-            estimator.decision_function(probe), model.sklearn_decision(probe), atol=1e-12
-        )
-    assert saved.manifest["features"] == NAMES
-    assert set(saved.manifest["libraries"]) >= {"scikit-learn", "numpy", "python"}
-
-
-@pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("file_name", ["model.joblib", "params.bin"])
-def test_a_tampered_file_is_never_loaded(
-    kind: str, file_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    registry = ModelRegistry(tmp_path)
-    model = new_model(kind, 0.05, "scale", "rbf")  # type: ignore[arg-type]
-    model.fit(data(4, 100), NAMES)
-    when = datetime(2026, 11, 22, tzinfo=UTC)
-    saved = registry.save("pump-1", model, NAMES, when, when, 100, {})
-    with (saved.path / file_name).open("ab") as handle:
-        handle.write(b"\x00evil")
-    loads: list[object] = []
-    monkeypatch.setattr(joblib, "load", lambda *a, **k: loads.append(a))
-    monkeypatch.setattr(np, "load", lambda *a, **k: loads.append(a))
-    with pytest.raises(ModelIntegrityError, match="does not match the sha256"):
-        if file_name == "model.joblib":
-            ModelRegistry.load_estimator(saved)
-        else:
-            ModelRegistry.load_params(saved)
-    assert loads == []  # nothing was unpickled or parsed
-
-
-def test_versions_activate_and_rollback(tmp_path: Path) -> None:
-    registry = ModelRegistry(tmp_path)
-    when = datetime(2026, 11, 22, tzinfo=UTC)
-    for seed in range(3):
-        model = new_model("device", 0.05, "scale", "rbf")
-        model.fit(data(seed, 60), NAMES)
-        registry.save("pump-1", model, NAMES, when, when, 60, {}, activate=seed < 2)
-    assert [v.version for v in registry.versions("pump-1")] == ["v0001", "v0002", "v0003"]
-    assert registry.active_version("pump-1") == "v0002"  # the third was not activated
-    registry.activate("pump-1", "v0003")
-    assert registry.rollback("pump-1") == "v0002"
-    assert registry.active_version("pump-1") == "v0002"
-    with pytest.raises(Exception, match="not 1-64"):
-        registry.active("../../etc")
 
 
 @pytest.mark.parametrize("columns", ["shared", "per device"])

@@ -1,0 +1,75 @@
+"""``fleetwatch``: parse, load the settings, run the command, and turn every failure a user can
+meet into one line with its exit code.
+
+Exit codes: 0 done; 1 the work did not succeed (a run aborted, an hour without data, messages
+not delivered, a file that could not be written); 2 the command or its settings are wrong (the
+message says how to fix it); 130 interrupted (Ctrl-C). A reader that stops reading (``| head``)
+ends the output quietly. ``FLEETWATCH_DEBUG=1`` shows the traceback of an error instead.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from collections.abc import Sequence
+from typing import NoReturn
+
+from fleetwatch import __version__, logs
+from fleetwatch.cli.commands import COMMANDS
+from fleetwatch.cli.parser import Command, Parser, build_parser, overrides, parse
+from fleetwatch.config import load_settings
+from fleetwatch.errors import FleetwatchError
+
+
+def parser() -> Parser:
+    return build_parser(COMMANDS, __version__)
+
+
+def _name(arguments: Sequence[str]) -> str:
+    known = {command.name for command in COMMANDS}
+    return next((a for a in arguments if a in known), "")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    arguments = sys.argv[1:] if argv is None else list(argv)
+    debug = os.environ.get("FLEETWATCH_DEBUG", "") not in ("", "0")
+    environ = {k: v for k, v in os.environ.items() if k != "FLEETWATCH_DEBUG"}
+    prefix = f"fleetwatch {_name(arguments)}".rstrip()
+    try:
+        try:
+            args = parse(parser(), arguments)
+        except SystemExit as exc:  # --help, --version
+            return int(exc.code or 0)
+        command: Command = args.command
+        settings = load_settings(
+            config_path=args.config, environ=environ, overrides=overrides(args)
+        )
+        logs.configure(settings.log_level, [settings.kafka.sasl_password.reveal()])
+        return command.handler(args, settings)
+    except FleetwatchError as exc:
+        if debug:
+            raise
+        print(f"{prefix}: error: {logs.redact(str(exc))}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print(f"{prefix}: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        _quiet_stdout()
+        return 0
+
+
+def _quiet_stdout() -> None:
+    """The reader went away: what is left to flush goes nowhere (Python's own advice)."""
+    devnull = os.open(os.devnull, os.O_WRONLY)
+    os.dup2(devnull, sys.stdout.fileno())
+
+
+def run(argv: Sequence[str] | None = None) -> NoReturn:
+    """The ``fleetwatch`` command."""
+    code = main(argv)
+    try:
+        sys.stdout.flush()
+    except BrokenPipeError:
+        _quiet_stdout()
+    sys.exit(code)

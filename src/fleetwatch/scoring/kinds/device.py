@@ -1,0 +1,61 @@
+"""``device``: one imputer -> scaler -> one-class SVM over all of a device's features (default)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from fleetwatch.scoring.kinds.base import ModelKind
+from fleetwatch.scoring.kinds.svm import (
+    FloatMatrix,
+    SvmParams,
+    SvmScorer,
+    decide,
+    fit_pipeline,
+    make_pipeline,
+)
+
+
+class DeviceModel(ModelKind):
+    """One pipeline over all of a device's features.
+
+    Its scorer keeps the support vectors in the form one matrix product scores (see
+    :class:`~fleetwatch.scoring.kinds.svm.SvmScorer`); the pack keeps that form, and devices
+    of one feature list are imputed, scaled and extended together (:func:`decide`).
+    """
+
+    name = "device"
+
+    def __init__(self, nu: float = 0.01, gamma: str | float = "scale", kernel: str = "rbf"):
+        self.pipeline = make_pipeline(nu, gamma, kernel)
+
+    def fit(self, matrix: FloatMatrix, names: list[str]) -> None:
+        fit_pipeline(self.pipeline, matrix)
+
+    def estimator(self) -> object:
+        return self.pipeline
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        return SvmParams.from_pipeline(self.pipeline).to_arrays()
+
+    def sklearn_decision(self, matrix: FloatMatrix) -> np.ndarray:
+        return np.asarray(self.pipeline.decision_function(matrix), dtype=float)
+
+    @classmethod
+    def scorer(cls, arrays: Any) -> SvmScorer:
+        return SvmParams.from_arrays(arrays).scorer()
+
+    @classmethod
+    def packed(cls, arrays: Any) -> dict[str, np.ndarray]:
+        return cls.scorer(arrays).to_arrays()
+
+    @classmethod
+    def from_packed(cls, arrays: Any) -> SvmScorer:
+        return SvmScorer.from_arrays(arrays)
+
+    @classmethod
+    def decide_many(
+        cls, scorers: list[Any], windows: np.ndarray, counts: np.ndarray
+    ) -> list[np.ndarray]:
+        return decide(scorers, windows, counts)

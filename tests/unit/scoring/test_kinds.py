@@ -1,0 +1,185 @@
+"""One behaviour suite over every model kind (river's ``checks/``): fast scores equal
+scikit-learn's, the registry and the pack round-trip, a tampered file is never loaded."""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from pathlib import Path
+
+import joblib
+import numpy as np
+import pytest
+
+from fleetwatch.scoring import registry as registry_module
+from fleetwatch.scoring.features import feature_names
+from fleetwatch.scoring.kinds import KINDS, DeviceModel, kind_named, new_model
+from fleetwatch.scoring.kinds.svm import SvmParams, decide
+from fleetwatch.scoring.pack import ModelPack
+from fleetwatch.scoring.registry import ModelIntegrityError, ModelRegistry
+
+NAMES = feature_names(["a", "b", "c"])
+WHEN = datetime(2026, 11, 22, tzinfo=UTC)
+
+
+def data(seed: int, rows: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    matrix = rng.normal(size=(rows, len(NAMES)))
+    for i, name in enumerate(NAMES):
+        if name.endswith("present"):
+            matrix[:, i] = 10.0
+    return matrix
+
+
+def probe(seed: int, rows: int = 80) -> np.ndarray:
+    matrix = data(seed, rows)
+    matrix[::7, 0] = np.nan  # a sensor that did not report
+    matrix[::7, NAMES.index("a__present")] = 0.0
+    return matrix
+
+
+@pytest.fixture(params=sorted(KINDS))
+def kind(request: pytest.FixtureRequest) -> str:
+    return str(request.param)
+
+
+@pytest.mark.parametrize("kernel", ["rbf", "linear", "poly", "sigmoid"])
+def test_fast_scores_equal_sklearn(kind: str, kernel: str) -> None:
+    model = new_model(kind, 0.05, "scale", kernel)
+    model.fit(data(0, 300), NAMES)
+    window = probe(1)
+    fast = kind_named(kind).scorer(model.arrays()).decision(window)
+    np.testing.assert_allclose(fast, model.sklearn_decision(window), rtol=0, atol=1e-9)
+
+
+def test_many_devices_at_once_equal_one_by_one(kind: str) -> None:
+    models, probes = [], []
+    for seed in range(4):
+        model = new_model(kind, 0.05, "scale", "rbf")
+        model.fit(data(seed, 150), NAMES)
+        models.append(model)
+        probes.append(probe(10 + seed, 30 + 10 * seed))
+    counts = np.array([len(p) for p in probes])
+    windows = np.full((len(probes), counts.max(), len(NAMES)), np.nan)
+    for index, matrix in enumerate(probes):
+        windows[index, : len(matrix)] = matrix
+    cls = kind_named(kind)
+    scorers = [cls.scorer(m.arrays()) for m in models]
+    for model, matrix, fast in zip(
+        models, probes, cls.decide_many(scorers, windows, counts), strict=True
+    ):
+        np.testing.assert_allclose(fast, model.sklearn_decision(matrix), rtol=0, atol=1e-9)
+
+
+def test_the_registry_round_trip_scores_the_same(kind: str, tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path)
+    model = new_model(kind, 0.05, "scale", "rbf")
+    model.fit(data(2, 200), NAMES)
+    saved = registry.save("pump-1", model, NAMES, WHEN, WHEN, 200, {"nu": 0.05})
+    assert saved.manifest["kind"] == kind and saved.manifest["features"] == NAMES
+    window = probe(3, 50)
+    name, arrays = ModelRegistry.load_params(registry.active("pump-1"))  # type: ignore[arg-type]
+    np.testing.assert_allclose(
+        kind_named(name).scorer(arrays).decision(window), model.sklearn_decision(window), atol=1e-9
+    )
+    reloaded = new_model(kind, 0.05, "scale", "rbf")
+    estimator = ModelRegistry.load_estimator(saved)
+    if kind == "device":
+        reloaded.pipeline = estimator  # type: ignore[attr-defined]
+    else:
+        reloaded.pipelines = estimator  # type: ignore[attr-defined]
+    np.testing.assert_allclose(
+        reloaded.sklearn_decision(window), model.sklearn_decision(window), atol=1e-12
+    )
+    assert set(saved.manifest["libraries"]) >= {"scikit-learn", "numpy", "python"}
+
+
+def test_the_pack_round_trip_scores_the_same(kind: str, tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path / "models")
+    model = new_model(kind, 0.05, "scale", "rbf")
+    model.fit(data(5, 200), NAMES)
+    registry.save("pump-1", model, NAMES, WHEN, WHEN, 200, {})
+    ModelPack.open(tmp_path / "pack", registry).refresh()
+    loaded = ModelPack.open(tmp_path / "pack", registry).load("pump-1")
+    assert loaded is not None and loaded.kind is kind_named(kind)
+    window = probe(6)
+    np.testing.assert_allclose(
+        loaded.scorer.decision(window), model.sklearn_decision(window), rtol=0, atol=1e-9
+    )
+
+
+@pytest.mark.parametrize("file_name", ["model.joblib", "params.bin"])
+def test_a_tampered_file_is_never_loaded(
+    kind: str, file_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = ModelRegistry(tmp_path)
+    model = new_model(kind, 0.05, "scale", "rbf")
+    model.fit(data(4, 100), NAMES)
+    saved = registry.save("pump-1", model, NAMES, WHEN, WHEN, 100, {})
+    with (saved.path / file_name).open("ab") as handle:
+        handle.write(b"\x00evil")
+    loads: list[object] = []
+    monkeypatch.setattr(joblib, "load", lambda *a, **k: loads.append(a))
+    monkeypatch.setattr(registry_module, "unpack_arrays", lambda *a, **k: loads.append(a))
+    with pytest.raises(ModelIntegrityError, match="does not match the sha256"):
+        if file_name == "model.joblib":
+            ModelRegistry.load_estimator(saved)
+        else:
+            ModelRegistry.load_params(saved)
+    assert loads == []  # nothing was unpickled or decoded
+    # the same two loaders do load the untampered file: the spies above can see a load
+    fresh = registry.save("pump-2", model, NAMES, WHEN, WHEN, 100, {})
+    ModelRegistry.load_estimator(fresh)
+    ModelRegistry.load_params(fresh)
+    assert len(loads) == 2
+
+
+def test_devices_scored_together_whose_support_vectors_use_other_features() -> None:
+    """``decide`` scores a group of single-pipeline devices at once; each model's support
+    vectors keep only the features that are not 0 in all of them, so models of one group may
+    keep different ones (or none), and a kernel other than RBF skips the RBF extension."""
+    always, sometimes, constant = data(0, 300), data(4, 300), np.ones((300, len(NAMES)))
+    sometimes[::5, NAMES.index("a__present")] = 0.0  # sensor a missing in a fifth
+    sometimes[::5, NAMES.index("a__mean")] = np.nan
+    models = []
+    for training, kernel in (
+        (always, "rbf"),
+        (sometimes, "rbf"),
+        (constant, "rbf"),
+        (always, "linear"),
+    ):
+        model = DeviceModel(0.05, "scale", kernel)
+        model.fit(training, NAMES)
+        models.append(model)
+    scorers = [SvmParams.from_pipeline(m.pipeline).scorer() for m in models]
+    presents = [NAMES.index(n) for n in NAMES if n.endswith("present")]
+    assert not set(presents) & set(scorers[0].columns.tolist())
+    assert NAMES.index("a__present") in scorers[1].columns.tolist()
+    assert len(scorers[2].columns) == 0
+    counts = np.array([80, 61, 80, 17])
+    probes = [data(10 + i, int(count)) for i, count in enumerate(counts)]
+    probes[1][::3, NAMES.index("a__present")] = 0.0
+    windows = np.full((len(models), 80, len(NAMES)), np.nan)
+    for i, matrix in enumerate(probes):
+        windows[i, : len(matrix)] = matrix
+    for model, matrix, fast in zip(models, probes, decide(scorers, windows, counts), strict=True):
+        np.testing.assert_allclose(fast, model.sklearn_decision(matrix), rtol=0, atol=1e-9)
+
+
+def test_versions_activate_and_rollback(tmp_path: Path) -> None:
+    registry = ModelRegistry(tmp_path)
+    for seed in range(3):
+        model = new_model("device", 0.05, "scale", "rbf")
+        model.fit(data(seed, 60), NAMES)
+        registry.save("pump-1", model, NAMES, WHEN, WHEN, 60, {}, activate=seed < 2)
+    assert [v.version for v in registry.versions("pump-1")] == ["v0001", "v0002", "v0003"]
+    assert registry.active_version("pump-1") == "v0002"  # the third was not activated
+    registry.activate("pump-1", "v0003")
+    assert registry.rollback("pump-1") == "v0002"
+    assert registry.active_version("pump-1") == "v0002"
+    with pytest.raises(Exception, match="not 1-64"):
+        registry.active("../../etc")
+
+
+def test_an_unknown_kind_is_a_clear_error() -> None:
+    with pytest.raises(Exception, match="unknown model kind 'forest'"):
+        kind_named("forest")
