@@ -1,21 +1,28 @@
-"""Scoring an hour for many devices: a plain per-model scikit-learn loop vs ``fleetwatch score``.
+"""Scoring an hour for many devices: ``fleetwatch score`` against what a competent user would write.
 
-    python benchmarks/score.py                      # 10,000 devices x 60 windows x 10 sensors
+    python benchmarks/score.py --data-dir /tmp/fw-score          # 10,000 devices, kept for reuse
     python benchmarks/score.py --devices 2000 --rounds 5 --format json
+    python benchmarks/score.py --data-dir /tmp/fw-score --variants  # A/B of fleetwatch's tricks
 
-Setup (not timed): one model per device (imputer -> scaler -> OneClassSVM, nu=0.01) trained on
-a day (1,440) of one-minute windows, saved through the registry and packed (as ``fleetwatch
-train`` does); the hour's aggregates written as Parquet. Then, per round:
+Setup: one model per device (imputer -> scaler -> OneClassSVM, nu=0.01) trained on a day
+(1,440) of one-minute windows, saved through the registry (not timed); the model pack built as
+``fleetwatch train`` builds it (timed, printed apart); the hour's aggregates written as Parquet
+(60 windows x 10 sensors a device). Then, per round, each as a command (interpreter start
+included, fleetwatch's bytecode compiled as an installed package has it):
 
-(a) the baseline: one process, for every device ``joblib.load`` its model and call
-    ``decision_function`` on its 60 windows (features already in memory: not timed);
-(b) ``fleetwatch score --hour`` end to end, as the command (interpreter start included, with
-    fleetwatch's bytecode compiled as an installed package has it):
-    Parquet in, model checks (stat + CRC-32 of the pack), parallel scoring in forked workers,
-    DuckDB out.
+(a) the script a competent user writes for a scheduled run (``SCRIPT`` below): the hour's
+    Parquet read with pandas and pivoted to each device's feature matrix, every model loaded
+    with ``joblib.load`` and scored with ``decision_function`` under ``joblib.Parallel`` over
+    the same number of workers (chunks of devices), the scores written to DuckDB;
+(b) the same scoring with the models and features already in memory: one process, a
+    ``decision_function`` per device, nothing else (the floor of the per-model approach);
+(c) ``fleetwatch score --hour``: Parquet in, model checks (stat + CRC-32 of the pack), forked
+    workers, DuckDB out.
 
-Printed: medians, the ratio a/b, the largest difference to scikit-learn's scores, and the peak
-RSS of (b)'s process and of its largest worker.
+Printed: medians of the rounds, the ratios a/c and b/c with the absolute figures, (a)'s phases,
+the largest difference to scikit-learn's scores, the pack's build time, and the peak RSS of
+(c)'s process and its largest worker. ``--variants`` also times (c) with one piece of its
+machinery turned off at a time (in the launcher only), for the A/B that decides what stays.
 """
 
 from __future__ import annotations
@@ -24,6 +31,7 @@ import argparse
 import compileall
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -32,6 +40,7 @@ import time
 from concurrent.futures import ProcessPoolExecutor
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import joblib
 import numpy as np
@@ -114,13 +123,107 @@ def write_hour(data: Path, devices: int) -> dict[str, np.ndarray]:
     return matrices
 
 
-def baseline(root: Path, matrices: dict[str, np.ndarray]) -> tuple[float, dict[str, np.ndarray]]:
+#: (a): the scheduled script a competent user writes (run as ``python -c SCRIPT DATA HOUR N``).
+SCRIPT = """
+import json, sys, time
+from pathlib import Path
+import duckdb, joblib, numpy as np, pandas as pd
+from joblib import Parallel, delayed
+
+data, hour, workers = Path(sys.argv[1]), pd.Timestamp(sys.argv[2]), int(sys.argv[3])
+t0 = time.perf_counter()
+folder = data / "aggregates" / f"date={hour:%Y-%m-%d}" / f"hour={hour:%H}"
+frame = pd.read_parquet(folder)
+wide = frame.pivot_table(
+    index=["device_id", "window_start"], columns="sensor",
+    values=["mean", "std", "min", "max"], aggfunc="first",
+)
+sensors = sorted(frame["sensor"].unique())
+columns = [(stat, s) for s in sensors for stat in ("mean", "std", "min", "max")]
+present = np.full((1, len(sensors)), 10.0)  # every sensor reported in this hour
+jobs = []
+for device, rows in wide.groupby(level=0):
+    stats = rows[columns].to_numpy()
+    matrix = np.concatenate([stats.reshape(len(rows), len(sensors), 4),
+                             np.repeat(present, len(rows), 0)[..., None]], axis=2)
+    jobs.append((device, rows.index.get_level_values(1).to_numpy(),
+                 matrix.reshape(len(rows), -1)))
+t1 = time.perf_counter()
+
+def score(chunk):
+    out = []
+    for device, starts, matrix in chunk:
+        model = joblib.load(data / "models" / device / "v0001" / "model.joblib")
+        out.append((device, starts, model.decision_function(matrix)))
+    return out
+
+chunks = [jobs[i : i + 500] for i in range(0, len(jobs), 500)]
+scored = [r for part in Parallel(n_jobs=workers)(delayed(score)(c) for c in chunks) for r in part]
+t2 = time.perf_counter()
+result = pd.DataFrame({
+    "device_id": np.repeat([d for d, _, _ in scored], [len(s) for _, _, s in scored]),
+    "window_start": np.concatenate([w for _, w, _ in scored]),
+    "score": np.concatenate([s for _, _, s in scored]),
+})
+with duckdb.connect(str(data / "baseline.duckdb")) as db:
+    db.execute("CREATE OR REPLACE TABLE scores AS SELECT * FROM result")
+t3 = time.perf_counter()
+print(json.dumps({"read_s": t1 - t0, "load_score_s": t2 - t1, "write_s": t3 - t2}))
+"""
+
+
+def in_memory_loop(
+    root: Path, matrices: dict[str, np.ndarray]
+) -> tuple[float, dict[str, np.ndarray]]:
+    """(b): the models and features already in memory, one decision_function per device."""
+    models = {d: joblib.load(root / d / "v0001" / "model.joblib") for d in matrices}
     started = time.perf_counter()
-    out = {}
-    for device, matrix in matrices.items():
-        model = joblib.load(root / device / "v0001" / "model.joblib")
-        out[device] = model.decision_function(matrix)
+    out = {device: models[device].decision_function(matrix) for device, matrix in matrices.items()}
     return time.perf_counter() - started, out
+
+
+#: Runs the CLI as ``fleetwatch ...`` does and reports its peak RSS (and its workers') on stderr.
+#: ``FW_BENCH_OFF`` turns one piece of scoring's machinery off, here only, for the A/B.
+LAUNCHER = """
+import atexit, gc, json, os, resource, sys
+off = os.environ.get("FW_BENCH_OFF", "")
+if off == "pack":  # every model from its registry files, as without a pack
+    import fleetwatch.scoring.pack as pack, fleetwatch.scoring.score as score
+    pack.ModelPack.load = lambda self, device_id: None
+    pack.ModelPack.preload = lambda self, devices, stop=None: 0
+    score.refresh_quietly = lambda *a, **k: 0
+elif off == "gc-pause":  # the cycle collector left running during the run
+    gc.disable = lambda: None
+elif off == "duckdb-overlap":  # DuckDB imported when the run writes, not while workers score
+    import fleetwatch.scoring.score as score
+    run_tasks = score.run_tasks
+    score.run_tasks = lambda *a, meanwhile=None, **k: run_tasks(*a, **k)
+from fleetwatch.cli import run
+
+@atexit.register
+def report():
+    # VmHWM, not ru_maxrss: after fork + exec, ru_maxrss still counts the benchmark process
+    status = open("/proc/self/status").read().splitlines()
+    peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
+    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    print(json.dumps({"self": peak / 1024, "children": workers / 1024}), file=sys.stderr)
+
+run(sys.argv[1:])
+"""
+VARIANTS = ("pack", "gc-pause", "duckdb-overlap")
+
+
+def run_cli(command: list[str], env: dict[str, str]) -> tuple[float, dict[str, float], Any]:
+    started = time.perf_counter()
+    done = subprocess.run(
+        [sys.executable, "-c", LAUNCHER, *command],
+        check=True,
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    seconds = time.perf_counter() - started
+    return seconds, json.loads(done.stderr.strip().splitlines()[-1]), json.loads(done.stdout)
 
 
 def main() -> int:
@@ -131,6 +234,7 @@ def main() -> int:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--format", choices=["text", "json"], default="text")
+    parser.add_argument("--variants", action="store_true", help="also time fleetwatch A/B")
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -151,10 +255,10 @@ def main() -> int:
             f"trained {args.devices:,} models in {time.perf_counter() - started:.0f}s",
             file=sys.stderr,
         )
+    shutil.rmtree(pack_folder(data), ignore_errors=True)
     started = time.perf_counter()
-    packed = ModelPack.open(pack_folder(data), ModelRegistry(root)).refresh()  # as train does
-    if packed:
-        print(f"packed {packed:,} models in {time.perf_counter() - started:.1f}s", file=sys.stderr)
+    ModelPack.open(pack_folder(data), ModelRegistry(root)).refresh()  # as train does
+    pack_seconds = time.perf_counter() - started
     matrices = write_hour(data, args.devices)
     command = [
         "score",
@@ -173,25 +277,40 @@ def main() -> int:
     # (0.08 s). An installed wheel has its bytecode from pip. Compile it, as a user has it.
     bytecode = compileall.compile_dir(Path(fleetwatch.__file__).parent, quiet=1)
 
-    plain, cli, rss = [], [], []
+    script, phases, memory, cli, rss = [], [], [], [], []
+    variants: dict[str, list[float]] = {v: [] for v in (VARIANTS if args.variants else ())}
+    default: list[float] = []  # the default again, among the variants
     reference: dict[str, np.ndarray] = {}
     for round_index in range(args.rounds):
-        seconds, reference = baseline(root, matrices)
-        plain.append(seconds)
-        t0 = time.perf_counter()
+        started = time.perf_counter()
         done = subprocess.run(
-            [sys.executable, "-c", LAUNCHER, *command],
+            [sys.executable, "-c", SCRIPT, str(data), HOUR.isoformat(), str(args.workers)],
             check=True,
             env=env,
             capture_output=True,
             text=True,
         )
-        cli.append(time.perf_counter() - t0)
-        run = json.loads(done.stdout)
+        script.append(time.perf_counter() - started)
+        phases.append(json.loads(done.stdout))
+        seconds, reference = in_memory_loop(root, matrices)
+        memory.append(seconds)
+        seconds, peak, run = run_cli(command, env)
+        cli.append(seconds)
+        rss.append(peak)
         assert run[0]["devices_scored"] == args.devices, run
-        rss.append(json.loads(done.stderr.strip().splitlines()[-1]))
+        if variants:
+            # A/B: the default again and each variant, in an order rotated every round, after
+            # the default warmed up (the first command after another workload is slower here)
+            order = ["", *variants]
+            order = order[round_index % len(order) :] + order[: round_index % len(order)]
+            for variant in order:
+                seconds = run_cli(command, {**env, "FW_BENCH_OFF": variant})[0]
+                (variants[variant] if variant else default).append(seconds)
         print(
-            f"round {round_index + 1}: plain loop {plain[-1]:.2f}s, CLI {cli[-1]:.2f}s",
+            f"round {round_index + 1}: script {script[-1]:.2f}s, in memory {memory[-1]:.2f}s, "
+            f"fleetwatch {cli[-1]:.2f}s"
+            + (f", again {default[-1]:.2f}s" if default else "")
+            + "".join(f", without {v} {t[-1]:.2f}s" for v, t in variants.items()),
             file=sys.stderr,
         )
 
@@ -204,55 +323,62 @@ def main() -> int:
         ).fetchdf()
     got = written.groupby("device_id")["score"].apply(np.array)
     worst = max(float(np.max(np.abs(got[d] - reference[d]))) for d in reference)
+    median = statistics.median
     result = {
         "devices": args.devices,
         "windows_per_device": 60,
         "features": len(NAMES),
         "rounds": args.rounds,
         "workers": args.workers,
-        "plain_loop_s": statistics.median(plain),
-        "cli_s": statistics.median(cli),
-        "ratio_plain_to_cli": statistics.median(plain) / statistics.median(cli),
+        "script_s": median(script),
+        "script_read_s": median(p["read_s"] for p in phases),
+        "script_load_and_score_s": median(p["load_score_s"] for p in phases),
+        "script_write_s": median(p["write_s"] for p in phases),
+        "in_memory_loop_s": median(memory),
+        "fleetwatch_s": median(cli),
+        "ratio_script_to_fleetwatch": median(script) / median(cli),
+        "ratio_in_memory_to_fleetwatch": median(memory) / median(cli),
+        "pack_build_s": pack_seconds,
         "max_abs_difference_to_sklearn": worst,
         "fleetwatch_bytecode_compiled": bool(bytecode),
         "peak_rss_mib_score_process": max(r["self"] for r in rss),
         "peak_rss_mib_largest_worker": max(r["children"] for r in rss),
+        **{f"fleetwatch_without_{v}_s": median(t) for v, t in variants.items()},
     }
+    if default:
+        result["fleetwatch_among_variants_s"] = median(default)
     if args.format == "json":
         print(json.dumps(result))
-    else:
-        print(
-            f"plain loop : {result['plain_loop_s']:.2f} s (joblib.load + decision_function, "
-            f"{args.devices:,} devices, median of {args.rounds})"
-        )
-        print(
-            f"fleetwatch : {result['cli_s']:.2f} s `fleetwatch score --hour`, Parquet in, DuckDB "
-            f"out, interpreter start included; {result['ratio_plain_to_cli']:.1f}x faster"
-        )
-        print(f"agreement  : max |score - sklearn| = {worst:.2e}")
-        print(
-            f"peak RSS   : {result['peak_rss_mib_score_process']:,.0f} MiB (fleetwatch score), "
-            f"{result['peak_rss_mib_largest_worker']:,.0f} MiB largest worker process (pages "
-            "shared with fleetwatch score included)"
-        )
+        return 0
+    rounds = f"median of {args.rounds}"
+    print(
+        f"script     : {result['script_s']:.2f} s (pandas pivot {result['script_read_s']:.2f} s, "
+        f"joblib.load + decision_function under joblib.Parallel({args.workers}) "
+        f"{result['script_load_and_score_s']:.2f} s, DuckDB {result['script_write_s']:.2f} s; "
+        f"{rounds})"
+    )
+    print(
+        f"in memory  : {result['in_memory_loop_s']:.2f} s (decision_function per device, models "
+        "and features already loaded, one process)"
+    )
+    print(
+        f"fleetwatch : {result['fleetwatch_s']:.2f} s `fleetwatch score --hour` as a command, "
+        f"{args.workers} workers: {result['ratio_script_to_fleetwatch']:.1f}x the script, "
+        f"{result['ratio_in_memory_to_fleetwatch']:.1f}x the in-memory loop"
+    )
+    print(f"model pack : built in {pack_seconds:.1f} s by train (not in the figures above)")
+    if default:
+        base = result["fleetwatch_among_variants_s"]
+        print(f"A/B        : fleetwatch {base:.2f} s among the variants (rotated, warm)")
+        for variant in variants:
+            seconds = result[f"fleetwatch_without_{variant}_s"]
+            print(f"  without {variant:<15}: {seconds:.2f} s ({seconds / base - 1:+.1%})")
+    print(f"agreement  : max |score - sklearn| = {worst:.2e}")
+    print(
+        f"peak RSS   : {result['peak_rss_mib_score_process']:,.0f} MiB (fleetwatch score), "
+        f"{result['peak_rss_mib_largest_worker']:,.0f} MiB largest worker process"
+    )
     return 0
-
-
-#: Runs the CLI as ``fleetwatch ...`` does and reports its peak RSS (and its workers') on stderr.
-LAUNCHER = """
-import atexit, json, resource, sys
-from fleetwatch.cli import run
-
-@atexit.register  # run() calls the exit handlers once the command is done
-def report():
-    # VmHWM, not ru_maxrss: after fork + exec, ru_maxrss still counts the benchmark process
-    status = open("/proc/self/status").read().splitlines()
-    peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
-    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(json.dumps({"self": peak / 1024, "children": workers / 1024}), file=sys.stderr)
-
-run(sys.argv[1:])
-"""
 
 
 if __name__ == "__main__":

@@ -8,7 +8,8 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -105,6 +106,67 @@ def consume_all(bootstrap: str, topic: str, timeout_s: float = 30.0) -> list[Rec
         return sorted(records, key=lambda r: (r.partition, r.offset))
     finally:
         consumer.close()
+
+
+def wait_for(
+    condition: Callable[[], object], timeout: float, what: str, log: Path | None = None
+) -> None:
+    """Until ``condition()`` is true; fails after ``timeout`` seconds, saying what it waited for
+    (and the end of ``log``)."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            tail = log.read_text()[-3000:] if log is not None and log.exists() else ""
+            raise AssertionError(f"timed out after {timeout:g}s waiting for {what}\n{tail}")
+        time.sleep(0.1)
+
+
+def record_count(bootstrap: str, topic: str) -> int:
+    """How many records ``topic`` holds (its partitions' high watermarks, from a fetch)."""
+    consumer = KafkaConsumer(bootstrap_servers=bootstrap, bootstrap_timeout_ms=5000)
+    try:
+        partitions = [
+            TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])
+        ]
+        consumer.assign(partitions)
+        consumer.seek_to_beginning(*partitions)
+        consumer.poll(timeout_ms=500, max_records=1)
+        return sum(consumer.highwater(tp) or 0 for tp in partitions)
+    finally:
+        consumer.close()
+
+
+@contextmanager
+def small_disk(where: Path, size: str = "4m") -> Iterator[Path]:
+    """A tmpfs of ``size`` mounted at ``where`` (a full disk, a read-only one: remount it);
+    the test is skipped where mounting is not allowed (not root, no tmpfs)."""
+    where.mkdir(parents=True, exist_ok=True)
+    mounted = subprocess.run(
+        ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(where)],
+        capture_output=True,
+        check=False,
+    )
+    if mounted.returncode != 0:
+        pytest.skip(f"cannot mount a tmpfs here: {mounted.stderr.decode().strip()}")
+    try:
+        yield where
+    finally:
+        subprocess.run(["umount", "-l", str(where)], check=False)
+
+
+def remount_read_only(where: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(where)], check=True)
+
+
+def fill(disk: Path) -> None:
+    """Write until the disk is full."""
+    with (disk / "filler").open("wb") as handle:
+        try:
+            while True:
+                handle.write(b"\0" * 65536)
+                handle.flush()
+        except OSError:
+            pass
 
 
 def fleetwatch_cli(

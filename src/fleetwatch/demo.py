@@ -33,6 +33,7 @@ from fleetwatch.scoring.pending import watermark
 from fleetwatch.scoring.train import train
 from fleetwatch.simulators.anomalies import read_labels
 from fleetwatch.simulators.publish import simulate
+from fleetwatch.storage.layout import HOUR
 
 log = logging.getLogger("fleetwatch.demo")
 MARKER = ".fleetwatch-demo"
@@ -213,7 +214,13 @@ def run_demo(settings: Settings) -> int:
         sim = outcome.get("summary")
         _say(f"done in {time.monotonic() - started:.0f} s")
         print()
-        print(f"hours scored        {hours} ({train_until:%H:%M}-{end:%H:%M} simulated)")
+        runs = catch_up.results
+        scored_hours = sorted({r.window_start for r in runs if r.status == "succeeded"})
+        span = f"{scored_hours[0]:%H:%M}-{scored_hours[-1] + HOUR:%H:%M}" if scored_hours else "-"
+        print(
+            f"hours scored        {len(scored_hours)} ({span} simulated: the {hours} scored "
+            f"hours and the training hours), in {len(runs)} runs"
+        )
         print(f"devices             {options.devices} ({len(summary.trained)} with a model)")
         print(f"messages            {sim.messages_sent if sim else '?'}")
         print(f"windows scored      {report['windows_scored']}")

@@ -17,9 +17,8 @@ import pandas as pd
 import pytest
 from kafka import KafkaProducer
 
-from fleetwatch.brokers.topics import ensure_topics
 from fleetwatch.config import Settings
-from tests.conftest import consume_all
+from tests.conftest import consume_all, wait_for
 from tests.integration.aggregate_helpers import (
     read_parquet_dir,
     start_worker,
@@ -168,9 +167,13 @@ def test_kill_dash_9_three_times_gives_the_same_totals(settings: Settings, tmp_p
     crashy_data = tmp_path / "crashy"
     rng = random.Random(7)
     env = worker_env(settings, crashy_data, "g-crashy")
+    log = tmp_path / "crashy.log"
     for round_number in range(3):
-        worker = start_worker(env, tmp_path / "crashy.log")
-        time.sleep(rng.uniform(6.0, 9.0))  # past the group join, mid-stream
+        worker = start_worker(env, log)
+        wait_for(  # its partitions assigned, then a random moment mid-stream
+            lambda n=round_number: log.read_text().count("partition 0 assigned") > n, 60, "join"
+        )
+        time.sleep(rng.uniform(0.2, 3.0))  # the kill's random moment: the point of the test
         worker.kill()  # kill -9
         worker.wait()
         assert worker.returncode == -9, f"round {round_number}"
@@ -254,7 +257,7 @@ def test_a_silent_device_gets_its_last_window_closed(settings: Settings, tmp_pat
         tmp_path / "w.log",
     )
     try:
-        time.sleep(6)  # join the group first
+        wait_for(lambda: "partition 0 assigned" in (tmp_path / "w.log").read_text(), 60, "join")
         t0 = 1_795_334_400_000
         lone = {
             0: [
@@ -311,4 +314,3 @@ def test_missing_topic_and_unreachable_broker_are_one_line_errors(
         check=False,
     )
     assert result.returncode == 2 and "cannot reach Kafka" in result.stderr
-    assert ensure_topics  # imported for symmetry with other tests

@@ -15,7 +15,7 @@ from fleetwatch.brokers.embedded import EmbeddedBroker, free_port
 from fleetwatch.brokers.topics import ensure_topics
 from fleetwatch.config import Settings
 from fleetwatch.storage.checkpoints import CheckpointStore
-from tests.conftest import consume_all, make_settings
+from tests.conftest import consume_all, make_settings, wait_for
 from tests.integration.aggregate_helpers import (
     read_parquet_dir,
     start_worker,
@@ -50,15 +50,6 @@ def send(settings: Settings, partition: int, values: list[bytes], key: bytes = b
         )
     producer.flush()
     producer.close()
-
-
-def wait_for(condition: object, timeout: float, what: str, log: Path | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():  # type: ignore[operator]
-        if time.monotonic() > deadline:
-            tail = log.read_text()[-3000:] if log is not None else ""
-            raise AssertionError(f"timed out waiting for {what}\n{tail}")
-        time.sleep(0.2)
 
 
 def windows_written(data: Path) -> int:
@@ -192,3 +183,33 @@ def test_sigterm_right_after_a_rebalance_is_a_clean_stop(
         assert stop_worker(first) == 0
     store = CheckpointStore(data / "state" / "aggregate" / settings.kafka.telemetry_topic)
     assert all(store.load(p) is not None for p in range(settings.kafka.partitions))
+
+
+def test_aggregates_without_their_checkpoints_are_one_line_and_no_clean_stop(
+    settings: Settings, tmp_path: Path
+) -> None:
+    """Before: 43 lines, two tracebacks and a contradictory `stopped cleanly`."""
+    import shutil
+    import subprocess
+    import sys
+
+    data, log = tmp_path / "data", tmp_path / "worker.log"
+    send(settings, 0, readings("dev-1", T0, 30), key=b"dev-1")
+    worker = start_worker(worker_env(settings, data, "g-orphans"), log)
+    try:
+        wait_for(lambda: windows_written(data) > 0, 60, "windows", log)
+    finally:
+        assert stop_worker(worker) == 0
+    shutil.rmtree(data / "state")  # the state folder lost, the aggregates still there
+    result = subprocess.run(
+        [sys.executable, "-m", "fleetwatch", "aggregate"],
+        env=worker_env(settings, data, "g-orphans"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 2, result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert "its checkpoint" in line and "restore it, or move the aggregates away" in line
+    assert "stopped cleanly" not in result.stderr + result.stdout

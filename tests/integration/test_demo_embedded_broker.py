@@ -13,52 +13,69 @@ from pathlib import Path
 import duckdb
 import pytest
 
-from tests.conftest import fleetwatch_cli
+from tests.conftest import fleetwatch_cli, wait_for
 
 pytestmark = pytest.mark.integration
 
 
-def tansu_processes() -> set[int]:
+def session_members(session: int) -> set[int]:
+    """Live processes of a session: the demo runs in its own, so whatever it started (the
+    broker, the worker) is in it and no process of anyone else is."""
     found = set()
     for entry in Path("/proc").iterdir():
         if entry.name.isdigit():
             try:
-                if "tansu" in (entry / "cmdline").read_text():
-                    found.add(int(entry.name))
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             except OSError:
                 continue
+            if int(fields[3]) == session and fields[0] != "Z":
+                found.add(int(entry.name))
     return found
+
+
+def run_demo(args: list[str], timeout: float) -> tuple[subprocess.CompletedProcess[str], int]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWATCH_")}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fleetwatch", "demo", *args],
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    out, err = process.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(process.args, process.returncode, out, err), process.pid
 
 
 def test_demo_end_to_end(tmp_path: Path) -> None:
     data = tmp_path / "demo"
-    before = tansu_processes()
     started = time.monotonic()
-    result = fleetwatch_cli(
-        "demo",
-        "--data-dir",
-        str(data),
-        "--devices",
-        "8",
-        "--sensors",
-        "3",
-        "--speed",
-        "720",
-        "--train-for",
-        "2h",
-        "--score-for",
-        "2h",
-        "--anomaly-rate",
-        "2",
-        "--timeout",
-        "150s",
+    result, session = run_demo(
+        [
+            "--data-dir",
+            str(data),
+            "--devices",
+            "8",
+            "--sensors",
+            "3",
+            "--speed",
+            "720",
+            "--train-for",
+            "2h",
+            "--score-for",
+            "2h",
+            "--anomaly-rate",
+            "2",
+            "--timeout",
+            "150s",
+        ],
         timeout=180,
     )
     elapsed = time.monotonic() - started
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert elapsed < 120
     out = result.stdout
-    assert "hours scored        2" in out and "precision" in out and "recall" in out
+    assert "hours scored        4" in out and "in 4 runs" in out and "precision" in out
     assert "fleetwatch sql --data-dir" in out
     with duckdb.connect(str(data / "fleetwatch.duckdb"), read_only=True) as db:
         runs = db.execute(
@@ -71,7 +88,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     assert anomalies is not None and anomalies[0] > 0
     assert (data / "labels.parquet").exists() and list((data / "models").iterdir())
     # every process it started is gone
-    assert tansu_processes() - before == set()
+    assert session_members(session) == set()
     query = fleetwatch_cli(
         "sql", "--data-dir", str(data), "SELECT count(*) AS n FROM runs", "--format", "json"
     )
@@ -79,7 +96,6 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
 
 
 def test_demo_ctrl_c_stops_everything(tmp_path: Path) -> None:
-    before = tansu_processes()
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWATCH_")}
     process = subprocess.Popen(
         [
@@ -96,15 +112,21 @@ def test_demo_ctrl_c_stops_everything(tmp_path: Path) -> None:
             "--speed",
             "60",
         ],
-        env=env,
+        env={**env, "PYTHONUNBUFFERED": "1"},
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
+        start_new_session=True,
     )
-    time.sleep(8)
+    assert process.stdout is not None
+    seen = []
+    for line in process.stdout:  # until everything it starts is running
+        seen.append(line)
+        if "simulating" in line:
+            break
+    assert len(session_members(process.pid)) >= 3, seen  # itself, the broker, the worker
     process.send_signal(signal.SIGINT)
     out, _ = process.communicate(timeout=60)
-    assert process.returncode == 130, out
+    assert process.returncode == 130, "".join(seen) + out
     assert "interrupted" in out
-    time.sleep(1)
-    assert tansu_processes() - before == set()
+    wait_for(lambda: not session_members(process.pid), 10, "the demo's processes to end")

@@ -20,7 +20,7 @@ from fleetwatch.ingest.telemetry import InvalidMessage, parse_message
 from fleetwatch.simulators.anomalies import read_labels
 from fleetwatch.simulators.fleet import FleetSpec, FleetStream
 from fleetwatch.simulators.malformed import MALFORMED_KINDS
-from tests.conftest import consume_all, fleetwatch_cli
+from tests.conftest import consume_all, fleetwatch_cli, record_count, wait_for
 
 pytestmark = pytest.mark.integration
 START = "2026-11-22T00:00:00Z"
@@ -219,7 +219,8 @@ def test_ctrl_c_flushes_and_prints_the_summary(settings: Settings) -> None:
         env={k: v for k, v in __import__("os").environ.items() if not k.startswith("FLEETWATCH_")}
         | env,
     )
-    time.sleep(4)
+    topic = settings.kafka.telemetry_topic
+    wait_for(lambda: record_count(settings.kafka.bootstrap_servers, topic) >= 20, 60, "records")
     process.send_signal(signal.SIGINT)
     stdout, stderr = process.communicate(timeout=60)
     assert process.returncode == 130, stderr
@@ -262,7 +263,7 @@ def test_delivery_failures_make_the_exit_code_non_zero(tmp_path: Path) -> None:
             }
             | env,
         )
-        time.sleep(3)
+        wait_for(lambda: record_count(doomed.bootstrap_servers, "doomed") >= 50, 60, "records")
         doomed.stop()
         stdout, stderr = process.communicate(timeout=120)
     assert process.returncode == 1, (stdout, stderr)

@@ -507,8 +507,12 @@ class Aggregator:
         )
 
     def write_status(self) -> None:
-        """A JSON status file beside the checkpoints, for `status` commands and benchmarks."""
-        write_text_atomically(self.status_path, json.dumps(self.stats()))
+        """A JSON status file beside the checkpoints, for `status` commands and benchmarks;
+        informational, so a failure to write it is a warning, never a stop."""
+        try:
+            write_text_atomically(self.status_path, json.dumps(self.stats()))
+        except FleetwatchError as exc:
+            log.warning("status file not written: %s", exc)
 
 
 def dead_letter_record(

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import ssl
+from collections.abc import Awaitable
 from typing import Any
 
 import faust
@@ -23,10 +24,13 @@ from fleetwatch.aggregate.faust_adapter import (
     FleetwatchApp,
     check_private_surface,
 )
+from fleetwatch.aggregate.processor import OrphanedFilesError
+from fleetwatch.aggregate.progress import checkpoints
 from fleetwatch.brokers.clients import admin_client
 from fleetwatch.config import Settings
-from fleetwatch.errors import BrokerError
+from fleetwatch.errors import BrokerError, FleetwatchError
 from fleetwatch.storage.layout import DataLayout
+from fleetwatch.storage.parquet import PartitionedParquetSink
 
 log = logging.getLogger("fleetwatch.aggregate")
 
@@ -49,14 +53,28 @@ def _credentials(settings: Settings) -> Any:
 
 
 def check_ready(settings: Settings) -> None:
-    """Fail fast with one line if the broker is unreachable or the topic is missing."""
+    """Fail fast with one line if the broker is unreachable, the topic is missing, or the
+    data folder holds aggregates its checkpoints no longer vouch for."""
     with admin_client(settings.kafka) as admin:
         topics = set(admin.list_topics())
-    for name in (settings.kafka.telemetry_topic, settings.kafka.dead_letter_topic):
-        if name not in topics:
-            raise BrokerError(
-                f"topic {name} does not exist on {settings.kafka.bootstrap_servers}; "
-                "create it with `fleetwatch topics create`"
+        for name in (settings.kafka.telemetry_topic, settings.kafka.dead_letter_topic):
+            if name not in topics:
+                raise BrokerError(
+                    f"topic {name} does not exist on {settings.kafka.bootstrap_servers}; "
+                    "create it with `fleetwatch topics create`"
+                )
+        described = admin.describe_topics([settings.kafka.telemetry_topic])
+    partitions = len(described[0]["partitions"]) if described else 0
+    layout = DataLayout(settings.data_dir)
+    store = checkpoints(layout, settings.kafka.telemetry_topic)
+    sink = PartitionedParquetSink(layout, "aggregates")
+    for partition in range(partitions):
+        existing = sink.has_files(partition)
+        if existing is not None and store.load(partition) is None:
+            raise OrphanedFilesError(
+                f"aggregates of partition {partition} exist ({existing}) but its checkpoint "
+                f"{store.path(partition)} does not (the state folder was lost or moved): "
+                "restore it, or move the aggregates away to rebuild them from Kafka"
             )
 
 
@@ -98,13 +116,29 @@ def build_app(settings: Settings) -> tuple[FleetwatchApp, Aggregator]:
     def ours(tps: set[TP]) -> list[int]:
         return [tp.partition for tp in tps if tp.topic == name]
 
+    async def reported(work: Awaitable[None]) -> None:
+        """A failure in a rebalance or the timer: said in one line (ours) or with its
+        traceback (anything else), remembered so that shutdown does not call it clean."""
+        try:
+            await work
+        except FleetwatchError as exc:
+            if receiver.failure is None:
+                receiver.failure = exc
+                log.error("%s", exc)
+            raise
+        except Exception as exc:
+            if receiver.failure is None:
+                receiver.failure = exc
+                log.exception("aggregation stopped: %s: %s", type(exc).__name__, exc)
+            raise
+
     @app.on_partitions_assigned.connect  # type: ignore[arg-type]
     async def _assigned(app: faust.App, assigned: set[TP], **_: Any) -> None:
-        await aggregator.on_assigned(ours(assigned))
+        await reported(aggregator.on_assigned(ours(assigned)))
 
     @app.on_partitions_revoked.connect  # type: ignore[arg-type]
     async def _revoked(app: faust.App, revoked: set[TP], **_: Any) -> None:
-        await aggregator.on_revoked(ours(revoked))
+        await reported(aggregator.on_revoked(ours(revoked)))
 
     @app.on_before_shutdown.connect  # type: ignore[arg-type]
     async def _shutdown(app: faust.App, **_: Any) -> None:
@@ -112,12 +146,7 @@ def build_app(settings: Settings) -> tuple[FleetwatchApp, Aggregator]:
 
     @app.timer(1.0)  # type: ignore[untyped-decorator]
     async def _tick() -> None:
-        try:
-            await aggregator.tick()
-        except Exception as exc:
-            receiver.failure = exc
-            log.error("%s", exc)
-            raise
+        await reported(aggregator.tick())
 
     return app, aggregator
 

@@ -6,6 +6,7 @@ broker is one clear error after ``--timeout`` seconds, never a hang.
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -45,6 +46,25 @@ def describe_target(kafka: KafkaSettings) -> str:
     return f"{kafka.bootstrap_servers} ({kafka.security_protocol})"
 
 
+def probe(kafka: KafkaSettings) -> None:
+    """Fail at once, in one line, when no bootstrap server takes a TCP connection (refused,
+    an unknown host): the clients would wait the whole ``--timeout`` to say the same."""
+    problems = []
+    for server in kafka.bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        try:
+            socket.create_connection((host, int(port)), timeout=kafka.timeout).close()
+            return
+        except (OSError, ValueError) as exc:
+            problems.append(
+                f"{server.strip()}: {exc.strerror or exc}" if isinstance(exc, OSError) else str(exc)
+            )
+    raise BrokerError(
+        f"cannot reach Kafka at {describe_target(kafka)} ({'; '.join(problems)}); start one "
+        "with `fleetwatch broker` or set --bootstrap-servers"
+    )
+
+
 def _unreachable(kafka: KafkaSettings, exc: Exception) -> BrokerError:
     return BrokerError(
         f"cannot reach Kafka at {describe_target(kafka)} within {kafka.timeout:g}s "
@@ -69,6 +89,7 @@ def make_producer(kafka: KafkaSettings, **overrides: Any) -> KafkaProducer:
         "compression_type": None if kafka.compression == "none" else kafka.compression,
     }
     config.update(overrides)
+    probe(kafka)
     try:
         return KafkaProducer(**config)
     except (KafkaConnectionError, KafkaTimeoutError) as exc:
@@ -81,6 +102,7 @@ def make_consumer(kafka: KafkaSettings, *topics: str, **overrides: Any) -> Kafka
     """A consumer of ``topics`` (none: assign partitions yourself)."""
     config = common_config(kafka) | {"enable_auto_commit": False}
     config.update(overrides)
+    probe(kafka)
     try:
         return KafkaConsumer(*topics, **config)
     except (KafkaConnectionError, KafkaTimeoutError) as exc:
@@ -90,6 +112,7 @@ def make_consumer(kafka: KafkaSettings, *topics: str, **overrides: Any) -> Kafka
 @contextmanager
 def admin_client(kafka: KafkaSettings) -> Iterator[KafkaAdminClient]:
     """An admin client that is closed afterwards."""
+    probe(kafka)
     try:
         client = KafkaAdminClient(**common_config(kafka))
     except (KafkaConnectionError, KafkaTimeoutError) as exc:

@@ -179,8 +179,15 @@ def load_settings(
 
 
 def _check(settings: Settings) -> None:
-    """Rules that involve more than one setting."""
+    """Rules that involve more than one setting, or more than a type."""
     kafka = settings.kafka
+    for server in kafka.bootstrap_servers.split(","):
+        host, _, port = server.strip().rpartition(":")
+        if not host or not port.isdigit() or not 0 < int(port) < 65536:
+            raise ConfigError(
+                f"bootstrap_servers={kafka.bootstrap_servers!r}: {server.strip()!r} is not "
+                "host:port (e.g. localhost:9092, or mynamespace.servicebus.windows.net:9093)"
+            )
     if kafka.security_protocol.startswith("SASL") and not (
         kafka.sasl_username and kafka.sasl_password
     ):

@@ -12,7 +12,7 @@ from typing import Any
 from fleetwatch.config import Settings
 from fleetwatch.scheduler.service import scheduler_lock
 from fleetwatch.scoring.pending import pending_hours, watermark
-from fleetwatch.storage.layout import DataLayout
+from fleetwatch.storage.layout import DataLayout, require_data_dir
 
 
 def scheduler(settings: Settings) -> dict[str, Any]:
@@ -49,6 +49,7 @@ def last_runs(settings: Settings, limit: int = 10) -> list[dict[str, Any]]:
 
 
 def status(settings: Settings, runs: int = 10) -> dict[str, Any]:
+    require_data_dir(DataLayout(settings.data_dir))
     pending = pending_hours(settings)
     closed: datetime | None = watermark(settings)
     return {

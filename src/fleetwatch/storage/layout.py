@@ -97,6 +97,16 @@ def hours_between(since: datetime, until: datetime) -> list[datetime]:
     return hours
 
 
+def require_data_dir(layout: DataLayout) -> None:
+    """For commands that only read: the data folder must be there (a mistyped --data-dir is
+    an error, never an empty folder made on the spot)."""
+    from fleetwatch.errors import FleetwatchError
+
+    if not layout.root.is_dir():
+        what = "is not a folder" if layout.root.exists() else "does not exist"
+        raise FleetwatchError(f"data directory {layout.root} {what} (check --data-dir)")
+
+
 @dataclass(frozen=True)
 class HourFiles:
     """The data files of one hour folder as they are now."""

@@ -257,6 +257,15 @@ def test_schedule_sigterm_finishes_the_current_hour_and_exits(
     while "scored 2026-11-22T00" not in log.read_text():
         assert time.monotonic() < deadline and process.poll() is None, log.read_text()
         time.sleep(0.1)
+    shown = subprocess.run(
+        [sys.executable, "-m", "fleetwatch", "status"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=True,
+    ).stdout
+    assert f"running (every 1s, pid {process.pid}" in shown  # what runs, not a cron default
     process.send_signal(signal.SIGTERM)
     assert process.wait(60) == 0, log.read_text()
     text = log.read_text()

@@ -1,0 +1,1 @@
+from tests.unit.scoring.conftest import trained  # noqa: F401 - shared fixture

@@ -1,0 +1,173 @@
+"""``fleetwatch sql`` is read-only for real: DuckDB's own sandbox, with the statement check as a
+second layer. Each attempt below must be refused or harmless: no file written anywhere we can
+see, nothing read from outside the data folder, no secret in the answer, nothing changed."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from fleetwatch.errors import FleetwatchError
+from fleetwatch.storage.duck import query
+from fleetwatch.storage.layout import DataLayout
+from tests.unit.scoring.conftest import settings_for, synthetic_windows, write_windows
+
+SECRET = "hunter2-secret-in-the-environment"
+
+
+@pytest.fixture
+def data(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    from fleetwatch.scoring.score import score_hour
+    from fleetwatch.scoring.train import train
+    from tests.unit.scoring.conftest import T0, set_watermark
+
+    root = tmp_path / "data"
+    write_windows(root, synthetic_windows(hours=2))
+    settings = settings_for(root)
+    train(settings, T0, T0.replace(hour=1))
+    set_watermark(settings, T0.replace(hour=2))
+    score_hour(settings, T0.replace(hour=1), progress=False)
+    (tmp_path / "outside").mkdir()
+    (tmp_path / "outside" / "secret.txt").write_text(SECRET)
+    write_windows(tmp_path / "outside", synthetic_windows(hours=1))  # Parquet, but not ours
+    monkeypatch.setenv("FLEETWATCH_SASL_PASSWORD", SECRET)
+    return root
+
+
+def escapes(tmp: Path) -> list[str]:
+    outside = tmp / "outside"
+    secret = outside / "secret.txt"
+    parquet = next(outside.rglob("*.parquet"))
+    agg = next((tmp / "data" / "aggregates").rglob("*.parquet")).parent
+    db = tmp / "data" / "fleetwatch.duckdb"
+    return [
+        # COPY, in every wrapper
+        f"COPY (SELECT 'x') TO '{tmp}/evil.csv'",
+        f"COPY runs TO '{agg}/evil.csv'",
+        f"copy (select 1) to '{tmp}/evil2.csv' (FORMAT csv, HEADER false, QUOTE '')",
+        f"/* a comment */ COPY (SELECT 1) TO '{tmp}/evil3.csv'",
+        f"EXPLAIN ANALYZE COPY (SELECT 'x') TO '{agg}/evil.cron' (FORMAT csv, HEADER false)",
+        f"EXPLAIN (ANALYZE) COPY (SELECT 'x') TO '{tmp}/evil4.csv'",
+        f"explain   analyze copy (select 'x') to '{tmp}/evil5.csv'",
+        f"SELECT 1; COPY (SELECT 2) TO '{tmp}/evil6.csv'",
+        f"SELECT 1 --\n; COPY (SELECT 2) TO '{tmp}/evil7.csv'",
+        f"SELECT * FROM query('COPY (SELECT 1) TO ''{tmp}/evil8.csv''')",
+        f"EXPORT DATABASE '{tmp}/exported'",
+        f"IMPORT DATABASE '{outside}'",
+        f"PRAGMA import_database('{outside}')",
+        # other databases, extensions
+        f"ATTACH '{tmp}/other.duckdb' AS other",
+        "ATTACH ':memory:' AS scratch",
+        "DETACH DATABASE fleetwatch",
+        "INSTALL httpfs",
+        "LOAD httpfs",
+        f"LOAD '{tmp}/evil.duckdb_extension'",
+        "SELECT * FROM read_parquet('https://example.com/x.parquet')",
+        # changes to the data, the schema, the settings
+        "DROP TABLE runs",
+        "DELETE FROM scores",
+        "UPDATE runs SET status = 'x'",
+        "INSERT INTO runs (run_id) VALUES ('x')",
+        "CREATE TABLE t AS SELECT 1",
+        "CREATE TEMP TABLE t AS SELECT 1",
+        "CREATE OR REPLACE VIEW anomalies AS SELECT 1",
+        "CREATE MACRO m(x) AS x",
+        "ALTER TABLE runs ADD COLUMN x INT",
+        "SET enable_external_access = true",
+        f"SET allowed_paths = ['{secret}']",
+        "RESET enable_external_access",
+        "SET lock_configuration = false",
+        "PRAGMA enable_profiling",
+        "CHECKPOINT",
+        "VACUUM",
+        "CALL pragma_version()",
+        # reading outside the data folder
+        f"SELECT * FROM read_text('{secret}')",
+        "SELECT * FROM read_text('/proc/self/environ')",
+        "SELECT * FROM read_text('/etc/passwd')",
+        f"SELECT * FROM read_blob('{secret}')",
+        f"SELECT * FROM read_csv('{secret}')",
+        f"SELECT * FROM read_csv_auto('{secret}')",
+        f"SELECT * FROM read_json_auto('{secret}')",
+        f"SELECT * FROM read_ndjson('{secret}')",
+        f"SELECT * FROM sniff_csv('{secret}')",
+        f"SELECT * FROM read_parquet('{parquet}')",
+        f"SELECT * FROM parquet_metadata('{parquet}')",
+        f"SELECT * FROM parquet_schema('{parquet}')",
+        f"SELECT * FROM glob('{outside}/*')",
+        f"SELECT * FROM '{secret}'",
+        f"FROM '{parquet}'",
+        f"SELECT * FROM read_text('{agg}/../../../outside/secret.txt')",
+        f"SELECT * FROM read_text('{db}')",
+        "SELECT * FROM duckdb_secrets()",
+        "SELECT * FROM query_table('runs'); SELECT * FROM read_text('/proc/self/environ')",
+    ]
+
+
+def test_forty_escapes_are_refused_or_harmless(data: Path, tmp_path: Path) -> None:
+    layout = DataLayout(data)
+    attempts = escapes(tmp_path)
+    assert len(attempts) >= 40
+    before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    runs_before = query(layout, "SELECT count(*) FROM runs")[0].rows
+    refused = 0
+    for attempt in attempts:
+        try:
+            results = query(layout, attempt)
+        except FleetwatchError as exc:
+            refused += 1
+            assert SECRET not in str(exc), attempt
+            continue
+        text = repr([r.rows for r in results])
+        assert SECRET not in text and "root:" not in text, attempt
+    after = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
+    assert after == before, set(after) ^ set(before)  # nothing written, nothing changed
+    assert query(layout, "SELECT count(*) FROM runs")[0].rows == runs_before
+    assert refused == len(attempts)
+
+
+def test_the_data_folder_and_its_tables_stay_readable(data: Path) -> None:
+    layout = DataLayout(data)
+    [tables] = query(layout, "SHOW TABLES")
+    names = {row[0] for row in tables.rows}
+    assert {"runs", "scores", "device_runs", "anomalies", "aggregates", "late"} <= names
+    [described] = query(layout, "DESCRIBE scores")
+    assert [row[0] for row in described.rows][:3] == ["run_id", "device_id", "window_start"]
+    [count] = query(layout, "SELECT count(*) FROM aggregates")
+    assert count.rows[0][0] > 0
+    [direct] = query(
+        layout, f"SELECT count(*) FROM read_parquet('{layout.dataset_files('aggregates')[0]}')"
+    )
+    assert direct.rows[0][0] > 0  # the data folder's own files, read directly: allowed
+    first, second = query(layout, "SELECT 1 AS a; SELECT 2 AS b")
+    assert (first.rows, second.rows) == ([(1,)], [(2,)])
+
+
+def test_a_folder_without_a_database_is_queried_without_creating_one(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    write_windows(root, synthetic_windows(hours=1))
+    [runs] = query(DataLayout(root), "SELECT count(*) FROM runs")
+    assert runs.rows == [(0,)]
+    assert not (root / "fleetwatch.duckdb").exists()
+    with pytest.raises(FleetwatchError, match="does not exist"):
+        query(DataLayout(tmp_path / "mistyped"), "SELECT 1")
+    assert not (tmp_path / "mistyped").exists()
+
+
+def test_a_read_only_data_folder_is_queried(data: Path, tmp_path: Path) -> None:
+    """Readers open the database read-only and create nothing (before: sql and status made the
+    schema, and failed on a read-only folder with a traceback)."""
+    import shutil
+
+    from fleetwatch.scheduler.status import status
+    from tests.conftest import remount_read_only, small_disk
+
+    with small_disk(tmp_path / "ro", "64m") as disk:
+        copy = disk / "data"
+        shutil.copytree(data, copy)
+        remount_read_only(disk)
+        [runs] = query(DataLayout(copy), "SELECT count(*) FROM runs")
+        assert runs.rows[0][0] >= 1
+        report = status(settings_for(copy))
+        assert len(report["last_runs"]) >= 1

@@ -1,0 +1,120 @@
+"""What a user sees: one line with the fix and the documented exit code, never a traceback, and
+machine output that parses back exactly. Run as the real command (a subprocess)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from fleetwatch.config import Settings
+from tests.conftest import fleetwatch_cli
+
+
+def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
+    assert result.returncode == code, (result.returncode, result.stderr)
+    assert "Traceback" not in result.stderr
+    [line] = result.stderr.strip().splitlines()
+    assert line.startswith(f"fleetwatch {result.args[3]}: error: "), line
+    return line
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["score", "--hour", "yesterday"], "--hour 'yesterday': bad timestamp"),
+        (["score", "--since", "soon", "--until", "2026-11-22T08"], "--since 'soon'"),
+        (["score", "--since", "2026-11-22T10", "--until", "2026-11-22T08"], "empty range"),
+        (["score"], "say which hours"),
+        (["sql"], "give a query"),
+        (["models", "show"], "needs a device id"),
+        (["train"], "give the training range"),
+    ],
+)
+def test_usage_errors_are_one_line_exit_2(argv: list[str], expected: str, tmp_path: Path) -> None:
+    line = one_line_error(fleetwatch_cli(*argv, "--data-dir", str(tmp_path)), 2)
+    assert expected in line
+
+
+def test_readers_refuse_a_missing_or_wrong_data_folder(tmp_path: Path) -> None:
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    for command in (["status"], ["sql", "SELECT 1"]):
+        line = one_line_error(fleetwatch_cli(*command, "--data-dir", str(a_file)), 2)
+        assert "is not a folder" in line and "--data-dir" in line
+        missing = tmp_path / "mistyped"
+        line = one_line_error(fleetwatch_cli(*command, "--data-dir", str(missing)), 2)
+        assert "does not exist" in line
+        assert not missing.exists()  # nothing made on the spot
+
+
+def test_an_hour_without_data_is_not_a_success_and_records_nothing(tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    line = one_line_error(
+        fleetwatch_cli("score", "--hour", "2030-01-01T00", "--data-dir", str(data)), 1
+    )
+    assert "no aggregates for 2030-01-01T00" in line and "nothing was scored" in line
+    assert not (data / "fleetwatch.duckdb").exists()
+
+
+def test_a_closed_pipe_ends_the_output_quietly(trained: Settings) -> None:
+    from fleetwatch.scoring.score import score_hour
+    from tests.unit.scoring.conftest import T0
+
+    for hour in range(3):
+        score_hour(trained, T0.replace(hour=hour), progress=False)
+    command = f"{sys.executable} -m fleetwatch status --data-dir {trained.data_dir} | head -3"
+    result = subprocess.run(
+        ["bash", "-o", "pipefail", "-c", command], capture_output=True, text=True, check=False
+    )
+    assert len(result.stdout.splitlines()) == 3
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr
+
+
+def test_machine_formats_parse_back_exactly(trained: Settings) -> None:
+    from fleetwatch.scoring.score import score_hour
+    from tests.unit.scoring.conftest import T0
+
+    score_hour(trained, T0.replace(hour=2), progress=False)
+    data = ["--data-dir", str(trained.data_dir)]
+    sql = (
+        "SELECT 0.1::DOUBLE + 0.2::DOUBLE AS x, sum(count) AS readings, 'a,b\"c' AS text "
+        "FROM aggregates"
+    )
+    as_json = fleetwatch_cli("sql", sql, "--format", "json", *data)
+    [row] = json.loads(as_json.stdout)
+    assert row["x"] == 0.1 + 0.2 and isinstance(row["readings"], int)
+    assert row["readings"] == 8 * 180 * 3 * 60 - 60 * 60  # 60 readings a window, one dropout
+    as_csv = fleetwatch_cli("sql", sql, "--format", "csv", *data)
+    [parsed] = list(csv.DictReader(io.StringIO(as_csv.stdout)))
+    assert float(parsed["x"]) == 0.1 + 0.2 and parsed["readings"] == str(row["readings"])
+    assert parsed["text"] == 'a,b"c'
+    several = fleetwatch_cli("sql", "SELECT 1 AS a; SELECT 2 AS b", "--format", "json", *data)
+    assert [json.loads(line) for line in several.stdout.splitlines()] == [[{"a": 1}], [{"b": 2}]]
+    status = fleetwatch_cli("status", "--format", "csv", *data)
+    rows = list(csv.DictReader(io.StringIO(status.stdout)))  # nothing but the CSV
+    assert rows and rows[0]["status"] == "succeeded" and int(rows[0]["devices_scored"]) == 8
+    report = json.loads(fleetwatch_cli("status", "--format", "json", *data).stdout)
+    assert report["scheduler"] == {"running": False} and report["last_runs"]
+
+
+def test_sql_errors_keep_duckdbs_hints(trained: Settings) -> None:
+    result = fleetwatch_cli("sql", "SELECT * FROM anomaly", "--data-dir", str(trained.data_dir))
+    line = one_line_error(result, 2)
+    assert 'Did you mean "anomalies"?' in line
+    result = fleetwatch_cli("sql", "SELECT nope FROM runs", "--data-dir", str(trained.data_dir))
+    assert "Candidate bindings" in one_line_error(result, 2)
+
+
+def test_the_tables_are_discoverable(trained: Settings) -> None:
+    result = fleetwatch_cli(
+        "sql", "--schema", "--format", "csv", "--data-dir", str(trained.data_dir)
+    )
+    tables = {row["table_name"] for row in csv.DictReader(io.StringIO(result.stdout))}
+    assert {"runs", "scores", "device_runs", "anomalies", "aggregates", "late"} <= tables
