@@ -8,7 +8,10 @@ The topic (4 partitions, embedded broker) is loaded once with simulator traffic.
 measures (a) a bare aiokafka consumer reading every message (messages/s) and (b) a real
 ``fleetwatch aggregate`` worker process from its first record to every window on disk (the
 last windows close by the idle timeout, 0.5 s, which is included). Medians are printed with the
-ratio b/a and the worker's peak RSS.
+ratio b/a and the worker's peak RSS. ``--public-api`` also measures (c) the ceiling of Faust's
+public API: a worker whose agent reads the same messages with ``stream.take(10_000,
+within=0.5)`` and does nothing with them but count (messages/s), which is why
+``fleetwatch aggregate`` replaces the consumer's drain loop instead.
 """
 
 from __future__ import annotations
@@ -95,6 +98,55 @@ async def raw_consume(bootstrap: str, topic: str, total: int) -> float:
         return time.perf_counter() - started
     finally:
         await consumer.stop()
+
+
+#: (c): Faust's public API, at its fastest: an agent taking batches and only counting them.
+PUBLIC_API = """
+import json, sys, time
+import faust
+
+bootstrap, topic, total, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+app = faust.App(
+    f"bench-public-{time.time_ns()}", broker=f"kafka://{bootstrap}", web_enabled=False,
+    store="memory://", consumer_auto_offset_reset="earliest", topic_disable_leader=True,
+    broker_session_timeout=5, broker_rebalance_timeout=5, broker_heartbeat_interval=1,
+    datadir=out + ".faust",
+)
+source = app.topic(topic, key_serializer="raw", value_serializer="raw")
+
+@app.agent(source)
+async def count(stream):
+    seen, first = 0, None
+    async for batch in stream.take(10_000, within=0.5):
+        first = first or time.time()
+        seen += len(batch)
+        if seen >= total:
+            open(out, "w").write(json.dumps({"seconds": time.time() - first, "messages": seen}))
+            await app.stop()
+
+faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+"""
+
+
+def public_api(bootstrap: str, topic: str, total: int) -> float:
+    out = Path(tempfile.mkdtemp(prefix="fw-bench-faust-")) / "result.json"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWATCH_")}
+    process = subprocess.Popen(
+        [sys.executable, "-c", PUBLIC_API, bootstrap, topic, str(total), str(out)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        while not out.exists():
+            if process.poll() is not None and not out.exists():
+                raise RuntimeError(f"the Faust agent exited with {process.returncode}")
+            time.sleep(0.2)
+        time.sleep(0.1)
+        return float(json.loads(out.read_text())["seconds"])
+    finally:
+        process.kill()
+        process.wait()
 
 
 def peak_rss_mib(pid: int) -> float:
@@ -196,6 +248,9 @@ def main() -> int:
         help="also measure RSS with this many devices' windows open",
     )
     parser.add_argument("--format", choices=["text", "json"], default="text")
+    parser.add_argument(
+        "--public-api", action="store_true", help="also measure Faust's stream.take() ceiling"
+    )
     args = parser.parse_args()
 
     with EmbeddedBroker(port=0) as broker:
@@ -207,9 +262,15 @@ def main() -> int:
         print(
             f"preloaded {total:,} messages in {time.perf_counter() - started:.1f}s", file=sys.stderr
         )
-        raw, worker = [], []
+        raw, worker, public = [], [], []
         for round_index in range(args.rounds):
             raw.append(asyncio.run(raw_consume(bootstrap, topic, total)))
+            if args.public_api:
+                public.append(public_api(bootstrap, topic, total))
+                print(
+                    f"round {round_index + 1}: Faust take() {total / public[-1]:,.0f} msg/s",
+                    file=sys.stderr,
+                )
             result = run_worker(bootstrap, topic, ends, f"bench-{round_index}")
             assert result["messages"] == total, result
             worker.append(result)
@@ -236,6 +297,7 @@ def main() -> int:
         "ratio_aggregate_to_raw": raw_s / agg_s,
         "aggregate_peak_rss_mib": statistics.median(r["rss_mib"] for r in worker),
         "open_windows_peak_rss_mib": memory_rss,
+        "faust_take_messages_per_s": total / statistics.median(public) if public else None,
     }
     if args.format == "json":
         print(json.dumps(result))
@@ -250,6 +312,12 @@ def main() -> int:
             f"{result['aggregate_peak_rss_mib']:,.0f} MiB"
         )
         print(f"ratio        : {result['ratio_aggregate_to_raw']:.2f} of raw consumption")
+        if public:
+            print(
+                f"Faust take() : {result['faust_take_messages_per_s']:>10,.0f} messages/s, "
+                f"{result['faust_take_messages_per_s'] * args.sensors:,.0f} readings/s (counting "
+                "only: the public API's ceiling)"
+            )
         if memory_rss is not None:
             print(
                 f"open windows : {args.memory_devices:,} devices x {args.sensors} sensors, "

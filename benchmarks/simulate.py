@@ -6,8 +6,9 @@
 
 Each round sends the same messages twice to fresh topics: (a) a bare loop over pre-built payloads
 (the exact bytes the simulator makes for this seed) with the same producer settings, and (b)
-``fleetwatch simulate`` end to end (generation + production + flush). Printed: medians of the
-rounds, the ratio b/a, readings/s and messages/s.
+``simulate()``, the function ``fleetwatch simulate`` runs, in this process (generation,
+production and flush; not the interpreter's start). Printed: medians of the rounds, the ratio
+b/a, readings/s and messages/s.
 """
 
 from __future__ import annotations

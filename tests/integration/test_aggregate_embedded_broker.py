@@ -127,6 +127,7 @@ def test_windows_late_sink_and_dead_letters_are_exact(settings: Settings, tmp_pa
     assert "stopped cleanly" in log
 
 
+@pytest.mark.scenario
 def test_kill_dash_9_three_times_gives_the_same_totals(settings: Settings, tmp_path: Path) -> None:
     env_sim = {
         "FLEETWATCH_BOOTSTRAP_SERVERS": settings.kafka.bootstrap_servers,

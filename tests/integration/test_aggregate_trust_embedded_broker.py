@@ -57,6 +57,7 @@ def windows_written(data: Path) -> int:
     return 0 if frame.empty else len(frame)
 
 
+@pytest.mark.scenario
 def test_a_broker_restart_under_a_running_worker_loses_nothing(tmp_path: Path) -> None:
     """The embedded broker is memory-only: restarted, its topics come back empty. What is sent
     afterwards is written (before: 818 of 960 windows were skipped silently), with one ERROR
@@ -152,6 +153,7 @@ def test_a_message_from_2099_does_not_make_the_others_late(
     assert dict(dead.headers)["fleetwatch.reason"] == b"future_timestamp"
 
 
+@pytest.mark.scenario
 def test_sigterm_right_after_a_rebalance_is_a_clean_stop(
     settings: Settings, tmp_path: Path
 ) -> None:

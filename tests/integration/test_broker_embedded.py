@@ -150,10 +150,11 @@ def test_unreachable_broker_fails_fast_with_one_line() -> None:
     elapsed = time.monotonic() - started
     assert result.returncode == 2
     assert result.stderr.strip().splitlines() == [
-        f"fleetwatch simulate: error: cannot reach Kafka at 127.0.0.1:{port} (PLAINTEXT) within 2s "
-        "(KafkaTimeoutError); start one with `fleetwatch broker` or set --bootstrap-servers"
+        f"fleetwatch simulate: error: cannot reach Kafka at 127.0.0.1:{port} (PLAINTEXT) "
+        f"(127.0.0.1:{port}: Connection refused); start one with `fleetwatch broker` or set "
+        "--bootstrap-servers"
     ]
-    assert elapsed < 20
+    assert elapsed < 5  # a refused connection is known at once: not the 2 s timeout and more
     topics = fleetwatch_cli(
         "topics", "create", "--bootstrap-servers", f"127.0.0.1:{port}", "--timeout", "1s"
     )

@@ -47,6 +47,7 @@ def run_demo(args: list[str], timeout: float) -> tuple[subprocess.CompletedProce
     return subprocess.CompletedProcess(process.args, process.returncode, out, err), process.pid
 
 
+@pytest.mark.scenario
 def test_demo_end_to_end(tmp_path: Path) -> None:
     data = tmp_path / "demo"
     started = time.monotonic()

@@ -1,0 +1,57 @@
+"""The one place fleetwatch touches Faust's internals: exactly that surface, checked here, so an
+upgrade that changes it fails in this test (and at the worker's start) with a clear message."""
+
+from __future__ import annotations
+
+import faust
+import pytest
+from faust.transport import consumer as faust_consumer
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from fleetwatch.aggregate import faust_adapter
+from fleetwatch.aggregate.faust_adapter import (
+    BatchConsumer,
+    BatchTransport,
+    FleetwatchApp,
+    PrivateSurfaceError,
+    check_private_surface,
+)
+
+
+def test_the_installed_faust_has_the_surface_the_adapter_was_read_against() -> None:
+    check_private_surface()
+
+
+def test_the_app_builds_the_batch_consumer() -> None:
+    app = FleetwatchApp("probe", broker="kafka://127.0.0.1:1", web_enabled=False)
+    transport = app._new_transport()  # noqa: SLF001 - the overridden private method under test
+    assert isinstance(transport, BatchTransport) and transport.Consumer is BatchConsumer
+    assert issubclass(BatchConsumer, faust_aiokafka.Consumer)
+    assert BatchConsumer._drain_messages is not faust_consumer.Consumer._drain_messages  # noqa: SLF001
+
+
+@pytest.mark.parametrize(
+    ("owner", "name"),
+    [
+        (faust_consumer.Consumer, "_wait_next_records"),
+        (faust_aiokafka.Consumer, "_commit"),
+        (faust.App, "_new_transport"),
+        (faust_consumer.Consumer, "_drain_messages"),
+    ],
+)
+def test_a_changed_surface_is_a_clear_error(
+    owner: type, name: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(owner, name, lambda self, renamed_argument: None)
+    with pytest.raises(PrivateSurfaceError, match=rf"{name}.* no longer takes") as caught:
+        check_private_surface()
+    assert "pyproject.toml" in str(caught.value) and faust_adapter.READ_AGAINST[
+        "faust-streaming"
+    ] in str(caught.value)
+
+
+def test_a_missing_member_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delattr(faust_consumer.ThreadDelegateConsumer, "_commit")
+    monkeypatch.delattr(faust_consumer.Consumer, "_commit")
+    with pytest.raises(PrivateSurfaceError, match="_commit is gone"):
+        check_private_surface()
