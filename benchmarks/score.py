@@ -4,7 +4,7 @@
     python benchmarks/score.py --devices 2000 --rounds 5 --format json
     python benchmarks/score.py --data-dir /tmp/fw-score --variants  # A/B of fleetwatch's tricks
 
-Setup: one model per device (imputer -> scaler -> OneClassSVM, nu=0.01) trained on a day
+Setup: one model per device (fleetwatch's pipeline, OneClassSVM nu=0.01) trained on a day
 (1,440) of one-minute windows, saved through the registry (not timed); the model pack built as
 ``fleetwatch train`` builds it (timed, printed apart); the hour's aggregates written as Parquet
 (60 windows x 10 sensors a device). Then, per round, each as a command (interpreter start
@@ -48,8 +48,9 @@ import pandas as pd
 import pyarrow as pa
 
 import fleetwatch
-from fleetwatch.scoring.features import PRESENT, feature_names
+from fleetwatch.scoring.features import feature_names
 from fleetwatch.scoring.kinds import DeviceModel
+from fleetwatch.scoring.kinds.svm import extended_from_decision
 from fleetwatch.scoring.pack import ModelPack, pack_folder
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, write_table
@@ -71,7 +72,7 @@ def device_features(device: int, rows: int, seed: int) -> np.ndarray:
             stds[:, s],
             means[:, s] - 2 * stds[:, s],
             means[:, s] + 2 * stds[:, s],
-            np.full(rows, PRESENT),
+            np.full(rows, 60.0),  # readings in the window
         ]
     return np.column_stack(columns)
 
@@ -94,7 +95,7 @@ def write_hour(data: Path, devices: int) -> dict[str, np.ndarray]:
         matrix = device_features(device, 60, 10_000 + device)
         matrices[f"dev-{device:05d}"] = matrix
         for s, sensor in enumerate(SENSORS):
-            block = matrix[:, s * 5 : s * 5 + 4]
+            block = matrix[:, s * 5 : s * 5 + 5]
             parts.append(
                 pd.DataFrame(
                     {
@@ -102,7 +103,7 @@ def write_hour(data: Path, devices: int) -> dict[str, np.ndarray]:
                         "sensor": sensor,
                         "window_start": starts,
                         "window_end": starts + pd.Timedelta(minutes=1),
-                        "count": 60,
+                        "count": block[:, 4].astype(np.int64),
                         "mean": block[:, 0],
                         "std": block[:, 1],
                         "min": block[:, 2],
@@ -136,18 +137,14 @@ folder = data / "aggregates" / f"date={hour:%Y-%m-%d}" / f"hour={hour:%H}"
 frame = pd.read_parquet(folder)
 wide = frame.pivot_table(
     index=["device_id", "window_start"], columns="sensor",
-    values=["mean", "std", "min", "max"], aggfunc="first",
+    values=["mean", "std", "min", "max", "count"], aggfunc="first",
 )
 sensors = sorted(frame["sensor"].unique())
-columns = [(stat, s) for s in sensors for stat in ("mean", "std", "min", "max")]
-present = np.full((1, len(sensors)), 10.0)  # every sensor reported in this hour
+columns = [(stat, s) for s in sensors for stat in ("mean", "std", "min", "max", "count")]
 jobs = []
 for device, rows in wide.groupby(level=0):
-    stats = rows[columns].to_numpy()
-    matrix = np.concatenate([stats.reshape(len(rows), len(sensors), 4),
-                             np.repeat(present, len(rows), 0)[..., None]], axis=2)
-    jobs.append((device, rows.index.get_level_values(1).to_numpy(),
-                 matrix.reshape(len(rows), -1)))
+    matrix = rows[columns].to_numpy(dtype=float)
+    jobs.append((device, rows.index.get_level_values(1).to_numpy(), matrix))
 t1 = time.perf_counter()
 
 def score(chunk):
@@ -175,11 +172,15 @@ print(json.dumps({"read_s": t1 - t0, "load_score_s": t2 - t1, "write_s": t3 - t2
 def in_memory_loop(
     root: Path, matrices: dict[str, np.ndarray]
 ) -> tuple[float, dict[str, np.ndarray]]:
-    """(b): the models and features already in memory, one decision_function per device."""
+    """(b): the models and features already in memory, one decision_function per device.
+    Returned: its time, and scikit-learn's values on fleetwatch's score scale (log1p of the
+    decision value over rho; NaN at its floor), for the agreement check."""
     models = {d: joblib.load(root / d / "v0001" / "model.joblib") for d in matrices}
     started = time.perf_counter()
     out = {device: models[device].decision_function(matrix) for device, matrix in matrices.items()}
-    return time.perf_counter() - started, out
+    seconds = time.perf_counter() - started
+    rho = {d: -float(m.named_steps["svm"].intercept_[0]) for d, m in models.items()}
+    return seconds, {d: extended_from_decision(v, rho[d]) for d, v in out.items()}
 
 
 #: Runs the CLI as ``fleetwatch ...`` does and reports its peak RSS (and its workers') on stderr.
@@ -322,7 +323,9 @@ def main() -> int:
             "SELECT device_id, score FROM scores ORDER BY device_id, window_start"
         ).fetchdf()
     got = written.groupby("device_id")["score"].apply(np.array)
-    worst = max(float(np.max(np.abs(got[d] - reference[d]))) for d in reference)
+    worst = max(
+        float(np.nanmax(np.abs(got[d] - reference[d]), initial=0.0)) for d in reference
+    )
     median = statistics.median
     result = {
         "devices": args.devices,

@@ -35,3 +35,9 @@ class StorageError(FleetwatchError):
     """A file in the data directory could not be written (a full disk, a read-only folder)."""
 
     exit_code = 1
+
+
+class NothingDoneError(FleetwatchError):
+    """The command ran but did nothing it was asked to (no device trained, ...): not success."""
+
+    exit_code = 1

@@ -136,6 +136,12 @@ class ImportSettings:
         None, "write every invalid row (line, reason) to this CSV", metavar="PATH"
     )
     delimiter: str = setting("", "CSV delimiter (default: sniffed)")
+    label_columns: list[str] = setting(
+        [], "comma-separated label columns: kept out of the readings (never sensors)", kind="list"
+    )
+    exclude_columns: list[str] = setting(
+        [], "comma-separated columns to leave out (not readings)", kind="list"
+    )
     backfill: bool = setting(
         False,
         "historical data: write its windows straight into the aggregates (no Kafka, no "
@@ -219,11 +225,21 @@ class TrainSettings:
     gamma: str = setting("scale", "RBF/poly/sigmoid gamma: scale, auto or a number")
     kernel: Literal["rbf", "linear", "poly", "sigmoid"] = setting("rbf", "SVM kernel")
     per_sensor: bool = setting(False, "one univariate model per (device, sensor) instead")
-    min_windows: int = setting(30, "skip devices with fewer training windows", minimum=2)
-    threshold_quantile: float = setting(
-        0.01,
-        "flag a window when its score is below this quantile of the training scores (and below 0)",
-        minimum=0,
+    first: str | None = setting(
+        None,
+        "train each device on its own first part of the range: N readings (400), a duration "
+        "(400s, 2h) or a share of its windows (0.3)",
+    )
+    ranges: Path | None = setting(
+        None, "CSV of per-device training ranges: device_id,since,until", metavar="CSV"
+    )
+    min_windows: int = setting(
+        15, "skip devices with fewer training windows (15: 10 to fit, 5 held out)", minimum=15
+    )
+    target_far: float = setting(
+        0.001,
+        "target false-alarm rate: the share of normal windows the threshold may flag",
+        minimum=1e-9,
         maximum=0.5,
     )
     workers: int = setting(0, "parallel processes (0 = one per core)", minimum=0)
@@ -246,6 +262,12 @@ class ScoreSettings:
         -1, "abort the run when more devices than this fail (-1 = never)", minimum=-1
     )
     output: Literal["anomalies", "all"] = setting("all", "store every score, or only the anomalies")
+    incident_gap: float = setting(
+        300.0,
+        "anomalous windows of a device at most this far apart are one incident",
+        kind="duration",
+        minimum=0,
+    )
     lock_timeout: float = setting(
         30.0, "wait this long for the DuckDB file lock", kind="duration", minimum=0
     )
@@ -314,6 +336,24 @@ class DemoSettings:
 
 
 @dataclass(frozen=True)
+class EvaluateSettings:
+    label_column: str = setting("anomaly", "the label column: non-zero or true = anomalous")
+    label_columns: list[str] = setting(
+        [], "more label columns to keep out of the readings (e.g. changepoint)", kind="list"
+    )
+    kind_column: str = setting("", "a column naming each anomalous reading's kind (optional)")
+    train_first: str | None = setting(
+        None,
+        "each device's training part: N readings (400), a duration (400s) or a share (0.3) "
+        "(default: the simulator's clean part; files: 0.3)",
+    )
+    keep: Path | None = setting(
+        None, "keep the evaluation's data folder here (default: a temporary one)", metavar="DIR"
+    )
+    format: OutputFormat = setting("text", "report format")
+
+
+@dataclass(frozen=True)
 class BrokerSettings:
     host: str = setting("127.0.0.1", "address the embedded broker listens on")
     port: int = setting(
@@ -334,6 +374,7 @@ class Settings:
     demo: DemoSettings = field(default_factory=DemoSettings)
     simulate: SimulateSettings = field(default_factory=SimulateSettings)
     import_: ImportSettings = field(default_factory=ImportSettings)
+    evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
 
 
 #: TOML section name -> attribute of :class:`Settings`.
@@ -347,6 +388,7 @@ SECTIONS: dict[str, str] = {
     "demo": "demo",
     "simulate": "simulate",
     "import": "import_",
+    "evaluate": "evaluate",
 }
 #: Sections whose environment variables carry no section prefix.
 UNPREFIXED_SECTIONS = frozenset({"", "kafka"})

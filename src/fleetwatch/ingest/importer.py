@@ -37,6 +37,10 @@ from fleetwatch.ingest.telemetry import (
 from fleetwatch.output import progress_bar
 
 LONG_COLUMNS = ("ts", "device", "tag", "value")
+#: Column names that usually hold labels, not readings: imported as sensors only with a warning.
+LABEL_LIKE = frozenset(
+    {"anomaly", "anomalies", "label", "labels", "is_anomaly", "changepoint", "target", "fault"}
+)
 TIMESTAMP_COLUMNS = ("timestamp", "ts", "datetime", "time", "event_time")
 DEVICE_COLUMNS = ("device_id", "device", "deviceid")
 
@@ -60,6 +64,8 @@ class ImportSummary:
     backfill: BackfillSummary | None = None
     readings_closed: int = 0  # for windows the aggregation closed already: they will be late
     closed_through: datetime | None = None
+    labels_kept_out: list[str] = field(default_factory=list)
+    label_like: list[str] = field(default_factory=list)  # imported as sensors: a warning
 
     def as_record(self) -> dict[str, Any]:
         if self.backfill is not None:
@@ -69,6 +75,7 @@ class ImportSummary:
                 "rows": self.rows,
                 **self.backfill.as_record(),
                 "rows_rejected": len(self.rejected),
+                "label_columns": ",".join(self.labels_kept_out) or None,
             }
         return {
             "file": self.file,
@@ -79,6 +86,7 @@ class ImportSummary:
             "readings": self.readings,
             "rows_rejected": len(self.rejected),
             "first_error": self.first_error,
+            "label_columns": ",".join(self.labels_kept_out) or None,
         }
 
 
@@ -172,10 +180,30 @@ def _sanitize(name: str) -> str:
 Message = tuple[str, int, dict[str, float]]
 
 
+def kept_out(frame: pd.DataFrame, named: list[str], flag: str) -> list[str]:
+    """The columns of ``frame`` that ``named`` names (case and spaces aside); one clear error
+    for a name that is not a column."""
+    columns = [str(c) for c in frame.columns]
+    found = []
+    for name in named:
+        column = _find(columns, (name.strip().lower(),))
+        if column is None:
+            raise InvalidInputError(
+                f"{flag} {name!r}: no such column (the columns are {', '.join(columns)})"
+            )
+        found.append(column)
+    return found
+
+
 def long_messages(
-    frame: pd.DataFrame, first_line: int, clock: _Clock, rejected: list[RejectedRow]
+    frame: pd.DataFrame,
+    first_line: int,
+    clock: _Clock,
+    rejected: list[RejectedRow],
+    left_out: frozenset[str] = frozenset(),
 ) -> Iterator[Message]:
-    """Group valid long rows into messages, in order of first appearance."""
+    """Group valid long rows into messages, in order of first appearance; readings whose tag
+    is in ``left_out`` (labels, excluded names) are left out."""
     columns = [str(c) for c in frame.columns]
     ts_col, dev_col, tag_col, val_col = (_find(columns, (n,)) for n in LONG_COLUMNS)
     groups: dict[tuple[str, int], dict[str, float]] = {}
@@ -185,6 +213,8 @@ def long_messages(
     ):
         line = first_line + offset
         device, tag = str(device).strip(), str(tag).strip()
+        if tag.lower() in left_out:
+            continue
         when = clock.epoch_ms(ts)
         number = _number(value)
         reason = (
@@ -219,7 +249,11 @@ def wide_messages(
     rejected: list[RejectedRow],
     device_id: str,
     sanitize: bool,
+    left_out: list[str] = (),  # type: ignore[assignment]
+    rows: list[int] | None = None,
 ) -> Iterator[Message]:
+    """Messages of valid wide rows; the columns ``left_out`` (labels, excluded) are not
+    readings. With ``rows``, each message's row (0-based, in ``frame``) is appended to it."""
     columns = [str(c) for c in frame.columns]
     ts_col = _find(columns, TIMESTAMP_COLUMNS)
     if ts_col is None:
@@ -231,7 +265,7 @@ def wide_messages(
         raise InvalidInputError("no device_id column: pass --device-id NAME for this file")
     if device_id and not is_valid_name(device_id):
         raise InvalidInputError(f"--device-id {device_id!r}: use 1-64 of [A-Za-z0-9_.-]")
-    sensors = [c for c in columns if c not in (ts_col, dev_col)]
+    sensors = [c for c in columns if c not in (ts_col, dev_col) and c not in left_out]
     names = {c: (_sanitize(c) if sanitize else c.strip()) for c in sensors}
     bad = [c for c, n in names.items() if not is_valid_name(n)]
     if bad:
@@ -271,6 +305,8 @@ def wide_messages(
         if problem is not None:
             rejected.append(RejectedRow(line, problem))
             continue
+        if rows is not None:
+            rows.append(offset)
         yield device, when, readings
 
 
@@ -289,13 +325,32 @@ def import_file(settings: Settings, path: Path) -> ImportSummary:
     layout = detect_layout(frame, options.layout)
     summary = ImportSummary(file=str(path), layout=layout, rows=len(frame))
     clock = _Clock(assume)
-    messages = list(
-        long_messages(frame, first_line, clock, summary.rejected)
-        if layout == "long"
-        else wide_messages(
-            frame, first_line, clock, summary.rejected, options.device_id, options.sanitize_names
+    if layout == "long":
+        names = frozenset(
+            n.strip().lower() for n in [*options.label_columns, *options.exclude_columns]
         )
-    )
+        summary.labels_kept_out = list(options.label_columns)
+        messages = list(long_messages(frame, first_line, clock, summary.rejected, names))
+    else:
+        labels = kept_out(frame, options.label_columns, "--label-columns")
+        left_out = [*labels, *kept_out(frame, options.exclude_columns, "--exclude-columns")]
+        summary.labels_kept_out = labels
+        summary.label_like = [
+            str(c)
+            for c in frame.columns
+            if str(c).strip().lower() in LABEL_LIKE and str(c) not in left_out
+        ]
+        messages = list(
+            wide_messages(
+                frame,
+                first_line,
+                clock,
+                summary.rejected,
+                options.device_id,
+                options.sanitize_names,
+                left_out,
+            )
+        )
     summary.rejected.sort(key=lambda row: row.line)
     if options.backfill:
         window_ms = round(settings.aggregate.window * 1000)

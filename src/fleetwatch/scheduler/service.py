@@ -126,7 +126,9 @@ def score_hours(
 
 @dataclass
 class Retrainer:
-    """Retrains every device on the newest closed ``--retrain-window`` of event time."""
+    """Retrains every device on the newest closed ``--retrain-window`` of event time; a new
+    version is activated only when it passes the held-out check, else kept in shadow (see
+    :mod:`fleetwatch.scoring.calibration`)."""
 
     settings: Settings
 
@@ -139,14 +141,17 @@ class Retrainer:
             return
         until = closed[-1].hour + HOUR
         since = until - timedelta(seconds=self.settings.schedule.retrain_window)
-        summary = train(self.settings, since, until)
+        summary = train(self.settings, since, until, activate="if-calibrated")
         log.info(
-            "retrained on %s..%s: %d trained, %d skipped",
+            "retrained on %s..%s: %d trained (%d kept in shadow), %d skipped",
             since,
             until,
             len(summary.trained),
+            len(summary.shadowed),
             len(summary.skipped),
         )
+        for device_id, reason in sorted(summary.shadowed.items()):
+            log.warning("%s: %s", device_id, reason)
 
 
 @dataclass

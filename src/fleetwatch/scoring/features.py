@@ -1,8 +1,13 @@
-"""Window features per device: for every sensor its mean, std, min, max, and whether it reported.
+"""Window features per device: for every sensor its mean, std, min, max and reading count.
 
-The ``present`` indicator makes a missing sensor explicit: a model trained on windows where the
-sensor always reported sees a window without it as far from normal (a dropout is an anomaly),
-while the sensor's own statistics are imputed with the training medians.
+The reading count (0 when the sensor did not report) makes a missing sensor explicit: a model
+trained on windows where the sensor always reported sees a window without it as far from
+normal (a dropout is an anomaly), while the sensor's own statistics are imputed with the
+training medians.
+
+A *slow* sensor (a temperature, a level: see :func:`slow_sensors`) is described by its change
+from the previous window (``delta``) instead of its mean, min and max: a training range rarely
+covers every level such a sensor will wander to, but how fast it moves stays comparable.
 """
 
 from __future__ import annotations
@@ -22,21 +27,48 @@ import pyarrow.parquet as pq
 from fleetwatch.errors import InvalidInputError
 from fleetwatch.storage.layout import DataLayout
 
-STATISTICS: Final = ("mean", "std", "min", "max")
-#: Value of ``<sensor>__present`` when the sensor reported (0 when not). A sensor that always
-#: reported in training has a constant column, which the scaler leaves unscaled, so this weight
-#: makes one missing sensor as unusual as a 10-sigma deviation.
-PRESENT: Final = 10.0
+#: The window statistics read from the aggregates, in the cube's order.
+STATISTICS: Final = ("mean", "std", "min", "max", "count")
+LEVEL_FEATURES: Final = ("mean", "std", "min", "max", "count")
+SLOW_FEATURES: Final = ("delta", "std", "count")
+#: A sensor is slow when the mean squared change of its window means is below this share of
+#: twice their variance (von Neumann's ratio; about 1 for noise): its windows' lag-1
+#: autocorrelation is above 0.9, it wanders more than it fluctuates.
+SLOW_RATIO: Final = 0.1
+#: ... judged on at least this many consecutive training windows (fewer: not slow).
+SLOW_MIN_WINDOWS: Final = 10
 FloatMatrix = npt.NDArray[np.float64]
 
 
-def feature_names(sensors: list[str]) -> list[str]:
-    """The feature columns of a device with these sensors.
+def feature_names(sensors: list[str], slow: Collection[str] = ()) -> list[str]:
+    """The feature columns of a device with these sensors (``slow``: those judged slow).
 
-    >>> feature_names(["temp"])
-    ['temp__mean', 'temp__std', 'temp__min', 'temp__max', 'temp__present']
+    >>> feature_names(["temp", "flow"], slow=["temp"])[-4:]
+    ['flow__count', 'temp__delta', 'temp__std', 'temp__count']
     """
-    return [f"{s}__{stat}" for s in sorted(sensors) for stat in (*STATISTICS, "present")]
+    return [
+        f"{s}__{stat}"
+        for s in sorted(sensors)
+        for stat in (SLOW_FEATURES if s in slow else LEVEL_FEATURES)
+    ]
+
+
+def slow_sensors(means: FloatMatrix, sensors: list[str]) -> list[str]:
+    """The sensors whose window means (columns of ``means``, rows in time order) are slow
+    (see :data:`SLOW_RATIO`)."""
+    slow = []
+    for index, sensor in enumerate(sensors):
+        values = means[:, index]
+        values = values[~np.isnan(values)]
+        if len(values) < SLOW_MIN_WINDOWS:
+            continue
+        variance = float(values.var())
+        if variance <= 0:
+            continue
+        ratio = float(np.mean(np.diff(values) ** 2)) / (2 * variance)
+        if ratio < SLOW_RATIO:
+            slow.append(sensor)
+    return slow
 
 
 def devices_in_files(files: list[Path]) -> tuple[list[str], int]:
@@ -292,19 +324,23 @@ class WindowCube:
     def _plan(self, names: tuple[str, ...]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Where each feature comes from: (sensor code, statistic index, kind) per column.
 
-        kind 0 = a statistic, 1 = a present indicator; +2 when the sensor is absent from the
-        whole range (a statistic is then NaN, an indicator 0).
-        Devices of one fleet share their feature list, so this is computed once per list.
+        kind: 0 = a statistic (NaN where the sensor did not report), 1 = the reading count (0
+        there), 2 = the change of the mean from the previous window (NaN without one); +4
+        when the sensor is absent from the whole range. Devices of one fleet share their
+        feature list, so this is computed once per list.
         """
         plan = self._plans.get(names)
         if plan is None:
             sensors, stats, kinds = [], [], []
             for name in names:
-                sensor, stat = name.rsplit("__", 1)
+                sensor, _, stat = name.rpartition("__")
+                if stat not in STATISTICS and stat != "delta":
+                    raise ValueError(f"unknown feature {name!r}: retrain the model")
                 index = self._sensor_index.get(sensor)
                 sensors.append(0 if index is None else index)
-                stats.append(0 if stat == "present" else STATISTICS.index(stat))
-                kinds.append((1 if stat == "present" else 0) + (2 if index is None else 0))
+                stats.append(0 if stat == "delta" else STATISTICS.index(stat))
+                kind = 1 if stat == "count" else 2 if stat == "delta" else 0
+                kinds.append(kind + (4 if index is None else 0))
             plan = self._plans[names] = (np.array(sensors), np.array(stats), np.array(kinds))
         return plan
 
@@ -334,17 +370,41 @@ class WindowCube:
         """The feature matrix of grid ``rows`` over feature ``names``."""
         sensors, stats, kinds = self._plan(tuple(names))
         if not (len(sensors) and self._sensor_index) or not self.cells.shape[1]:
-            return np.full((len(rows), len(names)), np.nan)
+            matrix = np.full((len(rows), len(names)), np.nan)
+            matrix[:, kinds % 4 == 1] = 0.0
+            return matrix
         cells = self._cells(devices, owner, rows, sensors)
-        missing = cells < 0
+        matrix = self._read(cells, stats)
+        counts = kinds == 1
+        matrix[:, counts] = np.where(cells[:, counts] < 0, 0.0, matrix[:, counts])
+        changes = kinds == 2
+        if changes.any():
+            matrix[:, changes] -= self._previous_means(devices, owner, rows, sensors[changes])
+        matrix[:, kinds == 4] = np.nan
+        matrix[:, kinds == 6] = np.nan
+        matrix[:, kinds == 5] = 0.0
+        return matrix
+
+    def _read(self, cells: np.ndarray, stats: np.ndarray) -> FloatMatrix:
+        """The statistics ``stats`` (per column) of grid ``cells``; NaN where a cell is -1."""
         flat = np.add(cells, stats * self.statistics.shape[1], dtype=np.intp)
         matrix: FloatMatrix = np.take(self._flat, flat)  # -1 (missing) reads a neighbour
-        matrix[missing] = np.nan
-        indicator = kinds % 2 == 1
-        matrix[:, indicator] = (~missing[:, indicator]) * PRESENT
-        matrix[:, kinds == 2] = np.nan
-        matrix[:, kinds == 3] = 0.0
+        matrix[cells < 0] = np.nan
         return matrix
+
+    def _previous_means(
+        self, devices: list[str], owner: np.ndarray, rows: np.ndarray, sensors: np.ndarray
+    ) -> FloatMatrix:
+        """The mean of ``sensors`` in the window before each of ``rows`` (NaN where that
+        window is not in the cube: the first of the range, or a gap)."""
+        begins = np.array([self.rows(d)[0] for d in devices], dtype=np.int64)[owner]
+        previous = np.maximum(rows - 1, 0)
+        there = (rows - 1 >= begins) & (
+            self.row_starts[previous] == self.row_starts[rows] - self.window_ms
+        )
+        cells = self._cells(devices, owner, previous, sensors)
+        cells[~there] = -1
+        return self._read(cells, np.zeros(len(sensors), dtype=np.int64))
 
     def matrix(self, device_id: str, names: list[str]) -> DeviceWindows:
         begin, end = self.rows(device_id)

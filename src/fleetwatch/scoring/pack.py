@@ -45,15 +45,23 @@ from typing import Any, BinaryIO, NamedTuple
 from fleetwatch.errors import FleetwatchError
 from fleetwatch.ingest.telemetry import is_valid_name
 from fleetwatch.scoring.kinds import KINDS, ModelKind, Scorer, kind_named
-from fleetwatch.scoring.registry import ModelRegistry, ParamsLayout, pack_arrays, read_bytes
+from fleetwatch.scoring.registry import (
+    ModelRegistry,
+    ModelVersion,
+    ParamsLayout,
+    check_current,
+    pack_arrays,
+    read_bytes,
+)
 from fleetwatch.storage.atomic import write_atomically, write_bytes_atomically
 from fleetwatch.storage.layout import DataLayout
 
 log = logging.getLogger(__name__)
 
 #: 1: params.bin copies with a sha256 each (as in the manifests); 2: with a CRC-32, 2.4x faster;
-#: 3: single-pipeline models as their ``Scorer`` (20 us less per device than params.bin)
-FORMAT = 3
+#: 3: single-pipeline models as their ``Scorer`` (20 us less per device than params.bin);
+#: 4: the calibration's tail scale beside the threshold (models of features version 2)
+FORMAT = 4
 ALIGN = 64  # every entry starts on a cache line: float64 views of the mapping are aligned
 #: A refresh rewrites the pack as one segment when it stores more than this many times the
 #: entries in use (superseded versions pile up with every retraining).
@@ -74,6 +82,7 @@ class ActiveModel:
     kind: type[ModelKind]
     features: tuple[str, ...]
     threshold: float
+    tail_scale: float  # normalised score = (score - threshold) / tail_scale
     scorer: Scorer
 
 
@@ -86,6 +95,7 @@ class _Entry(NamedTuple):  # 10,000 made per run: a tuple is made 4x faster than
     features: tuple[str, ...]
     layout: ParamsLayout
     threshold: float
+    tail_scale: float
     segment: str
     offset: int
     length: int
@@ -138,7 +148,8 @@ class ModelPack:
         features = [tuple(f) for f in index["features"]]
         layouts = [ParamsLayout(params) for params in index["layouts"]]
         for device_id, row in index["entries"].items():
-            version, manifest, params, crc, kind, feature_id, layout_id, threshold, at, size = row
+            version, manifest, params, crc, kind, feature_id, layout_id, calibrated, at, size = row
+            threshold, tail_scale = calibrated
             if not (is_valid_name(device_id) and is_valid_name(version) and kind in KINDS):
                 raise ValueError(f"an entry names {device_id!r} {version!r} {kind!r}")
             kind = KINDS[kind]
@@ -153,6 +164,7 @@ class ModelPack:
                 features[feature_id],
                 layouts[layout_id],
                 float(threshold),
+                float(tail_scale),
                 name,
                 at,
                 size,
@@ -209,7 +221,9 @@ class ModelPack:
         except (KeyError, ValueError, IndexError, TypeError) as exc:
             log.warning("model pack: %s %s unusable (%s)", device_id, entry.version, exc)
             return None
-        return ActiveModel(entry.version, entry.kind, entry.features, entry.threshold, scorer)
+        return ActiveModel(
+            entry.version, entry.kind, entry.features, entry.threshold, entry.tail_scale, scorer
+        )
 
     # ------------------------------------------------------------------ writing
 
@@ -274,6 +288,7 @@ class ModelPack:
             model = self.registry.active(device_id)  # the manifest checked against ACTIVE
             if model is None or model.version != version:
                 return None
+            check_current(model)
             manifest = model.manifest
             kind = KINDS.get(manifest["kind"])
             if kind is None:
@@ -290,7 +305,7 @@ class ModelPack:
                 kind,
                 tuple(manifest["features"]),
                 layout,
-                float(manifest.get("threshold", 0.0)),
+                *calibrated(manifest),
                 "",
                 0,
                 len(blob),
@@ -323,7 +338,7 @@ class ModelPack:
                 entry.kind.name,
                 features.setdefault(entry.features, len(features)),
                 layouts[key],
-                entry.threshold,
+                [entry.threshold, entry.tail_scale],
                 offset,
                 len(blob),
             ]
@@ -352,14 +367,28 @@ class ModelPack:
 
 def read_active(registry: ModelRegistry, device_id: str) -> ActiveModel | None:
     """The device's active model from the registry's own files (sha256-checked, no pickle)."""
-    active = registry.active(device_id)
-    if active is None:
+    return model_from_files(registry.active(device_id))
+
+
+def model_from_files(model: ModelVersion | None) -> ActiveModel | None:
+    """A version as scoring needs it, from its files (sha256-checked, no pickle)."""
+    if model is None:
         return None
-    name, arrays = ModelRegistry.load_params(active)
+    check_current(model)
+    name, arrays = ModelRegistry.load_params(model)
     kind = kind_named(name)
-    features = tuple(active.manifest["features"])
-    threshold = float(active.manifest.get("threshold", 0.0))
-    return ActiveModel(active.version, kind, features, threshold, kind.scorer(arrays))
+    features = tuple(model.manifest["features"])
+    return ActiveModel(
+        model.version, kind, features, *calibrated(model.manifest), kind.scorer(arrays)
+    )
+
+
+def calibrated(manifest: dict[str, Any]) -> tuple[float, float]:
+    """A manifest's threshold and tail scale."""
+    scale = float(manifest["calibration"]["tail_scale"])
+    if not scale > 0:
+        raise ValueError(f"tail scale {scale!r} in the manifest: it must be positive")
+    return float(manifest["threshold"]), scale
 
 
 def pack_folder(data_dir: Path) -> Path:

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import math
 import os
 import platform
@@ -24,8 +25,12 @@ import numpy as np
 
 from fleetwatch.errors import FleetwatchError, InvalidInputError
 from fleetwatch.ingest.telemetry import is_valid_name
+from fleetwatch.scoring.calibration import Calibration
 from fleetwatch.scoring.kinds import ModelKind
 from fleetwatch.storage.atomic import publish_directory, storage_error, write_text_atomically
+from fleetwatch.storage.locks import ProcessLock
+
+log = logging.getLogger(__name__)
 
 
 def pack_arrays(
@@ -75,6 +80,20 @@ def unpack_arrays(params: dict[str, Any], blob: bytes) -> dict[str, np.ndarray]:
 
 class ModelIntegrityError(FleetwatchError):
     """A model file does not match the sha256 in its manifest."""
+
+
+#: The window features and score scale of the models this fleetwatch saves (see
+#: ``fleetwatch.scoring.features`` and ``kinds.svm``); a model saved with others is refused.
+FEATURES_VERSION = 2
+
+
+def check_current(model: ModelVersion) -> None:
+    """Refuse a model whose features or score scale this fleetwatch no longer computes."""
+    if model.manifest.get("features_version") != FEATURES_VERSION:
+        raise ModelIntegrityError(
+            f"{model.device_id} {model.version} was saved by an older fleetwatch (other "
+            "features and score scale); retrain it with `fleetwatch train`"
+        )
 
 
 @dataclass(frozen=True)
@@ -134,18 +153,13 @@ class ModelRegistry:
         windows: int,
         parameters: dict[str, Any],
         activate: bool = True,
-        threshold: float = 0.0,
+        calibration: Calibration | None = None,
     ) -> ModelVersion:
         import joblib
         import sklearn
 
-        folder = self.device_dir(device_id)
-        folder.mkdir(parents=True, exist_ok=True)
-        number = 1 + max((int(v[1:]) for v in self._version_names(device_id)), default=0)
-        version = f"v{number:04d}"
-        target = folder / version
-        staging = folder / f".{version}.tmp"
-        shutil.rmtree(staging, ignore_errors=True)  # left by a writer that crashed
+        calibration = calibration or Calibration(0.0, 1.0, 0.0, "set by hand", [])
+        version, target, staging = self._new_version(device_id)
         try:
             staging.mkdir(parents=True)
             joblib.dump(model.estimator(), staging / "model.joblib")
@@ -167,7 +181,9 @@ class ModelRegistry:
                     "windows": windows,
                 },
                 "parameters": parameters,
-                "threshold": threshold,
+                "features_version": FEATURES_VERSION,
+                "threshold": calibration.threshold,
+                "calibration": calibration.as_manifest(),
                 "created_at": datetime.now(UTC).isoformat(),
                 "libraries": {
                     "python": platform.python_version(),
@@ -185,6 +201,45 @@ class ModelRegistry:
             self.activate(device_id, version)
         return ModelVersion(device_id, version, target, manifest)
 
+    def _new_version(self, device_id: str) -> tuple[str, Path, Path]:
+        """The next version's name, folder and (emptied) staging folder."""
+        folder = self.device_dir(device_id)
+        folder.mkdir(parents=True, exist_ok=True)
+        number = 1 + max((int(v[1:]) for v in self._version_names(device_id)), default=0)
+        version = f"v{number:04d}"
+        staging = folder / f".{version}.tmp"
+        shutil.rmtree(staging, ignore_errors=True)  # left by a writer that crashed
+        return version, folder / version, staging
+
+    def with_threshold(
+        self, device_id: str, version: str, calibration: Calibration, activate: bool = True
+    ) -> ModelVersion:
+        """A new version with ``version``'s model files (checked) and another threshold:
+        versions never change, so a rollback brings the old threshold back."""
+        source = self.get(device_id, version)
+        check_current(source)
+        new, target, staging = self._new_version(device_id)
+        try:
+            staging.mkdir(parents=True)
+            for name in ("model.joblib", "params.bin"):
+                shutil.copyfile(self.verified(source, name), staging / name)
+            manifest = {
+                **source.manifest,
+                "version": new,
+                "threshold": calibration.threshold,
+                "calibration": calibration.as_manifest(),
+                "derived_from": version,
+                "created_at": datetime.now(UTC).isoformat(),
+            }
+            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
+        except OSError as exc:
+            shutil.rmtree(staging, ignore_errors=True)
+            raise storage_error(target, exc) from exc
+        publish_directory(staging, target)
+        if activate:
+            self.activate(device_id, new)
+        return ModelVersion(device_id, new, target, manifest)
+
     def activate(self, device_id: str, version: str) -> None:
         folder = self.device_dir(device_id)
         if version not in self._version_names(device_id):
@@ -196,6 +251,65 @@ class ModelRegistry:
         # the manifest's digest beside the version: a manifest changed afterwards (its
         # threshold, its features) is refused like a changed model file
         write_text_atomically(folder / "ACTIVE", f"{version} sha256={digest}\n")
+        shadow = self._pointer(device_id, "SHADOW")
+        if shadow is not None and shadow[0] == version:  # promoted by hand
+            self.clear_shadow(device_id)
+
+    def set_shadow(self, device_id: str, version: str) -> None:
+        """Score ``version`` next to the active one (recorded, never alerting).
+
+        ``<device>/SHADOW`` says which version (and its manifest's sha256); the registry's
+        ``SHADOWS`` lists the devices that have one, so that a scoring run reads one file to
+        know them (a device in ``SHADOWS`` without ``SHADOW`` is simply not shadow-scored)."""
+        folder = self.device_dir(device_id)
+        if version not in self._version_names(device_id):
+            raise InvalidInputError(f"{device_id} has no model version {version}")
+        if version == self.active_version(device_id):
+            raise InvalidInputError(f"{device_id}: {version} is the active version already")
+        check_current(self.get(device_id, version))
+        digest = hashlib.sha256(read_bytes(f"{folder}/{version}/manifest.json")).hexdigest()
+        write_text_atomically(folder / "SHADOW", f"{version} sha256={digest}\n")
+        with ProcessLock(self.root / ".shadows.lock", "shadow list", wait=30.0):
+            self._write_shadows(self.shadowed_devices() | {device_id})
+
+    def clear_shadow(self, device_id: str) -> str | None:
+        """Stop shadow scoring; the version that was in shadow, if any."""
+        pointer = self._pointer(device_id, "SHADOW")
+        if pointer is None:
+            return None
+        with ProcessLock(self.root / ".shadows.lock", "shadow list", wait=30.0):
+            self._write_shadows(self.shadowed_devices() - {device_id})
+        (self.device_dir(device_id) / "SHADOW").unlink(missing_ok=True)
+        return None if pointer is None else pointer[0]
+
+    def shadowed_devices(self) -> set[str]:
+        """The devices listed as having a version in shadow."""
+        try:
+            listed = json.loads(read_bytes(f"{self._root}/SHADOWS"))
+        except FileNotFoundError:
+            return set()
+        except ValueError:
+            log.warning("%s/SHADOWS is unreadable: no version is shadow-scored", self._root)
+            return set()
+        return {d for d in listed if isinstance(d, str) and is_valid_name(d)}
+
+    def _write_shadows(self, devices: set[str]) -> None:
+        write_text_atomically(self.root / "SHADOWS", json.dumps(sorted(devices)))
+
+    def shadow(self, device_id: str) -> ModelVersion | None:
+        """The version in shadow, its manifest checked against the digest in ``SHADOW``."""
+        pointer = self._pointer(device_id, "SHADOW")
+        return None if pointer is None else self.get(device_id, *pointer)
+
+    def promote(self, device_id: str) -> str:
+        """Make the version in shadow the active one (its manifest checked first)."""
+        in_shadow = self.shadow(device_id)
+        if in_shadow is None:
+            raise InvalidInputError(
+                f"{device_id} has no version in shadow (models activate ID VERSION --shadow)"
+            )
+        self.activate(device_id, in_shadow.version)  # clears SHADOW
+        return in_shadow.version
 
     def rollback(self, device_id: str) -> str:
         """Re-activate the version that was active before the current one."""
@@ -230,9 +344,12 @@ class ModelRegistry:
     def pointer(self, device_id: str) -> tuple[str, str | None] | None:
         """``ACTIVE``: the active version and the sha256 of its manifest at activation (None
         for an ``ACTIVE`` written by an older fleetwatch), or None without one."""
+        return self._pointer(device_id, "ACTIVE")
+
+    def _pointer(self, device_id: str, name: str) -> tuple[str, str | None] | None:
         # read_bytes, not Path.read_text: scoring calls this for every device of the fleet.
         try:
-            words = read_bytes(f"{self.device_path(device_id)}/ACTIVE").decode().split()
+            words = read_bytes(f"{self.device_path(device_id)}/{name}").decode().split()
         except FileNotFoundError:
             return None
         if not words:
@@ -280,12 +397,15 @@ class ModelRegistry:
         rows = []
         for device_id in self.devices():
             active = self.active(device_id)
+            shadow = self._pointer(device_id, "SHADOW")
             rows.append(
                 {
                     "device_id": device_id,
                     "active": active.version if active else None,
+                    "shadow": shadow[0] if shadow else None,
                     "versions": len(self._version_names(device_id)),
                     "kind": active.manifest.get("kind") if active else None,
+                    "threshold": active.manifest.get("threshold") if active else None,
                     "trained_until": active.manifest["training"]["until"] if active else None,
                 }
             )
@@ -299,9 +419,11 @@ class ModelRegistry:
         model = self.get(device_id, version)
         self.verified(model, "model.joblib")
         self.verified(model, "params.bin")
+        shadow = self._pointer(device_id, "SHADOW")
         return {
             **model.manifest,
             "active": version == self.active_version(device_id),
+            "shadow": shadow is not None and version == shadow[0],
             "sha256_verified": True,
         }
 

@@ -5,6 +5,12 @@ A run is one hour, for every device in it or for some (the pending ones, see
 with an active model and data is scored in parallel worker processes, and the run, its scores
 and every device's outcome are written to DuckDB in one transaction that replaces the old
 scores of the devices it scored (no duplicates, ever).
+
+Every score is stored with its normalised score (``(score - threshold) / tail scale``, see
+:mod:`fleetwatch.scoring.calibration`); an anomalous window also with its top sensors
+(:mod:`fleetwatch.scoring.explain`). The same transaction rebuilds the incidents the hour
+touches (:mod:`fleetwatch.scoring.incidents`). A device with a version in shadow has that
+version scored too, into ``shadow_scores``: recorded, compared, never alerting.
 """
 
 from __future__ import annotations
@@ -29,11 +35,13 @@ from fleetwatch.config import Settings
 from fleetwatch.errors import FleetwatchError
 from fleetwatch.output import progress_bar
 from fleetwatch.scoring.executor import DeviceResult, run_tasks
+from fleetwatch.scoring.explain import Explanation, explain_many
 from fleetwatch.scoring.features import WindowCube, read_cube
 from fleetwatch.scoring.kinds import ModelKind
 from fleetwatch.scoring.pack import (
     ActiveModel,
     ModelPack,
+    model_from_files,
     pack_folder,
     read_active,
     refresh_quietly,
@@ -154,8 +162,10 @@ def score_hour(
         else []
     )
 
+    shadowed = registry.shadowed_devices() & set(to_score)
+
     def work(chosen: list[str]) -> dict[str, DeviceResult]:
-        return score_devices(registry, pack, cube, chosen, hook)
+        return score_devices(registry, pack, cube, chosen, hook, shadowed)
 
     workers = options.workers or os.cpu_count() or 1
     with progress_bar(f"score {window_start:%Y-%m-%dT%H}", len(to_score), progress) as bar:
@@ -174,7 +184,8 @@ def score_hour(
 
     # One row per device: (device_id, outcome, error, model_version, windows)
     outcomes: list[tuple[str, str, str | None, str | None, int]] = []
-    scored: list[tuple[str, str, bytes, float]] = []  # device, version, scores, threshold
+    scored: list[tuple[str, Scored]] = []
+    shadow: list[tuple[str, Scored]] = []
     unpacked: list[str] = []
     without_model = list(without_folder)
     for device_id in to_score:
@@ -182,9 +193,11 @@ def score_hour(
         if result is None:
             without_model.append(device_id)  # a model folder, but no active version
         elif result is not _FAILED:
-            raw, threshold, version, packed = result
-            outcomes.append((device_id, "scored", None, version, len(raw) // 8))
-            scored.append((device_id, version, raw, threshold))
+            active, packed, in_shadow = result
+            outcomes.append((device_id, "scored", None, active.version, active.windows))
+            scored.append((device_id, active))
+            if in_shadow is not None:
+                shadow.append((device_id, in_shadow))
             if not packed:
                 unpacked.append(device_id)
         else:
@@ -204,11 +217,12 @@ def score_hour(
             f"{options.error_threshold}; first: {next(iter(errors.values()), '')}"
         )
     status = "aborted" if aborted else "succeeded" if closed else "provisional"
-    stored = None
+    stored = shadow_stored = None
     if not aborted:
         stored = (
             scores if options.output == "all" else scores.filter(columns.booleans(flagged_column))
         )
+        shadow_stored = _score_table(run_id, cube, shadow)[0]
     run: dict[str, Any] = {
         "run_id": run_id,
         "window_start": window_start,
@@ -247,6 +261,8 @@ def score_hour(
         outcome_table,
         devices=None if whole else sorted(devices or ()),
         hour_devices=sorted(with_data) if whole and status == "succeeded" else None,
+        shadow_scores=shadow_stored,
+        incident_gap=settings.score.incident_gap,
         lock_timeout=options.lock_timeout,
     )
     if unpacked:  # read from their files this time (new, re-activated, or edited by hand)
@@ -275,16 +291,39 @@ def _active_or_none(registry: ModelRegistry, device_id: str) -> str | None:
 
 
 @dataclass
+class Scored:
+    """One device's scores from one model version, as a worker returns them."""
+
+    version: str
+    raw: bytes  # float64 scores (10,000 small arrays cost the parent 0.08 s to unpickle)
+    threshold: float
+    tail_scale: float
+    flagged: bytes  # int32 rows below the threshold
+    explanations: list[Explanation]  # one per flagged row
+
+    @property
+    def windows(self) -> int:
+        return len(self.raw) // 8
+
+    @classmethod
+    def of(cls, model: ActiveModel, scores: np.ndarray) -> Scored:
+        flagged = np.flatnonzero(scores < model.threshold).astype(np.int32)
+        return cls(
+            model.version,
+            scores.astype(np.float64).tobytes(),
+            model.threshold,
+            model.tail_scale,
+            flagged.tobytes(),
+            [],
+        )
+
+
+@dataclass
 class _Model:
     """A device's active model, loaded and checked."""
 
     active: ActiveModel
     packed: bool  # loaded from the model pack (else from its files: pack it after the run)
-
-    def result(self, scores: np.ndarray) -> tuple[bytes, float, str, bool]:
-        # bytes: 10,000 small arrays cost the parent 0.08 s to unpickle, bytes next to nothing
-        active = self.active
-        return scores.astype(np.float64).tobytes(), active.threshold, active.version, self.packed
 
 
 def _preload(pack: ModelPack, stop: threading.Event) -> set[str]:
@@ -304,15 +343,16 @@ def score_devices(
     cube: WindowCube,
     devices: list[str],
     hook: DeviceHook | None = None,
+    shadowed: set[str] | frozenset[str] = frozenset(),
 ) -> dict[str, DeviceResult]:
-    """Score ``devices`` (one task, in a worker): ("ok", (float64 scores as bytes, threshold,
-    version, packed) or None). Models come from ``pack`` when it holds them as they are, else
-    from their files.
+    """Score ``devices`` (one task, in a worker): ("ok", (active Scored, packed, shadow
+    Scored or None) or None). Models come from ``pack`` when it holds them as they are, else
+    from their files; the versions in shadow (of ``shadowed`` devices) from their files.
 
     Every model is loaded and checked on its own, so a bad one fails its device only.
     Devices go ``GATHER_SIZE`` at a time: the windows of those that share a feature list are
-    cut from the cube and imputed and scaled in one go (re-scored one by one if a model among
-    them fails), and their models are released before the next ones load.
+    cut from the cube and transformed, imputed and scaled in one go (re-scored one by one if
+    a model among them fails), and their models are released before the next ones load.
     """
     results: dict[str, DeviceResult] = {}
     for start in range(0, len(devices), GATHER_SIZE):
@@ -329,24 +369,79 @@ def score_devices(
                 key = (model.active.kind, model.active.features)
                 groups.setdefault(key, []).append((device_id, model))
         for (kind, features), members in groups.items():
-            ids = [device_id for device_id, _ in members]
-            windows, counts = cube.gather(ids, list(features))
-            try:
-                scores = kind.decide_many([m.active.scorer for _, m in members], windows, counts)
-            except Exception:  # a malformed model among them: score them one by one
-                windows, counts = cube.gather(ids, list(features))
-                scores = None
-            for index, (device_id, model) in enumerate(members):
-                try:
-                    values = (
-                        scores[index]
-                        if scores is not None
-                        else model.active.scorer.decision(windows[index, : counts[index]])
-                    )
-                    results[device_id] = ("ok", model.result(values))
-                except Exception as exc:
-                    results[device_id] = ("error", f"{type(exc).__name__}: {exc}")
+            scored = _score_group(kind, features, [m.active for _, m in members], cube, members)
+            for (device_id, model), outcome in zip(members, scored, strict=True):
+                if isinstance(outcome, Exception):
+                    results[device_id] = ("error", f"{type(outcome).__name__}: {outcome}")
+                    continue
+                in_shadow = None
+                if device_id in shadowed:
+                    in_shadow = _score_shadow(registry, cube, device_id)
+                results[device_id] = ("ok", (outcome, model.packed, in_shadow))
     return results
+
+
+def _score_group(
+    kind: type[ModelKind],
+    features: tuple[str, ...],
+    models: list[ActiveModel],
+    cube: WindowCube,
+    members: list[tuple[str, Any]],
+) -> list[Scored | Exception]:
+    """The scores (and explanations) of devices of one kind and feature list."""
+    ids = [device_id for device_id, _ in members]
+    windows, counts = cube.gather(ids, list(features))
+    outcomes: list[Scored | Exception] = []
+    values: list[np.ndarray | Exception]
+    try:
+        values = list(kind.decide_many([m.scorer for m in models], windows, counts))
+    except Exception:  # a malformed model among them: score them one by one
+        windows, counts = cube.gather(ids, list(features))
+        values = []
+        for index, model in enumerate(models):
+            try:
+                values.append(model.scorer.decision(windows[index, : counts[index]]))
+            except Exception as exc:
+                values.append(exc)
+    flagged: list[tuple[int, Scored]] = []  # (position, its scores) of devices to explain
+    for position, (model, value) in enumerate(zip(models, values, strict=True)):
+        if isinstance(value, Exception):
+            outcomes.append(value)
+            continue
+        scored = Scored.of(model, value)
+        outcomes.append(scored)
+        if scored.flagged:
+            flagged.append((position, scored))
+    if flagged:
+        try:
+            raw, _ = cube.gather([ids[i] for i, _ in flagged], list(features))
+            found = explain_many(
+                kind,
+                [models[i].scorer for i, _ in flagged],
+                features,
+                [raw[p, : counts[i]] for p, (i, _) in enumerate(flagged)],
+                [np.frombuffer(scored.raw) for _, scored in flagged],
+                [np.frombuffer(scored.flagged, dtype=np.int32) for _, scored in flagged],
+            )
+            for (_, scored), explanations in zip(flagged, found, strict=True):
+                scored.explanations = explanations
+        except Exception as exc:  # an explanation is extra: its failure costs only itself
+            log.warning("explanations left out for %d devices: %s", len(flagged), exc)
+    return outcomes
+
+
+def _score_shadow(registry: ModelRegistry, cube: WindowCube, device_id: str) -> Scored | None:
+    """The device's version in shadow scored on the same windows (None when it cannot be:
+    shadow scoring never fails the device)."""
+    try:
+        model = model_from_files(registry.shadow(device_id))
+        if model is None:
+            return None
+        matrix = cube.matrix(device_id, list(model.features)).matrix
+        return Scored.of(model, model.scorer.decision(matrix))
+    except Exception as exc:
+        log.warning("%s: the version in shadow was not scored: %s", device_id, exc)
+        return None
 
 
 def _load(
@@ -372,28 +467,71 @@ def _load(
     return _Model(active, packed)
 
 
+#: ``top_sensors``: a list of (sensor, share) per anomalous window, null for the others.
+TOP_SENSORS = pa.list_(pa.struct([("sensor", pa.string()), ("share", pa.float64())]))
+
+
 def _score_table(
-    run_id: str, cube: WindowCube, scored: list[tuple[str, str, bytes, float]]
+    run_id: str, cube: WindowCube, scored: list[tuple[str, Scored]]
 ) -> tuple[pa.Table, np.ndarray]:
     """The ``scores`` rows of the scored devices, built column-wise (no per-row objects), and
     which of them are anomalies (below their model's threshold)."""
-    values = np.frombuffer(b"".join(raw for _, _, raw, _ in scored), dtype=np.float64)
-    counts = np.array([len(raw) // 8 for _, _, raw, _ in scored], dtype=np.int64)
+    values = np.frombuffer(b"".join(s.raw for _, s in scored), dtype=np.float64)
+    counts = np.array([s.windows for _, s in scored], dtype=np.int64)
     owner = np.repeat(np.arange(len(scored)), counts)
-    flagged = values < np.repeat([threshold for *_, threshold in scored], counts)
+    thresholds = np.repeat([s.threshold for _, s in scored], counts)
+    scales = np.repeat([s.tail_scale for _, s in scored], counts)
+    flagged = values < thresholds
     starts = np.concatenate(
-        [cube.row_starts[slice(*cube.rows(d))] for d, *_ in scored] or [np.empty(0, np.int64)]
+        [cube.row_starts[slice(*cube.rows(d))] for d, _ in scored] or [np.empty(0, np.int64)]
     )
     timestamp = pa.timestamp("ms", tz="UTC")
     table = pa.table(
         {
             "run_id": columns.dictionary(np.zeros(len(owner), dtype=np.int32), [run_id]),
-            "device_id": columns.dictionary(owner, [device_id for device_id, *_ in scored]),
+            "device_id": columns.dictionary(owner, [device_id for device_id, _ in scored]),
             "window_start": columns.numeric(starts, timestamp),
             "window_end": columns.numeric(starts + cube.window_ms, timestamp),
             "score": columns.numeric(values, pa.float64()),
+            "score_normalized": columns.numeric((values - thresholds) / scales, pa.float64()),
             "is_anomaly": columns.booleans(flagged),
-            "model_version": columns.dictionary(owner, [version for _, version, *_ in scored]),
+            "model_version": columns.dictionary(owner, [s.version for _, s in scored]),
+            "top_sensors": _top_sensors(scored, counts),
         }
     )
     return table, flagged
+
+
+def _top_sensors(scored: list[tuple[str, Scored]], counts: np.ndarray) -> pa.Array:
+    """The ``top_sensors`` column: built from offsets, so that the (many) windows without an
+    explanation cost no Python object."""
+    lengths = np.zeros(int(counts.sum()), dtype=np.int32)
+    valid = np.zeros(len(lengths), dtype=bool)
+    sensors: list[str] = []
+    shares: list[float] = []
+    base = 0
+    for (_, item), count in zip(scored, counts.tolist(), strict=True):
+        rows = np.frombuffer(item.flagged, dtype=np.int32)
+        for row, explanation in zip(rows.tolist(), item.explanations, strict=False):
+            lengths[base + row] = len(explanation)
+            valid[base + row] = True
+            for sensor, share in explanation:
+                sensors.append(sensor)
+                shares.append(share)
+        base += count
+    offsets = np.zeros(len(lengths) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = pa.StructArray.from_arrays(
+        [
+            columns.strings(sensors).cast(pa.string()),
+            columns.numeric(np.array(shares, dtype=np.float64), pa.float64()),
+        ],
+        names=["sensor", "share"],
+    )
+    validity = pa.py_buffer(np.packbits(valid, bitorder="little"))
+    return pa.Array.from_buffers(
+        TOP_SENSORS,
+        len(lengths),
+        [validity, pa.py_buffer(offsets)],
+        children=[values],
+    )

@@ -1,4 +1,10 @@
-"""``fleetwatch train``: fit one model per device from a time range of aggregates, in parallel."""
+"""``fleetwatch train``: fit one model per device from a time range of aggregates, in parallel.
+
+Each device gets its own range: the same ``--since``/``--until`` for all, the first rows,
+duration or share of each device's windows (``--first``, see :mod:`fleetwatch.scoring.ranges`),
+or a file of ranges. Its threshold comes from the latest part of its range, held out (see
+:mod:`fleetwatch.scoring.calibration`).
+"""
 
 from __future__ import annotations
 
@@ -15,8 +21,16 @@ import numpy as np
 from fleetwatch.config import Settings
 from fleetwatch.errors import InvalidInputError, StorageError
 from fleetwatch.output import progress_bar
-from fleetwatch.scoring.features import devices_in_files, feature_names, read_cube
-from fleetwatch.scoring.kinds import new_model
+from fleetwatch.scoring.calibration import (
+    MIN_FIT,
+    Calibration,
+    allowed_false_alarms,
+    calibrate,
+    check_split,
+    held_out_count,
+)
+from fleetwatch.scoring.features import devices_in_files, feature_names, read_cube, slow_sensors
+from fleetwatch.scoring.kinds import kind_named, new_model
 from fleetwatch.scoring.pack import ModelPack, pack_folder, refresh_quietly
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.storage.layout import DataLayout
@@ -27,14 +41,17 @@ class TrainSummary:
     trained: dict[str, str] = field(default_factory=dict)  # device -> version
     skipped: dict[str, str] = field(default_factory=dict)  # device -> reason
     failed: dict[str, str] = field(default_factory=dict)
+    shadowed: dict[str, str] = field(default_factory=dict)  # device -> why not activated
 
     def as_record(self) -> dict[str, Any]:
         return {
             "trained": len(self.trained),
             "skipped": len(self.skipped),
             "failed": len(self.failed),
+            "kept_in_shadow": len(self.shadowed),
             "skipped_reasons": self.skipped,
             "failed_reasons": self.failed,
+            "shadow_reasons": self.shadowed,
         }
 
 
@@ -53,38 +70,76 @@ class FitJob:
     registry: str  # the registry's folder
     since: datetime
     until: datetime
-    activate: bool
+    activate: str  # "yes" | "no" | "if-calibrated": yes when no held-out window surprised
 
 
-def fit_threshold(job: FitJob) -> tuple[Any, float]:
-    """Fit a device's model and choose its anomaly threshold on windows it did not see.
-
-    A one-class SVM fitted on a few hundred windows draws its boundary through its support
-    vectors, so unseen normal windows often score a little below 0. One fifth of the training
-    windows (a seeded random choice) is held out; the model is fitted on the rest and the
-    threshold is the held-out scores' ``threshold_quantile``, never above 0.
-    """
+def fit_threshold(job: FitJob) -> tuple[Any, Calibration]:
+    """Fit a device's model and its threshold (see :mod:`fleetwatch.scoring.calibration`)."""
     options, matrix = job.parameters, job.matrix
-    model = new_model(options["kind"], options["nu"], _gamma(options["gamma"]), options["kernel"])
-    seed = int.from_bytes(job.device_id.encode()[:8].ljust(8, b"\0"), "little")
-    order = np.random.default_rng(seed).permutation(len(matrix))
-    held = order[: len(matrix) // 5] if len(matrix) >= 50 else order
-    fit_rows = order[len(matrix) // 5 :] if len(matrix) >= 50 else order
-    model.fit(matrix[fit_rows], job.names)
-    scores = model.sklearn_decision(matrix[held])
-    finite = scores[np.isfinite(scores)]
-    quantile = float(np.quantile(finite, options["threshold_quantile"])) if len(finite) else 0.0
-    return model, min(0.0, quantile)
+    held = held_out_count(len(matrix))
+    if len(matrix) - held < MIN_FIT:
+        raise ValueError(
+            f"{len(matrix)} training windows: at least {MIN_FIT + held} are needed "
+            f"({MIN_FIT} to fit, {held} held out for the threshold)"
+        )
+    scores = _provisional_scores(job, len(matrix) - held, len(matrix))
+    calibration = calibrate(scores, options["target_far"])
+    model = _model(job)
+    model.fit(matrix, job.names)
+    return model, calibration
 
 
-def fit_and_save(job: FitJob) -> str:
-    """Fit and save one device's model, in a worker process; its new version.
+def _model(job: FitJob) -> Any:
+    options = job.parameters
+    return new_model(options["kind"], options["nu"], _gamma(options["gamma"]), options["kernel"])
+
+
+def _provisional_scores(job: FitJob, fitted: int, until: int) -> np.ndarray:
+    """Windows ``fitted:until`` scored by a model of windows ``:fitted``."""
+    provisional = _model(job)
+    provisional.fit(job.matrix[:fitted], job.names)
+    scorer = kind_named(job.parameters["kind"]).scorer(provisional.arrays())
+    scores: np.ndarray = scorer.decision(job.matrix[fitted:until])
+    return scores
+
+
+def held_out_false_alarms(job: FitJob) -> tuple[int, int] | None:
+    """The retraining check (see :mod:`fleetwatch.scoring.calibration`): how many of the
+    latest windows a model of the earlier ones flags, of how many; None with too few."""
+    split = check_split(len(job.matrix))
+    if split is None:
+        return None
+    checked, calibrating = split
+    end = len(job.matrix) - checked
+    calibration = calibrate(
+        _provisional_scores(job, end - calibrating, end), job.parameters["target_far"]
+    )
+    fitted = _model(job)
+    fitted.fit(job.matrix[: end - calibrating], job.names)
+    scorer = kind_named(job.parameters["kind"]).scorer(fitted.arrays())
+    flagged = int((scorer.decision(job.matrix[end:]) < calibration.threshold).sum())
+    return flagged, checked
+
+
+def fit_and_save(job: FitJob) -> tuple[str, str | None]:
+    """Fit and save one device's model, in a worker process: its new version, and why it was
+    kept in shadow instead of activated (None when it was not).
 
     The worker saves it itself (sha256, manifest, fsync, activation): done in the parent, the
     saving of every device one after the other, and the fitted models pickled back to it,
     took most of the time a parallel training saved."""
-    model, threshold = fit_threshold(job)
-    saved = ModelRegistry(Path(job.registry)).save(
+    model, calibration = fit_threshold(job)
+    shadow_reason = None
+    if job.activate == "if-calibrated":
+        check = held_out_false_alarms(job)
+        if check is not None and check[0] > allowed_false_alarms(check[1], calibration.target_far):
+            shadow_reason = (
+                f"{check[0]} of its {check[1]} latest training windows flagged by a model of the "
+                f"earlier ones (target false-alarm rate {calibration.target_far:g}): kept in "
+                "shadow"
+            )
+    registry = ModelRegistry(Path(job.registry))
+    saved = registry.save(
         job.device_id,
         model,
         job.names,
@@ -92,10 +147,13 @@ def fit_and_save(job: FitJob) -> str:
         job.until,
         len(job.matrix),
         job.parameters,
-        activate=job.activate,
-        threshold=threshold,
+        activate=job.activate == "yes"
+        or (job.activate == "if-calibrated" and shadow_reason is None),
+        calibration=calibration,
     )
-    return saved.version
+    if shadow_reason is not None:
+        registry.set_shadow(job.device_id, saved.version)
+    return saved.version, shadow_reason
 
 
 #: Aggregate rows read at once while training: the devices are read in groups of about this
@@ -104,7 +162,11 @@ READ_ROWS = 8_000_000
 
 
 def train(
-    settings: Settings, since: datetime, until: datetime, devices: list[str] | None = None
+    settings: Settings,
+    since: datetime,
+    until: datetime,
+    devices: list[str] | None = None,
+    activate: str | None = None,
 ) -> TrainSummary:
     """Fit every device with windows in [since, until) (or just ``devices``) on that range."""
     layout = DataLayout(settings.data_dir)
@@ -119,27 +181,32 @@ def train(
     summary = TrainSummary()
     for device in sorted(set(devices or ()) - set(present)):
         summary.skipped[device] = "no windows in the training range"
-    return train_ranges(settings, dict.fromkeys(chosen, (since, until)), summary)
+    return train_ranges(settings, dict.fromkeys(chosen, (since, until)), summary, activate)
 
 
 def train_ranges(
     settings: Settings,
     ranges: Mapping[str, tuple[datetime, datetime]],
     summary: TrainSummary | None = None,
+    activate: str | None = None,
 ) -> TrainSummary:
-    """Fit each device of ``ranges`` on its own range of windows [since, until)."""
+    """Fit each device of ``ranges`` on its own range of windows [since, until).
+
+    ``activate``: "yes", "no" or "if-calibrated" (default: ``--activate``'s yes or no)."""
     options = settings.train
     summary = summary or TrainSummary()
     kind = "per_sensor" if options.per_sensor else "device"
     layout = DataLayout(settings.data_dir)
     registry = ModelRegistry(layout.models)
     window_ms = int(settings.aggregate.window * 1000)
+    activate = activate or ("yes" if options.activate else "no")
     parameters = {
         "kind": kind,
         "nu": options.nu,
         "gamma": options.gamma,
         "kernel": options.kernel,
-        "threshold_quantile": options.threshold_quantile,
+        "target_far": options.target_far,
+        "window_ms": window_ms,
     }
     by_range: dict[tuple[datetime, datetime], list[str]] = {}
     for device_id, span in sorted(ranges.items()):
@@ -170,7 +237,9 @@ def train_ranges(
                         )
                         advance()
                         continue
-                    names = feature_names(cube.sensors(device_id))
+                    sensors = cube.sensors(device_id)
+                    means = cube.matrix(device_id, [f"{s}__mean" for s in sensors]).matrix
+                    names = feature_names(sensors, slow_sensors(means, sensors))
                     matrix = cube.matrix(device_id, names).matrix
                     jobs.append(
                         FitJob(
@@ -181,12 +250,12 @@ def train_ranges(
                             str(layout.models),
                             since,
                             until,
-                            options.activate,
+                            activate,
                         )
                     )
                 del cube
                 _fit_and_save(pool, jobs, summary, advance)
-    if options.activate and summary.trained:  # so that the next scoring run finds them packed
+    if activate != "no" and summary.trained:  # so that the next scoring run finds them packed
         refresh_quietly(ModelPack.open(pack_folder(settings.data_dir), registry), summary.trained)
     return summary
 
@@ -202,7 +271,10 @@ def _fit_and_save(
         advance()
         device_id = futures[future]
         try:
-            summary.trained[device_id] = future.result()
+            version, shadow_reason = future.result()
+            summary.trained[device_id] = version
+            if shadow_reason is not None:
+                summary.shadowed[device_id] = shadow_reason
         except StorageError:  # a full disk fails every device alike: stop, say it once
             for waiting in futures:
                 waiting.cancel()

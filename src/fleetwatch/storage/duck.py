@@ -41,6 +41,21 @@ CREATE TABLE IF NOT EXISTS scores (
     window_start TIMESTAMPTZ, window_end TIMESTAMPTZ,
     score DOUBLE, is_anomaly BOOLEAN, model_version VARCHAR
 );
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS score_normalized DOUBLE;
+ALTER TABLE scores ADD COLUMN IF NOT EXISTS top_sensors STRUCT(sensor VARCHAR, share DOUBLE)[];
+CREATE TABLE IF NOT EXISTS shadow_scores (  -- versions in shadow: recorded, never alerting
+    run_id VARCHAR, device_id VARCHAR,
+    window_start TIMESTAMPTZ, window_end TIMESTAMPTZ,
+    score DOUBLE, score_normalized DOUBLE, is_anomaly BOOLEAN, model_version VARCHAR
+);
+CREATE TABLE IF NOT EXISTS incidents (
+    incident_id VARCHAR, device_id VARCHAR,
+    window_start TIMESTAMPTZ, window_end TIMESTAMPTZ,
+    windows INTEGER, peak_score DOUBLE,
+    top_sensors STRUCT(sensor VARCHAR, share DOUBLE)[],
+    status VARCHAR,                      -- open | closed
+    model_version VARCHAR
+);
 CREATE TABLE IF NOT EXISTS device_runs (
     run_id VARCHAR, device_id VARCHAR,
     outcome VARCHAR,                     -- scored | failed | no_model | silent
@@ -59,7 +74,7 @@ CREATE OR REPLACE VIEW device_status AS
 #: Increased whenever SCHEMA changes: a database that records an older version is given SCHEMA
 #: again (its statements only add what is missing). Run at every connection instead, its
 #: CREATE OR REPLACE VIEWs took 30 ms of each run.
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 
 
 def _create_schema(connection: Any) -> None:
@@ -144,11 +159,18 @@ def write_run(
     *,
     devices: list[str] | None = None,
     hour_devices: list[str] | None = None,
+    shadow_scores: pa.Table | None = None,
+    incident_gap: float = 300.0,
     lock_timeout: float = 30.0,
 ) -> None:
-    """Record a run, in one transaction. With ``scores``, replace the hour's scores: all of
-    them, or with ``devices`` only those devices'. With ``hour_devices``, record them as the
-    devices with data in the hour (for ``run["files_signature"]``)."""
+    """Record a run, in one transaction. With ``scores``, replace the hour's scores (and
+    ``shadow_scores``): all of them, or with ``devices`` only those devices', and rebuild the
+    incidents they touch. With ``hour_devices``, record them as the devices with data in the
+    hour (for ``run["files_signature"]``)."""
+    from datetime import timedelta
+
+    from fleetwatch.scoring.incidents import rebuild
+
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -159,24 +181,37 @@ def write_run(
         try:
             hour = [run["window_start"], run["window_end"]]
             if scores is not None:
-                if devices is None:
-                    connection.execute(
-                        "DELETE FROM scores WHERE window_start >= ? AND window_start < ?", hour
-                    )
-                else:
+                if devices is not None:
                     connection.register("run_devices", _device_table(devices))
+                for table in ("scores", "shadow_scores"):
+                    only = (
+                        ""
+                        if devices is None
+                        else (" AND device_id IN (SELECT device_id FROM run_devices)")
+                    )
                     connection.execute(
-                        "DELETE FROM scores WHERE window_start >= ? AND window_start < ? "
-                        "AND device_id IN (SELECT device_id FROM run_devices)",
+                        f"DELETE FROM {table} "  # noqa: S608 - two fixed table names
+                        f"WHERE window_start >= ? AND window_start < ?{only}",
                         hour,
                     )
+                if devices is not None:
                     connection.unregister("run_devices")
                 connection.register("new_scores", scores)
                 connection.execute(
-                    "INSERT INTO scores SELECT run_id, device_id, window_start, window_end, "
-                    "score, is_anomaly, model_version FROM new_scores"
+                    "INSERT INTO scores (run_id, device_id, window_start, window_end, score, "
+                    "is_anomaly, model_version, score_normalized, top_sensors) SELECT run_id, "
+                    "device_id, window_start, window_end, score, is_anomaly, model_version, "
+                    "score_normalized, top_sensors FROM new_scores"
                 )
                 connection.unregister("new_scores")
+                if shadow_scores is not None and shadow_scores.num_rows:
+                    connection.register("new_shadow", shadow_scores)
+                    connection.execute(
+                        "INSERT INTO shadow_scores SELECT run_id, device_id, window_start, "
+                        "window_end, score, score_normalized, is_anomaly, model_version "
+                        "FROM new_shadow"
+                    )
+                    connection.unregister("new_shadow")
             if hour_devices is not None:
                 connection.execute(
                     "DELETE FROM hour_devices WHERE window_start >= ? AND window_start < ?", hour
@@ -199,6 +234,14 @@ def write_run(
                 f"VALUES ({', '.join('?' for _ in columns)})",
                 [run[c] for c in columns],
             )
+            if scores is not None:  # after device_runs: an incident's status reads them
+                rebuild(
+                    connection,
+                    devices,
+                    run["window_start"],
+                    run["window_end"],
+                    timedelta(seconds=incident_gap),
+                )
             connection.execute("COMMIT")
         except duckdb.Error as exc:
             with contextlib.suppress(duckdb.Error):  # a failed commit leaves nothing to undo

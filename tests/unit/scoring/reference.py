@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from fleetwatch.scoring.features import PRESENT, STATISTICS, DeviceWindows
+from fleetwatch.scoring.features import STATISTICS, DeviceWindows
 
 
 def pivot_by_device(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -36,29 +36,42 @@ def pivot_by_device(frame: pd.DataFrame) -> dict[str, pd.DataFrame]:
 def device_matrix(
     device_id: str, rows: pd.DataFrame, names: list[str], window_ms: int
 ) -> DeviceWindows:
-    """The device's windows over exactly ``names`` (absent sensors: NaN and present = 0)."""
+    """The device's windows over exactly ``names`` (absent sensors: NaN, a count of 0; a
+    change without the window before it: NaN)."""
     columns = {}
+    starts = rows.index.to_numpy(dtype="datetime64[ms]").astype(np.int64)
     for name in names:
         sensor, stat = name.rsplit("__", 1)
-        if stat == "present":
-            mean = rows.get(f"{sensor}__mean")
+        if stat == "count":
+            count = rows.get(name)
             columns[name] = (
-                np.zeros(len(rows))
-                if mean is None
-                else mean.notna().to_numpy(dtype=float) * PRESENT
+                np.zeros(len(rows)) if count is None else count.fillna(0).to_numpy(dtype=float)
             )
+        elif stat == "delta":
+            mean = rows.get(f"{sensor}__mean")
+            if mean is None:
+                columns[name] = np.full(len(rows), np.nan)
+            else:
+                before = pd.Series(mean.to_numpy(dtype=float), index=starts)
+                previous = before.reindex(starts - window_ms).to_numpy()
+                columns[name] = mean.to_numpy(dtype=float) - previous
         else:
             column = rows.get(name)
             columns[name] = (
                 np.full(len(rows), np.nan) if column is None else column.to_numpy(dtype=float)
             )
     matrix = np.column_stack([columns[n] for n in names]) if names else np.empty((len(rows), 0))
-    starts = rows.index.to_numpy(dtype="datetime64[ms]").astype(np.int64)
     return DeviceWindows(device_id, starts, starts + window_ms, matrix)
 
 
 def sensors_of(rows: pd.DataFrame) -> list[str]:
-    return sorted({c.rsplit("__", 1)[0] for c in rows.columns if rows[c].notna().any()})
+    return sorted(
+        {
+            c.rsplit("__", 1)[0]
+            for c in rows.columns
+            if rows[c].notna().any() and not c.endswith("__count")
+        }
+    )
 
 
 def read_windows(data_dir: Path, since: datetime, until: datetime) -> pd.DataFrame:

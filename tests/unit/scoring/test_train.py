@@ -1,55 +1,139 @@
-"""Training one device: the held-out threshold, and the model saved by the worker itself."""
+"""Training one device: the threshold held out by time, the tail rule, and the model saved by
+the worker itself (or kept in shadow)."""
 
 from __future__ import annotations
 
+import math
 from datetime import UTC, datetime
 from pathlib import Path
 
 import numpy as np
+import pytest
 
+from fleetwatch.scoring.calibration import (
+    Calibration,
+    calibrate,
+    held_out_count,
+    recalibrated,
+)
 from fleetwatch.scoring.features import feature_names
+from fleetwatch.scoring.kinds import DeviceModel
 from fleetwatch.scoring.registry import ModelRegistry
-from fleetwatch.scoring.train import FitJob, fit_and_save, fit_threshold
+from fleetwatch.scoring.train import FitJob, fit_and_save, fit_threshold, held_out_false_alarms
 
 NAMES = feature_names(["a", "b"])
 WHEN = datetime(2026, 11, 22, tzinfo=UTC)
 PARAMETERS = {"kind": "device", "nu": 0.05, "gamma": "scale", "kernel": "rbf",
-              "threshold_quantile": 0.01}  # fmt: skip
+              "target_far": 0.001}  # fmt: skip
 
 
 def windows(rows: int, seed: int = 0) -> np.ndarray:
     matrix = np.random.default_rng(seed).normal(size=(rows, len(NAMES)))
-    matrix[:, [NAMES.index("a__present"), NAMES.index("b__present")]] = 10.0
+    for index, name in enumerate(NAMES):
+        if name.endswith("__count"):
+            matrix[:, index] = 6.0
+        elif name.endswith("__std"):
+            matrix[:, index] = np.abs(matrix[:, index]) + 0.1
     return matrix
 
 
-def job(matrix: np.ndarray, root: Path, device: str = "pump-1") -> FitJob:
-    return FitJob(device, matrix, NAMES, PARAMETERS, str(root), WHEN, WHEN, True)
+def job(matrix: np.ndarray, root: Path, device: str = "pump-1", activate: str = "yes") -> FitJob:
+    return FitJob(device, matrix, NAMES, PARAMETERS, str(root), WHEN, WHEN, activate)
 
 
-def test_the_threshold_is_a_quantile_of_held_out_scores_never_above_zero(tmp_path: Path) -> None:
+def test_the_threshold_comes_from_the_latest_windows_scored_by_a_model_of_the_earlier(
+    tmp_path: Path,
+) -> None:
     matrix = windows(200)
-    model, threshold = fit_threshold(job(matrix, tmp_path))
-    _, same = fit_threshold(job(matrix, tmp_path))  # seeded by the device: repeatable
-    assert threshold == same <= 0.0
-    # independently: which fifth was held out is the seeded permutation's first 40 rows
-    seed = int.from_bytes(b"pump-1".ljust(8, b"\0"), "little")
-    held = np.random.default_rng(seed).permutation(200)[:40]
-    expected = min(0.0, float(np.quantile(model.sklearn_decision(matrix[held]), 0.01)))
-    assert threshold == expected
-    assert len(model.pipeline.named_steps["svm"].support_vectors_) < 200  # fitted on the rest
+    model, calibration = fit_threshold(job(matrix, tmp_path))
+    # independently: scikit-learn fitted on the first 160 windows scores the last 40
+    earlier = DeviceModel(0.05, "scale", "rbf")
+    earlier.fit(matrix[:160], NAMES)
+    held = earlier.reference_scores(matrix[160:])
+    assert np.isfinite(held).all() and held_out_count(200) == 40
+    tail = math.ceil(40 * 0.3)
+    ordered = np.sort(held)
+    start, scale = ordered[tail], np.mean(ordered[tail] - ordered[:tail])
+    expected = start - scale * math.log((tail / 40) / 0.001)
+    assert calibration.rule == "exponential tail"
+    assert calibration.threshold == pytest.approx(expected, abs=1e-8)
+    assert calibration.tail_scale == pytest.approx(scale, abs=1e-8)
+    # ... and the final model saw every window
+    assert len(model.pipeline.named_steps["svm"].support_vectors_) >= 0.05 * 200 - 1
+    assert model.pipeline.named_steps["scale"].n_samples_seen_ == 200
 
 
-def test_a_small_training_set_is_not_split(tmp_path: Path) -> None:
-    matrix = windows(40)
-    model, threshold = fit_threshold(job(matrix, tmp_path))
-    scores = model.sklearn_decision(matrix)
-    assert threshold == min(0.0, float(np.quantile(scores, 0.01)))
+def test_drift_in_the_latest_windows_moves_the_threshold(tmp_path: Path) -> None:
+    """Held out at random, drift that comes later in time is never seen; held out by time,
+    the latest windows carry it, and the threshold makes room for it."""
+    steady = windows(200)
+    drifting = steady.copy()
+    for name in ("a__mean", "b__mean"):  # a slow drift of both levels, 6 sigma in all
+        drifting[:, NAMES.index(name)] += np.linspace(0, 6, 200)
+    _, flat = fit_threshold(job(steady, tmp_path))
+    _, drifted = fit_threshold(job(drifting, tmp_path))
+    assert np.median(drifted.held_out) < np.median(flat.held_out) - 0.2
+    assert drifted.threshold < flat.threshold - 0.3
+
+
+def test_the_tail_rule_and_the_quantile_rule() -> None:
+    held = np.arange(20, dtype=float)  # 0, 1, ..., 19
+    # at or above the tail's share (6/20) the empirical quantile
+    assert calibrate(held, 0.5).threshold == pytest.approx(np.quantile(held, 0.5))
+    assert calibrate(held, 0.5).rule == "empirical quantile"
+    # below it: start 6, mean excess of 0..5 below 6 is 3.5, share 0.3
+    deep = calibrate(held, 0.001)
+    assert deep.rule == "exponential tail" and deep.tail_scale == pytest.approx(3.5)
+    assert deep.threshold == pytest.approx(6 - 3.5 * math.log(0.3 / 0.001))
+    # the normalised score: 0 at the threshold, -1 per tail scale below it
+    assert deep.normalized(np.array([deep.threshold - 7.0]))[0] == pytest.approx(-2.0)
+    assert recalibrated(deep, 0.5).threshold == pytest.approx(np.quantile(held, 0.5))
+    with pytest.raises(ValueError, match="by hand"):
+        recalibrated(Calibration(0.0, 1.0, 0.0, "set by hand", []), 0.01)
+
+
+def test_small_training_sets(tmp_path: Path) -> None:
+    """At least 10 windows to fit and 5 held out: 15 trains, 14 is refused with why."""
+    assert held_out_count(15) == 5 and held_out_count(100) == 20
+    _, calibration = fit_threshold(job(windows(15), tmp_path))
+    assert len(calibration.held_out) == 5
+    with pytest.raises(ValueError, match="at least 15 are needed"):
+        fit_threshold(job(windows(14), tmp_path))
+
+
+def test_the_retraining_check_flags_a_fault_in_the_latest_windows(tmp_path: Path) -> None:
+    steady = windows(120)
+    assert held_out_false_alarms(job(steady, tmp_path)) == (0, 24)
+    faulty = steady.copy()
+    faulty[-3:, NAMES.index("b__mean")] += 25.0
+    assert held_out_false_alarms(job(faulty, tmp_path)) == (3, 24)
+    assert held_out_false_alarms(job(windows(19), tmp_path)) is None  # too few to check
 
 
 def test_the_worker_saves_and_activates_the_model(tmp_path: Path) -> None:
-    version = fit_and_save(job(windows(120), tmp_path, "pump-7"))
+    version, shadow = fit_and_save(job(windows(120), tmp_path, "pump-7"))
     registry = ModelRegistry(tmp_path)
-    assert version == "v0001" == registry.active_version("pump-7")
+    assert version == "v0001" == registry.active_version("pump-7") and shadow is None
     manifest = registry.describe("pump-7")
-    assert manifest["threshold"] <= 0 and manifest["training"]["windows"] == 120
+    assert manifest["training"]["windows"] == 120 and manifest["features_version"] == 2
+    section = manifest["calibration"]
+    assert section["held_out_windows"] == 24 and section["target_far"] == 0.001
+    assert manifest["threshold"] == section["threshold"] < max(section["held_out_scores"])
+
+
+def test_a_retrained_version_whose_held_out_windows_surprise_it_stays_in_shadow(
+    tmp_path: Path,
+) -> None:
+    registry = ModelRegistry(tmp_path)
+    fit_and_save(job(windows(120), tmp_path, "pump-7"))
+    faulty = windows(120, seed=1)
+    faulty[-3:, NAMES.index("b__mean")] += 25.0  # a fault in the latest training windows
+    version, shadow = fit_and_save(job(faulty, tmp_path, "pump-7", activate="if-calibrated"))
+    assert version == "v0002" and shadow is not None and "kept in shadow" in shadow
+    assert registry.active_version("pump-7") == "v0001"
+    in_shadow = registry.shadow("pump-7")
+    assert in_shadow is not None and in_shadow.version == "v0002"
+    assert registry.shadowed_devices() == {"pump-7"}
+    # a clean retraining is activated
+    version, shadow = fit_and_save(job(windows(120, 2), tmp_path, "pump-7", "if-calibrated"))
+    assert shadow is None and registry.active_version("pump-7") == version == "v0003"

@@ -4,6 +4,7 @@ from fleetwatch.cli.commands import (
     aggregate,
     broker,
     demo,
+    evaluate,
     import_file,
     models,
     schedule,
@@ -30,6 +31,7 @@ COMMANDS: tuple[Command, ...] = tuple(
         sql,
         schedule,
         status,
+        evaluate,
         demo,
     )
 )

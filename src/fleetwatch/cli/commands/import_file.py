@@ -26,6 +26,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "(write them all with --rejects PATH)",
             file=sys.stderr,
         )
+    for column in summary.label_like:
+        print(
+            f"fleetwatch import: warning: column {column!r} looks like a label and was imported "
+            f"as a sensor; to keep it out of the readings pass --label-columns {column!r}",
+            file=sys.stderr,
+        )
     if summary.readings_closed and summary.closed_through is not None:
         print(
             f"fleetwatch import: warning: {summary.readings_closed} readings are for windows "
@@ -54,7 +60,8 @@ COMMAND = Command(
     """
     fleetwatch import readings.csv                      # TS,Device,Tag,Value rows
     fleetwatch import pump7.csv --device-id pump-0007 --assume-timezone UTC
-    fleetwatch import skab.csv --device-id skab-1 --assume-timezone UTC --sanitize-names
+    fleetwatch import valve1-0.csv --device-id valve1-0 --assume-timezone UTC \\
+        --sanitize-names --label-columns anomaly,changepoint --backfill
     fleetwatch import sensor_data.csv --backfill        # history: straight into aggregates
     """,
     {

@@ -42,7 +42,7 @@ COMMAND = Command(
             "kernel",
             "per_sensor",
             "min_windows",
-            "threshold_quantile",
+            "target_far",
             "workers",
         ),
         "aggregate": ("window",),

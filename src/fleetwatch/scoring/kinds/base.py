@@ -24,7 +24,8 @@ class Scorer(Protocol):
         """How many features (columns) a window must have (None: it does not say)."""
 
     def decision(self, matrix: FloatMatrix) -> np.ndarray:
-        """Decision values of the windows (rows) of ``matrix``; lower is more anomalous."""
+        """Scores of the windows (rows) of ``matrix``; lower is more anomalous, and windows
+        however far from normal keep ranking (no floor)."""
 
 
 class ModelKind(ABC):
@@ -57,7 +58,12 @@ class ModelKind(ABC):
 
     @abstractmethod
     def sklearn_decision(self, matrix: FloatMatrix) -> np.ndarray:
-        """scikit-learn's own decision values: what the fast path must equal."""
+        """scikit-learn's own decision values."""
+
+    @abstractmethod
+    def reference_scores(self, matrix: FloatMatrix) -> np.ndarray:
+        """scikit-learn's decision values on the scores' scale (NaN where that scale's
+        extension goes beyond them): what the fast path must equal."""
 
     @classmethod
     @abstractmethod

@@ -12,8 +12,10 @@ from fleetwatch.scoring.kinds.svm import (
     SvmParams,
     SvmScorer,
     decide,
+    extended_from_decision,
     fit_pipeline,
     make_pipeline,
+    rho_of,
 )
 
 
@@ -28,10 +30,11 @@ class DeviceModel(ModelKind):
     name = "device"
 
     def __init__(self, nu: float = 0.01, gamma: str | float = "scale", kernel: str = "rbf"):
-        self.pipeline = make_pipeline(nu, gamma, kernel)
+        self.settings = (nu, gamma, kernel)
+        self.pipeline: Any = None
 
     def fit(self, matrix: FloatMatrix, names: list[str]) -> None:
-        fit_pipeline(self.pipeline, matrix)
+        self.pipeline = fit_pipeline(make_pipeline(*self.settings, names), matrix)
 
     def estimator(self) -> object:
         return self.pipeline
@@ -41,6 +44,12 @@ class DeviceModel(ModelKind):
 
     def sklearn_decision(self, matrix: FloatMatrix) -> np.ndarray:
         return np.asarray(self.pipeline.decision_function(matrix), dtype=float)
+
+    def reference_scores(self, matrix: FloatMatrix) -> np.ndarray:
+        decision = self.sklearn_decision(matrix)
+        if self.pipeline.named_steps["svm"].kernel != "rbf":
+            return decision
+        return extended_from_decision(decision, rho_of(self.pipeline))
 
     @classmethod
     def scorer(cls, arrays: Any) -> SvmScorer:

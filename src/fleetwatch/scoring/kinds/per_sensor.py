@@ -12,21 +12,29 @@ from fleetwatch.scoring.kinds.svm import (
     FloatMatrix,
     SvmParams,
     SvmScorer,
+    extended_from_decision,
     fit_pipeline,
     make_pipeline,
+    rho_of,
 )
 
 if TYPE_CHECKING:
     from sklearn.pipeline import Pipeline
 
-STATISTICS = ("mean", "std", "min", "max")
+
+def sensor_columns(names: list[str]) -> dict[str, list[int]]:
+    """Each sensor's feature columns, by the sensor's name (``<sensor>__<statistic>``)."""
+    columns: dict[str, list[int]] = {}
+    for index, name in enumerate(names):
+        columns.setdefault(name.rsplit("__", 1)[0], []).append(index)
+    return dict(sorted(columns.items()))
 
 
 class PerSensorModel(ModelKind):
-    """One univariate-sensor pipeline per sensor (its mean/std/min/max).
+    """One pipeline per sensor over that sensor's features.
 
-    A window's device score is its lowest sensor score; a sensor that did not report in a window
-    does not vote.
+    A window's device score is its lowest sensor score. A sensor that did not report in a
+    window votes too: its statistics are imputed and its reading count, 0, is what stands out.
     """
 
     name = "per_sensor"
@@ -36,12 +44,9 @@ class PerSensorModel(ModelKind):
         self.pipelines: dict[str, tuple[list[int], Pipeline]] = {}
 
     def fit(self, matrix: FloatMatrix, names: list[str]) -> None:
-        sensors = sorted({n.rsplit("__", 1)[0] for n in names})
-        for sensor in sensors:
-            columns = [names.index(f"{sensor}__{stat}") for stat in STATISTICS]
-            rows = ~np.isnan(matrix[:, columns[0]])
-            pipeline = fit_pipeline(make_pipeline(*self.settings), matrix[rows][:, columns])
-            self.pipelines[sensor] = (columns, pipeline)
+        for sensor, columns in sensor_columns(names).items():
+            pipeline = make_pipeline(*self.settings, [names[c] for c in columns])
+            self.pipelines[sensor] = (columns, fit_pipeline(pipeline, matrix[:, columns]))
 
     def estimator(self) -> object:
         return self.pipelines
@@ -53,14 +58,23 @@ class PerSensorModel(ModelKind):
             arrays[f"{sensor}/columns"] = np.array(columns)
         return arrays
 
-    def sklearn_decision(self, matrix: FloatMatrix) -> np.ndarray:
+    def _each(self, matrix: FloatMatrix, score: Any) -> np.ndarray:
         scores = np.full(len(matrix), np.inf)
         for columns, pipeline in self.pipelines.values():
-            rows = ~np.isnan(matrix[:, columns[0]])
-            if rows.any():
-                values = pipeline.decision_function(matrix[rows][:, columns])
-                scores[rows] = np.minimum(scores[rows], values)
+            scores = np.minimum(scores, score(pipeline, matrix[:, columns]))
         return scores
+
+    def sklearn_decision(self, matrix: FloatMatrix) -> np.ndarray:
+        return self._each(matrix, lambda pipeline, part: pipeline.decision_function(part))
+
+    def reference_scores(self, matrix: FloatMatrix) -> np.ndarray:
+        def score(pipeline: Pipeline, part: FloatMatrix) -> np.ndarray:
+            decision = pipeline.decision_function(part)
+            if pipeline.named_steps["svm"].kernel != "rbf":
+                return np.asarray(decision, dtype=float)
+            return extended_from_decision(decision, rho_of(pipeline))
+
+        return self._each(matrix, score)
 
     @classmethod
     def scorer(cls, arrays: Any) -> PerSensorScorer:
@@ -82,8 +96,5 @@ class PerSensorScorer:
     def decision(self, matrix: FloatMatrix) -> np.ndarray:
         scores = np.full(len(matrix), np.inf)
         for columns, scorer in self.sensors:
-            rows = ~np.isnan(matrix[:, columns[0]])
-            if rows.any():
-                values = scorer.decision(matrix[rows][:, columns])
-                scores[rows] = np.minimum(scores[rows], values)
+            scores = np.minimum(scores, scorer.decision(matrix[:, columns]))
         return scores

@@ -1,9 +1,25 @@
 """The one-class SVM pipeline both model kinds are made of, and its fast scoring.
 
-A fitted ``SimpleImputer(median) -> StandardScaler -> OneClassSVM`` is exported as plain arrays
-(:class:`SvmParams`, kept in ``params.bin``) and scored from them with vectorised numpy
-(:class:`SvmScorer`), which matches scikit-learn's ``decision_function`` to 1e-9 (tested) and
-avoids its per-call overhead across thousands of small models.
+A fitted ``WindowTransform -> SimpleImputer(median) -> StandardScaler -> Weights ->
+OneClassSVM`` is exported as plain arrays (:class:`SvmParams`, kept in ``params.bin``) and
+scored from them with vectorised numpy (:class:`SvmScorer`), avoiding scikit-learn's per-call
+overhead across thousands of small models.
+
+**The score.** Far from every support vector, the RBF one-class SVM's decision value
+``sum_i a_i exp(-gamma |x - sv_i|^2) - rho`` bottoms out at ``-rho``: every window far
+enough away ties, so drifted windows can neither be ranked nor thresholded. Scoring reports
+``log(sum_i a_i exp(-gamma |x - sv_i|^2) / rho)`` instead: a strictly increasing function of
+the decision value (``rho * expm1(score)`` is scikit-learn's ``decision_function``, tested to
+1e-9 wherever that is not within 1e-6 of its floor), 0 on the SVM's boundary, and beyond the support
+about ``-gamma`` times the squared distance to the nearest support vector, so it keeps
+ranking however far a window is. (Other kernels have no floor; their score is the decision
+value itself.)
+
+**The features** (see :func:`feature_role`): levels (mean, and for a slow sensor the change
+from the previous window) count fully; the shape statistics (spread, min, max) count a third
+each (weight ``1/sqrt(3)``), so that a sensor's level and its shape weigh alike; spreads are
+compared on a log scale and reading counts as a share of the typical count
+(:data:`SPREAD_FLOOR`, :data:`COVERAGE`).
 """
 
 from __future__ import annotations
@@ -19,14 +35,72 @@ if TYPE_CHECKING:  # scikit-learn takes a second to import; scoring never needs 
 
 FloatMatrix = npt.NDArray[np.float64]
 
+#: A spread ``s`` becomes ``log(s + SPREAD_FLOOR * typical)``: on a log scale a sensor stuck at
+#: one value (spread 0) is far from its usual noise, while a spread that is merely small stays
+#: close; the floor keeps a sensor that often repeats its value (a coarse sensor) from putting
+#: every such window at minus infinity.
+SPREAD_FLOOR = 0.001
+#: A reading count ``c`` becomes ``COVERAGE * c / typical``: with the usual count constant in
+#: training, a sensor missing from a window is as unusual as a 10-sigma deviation.
+COVERAGE = 10.0
+#: Weight of each shape statistic (spread, min, max) against a level's 1: together as heavy.
+SHAPE_WEIGHT = 1.0 / np.sqrt(3.0)
+_ROLES = {
+    "mean": "level",
+    "delta": "level",
+    "min": "shape",
+    "max": "shape",
+    "std": "spread",
+    "count": "coverage",
+}
+
+
+def feature_role(name: str) -> str:
+    """``level``, ``shape``, ``spread`` or ``coverage``, from a feature's statistic.
+
+    >>> [feature_role(n) for n in ("flow__mean", "flow__std", "flow__count", "flow__max")]
+    ['level', 'spread', 'coverage', 'shape']
+    """
+    return _ROLES.get(name.rsplit("__", 1)[-1], "level")
+
+
+def feature_weights(names: list[str]) -> np.ndarray:
+    return np.array(
+        [1.0 if feature_role(n) in ("level", "coverage") else SHAPE_WEIGHT for n in names]
+    )
+
+
+def apply_window_transform(
+    windows: np.ndarray,
+    log_columns: np.ndarray,
+    log_offsets: np.ndarray,
+    coverage_columns: np.ndarray,
+    coverage_scale: np.ndarray,
+) -> None:
+    """In place, over the last axis of ``windows``: spreads to ``log(s + offset)``, counts
+    times their scale; NaN stays NaN. Offsets and scales broadcast against ``windows``."""
+    if len(log_columns):
+        windows[..., log_columns] = np.log(np.maximum(windows[..., log_columns], 0.0) + log_offsets)
+    if len(coverage_columns):
+        windows[..., coverage_columns] *= coverage_scale
+
+
+def extended_from_decision(decision: np.ndarray, rho: float) -> np.ndarray:
+    """scikit-learn's RBF decision values on the score's scale, ``log1p(decision / rho)``;
+    NaN within 1e-6 of its floor (scores below about -13.8), where its rounding (1e-16 of
+    ``rho``) is no longer small on that scale."""
+    ratio = np.asarray(decision, dtype=float) / rho
+    kept = ratio > -1 + 1e-6
+    return np.where(kept, np.log1p(np.where(kept, ratio, 0.0)), np.nan)
+
 
 @dataclass(frozen=True)
 class SvmParams:
     """A fitted imputer -> scaler -> one-class SVM, as arrays."""
 
-    fill: np.ndarray  # imputer medians, per feature
+    fill: np.ndarray  # imputer medians, per feature (after the window transform)
     mean: np.ndarray
-    scale: np.ndarray
+    scale: np.ndarray  # the scaler's, divided by the feature's weight
     support_vectors: np.ndarray  # in scaled space
     dual_coef: np.ndarray
     intercept: float
@@ -34,9 +108,13 @@ class SvmParams:
     gamma: float
     coef0: float
     degree: int
+    log_columns: np.ndarray  # spreads: log(x + offset)
+    log_offsets: np.ndarray
+    coverage_columns: np.ndarray  # reading counts: x * scale
+    coverage_scale: np.ndarray
 
     def decision(self, matrix: FloatMatrix) -> np.ndarray:
-        """``decision_function`` of the pipeline, computed from the parameters."""
+        """The scores of the pipeline (see the module docstring), from the parameters."""
         return self.scorer().decision(matrix)
 
     def scorer(self) -> SvmScorer:
@@ -66,15 +144,19 @@ class SvmParams:
             self.gamma,
             self.coef0,
             self.degree,
+            np.asarray(self.log_columns, dtype=np.int64),
+            np.asarray(self.log_offsets, dtype=float),
+            np.asarray(self.coverage_columns, dtype=np.int64),
+            np.asarray(self.coverage_scale, dtype=float),
         )
 
     @classmethod
     def from_pipeline(cls, pipeline: Pipeline) -> SvmParams:
-        imputer, scaler, svm = pipeline.named_steps.values()
+        transform, imputer, scaler, weights, svm = pipeline.named_steps.values()
         return cls(
             fill=np.asarray(imputer.statistics_, dtype=float),
             mean=np.asarray(scaler.mean_, dtype=float),
-            scale=np.asarray(scaler.scale_, dtype=float),
+            scale=np.asarray(scaler.scale_, dtype=float) / np.asarray(weights.weights),
             support_vectors=np.asarray(svm.support_vectors_, dtype=float),
             dual_coef=np.asarray(svm.dual_coef_, dtype=float).ravel(),
             intercept=float(np.asarray(svm.intercept_).ravel()[0]),
@@ -82,6 +164,10 @@ class SvmParams:
             gamma=_numeric_gamma(svm),
             coef0=float(svm.coef0),
             degree=int(svm.degree),
+            log_columns=np.asarray(transform.log_columns_),
+            log_offsets=np.asarray(transform.log_offsets_, dtype=float),
+            coverage_columns=np.asarray(transform.coverage_columns_),
+            coverage_scale=np.asarray(transform.coverage_scale_, dtype=float),
         )
 
     def to_arrays(self, prefix: str = "") -> dict[str, np.ndarray]:
@@ -93,6 +179,10 @@ class SvmParams:
             f"{prefix}dual": self.dual_coef,
             f"{prefix}scalars": np.array([self.intercept, self.gamma, self.coef0, self.degree]),
             f"{prefix}kernel": np.array([self.kernel]),
+            f"{prefix}logcols": self.log_columns,
+            f"{prefix}logoff": self.log_offsets,
+            f"{prefix}covcols": self.coverage_columns,
+            f"{prefix}covscale": self.coverage_scale,
         }
 
     @classmethod
@@ -109,7 +199,20 @@ class SvmParams:
             coef0=float(coef0),
             degree=int(degree),
             kernel=str(arrays[f"{prefix}kernel"][0]),
+            log_columns=_indices(arrays[f"{prefix}logcols"]),
+            log_offsets=arrays[f"{prefix}logoff"],
+            coverage_columns=_indices(arrays[f"{prefix}covcols"]),
+            coverage_scale=arrays[f"{prefix}covscale"],
         )
+
+
+def _indices(array: np.ndarray) -> np.ndarray:
+    """Column indices kept as float64 in ``params.bin``, as integers (checked)."""
+    values = np.asarray(array, dtype=float).ravel()
+    indices = values.astype(np.int64)
+    if (indices != values).any() or (indices < 0).any():
+        raise ValueError("the model's column indices are not whole numbers: retrain it")
+    return indices
 
 
 class SvmScorer(NamedTuple):  # a NamedTuple: 10,000 are made per run from the pack
@@ -133,13 +236,17 @@ class SvmScorer(NamedTuple):  # a NamedTuple: 10,000 are made per run from the p
     gamma: float
     coef0: float
     degree: int
+    log_columns: np.ndarray
+    log_offsets: np.ndarray
+    coverage_columns: np.ndarray
+    coverage_scale: np.ndarray
 
     @property
     def feature_count(self) -> int | None:
         return len(self.mean)
 
     def decision(self, matrix: FloatMatrix) -> np.ndarray:
-        """``decision_function`` of the pipeline on one device's windows."""
+        """The scores of one device's windows (see the module docstring)."""
         windows = np.array(matrix, dtype=float)[None]
         return decide([self], windows, np.array([len(matrix)]))[0]
 
@@ -153,6 +260,10 @@ class SvmScorer(NamedTuple):  # a NamedTuple: 10,000 are made per run from the p
             "dual": self.dual_coef,
             "scalars": np.array([self.intercept, self.gamma, self.coef0, self.degree]),
             "kernel": np.array([self.kernel]),
+            "logcols": self.log_columns,
+            "logoff": self.log_offsets,
+            "covcols": self.coverage_columns,
+            "covscale": self.coverage_scale,
         }
 
     @classmethod
@@ -162,7 +273,7 @@ class SvmScorer(NamedTuple):  # a NamedTuple: 10,000 are made per run from the p
             arrays["fill"],
             arrays["mean"],
             arrays["scale"],
-            arrays["columns"],
+            _indices(arrays["columns"]),
             arrays["vectors"],
             arrays["dual"],
             intercept,
@@ -170,14 +281,31 @@ class SvmScorer(NamedTuple):  # a NamedTuple: 10,000 are made per run from the p
             gamma,
             coef0,
             int(degree),
+            _indices(arrays["logcols"]),
+            arrays["logoff"],
+            _indices(arrays["covcols"]),
+            arrays["covscale"],
         )
 
     def decide_extended(self, windows: FloatMatrix) -> np.ndarray:
-        """Decision values of windows imputed, scaled and extended: ``[x | 1 | -gamma |x|^2]``
-        (``x`` over ``columns``)."""
+        """Scores of windows transformed, imputed, scaled and extended: ``[x | 1 | -gamma
+        |x|^2]`` (``x`` over ``columns``)."""
         if self.kernel == "rbf":
             kernel = windows @ self.vectors.T
             np.exp(kernel, out=kernel)
+            sums = kernel @ self.dual_coef
+            rho = max(-self.intercept, np.finfo(float).tiny)
+            with np.errstate(divide="ignore"):
+                result: np.ndarray = np.log(sums) - np.log(rho)
+            # Where every kernel value underflowed (a window far beyond the support), the
+            # same logarithm from the exponents: log-sum-exp, shifted by their maximum.
+            far = sums < 1e-250
+            if far.any():
+                weights = np.log(np.maximum(self.dual_coef, np.finfo(float).tiny))
+                shifted = windows[far] @ self.vectors.T + weights
+                top = shifted.max(axis=1)
+                result[far] = top + np.log(np.exp(shifted - top[:, None]).sum(axis=1)) - np.log(rho)
+            return result
         else:
             products = windows[:, : len(self.columns)] @ self.vectors.T
             if self.kernel == "linear":
@@ -188,15 +316,16 @@ class SvmScorer(NamedTuple):  # a NamedTuple: 10,000 are made per run from the p
                 kernel = np.tanh(self.gamma * products + self.coef0)
             else:  # pragma: no cover - rejected at training
                 raise ValueError(f"unsupported kernel {self.kernel}")
-        result: np.ndarray = kernel @ self.dual_coef + self.intercept
-        return result
+        decision: np.ndarray = kernel @ self.dual_coef + self.intercept
+        return decision
 
 
 def decide(models: list[SvmScorer], windows: np.ndarray, counts: np.ndarray) -> list[np.ndarray]:
     """``decision`` of ``models[i]`` on ``windows[i, :counts[i]]`` (``windows``: devices x
-    windows x features, NaN where missing; overwritten). Imputing, scaling, the windows'
-    norms and their extension run once for all the devices (a few whole-array passes instead
-    of several small calls per device); each kernel is the device's own."""
+    windows x features, NaN where missing; overwritten). Transforming, imputing, scaling, the
+    windows' norms and their extension run once for all the devices (a few whole-array passes
+    instead of several small calls per device); each kernel is the device's own."""
+    _transform(models, windows)
     missing = np.isnan(windows)
     if missing.any():
         np.copyto(windows, np.stack([m.fill for m in models])[:, None, :], where=missing)
@@ -222,12 +351,41 @@ def decide(models: list[SvmScorer], windows: np.ndarray, counts: np.ndarray) -> 
     return results
 
 
+def _transform(models: list[SvmScorer], windows: np.ndarray) -> None:
+    """Each device's window transform, in place (devices of one feature list share their
+    columns: then one pass for all of them)."""
+    first = models[0]
+    alike = all(
+        np.array_equal(m.log_columns, first.log_columns)
+        and np.array_equal(m.coverage_columns, first.coverage_columns)
+        for m in models
+    )
+    if alike:
+        apply_window_transform(
+            windows,
+            first.log_columns,
+            np.stack([m.log_offsets for m in models])[:, None, :],
+            first.coverage_columns,
+            np.stack([m.coverage_scale for m in models])[:, None, :],
+        )
+        return
+    for index, model in enumerate(models):
+        apply_window_transform(
+            windows[index],
+            model.log_columns,
+            model.log_offsets,
+            model.coverage_columns,
+            model.coverage_scale,
+        )
+
+
 def fit_pipeline(pipeline: Pipeline, matrix: FloatMatrix) -> Pipeline:
-    """Fit imputer, scaler and SVM in turn, giving the SVM its ``gamma`` as the number
-    ``"scale"`` or ``"auto"`` stands for (computed as scikit-learn does, on the scaled
-    windows), so that the number can be read back from its public parameters."""
-    imputer, scaler, svm = pipeline.named_steps.values()
-    scaled = scaler.fit_transform(imputer.fit_transform(matrix))
+    """Fit the steps in turn, giving the SVM its ``gamma`` as the number ``"scale"`` or
+    ``"auto"`` stands for (computed as scikit-learn does, on the weighted scaled windows), so
+    that the number can be read back from its public parameters."""
+    transform, imputer, scaler, weights, svm = pipeline.named_steps.values()
+    transformed = imputer.fit_transform(transform.fit_transform(matrix))
+    scaled = weights.fit_transform(scaler.fit_transform(transformed))
     gamma = svm.get_params()["gamma"]
     if gamma == "scale":
         variance = float(scaled.var())
@@ -245,16 +403,25 @@ def _numeric_gamma(svm: Any) -> float:
     return float(gamma)
 
 
-def make_pipeline(nu: float, gamma: str | float, kernel: str) -> Pipeline:
+def make_pipeline(nu: float, gamma: str | float, kernel: str, names: list[str]) -> Pipeline:
     from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
     from sklearn.preprocessing import StandardScaler
     from sklearn.svm import OneClassSVM
 
+    from fleetwatch.scoring.kinds.transforms import Weights, WindowTransform
+
     return Pipeline(
         [
+            ("transform", WindowTransform(tuple(feature_role(n) for n in names))),
             ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
             ("scale", StandardScaler()),
+            ("weights", Weights(tuple(feature_weights(names).tolist()))),
             ("svm", OneClassSVM(nu=nu, gamma=gamma, kernel=kernel)),
         ]
     )
+
+
+def rho_of(pipeline: Pipeline) -> float:
+    """The SVM's offset ``rho`` (its decision value is ``sum a_i K(x, sv_i) - rho``)."""
+    return -float(np.asarray(pipeline.named_steps["svm"].intercept_).ravel()[0])

@@ -1,0 +1,1 @@
+"""How well fleetwatch detects labelled anomalies: ``fleetwatch evaluate``, the demo's figures."""

@@ -1,0 +1,165 @@
+"""Per-device training ranges: each device's first N readings, first duration or first share
+of its windows (``train --first``), or a CSV of ranges (``train --ranges``).
+
+A device's range is always whole windows from its first one: for N readings, the windows whose
+readings are all among its first N (a window's readings: its most-reported sensor's count).
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+
+from fleetwatch.config.values import parse_duration, parse_timestamp
+from fleetwatch.errors import InvalidInputError
+from fleetwatch.ingest.telemetry import is_valid_name
+from fleetwatch.storage.layout import HOUR, DataLayout
+
+Range = tuple[datetime, datetime]
+
+
+@dataclass(frozen=True)
+class FirstPart:
+    """What ``--first`` asked for: ``readings`` (a count), ``duration`` (seconds) or
+    ``share`` (of the windows, 0..1)."""
+
+    unit: str
+    amount: float
+
+    @classmethod
+    def parse(cls, text: str) -> FirstPart:
+        """``400`` readings, ``400s``/``2h`` a duration, ``0.3`` or ``30%`` a share.
+
+        >>> FirstPart.parse("400"), FirstPart.parse("90s"), FirstPart.parse("25%")
+        (FirstPart(unit='readings', amount=400.0), FirstPart(unit='duration', amount=90.0), \
+FirstPart(unit='share', amount=0.25))
+        """
+        value = text.strip().lower()
+        try:
+            if re.fullmatch(r"\d+", value):
+                return cls("readings", float(value))
+            if value.endswith("%"):
+                return cls._share(float(value[:-1]) / 100, text)
+            if re.fullmatch(r"\d*\.\d+", value):
+                return cls._share(float(value), text)
+            return cls("duration", parse_duration(value))
+        except (ValueError, InvalidInputError):
+            pass
+        raise InvalidInputError(
+            f"--first {text!r}: give readings (400), a duration (400s, 2h) or a share (0.3, 30%)"
+        )
+
+    @classmethod
+    def _share(cls, share: float, text: str) -> FirstPart:
+        if not 0 < share < 1:
+            raise InvalidInputError(f"--first {text!r}: a share must be between 0 and 1")
+        return cls("share", share)
+
+
+def data_span(layout: DataLayout) -> Range | None:
+    """From the first hour with aggregates to the end of the last one."""
+    hours = [hour for hour, _ in layout.hour_dirs("aggregates")]
+    return (min(hours), max(hours) + HOUR) if hours else None
+
+
+def first_ranges(
+    layout: DataLayout,
+    first: FirstPart,
+    since: datetime,
+    until: datetime,
+    window_ms: int,
+    devices: Iterable[str] | None = None,
+) -> dict[str, Range]:
+    """Each device's range for ``first``, within [since, until)."""
+    wanted = None if devices is None else set(devices)
+    windows = _windows(layout.files_between(since, until), since, until, wanted)
+    ranges = {}
+    for device_id, (starts, readings) in windows.items():
+        if first.unit == "readings":
+            through = int(np.searchsorted(np.cumsum(readings), first.amount, side="right"))
+        elif first.unit == "duration":
+            end = starts[0] + round(first.amount * 1000)
+            through = int(np.searchsorted(starts + window_ms, end, side="right"))
+        else:
+            through = math.ceil(first.amount * len(starts))
+        if through <= 0:
+            continue
+        end_ms = int(starts[through]) if through < len(starts) else int(starts[-1]) + window_ms
+        ranges[device_id] = (_at(int(starts[0])), _at(end_ms))
+    return ranges
+
+
+def _at(epoch_ms: int) -> datetime:
+    return datetime.fromtimestamp(epoch_ms / 1000, tz=UTC)
+
+
+def _windows(
+    files: list[Path], since: datetime, until: datetime, wanted: set[str] | None
+) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Per device: its window starts (epoch ms, sorted) and readings per window."""
+    if not files:
+        return {}
+    tables = [pq.read_table(path, columns=["device_id", "window_start", "count"]) for path in files]
+    table = pa.concat_tables([t.cast(tables[0].schema) for t in tables])
+    starts = pc.cast(table.column("window_start"), pa.timestamp("ms", tz="UTC")).cast(pa.int64())
+    inside = pc.and_(
+        pc.greater_equal(starts, round(since.timestamp() * 1000)),
+        pc.less(starts, round(until.timestamp() * 1000)),
+    )
+    table = pa.table(
+        {
+            "device_id": pc.cast(table.column("device_id"), pa.string()),
+            "window_start": starts,
+            "count": table.column("count"),
+        }
+    ).filter(inside)
+    grouped = table.group_by(["device_id", "window_start"]).aggregate([("count", "max")])
+    grouped = grouped.sort_by([("device_id", "ascending"), ("window_start", "ascending")])
+    devices = grouped.column("device_id").to_pylist()
+    window_starts = grouped.column("window_start").to_numpy()
+    counts = grouped.column("count_max").to_numpy()
+    result: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    begin = 0
+    for end in range(1, len(devices) + 1):
+        if end == len(devices) or devices[end] != devices[begin]:
+            if wanted is None or devices[begin] in wanted:
+                result[devices[begin]] = (window_starts[begin:end], counts[begin:end])
+            begin = end
+    return result
+
+
+def read_ranges(path: Path) -> dict[str, Range]:
+    """A CSV of ``device_id,since,until`` (a header line; timestamps ISO-8601, UTC if no zone)."""
+    try:
+        with path.open(newline="") as handle:
+            rows = list(csv.DictReader(handle))
+    except OSError as exc:
+        raise InvalidInputError(f"--ranges {path}: {exc.strerror or exc}") from None
+    ranges = {}
+    for line, row in enumerate(rows, start=2):
+        try:
+            device_id = (row.get("device_id") or "").strip()
+            if not is_valid_name(device_id):
+                raise ValueError(f"device id {device_id!r} is not 1-64 of [A-Za-z0-9_.-]")
+            since = parse_timestamp((row.get("since") or "").strip())
+            until = parse_timestamp((row.get("until") or "").strip())
+            if until <= since:
+                raise ValueError("until is not after since")
+        except (ValueError, InvalidInputError) as exc:
+            raise InvalidInputError(
+                f"--ranges {path} line {line}: {exc} (expected columns device_id,since,until)"
+            ) from None
+        ranges[device_id] = (since, until)
+    if not ranges:
+        raise InvalidInputError(f"--ranges {path}: no ranges (columns device_id,since,until)")
+    return ranges
