@@ -49,10 +49,10 @@ import pyarrow as pa
 
 import fleetwatch
 from fleetwatch.scoring.features import feature_names
-from fleetwatch.scoring.kinds import DeviceModel
 from fleetwatch.scoring.kinds.svm import extended_from_decision
 from fleetwatch.scoring.pack import ModelPack, pack_folder
 from fleetwatch.scoring.registry import ModelRegistry
+from fleetwatch.scoring.train import FitJob, fit_and_save
 from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, write_table
 
 HOUR = datetime(2026, 11, 22, 10, tzinfo=UTC)
@@ -77,14 +77,17 @@ def device_features(device: int, rows: int, seed: int) -> np.ndarray:
     return np.column_stack(columns)
 
 
+PARAMETERS = {"kind": "device", "nu": 0.01, "gamma": "scale", "kernel": "rbf", "target_far": 0.001}
+
+
 def train_one(args: tuple[int, str]) -> str:
+    """As ``fleetwatch train`` fits and saves a device (threshold held out by time)."""
     device, root = args
-    model = DeviceModel(nu=0.01)
-    model.fit(device_features(device, 1440, device), NAMES)
-    ModelRegistry(Path(root)).save(
-        f"dev-{device:05d}", model, NAMES, HOUR - timedelta(days=1), HOUR, 1440, {"nu": 0.01}
+    matrix = device_features(device, 1440, device)
+    job = FitJob(
+        f"dev-{device:05d}", matrix, NAMES, PARAMETERS, root, HOUR - timedelta(days=1), HOUR, "yes"
     )
-    return f"dev-{device:05d}"
+    return fit_and_save(job)[0]
 
 
 def write_hour(data: Path, devices: int) -> dict[str, np.ndarray]:
@@ -195,10 +198,9 @@ if off == "pack":  # every model from its registry files, as without a pack
     score.refresh_quietly = lambda *a, **k: 0
 elif off == "gc-pause":  # the cycle collector left running during the run
     gc.disable = lambda: None
-elif off == "duckdb-overlap":  # DuckDB imported when the run writes, not while workers score
+elif off == "explanations":  # anomalies stored without their top sensors
     import fleetwatch.scoring.score as score
-    run_tasks = score.run_tasks
-    score.run_tasks = lambda *a, meanwhile=None, **k: run_tasks(*a, **k)
+    score.explain_many = lambda kind, scorers, *a: [[] for _ in scorers]
 from fleetwatch.cli import run
 
 @atexit.register
@@ -211,7 +213,7 @@ def report():
 
 run(sys.argv[1:])
 """
-VARIANTS = ("pack", "gc-pause", "duckdb-overlap")
+VARIANTS = ("pack", "gc-pause", "explanations")
 
 
 def run_cli(command: list[str], env: dict[str, str]) -> tuple[float, dict[str, float], Any]:
@@ -245,7 +247,7 @@ def main() -> int:
 
     data = args.data_dir or Path(tempfile.mkdtemp(prefix="fw-bench-score-"))
     root = data / "models"
-    marker = data / f".trained-{args.devices}"
+    marker = data / f".trained-{args.devices}-v2"  # models of features version 2
     if not marker.exists():
         started = time.perf_counter()
         with ProcessPoolExecutor(args.workers) as pool:
@@ -282,6 +284,7 @@ def main() -> int:
     variants: dict[str, list[float]] = {v: [] for v in (VARIANTS if args.variants else ())}
     default: list[float] = []  # the default again, among the variants
     reference: dict[str, np.ndarray] = {}
+    anomalies = 0
     for round_index in range(args.rounds):
         started = time.perf_counter()
         done = subprocess.run(
@@ -299,6 +302,7 @@ def main() -> int:
         cli.append(seconds)
         rss.append(peak)
         assert run[0]["devices_scored"] == args.devices, run
+        anomalies = run[0]["anomalies"]
         if variants:
             # A/B: the default again and each variant, in an order rotated every round, after
             # the default warmed up (the first command after another workload is slower here)
@@ -323,9 +327,7 @@ def main() -> int:
             "SELECT device_id, score FROM scores ORDER BY device_id, window_start"
         ).fetchdf()
     got = written.groupby("device_id")["score"].apply(np.array)
-    worst = max(
-        float(np.nanmax(np.abs(got[d] - reference[d]), initial=0.0)) for d in reference
-    )
+    worst = max(float(np.nanmax(np.abs(got[d] - reference[d]), initial=0.0)) for d in reference)
     median = statistics.median
     result = {
         "devices": args.devices,
@@ -342,6 +344,7 @@ def main() -> int:
         "ratio_script_to_fleetwatch": median(script) / median(cli),
         "ratio_in_memory_to_fleetwatch": median(memory) / median(cli),
         "pack_build_s": pack_seconds,
+        "anomalous_windows": anomalies,
         "max_abs_difference_to_sklearn": worst,
         "fleetwatch_bytecode_compiled": bool(bytecode),
         "peak_rss_mib_score_process": max(r["self"] for r in rss),
@@ -370,6 +373,10 @@ def main() -> int:
         f"{result['ratio_in_memory_to_fleetwatch']:.1f}x the in-memory loop"
     )
     print(f"model pack : built in {pack_seconds:.1f} s by train (not in the figures above)")
+    print(
+        f"anomalies  : {anomalies:,} of {args.devices * 60:,} windows flagged (each explained: "
+        "its top sensors)"
+    )
     if default:
         base = result["fleetwatch_among_variants_s"]
         print(f"A/B        : fleetwatch {base:.2f} s among the variants (rotated, warm)")

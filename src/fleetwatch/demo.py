@@ -70,6 +70,34 @@ def _wait_closed(settings: Settings, until: datetime, deadline: float, why: str)
         time.sleep(0.5)
 
 
+def _start_dashboard(
+    settings: Settings, env: dict[str, str], log_path: Path, deadline: float
+) -> tuple[subprocess.Popen[bytes] | None, str | None]:
+    """``fleetwatch dashboard`` over the demo's data folder, in its own process (DuckDB allows
+    one configuration per file and process: the demo writes, the dashboard reads). Returns the
+    process and its URL, or no URL when it could not start (the demo goes on without it)."""
+    options = settings.dashboard
+    with log_path.open("ab") as handle:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "fleetwatch", "dashboard", "--host", options.host,
+             "--port", str(options.port)],
+            env=env, stdout=handle, stderr=handle,
+        )  # fmt: skip
+    wait_until = min(deadline, time.monotonic() + 20)
+    while time.monotonic() < wait_until:
+        text = log_path.read_text(errors="replace")
+        if "http://" in text:
+            return process, text[text.index("http://") :].split()[0]
+        if process.poll() is not None:
+            break
+        time.sleep(0.1)
+    if process.poll() is None:
+        process.terminate()
+    lines = log_path.read_text(errors="replace").strip().splitlines()
+    _say(f"the dashboard did not start ({lines[-1] if lines else 'no output'}); going on")
+    return None, None
+
+
 def evaluate(settings: Settings, spec: FleetSpec, since: datetime, until: datetime) -> Report:
     """The demo's detection figures, by :mod:`fleetwatch.evaluation`'s code: each reading the
     simulator published between ``since`` and ``until`` (generated again: the fleet is
@@ -128,6 +156,10 @@ def run_demo(settings: Settings) -> int:
                 )
             )
         _say(f"aggregation worker started (log: {logs / 'aggregate.log'})")
+        dashboard, url = _start_dashboard(settings, env, logs / "dashboard.log", deadline)
+        if dashboard is not None:
+            processes.append(dashboard)
+            _say(f"dashboard at {url} (live while the demo runs)")
 
         simulated = (end - start).total_seconds()
         simulator_settings = replace(
@@ -231,6 +263,16 @@ def run_demo(settings: Settings) -> int:
             f'  {prefix} "SELECT sensor, round(avg(mean), 3) AS mean, sum(count) AS readings '
             'FROM aggregates GROUP BY 1"'
         )
+        if url is not None and options.dashboard and dashboard is not None:
+            print()
+            print(f"dashboard           {url} (open until Ctrl-C)", flush=True)
+            try:
+                dashboard.wait()
+            except KeyboardInterrupt:
+                return 0
+            raise FleetwatchError(f"the dashboard stopped (log: {logs / 'dashboard.log'})")
+        if url is not None:
+            print(f"  fleetwatch dashboard --data-dir {data_dir}   # then open {url}")
         return 0
     except KeyboardInterrupt:
         _say("interrupted: stopping everything")

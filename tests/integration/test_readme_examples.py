@@ -38,7 +38,8 @@ def readme_commands() -> tuple[list[list[str]], list[str]]:
             if words[:1] == ["fleetwatch"]:
                 commands.append(words[1:])
     queries = []
-    for block in re.findall(r"```sql\n(.*?)```", text, flags=re.S):
+    questions = (ROOT / "docs" / "sql-questions.md").read_text()  # the README links them
+    for block in re.findall(r"```sql\n(.*?)```", text + questions, flags=re.S):
         statement: list[str] = []
         for line in block.splitlines():
             if line.startswith("--"):
@@ -54,7 +55,7 @@ def test_the_readme_has_examples_of_every_command() -> None:
     commands, queries = readme_commands()
     assert {c[0] for c in commands} >= RUN | {"broker", "topics", "simulate", "import",
                                               "aggregate", "schedule", "demo"}  # fmt: skip
-    assert len(queries) == 10
+    assert len(queries) == 12
 
 
 def test_every_readme_example_runs_as_written(tmp_path: Path) -> None:
@@ -67,6 +68,9 @@ def test_every_readme_example_runs_as_written(tmp_path: Path) -> None:
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
     commands, queries = readme_commands()
     commands += [["sql", query] for query in queries]
+    (tmp_path / "ranges.csv").write_text(  # the file `train --ranges ranges.csv` reads
+        "device_id,since,until\npump-0001,2026-11-22T06,2026-11-22T08\n"
+    )
     failures = []
     for words in commands:
         if words[0] not in RUN:
@@ -79,4 +83,4 @@ def test_every_readme_example_runs_as_written(tmp_path: Path) -> None:
         )  # fmt: skip
         if result.returncode != 0 or "Traceback" in result.stderr:
             failures.append((words, result.returncode, result.stderr.strip()[-500:]))
-    assert failures == []
+    assert failures == [], "\n".join(map(str, failures))

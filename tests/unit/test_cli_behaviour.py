@@ -44,13 +44,25 @@ def test_usage_errors_are_one_line_exit_2(argv: list[str], expected: str, tmp_pa
 def test_readers_refuse_a_missing_or_wrong_data_folder(tmp_path: Path) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
-    for command in (["status"], ["sql", "SELECT 1"]):
+    for command in (["status"], ["sql", "SELECT 1"], ["dashboard", "--port", "0"]):
         line = one_line_error(fleetwatch_cli(*command, "--data-dir", str(a_file)), 2)
         assert "is not a folder" in line and "--data-dir" in line
         missing = tmp_path / "mistyped"
         line = one_line_error(fleetwatch_cli(*command, "--data-dir", str(missing)), 2)
         assert "does not exist" in line
         assert not missing.exists()  # nothing made on the spot
+
+
+def test_the_dashboard_on_a_taken_port_is_one_line(tmp_path: Path) -> None:
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen(1)
+        port = str(taken.getsockname()[1])
+        result = fleetwatch_cli("dashboard", "--data-dir", str(tmp_path), "--port", port)
+    line = one_line_error(result, 2)
+    assert f"cannot listen on 127.0.0.1:{port}" in line and "--port" in line
 
 
 def test_an_hour_without_data_is_not_a_success_and_records_nothing(tmp_path: Path) -> None:

@@ -28,7 +28,7 @@ def fleetwatch_services(compose: dict) -> dict[str, dict]:
 
 def test_every_fleetwatch_service_command_parses(compose: dict) -> None:
     services = fleetwatch_services(compose)
-    assert set(services) == {"topics", "simulator", "aggregator", "scheduler", "sql"}
+    assert set(services) == {"topics", "simulator", "aggregator", "scheduler", "sql", "dashboard"}
     parser = build_parser()
     for name, service in services.items():
         argv = list(service["command"])
@@ -44,7 +44,8 @@ def test_every_fleetwatch_service_command_parses(compose: dict) -> None:
 def test_services_share_one_data_volume_and_wait_for_kafka(compose: dict) -> None:
     services = fleetwatch_services(compose)
     for name, service in services.items():
-        assert "data:/data" in service["volumes"], name
+        wanted = "data:/data:ro" if name == "dashboard" else "data:/data"  # it only reads
+        assert wanted in service["volumes"], name
         assert service["environment"]["FLEETWATCH_BOOTSTRAP_SERVERS"] == "kafka:9092"
     assert compose["services"]["topics"]["depends_on"]["kafka"]["condition"] == "service_healthy"
     for name in ("simulator", "aggregator", "scheduler"):
@@ -59,6 +60,9 @@ def test_services_share_one_data_volume_and_wait_for_kafka(compose: dict) -> Non
     assert "kafka:/var/lib/kafka/data" in kafka["volumes"]
     assert kafka["environment"]["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data"
     assert "kafka" in compose["volumes"]
+    # the dashboard is published on this machine only, its port the one it listens on
+    dashboard = compose["services"]["dashboard"]
+    assert dashboard["ports"] == ["127.0.0.1:8050:8050"] and "8050" in dashboard["command"]
 
 
 def test_dockerfile_installs_the_package_and_uses_the_cli() -> None:

@@ -104,6 +104,7 @@ class _Partition:
     last_record_at: float
     saved: Checkpoint | None = None
     poisoned: bool = False
+    checkpointed_at: float | None = None  # the clock when it last had nothing unsaved
 
 
 class Aggregator:
@@ -361,9 +362,11 @@ class Aggregator:
         checkpoint = state.processor.checkpoint()  # writes late readings
         await self.source.flush()  # dead letters are durable before the commit
         if state.saved == checkpoint and not force:
+            state.checkpointed_at = self.clock()
             return  # a quiet partition: nothing new to save or commit
         self.checkpoints.save(partition, checkpoint)
         state.saved = checkpoint
+        state.checkpointed_at = self.clock()
         if checkpoint.offset is not None:
             try:
                 await self.source.commit(partition, checkpoint.offset)
@@ -487,6 +490,26 @@ class Aggregator:
             "first_record_at": self.first_record_at,
             "last_activity_at": self.last_activity_at,
             "pid": os.getpid(),
+        }
+
+    def metrics_snapshot(self) -> dict[str, Any]:
+        """What ``fleetwatch.metrics`` exposes: the totals, dead letters by reason, open
+        windows, and per partition its lag and the age of its last checkpoint. Read from the
+        metrics server's thread: the partitions are copied first."""
+        stats = self.stats()
+        now = self.clock()
+        partitions = {}
+        for partition, state in list(self.partitions.items()):
+            highwater = self.source.highwater(partition)
+            position = state.processor.next_offset
+            lag = None if highwater is None or position is None else max(0, highwater - position)
+            age = None if state.checkpointed_at is None else max(0.0, now - state.checkpointed_at)
+            partitions[partition] = {"lag": lag, "checkpoint_age": age}
+        return {
+            "totals": {key: stats[key] for key in self.totals},
+            "dead_lettered_by_reason": stats["dead_lettered_by_reason"],
+            "open_windows": stats["open_windows"],
+            "partitions": partitions,
         }
 
     def _log_line(self, now: float) -> None:

@@ -153,9 +153,13 @@ def build_app(settings: Settings) -> tuple[FleetwatchApp, Aggregator]:
 
 def run_worker(settings: Settings) -> int:
     """Run the worker in the foreground until SIGTERM/SIGINT; its exit code."""
+    from fleetwatch.metrics import watch_aggregation
+
     check_private_surface()
     check_ready(settings)
-    app, _ = build_app(settings)
+    app, aggregator = build_app(settings)
+    options = settings.aggregate
+    watch_aggregation(aggregator, options.metrics_port, options.metrics_host)
     log.info(
         "aggregating %s -> %s (window %gs, grace %gs, idle timeout %gs, group %s)",
         settings.kafka.telemetry_topic,

@@ -44,7 +44,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = load_settings(
             config_path=args.config, environ=environ, overrides=overrides(args)
         )
-        logs.configure(settings.log_level, [settings.kafka.sasl_password.reveal()])
+        logs.configure(
+            settings.log_level,
+            [settings.kafka.sasl_password.reveal(), settings.alerts.webhook_url.reveal()],
+        )
         return command.handler(args, settings)
     except FleetwatchError as exc:
         if debug:

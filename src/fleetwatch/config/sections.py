@@ -201,6 +201,10 @@ class AggregateSettings:
         kind="duration",
         minimum=0,
     )
+    metrics_port: int = setting(
+        0, "serve Prometheus metrics on this port (0 = off)", minimum=0, maximum=65535
+    )
+    metrics_host: str = setting("127.0.0.1", "address the metrics endpoint listens on")
     on_offset_reset: Literal["earliest", "fail"] = setting(
         "earliest",
         "when the log lost records a partition had not finished (topic reset or recreated, "
@@ -295,6 +299,10 @@ class ScheduleSettings:
     retrain_window: float = setting(
         86400.0, "retrain on this much of the newest closed data", kind="duration", minimum=60
     )
+    metrics_port: int = setting(
+        0, "serve Prometheus metrics on this port (0 = off)", minimum=0, maximum=65535
+    )
+    metrics_host: str = setting("127.0.0.1", "address the metrics endpoint listens on")
     train_first: float | None = setting(
         None,
         "train every device without a model on its first this much of closed data, as soon as "
@@ -333,6 +341,40 @@ class DemoSettings:
     tick: float = setting(2.0, "scheduler cadence during the demo", kind="duration", minimum=0.1)
     timeout: float = setting(600.0, "give up after this long", kind="duration", minimum=10)
     keep_running: bool = setting(False, "keep streaming and scoring until Ctrl-C")
+    dashboard: bool = setting(False, "keep the dashboard open after the demo, until Ctrl-C")
+
+
+@dataclass(frozen=True)
+class AlertSettings:
+    webhook_url: Secret = setting(
+        Secret(""),
+        "POST each alert as JSON to this URL (it may hold a token: never logged)",
+        metavar="URL",
+    )
+    jsonl: Path | None = setting(
+        None, "append each alert as a JSON line to this file", metavar="PATH"
+    )
+    webhook_timeout: float = setting(
+        5.0, "webhook timeout per attempt", kind="duration", minimum=0.1
+    )
+    webhook_retries: int = setting(
+        3, "webhook retries before an alert waits for the next tick", minimum=0
+    )
+    max_age: float = setting(
+        86400.0,
+        "incidents that ended longer than this before the newest scored window are not sent",
+        kind="duration",
+        minimum=0,
+    )
+    silent: bool = setting(True, "also alert when a device goes silent")
+
+
+@dataclass(frozen=True)
+class DashboardSettings:
+    host: str = setting(
+        "127.0.0.1", "address the dashboard listens on (0.0.0.0: every interface; it has no login)"
+    )
+    port: int = setting(8050, "port of the dashboard (0 = any free port)", minimum=0, maximum=65535)
 
 
 @dataclass(frozen=True)
@@ -375,6 +417,8 @@ class Settings:
     simulate: SimulateSettings = field(default_factory=SimulateSettings)
     import_: ImportSettings = field(default_factory=ImportSettings)
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
+    alerts: AlertSettings = field(default_factory=AlertSettings)
+    dashboard: DashboardSettings = field(default_factory=DashboardSettings)
 
 
 #: TOML section name -> attribute of :class:`Settings`.
@@ -389,6 +433,8 @@ SECTIONS: dict[str, str] = {
     "simulate": "simulate",
     "import": "import_",
     "evaluate": "evaluate",
+    "alerts": "alerts",
+    "dashboard": "dashboard",
 }
 #: Sections whose environment variables carry no section prefix.
 UNPREFIXED_SECTIONS = frozenset({"", "kafka"})

@@ -17,21 +17,26 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
 from apscheduler.triggers.cron import CronTrigger
 from apscheduler.triggers.interval import IntervalTrigger
 
 from fleetwatch.config import Settings
+from fleetwatch.errors import FleetwatchError
 from fleetwatch.scoring.pending import PendingHour, closed_hours, pending_hours
 from fleetwatch.scoring.score import RunResult, score_hour
 from fleetwatch.storage.layout import HOUR, DataLayout
 from fleetwatch.storage.locks import ProcessLock
+
+if TYPE_CHECKING:
+    from fleetwatch.metrics import SchedulerMetrics
 
 log = logging.getLogger("fleetwatch.schedule")
 
@@ -74,13 +79,15 @@ class CatchUp:
     stop: threading.Event = field(default_factory=threading.Event)
     score: Callable[[Settings, PendingHour], RunResult] = field(default=_score_pending)
     results: list[RunResult] = field(default_factory=list)
+    metrics: SchedulerMetrics | None = None
 
     def pending(self) -> list[PendingHour]:
         return pending_hours(self.settings, limit=self.settings.schedule.max_catchup)
 
     def __call__(self) -> list[RunResult]:
         done = []
-        for candidate in self.pending():
+        candidates = self.pending()
+        for candidate in candidates:
             if self.stop.is_set():
                 log.info(
                     "stopping: %s and later hours stay pending", f"{candidate.hour:%Y-%m-%dT%H}"
@@ -91,7 +98,10 @@ class CatchUp:
                 still = pending_hours(self.settings, hours=[candidate.hour])
                 if not still:
                     continue
+                started = time.monotonic()
                 result = self.score(self.settings, still[0])
+                if self.metrics is not None:
+                    self.metrics.run(result, time.monotonic() - started)
             log.info(
                 "scored %s (%s): %s, %d devices scored, %d failed, %d silent, %d anomalies",
                 f"{candidate.hour:%Y-%m-%dT%H}",
@@ -104,6 +114,8 @@ class CatchUp:
             )
             done.append(result)
         self.results += done
+        if self.metrics is not None:
+            self.metrics.tick(len(candidates) - len(done))
         return done
 
 
@@ -227,14 +239,31 @@ def run_schedule(settings: Settings, *, install_signals: bool = True) -> int:
 
 
 def _run_schedule(settings: Settings, install_signals: bool) -> int:
+    from fleetwatch.alerts import Alerter, AlertThread
+    from fleetwatch.metrics import scheduler_metrics, serve
+
     options = settings.schedule
-    catch_up = CatchUp(settings)
+    metrics = scheduler_metrics() if options.metrics_port else None
+    catch_up = CatchUp(settings, metrics=metrics)
     first_training = FirstTraining(settings) if settings.schedule.train_first else None
+    alerter = Alerter(
+        settings,
+        lambda: scoring_lock(settings),
+        on_delivered=(lambda sink: metrics.alerts.labels(sink).inc()) if metrics else None,
+        on_failed=(lambda sink: metrics.alert_failures.labels(sink).inc()) if metrics else None,
+    )
+    alerts = AlertThread(alerter) if alerter.sinks else None
+    serve(options.metrics_port, options.metrics_host)
 
     def tick() -> None:
-        if first_training is not None:
-            first_training()  # before scoring: the hours it makes scorable are pending now
-        catch_up()
+        try:
+            if first_training is not None:
+                first_training()  # before scoring: the hours it makes scorable are pending now
+            catch_up()
+        except FleetwatchError as exc:  # one line; the next tick tries again
+            log.error("this tick did not complete: %s; the next tick tries again", exc)
+        if alerts is not None:
+            alerts.poke()  # delivered in its own thread: a slow webhook never holds scoring
 
     scheduler = BackgroundScheduler(timezone=UTC)
     trigger = make_trigger(settings)
@@ -267,6 +296,8 @@ def _run_schedule(settings: Settings, install_signals: bool) -> int:
     if install_signals:
         signal.signal(signal.SIGTERM, on_signal)
         signal.signal(signal.SIGINT, on_signal)
+    if alerts is not None:
+        alerts.start()
     scheduler.start()
     job = scheduler.get_job("score")
     log.info("scheduler started; next tick %s", job.next_run_time if job else None)
@@ -280,6 +311,8 @@ def _run_schedule(settings: Settings, install_signals: bool) -> int:
                 shown = upcoming
     finally:
         scheduler.shutdown(wait=True)  # waits for a running job: the current hour completes
+        if alerts is not None:
+            alerts.stop()
     log.info("scheduler stopped cleanly")
     return 0
 

@@ -119,8 +119,8 @@ CHECK_LEVEL: Final = 0.01
 def allowed_false_alarms(windows: int, target_far: float) -> int:
     """How many of ``windows`` checked windows may be flagged at ``target_far``.
 
-    >>> allowed_false_alarms(24, 0.001), allowed_false_alarms(288, 0.001), allowed_false_alarms(5, 1e-6)
-    (1, 2, 0)
+    >>> [allowed_false_alarms(n, rate) for n, rate in ((24, 0.001), (288, 0.001), (5, 1e-6))]
+    [1, 2, 0]
     """
     allowed, below = 0, 0.0  # below: P(X < allowed + 1) accumulated
     for count in range(windows + 1):

@@ -1,4 +1,4 @@
-"""Incidents: a device's consecutive anomalous windows, merged, the unit alerts and dashboards use.
+"""Incidents: a device's consecutive anomalous windows merged; what alerts and dashboards show.
 
 Anomalous windows of one device at most ``--incident-gap`` apart (from one's end to the next
 one's start) are one incident: its first window's start, its last window's end, how many
@@ -15,8 +15,6 @@ its first window does.
 
 from __future__ import annotations
 
-from collections import defaultdict
-from dataclasses import dataclass
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -34,53 +32,47 @@ COLUMNS = (
     "model_version",
 )
 
-
-@dataclass
-class Incident:
-    device_id: str
-    window_start: datetime
-    window_end: datetime
-    windows: int
-    peak_score: float
-    shares: dict[str, float]
-    model_version: str | None
-
-    @property
-    def incident_id(self) -> str:
-        return f"{self.device_id}@{self.window_start:%Y-%m-%dT%H:%M:%S}Z"
-
-    def top_sensors(self) -> list[dict[str, Any]]:
-        ranked = sorted(self.shares.items(), key=lambda item: (-item[1], item[0]))
-        return [
-            {"sensor": sensor, "share": round(total / self.windows, 4)}
-            for sensor, total in ranked[:TOP]
-            if total / self.windows >= MIN_SHARE
-        ]
-
-
-def merge(anomalies: list[tuple[Any, ...]], gap: timedelta) -> list[Incident]:
-    """Incidents of anomalous windows ``(device_id, window_start, window_end,
-    score_normalized, top_sensors, model_version)``, in any order."""
-    by_device: dict[str, list[tuple[Any, ...]]] = defaultdict(list)
-    for row in anomalies:
-        by_device[row[0]].append(row)
-    incidents = []
-    for device_id, rows in sorted(by_device.items()):
-        current: Incident | None = None
-        for _, start, end, normalized, top, version in sorted(rows, key=lambda r: r[1]):
-            if current is None or start - current.window_end > gap:
-                current = Incident(device_id, start, end, 0, float("inf"), {}, version)
-                incidents.append(current)
-            current.window_end = max(current.window_end, end)
-            current.windows += 1
-            if normalized is not None:
-                current.peak_score = min(current.peak_score, float(normalized))
-            current.model_version = version
-            for item in top or ():
-                current.shares[item["sensor"]] = current.shares.get(item["sensor"], 0.0) + float(
-                    item["share"]
-                )
-    return incidents
+#: Gaps and islands in one statement: a window opens an incident when it starts more than the
+#: gap after the device's previous anomalous window ends; the running sum of those openings
+#: numbers the incidents. Parameters: the gap (seconds), the top sensors' least share, then
+#: the range and device filters (see ``rebuild``).
+_MERGE = """
+WITH a AS (
+    SELECT device_id, window_start, window_end, score_normalized, top_sensors, model_version
+    FROM scores WHERE is_anomaly AND window_start >= ? AND window_start < ? {devices}
+), g AS (
+    SELECT *, CASE WHEN window_start - lag(window_end) OVER (
+        PARTITION BY device_id ORDER BY window_start) <= to_seconds(?) THEN 0 ELSE 1 END AS fresh
+    FROM a
+), n AS (
+    SELECT *, sum(fresh) OVER (
+        PARTITION BY device_id ORDER BY window_start ROWS UNBOUNDED PRECEDING) AS k
+    FROM g
+), i AS (
+    SELECT device_id, k, min(window_start) AS first_start, max(window_end) AS last_end,
+        count(*) AS windows, min(score_normalized) AS peak,
+        arg_max(model_version, window_start) AS version
+    FROM n GROUP BY 1, 2
+), s AS (
+    SELECT device_id, k, u.t.sensor AS sensor, sum(u.t.share) AS total
+    FROM n, unnest(n.top_sensors) AS u(t) GROUP BY 1, 2, 3
+), r AS (
+    SELECT s.device_id, s.k,
+        list({{'sensor': s.sensor, 'share': round(s.total / i.windows, 4)}}
+             ORDER BY s.total DESC, s.sensor) FILTER (WHERE s.total / i.windows >= ?) AS top
+    FROM s JOIN i USING (device_id, k) GROUP BY 1, 2
+), latest AS (
+    SELECT d.device_id, max(r.window_end) AS scored_until
+    FROM device_runs d JOIN runs r USING (run_id)
+    WHERE d.outcome = 'scored' {devices_d} GROUP BY 1
+)
+INSERT INTO incidents ({columns})
+SELECT device_id || '@' || strftime(first_start, '%Y-%m-%dT%H:%M:%S') || 'Z', device_id,
+    first_start, last_end, windows, peak, list_slice(coalesce(r.top, []), 1, {top}),
+    CASE WHEN last_end + to_seconds(?) >= latest.scored_until THEN 'open' ELSE 'closed' END,
+    version
+FROM i LEFT JOIN r USING (device_id, k) LEFT JOIN latest USING (device_id)
+"""
 
 
 def rebuild(
@@ -109,40 +101,13 @@ def rebuild(
         f"WHERE window_end >= ? AND window_start <= ?{device_filter}",
         [low, high, *parameters],
     )
-    rows = connection.execute(
-        "SELECT device_id, window_start, window_end, score_normalized, top_sensors, "  # noqa: S608
-        f"model_version FROM scores WHERE is_anomaly AND window_start >= ? "
-        f"AND window_start < ?{device_filter}",
-        [low, high, *parameters],
-    ).fetchall()
-    incidents = merge(rows, gap)
-    if not incidents:
-        return
-    latest = dict(
-        connection.execute(
-            "SELECT d.device_id, max(r.window_end) FROM device_runs d JOIN runs r USING (run_id) "
-            "WHERE d.outcome = 'scored' AND d.device_id IN (SELECT unnest(?::VARCHAR[])) "
-            "GROUP BY 1",
-            [sorted({i.device_id for i in incidents})],
-        ).fetchall()
+    seconds = gap.total_seconds()
+    statement = _MERGE.format(
+        devices=device_filter,
+        devices_d=device_filter.replace("device_id", "d.device_id", 1),
+        columns=", ".join(COLUMNS),
+        top=TOP,
     )
-    connection.executemany(
-        f"INSERT INTO incidents ({', '.join(COLUMNS)}) "  # noqa: S608 - fixed column names
-        f"VALUES ({', '.join('?' * len(COLUMNS))})",
-        [
-            [
-                i.incident_id,
-                i.device_id,
-                i.window_start,
-                i.window_end,
-                i.windows,
-                None if i.peak_score == float("inf") else i.peak_score,
-                i.top_sensors(),
-                "open"
-                if latest.get(i.device_id) is not None and i.window_end + gap >= latest[i.device_id]
-                else "closed",
-                i.model_version,
-            ]
-            for i in incidents
-        ],
+    connection.execute(
+        statement, [low, high, *parameters, seconds, MIN_SHARE, *parameters, seconds]
     )

@@ -93,13 +93,21 @@ class DatabaseBusyError(FleetwatchError):
 
 
 def _is_lock_error(exc: Exception) -> bool:
+    """Another process holds the file, or another thread of this one has it open in the
+    other mode (DuckDB allows one configuration per file and process): both pass."""
     text = str(exc).lower()
-    return "lock" in text or "conflicting" in text or "being used" in text
+    return (
+        "lock" in text
+        or "conflicting" in text
+        or "being used" in text
+        or "different configuration" in text
+    )
 
 
 @contextmanager
 def connect(path: Path, *, read_only: bool, lock_timeout: float = 30.0) -> Iterator[Any]:
-    """A DuckDB connection, retried while another process holds the file."""
+    """A DuckDB connection, retried while another process (or thread, in the other mode)
+    holds the file."""
     deadline = time.monotonic() + lock_timeout
     delay = 0.02
     while True:

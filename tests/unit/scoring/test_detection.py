@@ -17,7 +17,6 @@ import pytest
 
 from fleetwatch.config import Settings
 from fleetwatch.scoring.calibration import Calibration
-from fleetwatch.scoring.incidents import merge
 from fleetwatch.scoring.registry import ModelIntegrityError, ModelRegistry
 from fleetwatch.scoring.score import score_hour
 from fleetwatch.scoring.train import train
@@ -132,23 +131,6 @@ def test_incidents_merge_bursts_within_the_gap_and_rebuild_alike_in_any_order(
     assert len(db(shifted, "SELECT DISTINCT incident_id FROM incidents")) == len(
         db(shifted, "SELECT incident_id FROM incidents")
     )
-
-
-def test_merge_by_hand() -> None:
-    t = pd.Timestamp(T0).to_pydatetime()
-    minute = timedelta(minutes=1)
-    rows = [
-        ("a", t, t + minute, -1.0, [{"sensor": "x", "share": 1.0}], "v1"),
-        ("a", t + 2 * minute, t + 3 * minute, -3.0, [{"sensor": "y", "share": 1.0}], "v1"),
-        ("a", t + 9 * minute, t + 10 * minute, -0.5, None, "v2"),
-        ("b", t, t + minute, -2.0, [], "v1"),
-    ]
-    found = merge(list(reversed(rows)), timedelta(minutes=1))
-    assert [(i.device_id, i.windows, i.peak_score) for i in found] == [
-        ("a", 2, -3.0), ("a", 1, -0.5), ("b", 1, -2.0)
-    ]  # fmt: skip
-    assert found[0].top_sensors() == [{"sensor": "x", "share": 0.5}, {"sensor": "y", "share": 0.5}]
-    assert found[0].incident_id == "a@2026-11-22T00:00:00Z"
 
 
 def fleetwatch(settings: Settings, *args: str) -> subprocess.CompletedProcess[str]:

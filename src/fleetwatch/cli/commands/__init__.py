@@ -3,6 +3,7 @@
 from fleetwatch.cli.commands import (
     aggregate,
     broker,
+    dashboard,
     demo,
     evaluate,
     import_file,
@@ -31,6 +32,7 @@ COMMANDS: tuple[Command, ...] = tuple(
         sql,
         schedule,
         status,
+        dashboard,
         evaluate,
         demo,
     )

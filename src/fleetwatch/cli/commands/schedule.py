@@ -23,6 +23,8 @@ COMMAND = Command(
     fleetwatch schedule --every 10s            # fast cadence for tests and demos
     fleetwatch schedule --train-first 2h       # train new devices on their first 2 h
     fleetwatch schedule --retrain-every 7d --retrain-window 2d
+    fleetwatch schedule --metrics-port 9108 --webhook-url https://hooks.example/fleet \\
+        --jsonl alerts.jsonl                  # Prometheus metrics; alerts per incident
     """,
     {
         "": "*",
@@ -35,7 +37,10 @@ COMMAND = Command(
             "retrain_every",
             "retrain_window",
             "train_first",
+            "metrics_port",
+            "metrics_host",
         ),
+        "alerts": "*",
         "train": (
             "nu",
             "gamma",

@@ -1,0 +1,1 @@
+"""``fleetwatch dashboard``: a read-only web view of the fleet (Starlette, Jinja2, Plotly)."""
