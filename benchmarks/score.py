@@ -189,15 +189,13 @@ def in_memory_loop(
 #: Runs the CLI as ``fleetwatch ...`` does and reports its peak RSS (and its workers') on stderr.
 #: ``FW_BENCH_OFF`` turns one piece of scoring's machinery off, here only, for the A/B.
 LAUNCHER = """
-import atexit, gc, json, os, resource, sys
+import atexit, json, os, resource, sys
 off = os.environ.get("FW_BENCH_OFF", "")
 if off == "pack":  # every model from its registry files, as without a pack
     import fleetwatch.scoring.pack as pack, fleetwatch.scoring.score as score
     pack.ModelPack.load = lambda self, device_id: None
     pack.ModelPack.preload = lambda self, devices, stop=None: 0
     score.refresh_quietly = lambda *a, **k: 0
-elif off == "gc-pause":  # the cycle collector left running during the run
-    gc.disable = lambda: None
 elif off == "explanations":  # anomalies stored without their top sensors
     import fleetwatch.scoring.score as score
     score.explain_many = lambda kind, scorers, *a: [[] for _ in scorers]
@@ -213,7 +211,7 @@ def report():
 
 run(sys.argv[1:])
 """
-VARIANTS = ("pack", "gc-pause", "explanations")
+VARIANTS = ("pack", "explanations")
 
 
 def run_cli(command: list[str], env: dict[str, str]) -> tuple[float, dict[str, float], Any]:
@@ -238,6 +236,12 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--format", choices=["text", "json"], default="text")
     parser.add_argument("--variants", action="store_true", help="also time fleetwatch A/B")
+    parser.add_argument(
+        "--executor",
+        choices=["local", "dask"],
+        default="local",
+        help="dask: also time `score --executor dask` on a LocalCluster of --workers processes",
+    )
     parser.add_argument(
         "--data-dir",
         type=Path,
@@ -280,6 +284,17 @@ def main() -> int:
     # (0.08 s). An installed wheel has its bytecode from pip. Compile it, as a user has it.
     bytecode = compileall.compile_dir(Path(fleetwatch.__file__).parent, quiet=1)
 
+    cluster = None
+    on_dask: list[float] = []
+    if args.executor == "dask":
+        from distributed import LocalCluster
+
+        cluster = LocalCluster(
+            n_workers=args.workers, threads_per_worker=1, processes=True, dashboard_address=None
+        )
+        dask_command = [
+            *command, "--executor", "dask", "--dask-scheduler", cluster.scheduler_address,
+        ]  # fmt: skip
     script, phases, memory, cli, rss = [], [], [], [], []
     variants: dict[str, list[float]] = {v: [] for v in (VARIANTS if args.variants else ())}
     default: list[float] = []  # the default again, among the variants
@@ -303,6 +318,10 @@ def main() -> int:
         rss.append(peak)
         assert run[0]["devices_scored"] == args.devices, run
         anomalies = run[0]["anomalies"]
+        if cluster is not None:
+            seconds, _, run = run_cli(dask_command, env)
+            assert run[0]["devices_scored"] == args.devices, run
+            on_dask.append(seconds)
         if variants:
             # A/B: the default again and each variant, in an order rotated every round, after
             # the default warmed up (the first command after another workload is slower here)
@@ -314,6 +333,7 @@ def main() -> int:
         print(
             f"round {round_index + 1}: script {script[-1]:.2f}s, in memory {memory[-1]:.2f}s, "
             f"fleetwatch {cli[-1]:.2f}s"
+            + (f", on dask {on_dask[-1]:.2f}s" if on_dask else "")
             + (f", again {default[-1]:.2f}s" if default else "")
             + "".join(f", without {v} {t[-1]:.2f}s" for v, t in variants.items()),
             file=sys.stderr,
@@ -353,6 +373,11 @@ def main() -> int:
     }
     if default:
         result["fleetwatch_among_variants_s"] = median(default)
+    if on_dask:
+        result["fleetwatch_dask_s"] = median(on_dask)
+        result["ratio_dask_to_local"] = median(on_dask) / median(cli)
+    if cluster is not None:
+        cluster.close()
     if args.format == "json":
         print(json.dumps(result))
         return 0
@@ -372,6 +397,13 @@ def main() -> int:
         f"{args.workers} workers: {result['ratio_script_to_fleetwatch']:.1f}x the script, "
         f"{result['ratio_in_memory_to_fleetwatch']:.1f}x the in-memory loop"
     )
+    if on_dask:
+        print(
+            f"on dask    : {result['fleetwatch_dask_s']:.2f} s `score --executor dask`, a "
+            f"LocalCluster of {args.workers} worker processes "
+            f"({result['ratio_dask_to_local']:.2f}x the local executor's time; the workers "
+            "read the Parquet and the model files)"
+        )
     print(f"model pack : built in {pack_seconds:.1f} s by train (not in the figures above)")
     print(
         f"anomalies  : {anomalies:,} of {args.devices * 60:,} windows flagged (each explained: "

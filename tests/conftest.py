@@ -197,3 +197,19 @@ def docker_available() -> str | None:
     except Exception as exc:
         return f"no Docker engine answers ({type(exc).__name__})"
     return None
+
+
+def scrape_metrics(port: int) -> dict[str, float]:
+    """A Prometheus endpoint's samples on 127.0.0.1:``port``, as ``name{label=value,...}``."""
+    import urllib.request
+
+    from prometheus_client.parser import text_string_to_metric_families
+
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
+        text = response.read().decode()
+    values = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
+            values[f"{sample.name}{{{labels}}}"] = sample.value
+    return values

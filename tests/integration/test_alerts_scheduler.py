@@ -11,7 +11,6 @@ import signal
 import subprocess
 import sys
 import threading
-import urllib.request
 from collections.abc import Iterator
 from datetime import timedelta
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -21,10 +20,10 @@ from typing import Any
 import duckdb
 import pandas as pd
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from fleetwatch.brokers.embedded import free_port
 from fleetwatch.scoring.train import train
+from tests.conftest import scrape_metrics as scrape
 from tests.conftest import wait_for
 from tests.unit.scoring.conftest import (
     DEVICES,
@@ -129,17 +128,6 @@ def expected_incidents(data: Path, gap_s: float = 300) -> set[tuple[str, str]]:
                 found.add((str(device), start.isoformat()))
             previous_end = end
     return found
-
-
-def scrape(port: int) -> dict[str, float]:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    values = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            values[f"{sample.name}{{{labels}}}"] = sample.value
-    return values
 
 
 def test_one_alert_per_incident_and_none_again_after_a_restart(

@@ -5,7 +5,6 @@ and what it wrote (windows in the Parquet). Real worker process, embedded broker
 from __future__ import annotations
 
 import json
-import urllib.request
 from collections import Counter
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from fleetwatch.brokers.embedded import free_port
 from fleetwatch.config import Settings
 from tests.conftest import consume_all, wait_for
+from tests.conftest import scrape_metrics as scrape
 from tests.integration.aggregate_helpers import (
     read_parquet_dir,
     start_worker,
@@ -24,19 +24,6 @@ from tests.integration.aggregate_helpers import (
 from tests.integration.test_aggregate_trust_embedded_broker import T0, readings, send
 
 pytestmark = pytest.mark.integration
-
-
-def scrape(port: int) -> dict[str, float]:
-    from prometheus_client.parser import text_string_to_metric_families
-
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as response:
-        text = response.read().decode()
-    values = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
-            values[f"{sample.name}{{{labels}}}"] = sample.value
-    return values
 
 
 def test_the_metrics_count_what_was_sent_and_written(settings: Settings, tmp_path: Path) -> None:

@@ -23,7 +23,11 @@ def compose() -> dict:
 
 
 def fleetwatch_services(compose: dict) -> dict[str, dict]:
-    return {n: s for n, s in compose["services"].items() if s.get("image") == "fleetwatch:latest"}
+    return {
+        n: s
+        for n, s in compose["services"].items()
+        if (s.get("image") == "fleetwatch:latest" and "entrypoint" not in s) or n == "sql"
+    }
 
 
 def test_every_fleetwatch_service_command_parses(compose: dict) -> None:
@@ -61,11 +65,19 @@ def test_services_share_one_data_volume_and_wait_for_kafka(compose: dict) -> Non
     assert kafka["environment"]["KAFKA_LOG_DIRS"] == "/var/lib/kafka/data"
     assert "kafka" in compose["volumes"]
     # the dashboard is published on this machine only, its port the one it listens on
+    # the dask profile: a scheduler, scalable workers from the same image (Dask's own CLI)
+    dask = {n: s for n, s in compose["services"].items() if s.get("profiles") == ["dask"]}
+    assert set(dask) == {"dask-scheduler", "dask-worker"}
+    assert dask["dask-worker"]["command"][:1] == ["tcp://dask-scheduler:8786"]
+    assert (
+        "container_name" not in dask["dask-worker"]
+        and "data:/data" in dask["dask-worker"]["volumes"]
+    )
     dashboard = compose["services"]["dashboard"]
     assert dashboard["ports"] == ["127.0.0.1:8050:8050"] and "8050" in dashboard["command"]
 
 
 def test_dockerfile_installs_the_package_and_uses_the_cli() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    assert "pip install ." in text and 'ENTRYPOINT ["fleetwatch"]' in text
+    assert 'pip install ".[dask]"' in text and 'ENTRYPOINT ["fleetwatch"]' in text
     assert "FLEETWATCH_DATA_DIR=/data" in text

@@ -266,6 +266,12 @@ class ScoreSettings:
         -1, "abort the run when more devices than this fail (-1 = never)", minimum=-1
     )
     output: Literal["anomalies", "all"] = setting("all", "store every score, or only the anomalies")
+    executor: Literal["local", "dask"] = setting(
+        "local", "where tasks run: forked processes here, or a Dask cluster (--dask-scheduler)"
+    )
+    dask_scheduler: str = setting(
+        "", "the Dask scheduler for executor = dask (tcp://HOST:8786)", metavar="ADDRESS"
+    )
     incident_gap: float = setting(
         300.0,
         "anomalous windows of a device at most this far apart are one incident",

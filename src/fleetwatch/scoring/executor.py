@@ -16,7 +16,7 @@ import os
 import time
 import traceback
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
@@ -27,14 +27,83 @@ WorkFn = Callable[[list[str]], dict[str, DeviceResult]]
 
 
 @dataclass
-class _Task:
+class Task:
     devices: list[str]
     attempt: int = 0
 
 
 @dataclass
+class TaskQueue:
+    """The task model every executor shares: devices cut into even mini-batches; a failed
+    multi-device task split in two (splitting is free: it isolates the culprit, so the innocent
+    devices of its batch are not failed with it), a single device retried ``max_retries``
+    times, then failed alone; more failures than ``error_threshold`` (-1: never) abort the run
+    and drop what has not started."""
+
+    pending: list[Task]
+    max_retries: int
+    error_threshold: int = -1
+    results: dict[str, Any] = field(default_factory=dict)
+    errors: dict[str, str] = field(default_factory=dict)
+    aborted: bool = False
+
+    @classmethod
+    def of(
+        cls,
+        devices: list[str],
+        slots: int,
+        mini_batch_size: int,
+        max_retries: int,
+        error_threshold: int = -1,
+    ) -> TaskQueue:
+        # At most mini_batch_size devices per task, and a multiple of `slots` tasks of even
+        # size, so that no worker is left alone with the last task while the others idle.
+        tasks = -(-len(devices) // mini_batch_size)
+        if len(devices) >= slots > 1:
+            tasks = -(-tasks // slots) * slots
+        parts = [Task(list(part)) for part in even_parts(devices, tasks)]
+        return cls(parts, max_retries, error_threshold)
+
+    def next(self) -> Task | None:
+        """The next task to start, or None (none left, or the run is aborted)."""
+        if not self.aborted and 0 <= self.error_threshold < len(self.errors):
+            self.aborted = True
+            self.pending.clear()
+        return self.pending.pop(0) if self.pending else None
+
+    def finished(self, task: Task, found: dict[str, DeviceResult]) -> None:
+        for device in task.devices:
+            status, payload = found.get(device, ("error", "no result returned"))
+            if status == "ok":
+                self.results[device] = payload
+            else:
+                self.errors[device] = payload
+
+    def failed(self, task: Task, reason: str) -> None:
+        if len(task.devices) > 1:
+            middle = len(task.devices) // 2
+            self.pending += [
+                Task(task.devices[:middle], task.attempt),
+                Task(task.devices[middle:], task.attempt),
+            ]
+        elif task.attempt < self.max_retries:
+            self.pending.append(Task(task.devices, task.attempt + 1))
+        else:
+            self.errors[task.devices[0]] = f"{reason} (after {task.attempt + 1} attempts)"
+
+    @property
+    def done(self) -> int:
+        return len(self.results) + len(self.errors)
+
+    def outcome(self) -> tuple[dict[str, Any], dict[str, str], bool]:
+        # Failures that came back with the last tasks count as much as early ones.
+        aborted = self.aborted or 0 <= self.error_threshold < len(self.errors)
+        return self.results, self.errors, aborted
+
+
+@dataclass
 class _Running:
-    task: _Task
+    task: Task
     process: Any
     connection: Connection
     deadline: float
@@ -68,43 +137,14 @@ def run_tasks(
     ``error_threshold`` devices failed (-1: never abort); remaining tasks are then not run.
     """
     context = multiprocessing.get_context("fork")
-    # At most mini_batch_size devices per task, and a multiple of `workers` tasks of even size,
-    # so that no worker is left alone with the last task while the others idle.
-    tasks = -(-len(devices) // mini_batch_size)
-    if len(devices) >= workers > 1:
-        tasks = -(-tasks // workers) * workers
-    pending = [_Task(list(part)) for part in _even_parts(devices, tasks)]
+    queue = TaskQueue.of(devices, workers, mini_batch_size, max_retries, error_threshold)
     running: list[_Running] = []
-    results: dict[str, Any] = {}
-    errors: dict[str, str] = {}
-    aborted = False
-
-    def retry_or_fail(task: _Task, reason: str) -> None:
-        # Splitting a multi-device task is free: it isolates the culprit, so the innocent
-        # devices of its batch are not failed with it. Only a single device spends retries.
-        if len(task.devices) > 1:
-            middle = len(task.devices) // 2
-            pending.extend(
-                [
-                    _Task(task.devices[:middle], task.attempt),
-                    _Task(task.devices[middle:], task.attempt),
-                ]
-            )
-        elif task.attempt < max_retries:
-            pending.append(_Task(task.devices, task.attempt + 1))
-        else:
-            errors[task.devices[0]] = f"{reason} (after {task.attempt + 1} attempts)"
-
     # Objects that exist before the forks are left to the parent: the children's garbage
     # collector would otherwise visit (write to) them and copy their pages, one by one.
     gc.freeze()
     try:
-        while pending or running:
-            if not aborted and error_threshold >= 0 and len(errors) > error_threshold:
-                aborted = True
-                pending.clear()
-            while pending and len(running) < max(1, workers):
-                task = pending.pop(0)
+        while queue.pending or running:
+            while len(running) < max(1, workers) and (task := queue.next()) is not None:
                 receiver, sender = context.Pipe(duplex=False)
                 process = context.Process(target=_child, args=(work, task.devices, sender))
                 process.start()
@@ -113,46 +153,37 @@ def run_tasks(
             ready = wait([r.connection for r in running], timeout=0.05)
             now = time.monotonic()
             for entry in list(running):
-                finished = False
                 if entry.connection in ready:
                     try:
                         kind, batch = entry.connection.recv()
                     except (EOFError, OSError):
                         entry.process.join(5)
-                        retry_or_fail(entry.task, f"worker process died ({_exit_reason(entry)})")
+                        queue.failed(entry.task, f"worker process died ({_exit_reason(entry)})")
                     else:
                         entry.process.join(5)
                         if kind != "results":
-                            retry_or_fail(entry.task, batch)
+                            queue.failed(entry.task, batch)
                         else:
-                            for device in entry.task.devices:
-                                status, payload = batch.get(device, ("error", "no result returned"))
-                                if status == "ok":
-                                    results[device] = payload
-                                else:
-                                    errors[device] = payload
-                    finished = True
+                            queue.finished(entry.task, batch)
                 elif now > entry.deadline:
                     entry.process.kill()
                     entry.process.join(5)
-                    retry_or_fail(entry.task, f"task timed out after {task_timeout:g}s")
-                    finished = True
-                if finished:
-                    entry.connection.close()
-                    running.remove(entry)
-                    if on_progress is not None:
-                        on_progress(len(results) + len(errors))
+                    queue.failed(entry.task, f"task timed out after {task_timeout:g}s")
+                else:
+                    continue
+                entry.connection.close()
+                running.remove(entry)
+                if on_progress is not None:
+                    on_progress(queue.done)
     finally:
         gc.unfreeze()
-    # Failures that came back with the last tasks count as much as early ones.
-    aborted = aborted or 0 <= error_threshold < len(errors)
-    return results, errors, aborted
+    return queue.outcome()
 
 
-def _even_parts(items: list[str], parts: int) -> list[list[str]]:
+def even_parts(items: list[str], parts: int) -> list[list[str]]:
     """``items`` cut into ``parts`` consecutive runs whose lengths differ by at most one.
 
-    >>> [len(p) for p in _even_parts([str(i) for i in range(10)], 4)]
+    >>> [len(p) for p in even_parts([str(i) for i in range(10)], 4)]
     [3, 3, 2, 2]
     """
     base, extra = divmod(len(items), max(parts, 1))

@@ -15,14 +15,12 @@ version scored too, into ``shadow_scores``: recorded, compared, never alerting.
 
 from __future__ import annotations
 
-import gc
 import logging
 import os
 import threading
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -87,23 +85,6 @@ def database_path(settings: Settings) -> Path:
     return DataLayout(settings.data_dir).database
 
 
-@contextmanager
-def _cycle_collection_paused() -> Iterator[None]:
-    """A run makes hundreds of thousands of small objects (models, results) and no garbage
-    cycles: Python's cycle collector would walk them over and over. Measured
-    (benchmarks/score.py --variants, 10,000 devices, 8 rotated rounds): without this pause a
-    run takes 1.34 s instead of 1.16 s (+15%). Collection resumes afterwards, for whatever
-    else the process runs."""
-    enabled = gc.isenabled()
-    gc.disable()
-    try:
-        yield
-    finally:
-        if enabled:
-            gc.enable()
-
-
-@_cycle_collection_paused()
 def score_hour(
     settings: Settings,
     hour: datetime,
@@ -168,19 +149,26 @@ def score_hour(
         return score_devices(registry, pack, cube, chosen, hook, shadowed)
 
     workers = options.workers or os.cpu_count() or 1
+    task_model: dict[str, Any] = {
+        "mini_batch_size": options.mini_batch_size,
+        "task_timeout": options.task_timeout,
+        "max_retries": options.max_retries,
+        "error_threshold": options.error_threshold,
+    }
     with progress_bar(f"score {window_start:%Y-%m-%dT%H}", len(to_score), progress) as bar:
-        results, errors, aborted = run_tasks(
-            to_score,
-            work,
-            workers=workers,
-            mini_batch_size=options.mini_batch_size,
-            task_timeout=options.task_timeout,
-            max_retries=options.max_retries,
-            error_threshold=options.error_threshold,
-            on_progress=None
-            if bar is None
-            else lambda done: bar.update(bar.task_ids[0], completed=done),
-        )
+        if bar is not None:
+            task_model["on_progress"] = lambda done: bar.update(bar.task_ids[0], completed=done)
+        if options.executor == "dask":
+            from fleetwatch.scoring.dask_executor import RemoteScoring, connect, run_tasks_dask
+
+            remote = RemoteScoring(
+                str(settings.data_dir.resolve()), window_start, window_end, window_ms,
+                frozenset(shadowed), hook,
+            )  # fmt: skip
+            with connect(options.dask_scheduler) as client:
+                results, errors, aborted = run_tasks_dask(to_score, remote, client, **task_model)
+        else:
+            results, errors, aborted = run_tasks(to_score, work, workers=workers, **task_model)
 
     # One row per device: (device_id, outcome, error, model_version, windows)
     outcomes: list[tuple[str, str, str | None, str | None, int]] = []
@@ -265,7 +253,8 @@ def score_hour(
         incident_gap=settings.score.incident_gap,
         lock_timeout=options.lock_timeout,
     )
-    if unpacked:  # read from their files this time (new, re-activated, or edited by hand)
+    if unpacked and options.executor == "local":  # read from their files (new, re-activated,
+        # or edited by hand); a Dask worker never uses this machine's pack
         refresh_quietly(pack, unpacked)
     return RunResult(
         run_id,

@@ -29,7 +29,13 @@ from fleetwatch.scoring.calibration import (
     check_split,
     held_out_count,
 )
-from fleetwatch.scoring.features import devices_in_files, feature_names, read_cube, slow_sensors
+from fleetwatch.scoring.features import (
+    WindowCube,
+    devices_in_files,
+    feature_names,
+    read_cube,
+    slow_sensors,
+)
 from fleetwatch.scoring.kinds import kind_named, new_model
 from fleetwatch.scoring.pack import ModelPack, pack_folder, refresh_quietly
 from fleetwatch.scoring.registry import ModelRegistry
@@ -212,6 +218,8 @@ def train_ranges(
     for device_id, span in sorted(ranges.items()):
         by_range.setdefault(span, []).append(device_id)
     workers = max(1, min(options.workers or os.cpu_count() or 1, len(ranges) or 1))
+    if settings.score.executor == "dask":
+        workers = 1  # the local pool stays idle: the cluster fits
     with (
         progress_bar("train", len(ranges), enabled=options.progress) as bar,
         ProcessPoolExecutor(max_workers=workers) as pool,
@@ -221,43 +229,72 @@ def train_ranges(
             if bar is not None:
                 bar.update(bar.task_ids[0], advance=1)
 
+        setup = FitSetup(
+            parameters, str(layout.models), activate, options.min_windows, window_ms,
+            str(settings.data_dir),
+        )  # fmt: skip
         for (since, until), chosen in by_range.items():
+            if settings.score.executor == "dask":  # the workers read their devices themselves
+                from fleetwatch.scoring.dask_executor import train_on_dask
+
+                train_on_dask(settings, setup, since, until, chosen, summary, advance)
+                continue
             _, rows = devices_in_files(layout.files_between(since, until))
             present = max(len(chosen), 1)
             group = max(1, READ_ROWS * present // max(rows, 1))  # devices per read
             for start in range(0, len(chosen), group):
                 part = chosen[start : start + group]
                 cube = read_cube(settings.data_dir, since, until, window_ms, devices=part)
-                jobs = []
-                for device_id in part:
-                    count = cube.window_count(device_id) if device_id in cube else 0
-                    if count < options.min_windows:
-                        summary.skipped[device_id] = (
-                            f"{count} windows < --min-windows {options.min_windows}"
-                        )
-                        advance()
-                        continue
-                    sensors = cube.sensors(device_id)
-                    means = cube.matrix(device_id, [f"{s}__mean" for s in sensors]).matrix
-                    names = feature_names(sensors, slow_sensors(means, sensors))
-                    matrix = cube.matrix(device_id, names).matrix
-                    jobs.append(
-                        FitJob(
-                            device_id,
-                            matrix,
-                            names,
-                            parameters,
-                            str(layout.models),
-                            since,
-                            until,
-                            activate,
-                        )
-                    )
+                jobs, skipped = prepare_jobs(cube, part, setup, since, until)
                 del cube
+                for device_id, reason in skipped.items():
+                    summary.skipped[device_id] = reason
+                    advance()
                 _fit_and_save(pool, jobs, summary, advance)
     if activate != "no" and summary.trained:  # so that the next scoring run finds them packed
         refresh_quietly(ModelPack.open(pack_folder(settings.data_dir), registry), summary.trained)
     return summary
+
+
+@dataclass(frozen=True)
+class FitSetup:
+    """What fitting needs besides a device's windows (small: sent with Dask tasks too)."""
+
+    parameters: dict[str, Any]
+    registry: str
+    activate: str
+    min_windows: int
+    window_ms: int
+    data_dir: str
+
+
+def prepare_jobs(
+    cube: WindowCube, devices: list[str], setup: FitSetup, since: datetime, until: datetime
+) -> tuple[list[FitJob], dict[str, str]]:
+    """Each device's fit job from ``cube``, or why it is skipped (too few windows)."""
+    jobs, skipped = [], {}
+    for device_id in devices:
+        count = cube.window_count(device_id) if device_id in cube else 0
+        if count < setup.min_windows:
+            skipped[device_id] = f"{count} windows < --min-windows {setup.min_windows}"
+            continue
+        sensors = cube.sensors(device_id)
+        means = cube.matrix(device_id, [f"{s}__mean" for s in sensors]).matrix
+        names = feature_names(sensors, slow_sensors(means, sensors))
+        matrix = cube.matrix(device_id, names).matrix
+        jobs.append(
+            FitJob(
+                device_id,
+                matrix,
+                names,
+                setup.parameters,
+                setup.registry,
+                since,
+                until,
+                setup.activate,
+            )
+        )
+    return jobs, skipped
 
 
 def _fit_and_save(

@@ -111,29 +111,6 @@ def test_rescoring_an_hour_replaces_its_rows(trained: Settings) -> None:
     assert len(db(trained, "SELECT * FROM runs")) == 2 and first.run_id != second.run_id
 
 
-def test_the_cycle_collector_is_paused_for_a_run_then_resumed(
-    trained: Settings, tmp_path: Path
-) -> None:
-    import gc
-
-    seen = tmp_path / "collector.txt"
-
-    def hook(device_id: str) -> None:  # runs in the (forked) workers
-        with seen.open("a") as handle:
-            handle.write(f"{gc.isenabled()}\n")
-
-    assert gc.isenabled()
-    score_hour(trained, HOUR3, hook=hook, progress=False)
-    assert set(seen.read_text().split()) == {"False"}
-    assert gc.isenabled()
-    gc.disable()  # a caller that had paused it keeps it paused
-    try:
-        score_hour(trained, HOUR3, progress=False)
-        assert not gc.isenabled()
-    finally:
-        gc.enable()
-
-
 def test_output_anomalies_stores_only_the_anomalies(trained: Settings) -> None:
     every = score_hour(trained, HOUR3, progress=False)
     expected = db(

@@ -68,6 +68,6 @@ COMMAND = Command(
     fleetwatch train --since 2026-11-21 --until 2026-11-22 --target-far 0.0001
     fleetwatch train --since 2026-11-21 --until 2026-11-22 --per-sensor --no-activate
     """,
-    {"": "*", "train": "*", "aggregate": ("window",)},
+    {"": "*", "train": "*", "aggregate": ("window",), "score": ("executor", "dask_scheduler")},
     run,
 )

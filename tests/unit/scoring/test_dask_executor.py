@@ -1,0 +1,148 @@
+"""``[score] executor = "dask"`` on a ``distributed.LocalCluster`` of worker processes: the
+stored rows are the local executor's, row for row; a worker killed mid-run costs nothing; a
+bad model fails its device only; no scheduler is one line."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import timedelta
+from pathlib import Path
+
+import duckdb
+import pandas as pd
+import pytest
+
+from fleetwatch.config import Settings
+from fleetwatch.errors import FleetwatchError
+from fleetwatch.scoring.score import score_hour
+from fleetwatch.storage.layout import DataLayout
+from tests.unit.scoring.conftest import T0
+
+distributed = pytest.importorskip("distributed", reason="pip install -e '.[dev]' brings Dask")
+HOURS = [T0 + timedelta(hours=h) for h in range(3)]
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[str]:
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as local:
+        yield local.scheduler_address
+
+
+def on_dask(settings: Settings, address: str, data_dir: Path) -> Settings:
+    shutil.copytree(settings.data_dir, data_dir)
+    score = replace(settings.score, executor="dask", dask_scheduler=address)
+    return replace(settings, data_dir=data_dir, score=score)
+
+
+def stored(settings: Settings) -> pd.DataFrame:
+    with duckdb.connect(str(DataLayout(settings.data_dir).database), read_only=True) as db:
+        frame = db.execute(
+            "SELECT device_id, window_start, window_end, score, score_normalized, is_anomaly, "
+            "model_version, top_sensors FROM scores ORDER BY device_id, window_start"
+        ).df()
+    return frame
+
+
+def outcomes(settings: Settings) -> list[tuple[str, str, str]]:
+    with duckdb.connect(str(DataLayout(settings.data_dir).database), read_only=True) as db:
+        return db.execute(
+            "SELECT strftime(r.window_start, '%H'), d.device_id, d.outcome FROM device_runs d "
+            "JOIN runs r USING (run_id) ORDER BY 1, 2"
+        ).fetchall()
+
+
+@dataclass(frozen=True)
+class KillOnce:
+    """A hook that kills the worker process the first time it reaches ``device``."""
+
+    marker: str
+    device: str
+
+    def __call__(self, device_id: str) -> None:
+        if device_id == self.device and not os.path.exists(self.marker):
+            Path(self.marker).write_text(str(os.getpid()))
+            os._exit(1)
+
+
+def test_dask_stores_the_local_executors_rows(
+    trained: Settings, cluster: str, tmp_path: Path
+) -> None:
+    dask = on_dask(trained, cluster, tmp_path / "dask")
+    for hour in HOURS:
+        assert score_hour(trained, hour, progress=False).status == "succeeded"
+        assert score_hour(dask, hour, progress=False).status == "succeeded"
+    local_rows, dask_rows = stored(trained), stored(dask)
+    assert len(local_rows) == 3 * 60 * 8 and local_rows["is_anomaly"].any()
+    pd.testing.assert_frame_equal(local_rows, dask_rows)
+    assert outcomes(trained) == outcomes(dask)
+
+
+def test_a_worker_killed_mid_run_costs_nothing(
+    trained: Settings, cluster: str, tmp_path: Path
+) -> None:
+    dask = on_dask(trained, cluster, tmp_path / "dask")
+    marker = tmp_path / "killed"
+    result = score_hour(trained, HOURS[2], progress=False)
+    from fleetwatch.scoring import score as score_module
+
+    killed = score_module.score_hour(
+        dask, HOURS[2], hook=KillOnce(str(marker), "pump-03"), progress=False
+    )
+    assert marker.exists()  # a worker process did die
+    assert killed.status == "succeeded" and killed.devices_failed == 0
+    assert killed.devices_scored == result.devices_scored == 8
+    pd.testing.assert_frame_equal(stored(trained), stored(dask))
+
+
+def test_a_bad_model_fails_its_device_only(trained: Settings, cluster: str, tmp_path: Path) -> None:
+    dask = on_dask(trained, cluster, tmp_path / "dask")
+    registry = DataLayout(dask.data_dir).models
+    [model_file] = list((registry / "pump-02").glob("*/params.bin"))
+    model_file.write_bytes(b"tampered")
+    result = score_hour(dask, HOURS[2], progress=False)
+    assert result.devices_failed == 1 and result.devices_scored == 7
+    [failed] = [o for o in outcomes(dask) if o[2] == "failed"]
+    assert failed[1] == "pump-02"
+
+
+def test_no_scheduler_is_one_line(trained: Settings) -> None:
+    from fleetwatch.scoring.dask_executor import connect
+
+    with pytest.raises(
+        FleetwatchError, match=re.escape("no Dask scheduler answers at tcp://127.0.0.1:9")
+    ):
+        connect("tcp://127.0.0.1:9", timeout=2)
+    with pytest.raises(FleetwatchError, match="--dask-scheduler"):
+        connect("")
+
+
+def test_training_on_dask_makes_the_local_models(
+    trained: Settings, cluster: str, tmp_path: Path
+) -> None:
+    """The same devices fitted on the cluster (each worker reading its devices' windows):
+    the same parameters, byte for byte, and the same thresholds."""
+    import json
+
+    from fleetwatch.scoring.train import train
+    from tests.unit.scoring.conftest import DEVICES
+
+    dask = on_dask(trained, cluster, tmp_path / "dask")
+    shutil.rmtree(DataLayout(dask.data_dir).models)
+    summary = train(dask, T0, T0 + timedelta(hours=2), DEVICES)
+    assert sorted(summary.trained) == DEVICES and not summary.failed
+    for device in DEVICES:
+        [local] = list((DataLayout(trained.data_dir).models / device).glob("v*"))
+        [remote] = list((DataLayout(dask.data_dir).models / device).glob("v*"))
+        assert (local / "params.bin").read_bytes() == (remote / "params.bin").read_bytes()
+        mine, theirs = (json.loads((d / "manifest.json").read_text()) for d in (local, remote))
+        assert mine["threshold"] == theirs["threshold"] and mine["features"] == theirs["features"]
+    for hour in HOURS:  # and they score alike
+        score_hour(trained, hour, progress=False)
+        score_hour(dask, hour, progress=False)
+    pd.testing.assert_frame_equal(stored(trained), stored(dask))
