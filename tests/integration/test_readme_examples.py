@@ -72,15 +72,24 @@ def test_every_readme_example_runs_as_written(tmp_path: Path) -> None:
         "device_id,since,until\npump-0001,2026-11-22T06,2026-11-22T08\n"
     )
     failures = []
+    cluster = None
     for words in commands:
         if words[0] not in RUN:
             args = parser().parse_args(words)  # a UsageError fails the test, naming it
             load_settings(environ={}, overrides=overrides(args))
             continue
+        if "--dask-scheduler" in words:  # the example's cluster: a local one, its address
+            from distributed import LocalCluster
+
+            cluster = cluster or LocalCluster(n_workers=1, processes=True, dashboard_address=None)
+            words = [*words]
+            words[words.index("--dask-scheduler") + 1] = cluster.scheduler_address
         result = subprocess.run(
             [sys.executable, "-m", "fleetwatch", *words],
             cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120, check=False,
         )  # fmt: skip
         if result.returncode != 0 or "Traceback" in result.stderr:
             failures.append((words, result.returncode, result.stderr.strip()[-500:]))
+    if cluster is not None:
+        cluster.close()
     assert failures == [], "\n".join(map(str, failures))
