@@ -126,7 +126,10 @@ def score_hour(
     pack = ModelPack(pack_folder(settings.data_dir), registry)
     read = threading.Event()
     with ThreadPoolExecutor(1) as thread:
-        preloading = thread.submit(_preload, pack, read)
+        if options.executor == "dask":  # the workers load their models: nothing to preload
+            preloading = thread.submit(registry.model_devices)
+        else:
+            preloading = thread.submit(_preload, pack, read)
         try:
             cube = read_cube(
                 settings.data_dir, window_start, window_end, window_ms, devices=devices
