@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import shutil
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -159,9 +160,8 @@ class ModelRegistry:
         import sklearn
 
         calibration = calibration or Calibration(0.0, 1.0, 0.0, "set by hand", [])
-        version, target, staging = self._new_version(device_id)
-        try:
-            staging.mkdir(parents=True)
+
+        def fill(version: str, staging: Path) -> dict[str, Any]:
             joblib.dump(model.estimator(), staging / "model.joblib")
             layout, strings, blob = pack_arrays(model.arrays())
             (staging / "params.bin").write_bytes(blob)
@@ -192,6 +192,23 @@ class ModelRegistry:
                     "joblib": joblib.__version__,
                 },
             }
+            return manifest
+
+        return self._write_version(device_id, fill, activate)
+
+    def _write_version(
+        self,
+        device_id: str,
+        fill: Callable[[str, Path], dict[str, Any]],
+        activate: bool,
+    ) -> ModelVersion:
+        """A new version: ``fill(version, staging)`` writes its model files into the staging
+        folder and returns its manifest; the folder is published whole (or removed on a
+        storage error), then activated if asked."""
+        version, target, staging = self._new_version(device_id)
+        try:
+            staging.mkdir(parents=True)
+            manifest = fill(version, staging)
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
         except OSError as exc:
             shutil.rmtree(staging, ignore_errors=True)
@@ -218,12 +235,11 @@ class ModelRegistry:
         versions never change, so a rollback brings the old threshold back."""
         source = self.get(device_id, version)
         check_current(source)
-        new, target, staging = self._new_version(device_id)
-        try:
-            staging.mkdir(parents=True)
+
+        def fill(new: str, staging: Path) -> dict[str, Any]:
             for name in ("model.joblib", "params.bin"):
                 shutil.copyfile(self.verified(source, name), staging / name)
-            manifest = {
+            return {
                 **source.manifest,
                 "version": new,
                 "threshold": calibration.threshold,
@@ -231,14 +247,8 @@ class ModelRegistry:
                 "derived_from": version,
                 "created_at": datetime.now(UTC).isoformat(),
             }
-            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        except OSError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
-            raise storage_error(target, exc) from exc
-        publish_directory(staging, target)
-        if activate:
-            self.activate(device_id, new)
-        return ModelVersion(device_id, new, target, manifest)
+
+        return self._write_version(device_id, fill, activate)
 
     def activate(self, device_id: str, version: str) -> None:
         folder = self.device_dir(device_id)
