@@ -6,7 +6,7 @@ ENV PYTHONDONTWRITEBYTECODE=1 PYTHONUNBUFFERED=1 PIP_NO_CACHE_DIR=1 \
 WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install ".[dask]" && useradd --create-home fleetwatch && mkdir -p /data \
+RUN pip install ".[dask,s3]" && useradd --create-home fleetwatch && mkdir -p /data \
     && chown fleetwatch /data
 USER fleetwatch
 VOLUME ["/data"]

@@ -213,3 +213,74 @@ def scrape_metrics(port: int) -> dict[str, float]:
             labels = ",".join(f"{k}={v}" for k, v in sorted(sample.labels.items()))
             values[f"{sample.name}{{{labels}}}"] = sample.value
     return values
+
+
+@dataclass(frozen=True)
+class S3Server:
+    """A local S3-compatible server (moto's server mode) and the environment to reach it."""
+
+    endpoint: str
+    env: dict[str, str]
+
+    def bucket(self) -> str:
+        """A new, empty bucket of this test's own; its ``s3://`` URL."""
+        import s3fs
+
+        name = f"fw-{uuid.uuid4().hex[:12]}"
+        s3fs.S3FileSystem(skip_instance_cache=True).mkdir(name)
+        return f"s3://{name}"
+
+    def filesystem(self) -> object:
+        import s3fs
+
+        return s3fs.S3FileSystem(skip_instance_cache=True)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server on a free port, for the session; its credentials in this process's
+    environment (fake ones, long enough to be masked in logs) and handed to subprocesses."""
+    pytest.importorskip("moto", reason="the object-storage tests need moto[server] (dev extra)")
+    pytest.importorskip("s3fs", reason="the object-storage tests need s3fs (s3 extra)")
+    import socket
+    import urllib.request
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("wb")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=log,
+        stderr=log,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+
+    def answers() -> bool:
+        try:
+            urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)  # noqa: S310
+        except OSError:
+            return server.poll() is not None
+        return True
+
+    wait_for(answers, 30, "moto server")
+    assert server.poll() is None, "moto server exited"
+    env = {
+        "AWS_ACCESS_KEY_ID": "AKIAFLEETWATCHTEST01",
+        "AWS_SECRET_ACCESS_KEY": "fleetwatch-test-secret-9f8e7d6c5b4a",
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+    saved = {name: os.environ.get(name) for name in env}
+    os.environ.update(env)
+    try:
+        yield S3Server(endpoint, env)
+    finally:
+        for name, value in saved.items():
+            if value is None:
+                os.environ.pop(name, None)
+            else:
+                os.environ[name] = value
+        server.terminate()
+        server.wait(10)
+        log.close()

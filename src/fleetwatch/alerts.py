@@ -60,7 +60,7 @@ class Alerter:
     ) -> None:
         self.settings = settings
         self.options = settings.alerts
-        self.layout = DataLayout(settings.data_dir)
+        self.layout = DataLayout.of(settings)
         self.lock = lock  # the scoring lock: DuckDB has one writer
         self.on_delivered = on_delivered or (lambda sink: None)
         self.on_failed = on_failed or (lambda sink: None)

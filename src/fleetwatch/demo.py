@@ -106,7 +106,7 @@ def evaluate(settings: Settings, spec: FleetSpec, since: datetime, until: dateti
     times = dataset.times
     test = times >= round(since.timestamp() * 1000)
     window_ms = round(settings.aggregate.window * 1000)
-    predicted, _ = predictions(DataLayout(settings.data_dir), dataset.devices, times, window_ms)
+    predicted, _ = predictions(DataLayout.of(settings), dataset.devices, times, window_ms)
     return evaluate_points(
         dataset.truth[test], predicted[test], dataset.episodes[test], dataset.kinds
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import sys
 import traceback
 from collections.abc import Iterable
@@ -58,6 +59,11 @@ def _scrubbed_record(*args: Any, **kwargs: Any) -> logging.LogRecord:
 logging.setLogRecordFactory(_scrubbed_record)
 
 
+#: Environment variables of the object-store clients whose values must never be printed.
+_STORE_CREDENTIALS = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_ACCESS_KEY_ID",
+                      "AZURE_STORAGE_KEY", "AZURE_STORAGE_SAS_TOKEN")  # fmt: skip
+
+
 def configure(level: str, secrets: Iterable[str] = ()) -> None:
     """Log to stderr at ``level``; the clients' connection chatter only at DEBUG."""
     register_secrets(secrets)
@@ -68,3 +74,10 @@ def configure(level: str, secrets: Iterable[str] = ()) -> None:
     quiet = logging.DEBUG if level == "DEBUG" else logging.CRITICAL
     for noisy in ("kafka", "aiokafka", "faust", "mode"):
         logging.getLogger(noisy).setLevel(quiet)
+    # The object-store clients log requests (signed headers among them) at DEBUG and where
+    # they found the credentials at INFO; their failures reach us as exceptions.
+    for noisy in ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    register_secrets(
+        os.environ[name] for name in _STORE_CREDENTIALS if len(os.environ.get(name, "")) >= 4
+    )

@@ -79,5 +79,30 @@ def test_services_share_one_data_volume_and_wait_for_kafka(compose: dict) -> Non
 
 def test_dockerfile_installs_the_package_and_uses_the_cli() -> None:
     text = (ROOT / "Dockerfile").read_text()
-    assert 'pip install ".[dask]"' in text and 'ENTRYPOINT ["fleetwatch"]' in text
+    assert 'pip install ".[dask,s3]"' in text and 'ENTRYPOINT ["fleetwatch"]' in text
     assert "FLEETWATCH_DATA_DIR=/data" in text
+
+
+def test_the_object_storage_override_points_every_data_service_at_its_bucket(
+    compose: dict,
+) -> None:
+    """docker-compose.s3.yml: MinIO, a one-shot bucket job, and the services that read or
+    write the data plane given an s3:// data dir (valid settings) once the bucket exists."""
+    override = yaml.safe_load((ROOT / "docker-compose.s3.yml").read_text())
+    services = override["services"]
+    assert services["minio"]["image"].startswith("minio/minio:RELEASE.")  # pinned
+    assert "mc mb --ignore-existing s3/fleetwatch" in services["bucket"]["command"][0]
+    data_services = {"aggregator", "scheduler", "dashboard", "sql", "dask-worker"}
+    assert data_services <= set(compose["services"]) and data_services <= set(services)
+    for name in data_services:
+        environment = {k: str(v) for k, v in services[name]["environment"].items()}
+        settings = load_settings(
+            environ={k: v for k, v in environment.items() if k.startswith("FLEETWATCH_")}
+        )
+        assert str(settings.data_dir) == "s3://fleetwatch/data", name
+        assert environment["AWS_ENDPOINT_URL"] == "http://minio:9000"
+        if name not in ("sql", "dask-worker"):
+            assert services[name]["depends_on"]["bucket"]["condition"] == (
+                "service_completed_successfully"
+            )
+    assert "objects" in override["volumes"]

@@ -124,7 +124,7 @@ class Aggregator:
         self.dead_letter_topic = settings.kafka.dead_letter_topic
         self.spec = WindowSpec(round(options.window * 1000), round(options.grace * 1000))
         self.future_limit_ms = round(options.future_limit * 1000) or None
-        self.layout = DataLayout(settings.data_dir)
+        self.layout = DataLayout.of(settings)
         codec = options.parquet_compression
         self.aggregates = PartitionedParquetSink(self.layout, "aggregates", codec)
         self.late = PartitionedParquetSink(self.layout, "late", codec)

@@ -65,7 +65,7 @@ def check_ready(settings: Settings) -> None:
                 )
         described = admin.describe_topics([settings.kafka.telemetry_topic])
     partitions = len(described[0]["partitions"]) if described else 0
-    layout = DataLayout(settings.data_dir)
+    layout = DataLayout.of(settings)
     store = checkpoints(layout, settings.kafka.telemetry_topic)
     sink = PartitionedParquetSink(layout, "aggregates")
     for partition in range(partitions):
@@ -80,7 +80,7 @@ def check_ready(settings: Settings) -> None:
 
 def build_app(settings: Settings) -> tuple[FleetwatchApp, Aggregator]:
     options = settings.aggregate
-    faust_dir = DataLayout(settings.data_dir).faust_state
+    faust_dir = DataLayout.of(settings).faust_state
     faust_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level itself
     servers = [s.strip() for s in settings.kafka.bootstrap_servers.split(",") if s.strip()]
     timeout = options.rebalance_timeout
@@ -163,7 +163,7 @@ def run_worker(settings: Settings) -> int:
     log.info(
         "aggregating %s -> %s (window %gs, grace %gs, idle timeout %gs, group %s)",
         settings.kafka.telemetry_topic,
-        DataLayout(settings.data_dir).aggregates,
+        DataLayout.of(settings).aggregates,
         settings.aggregate.window,
         settings.aggregate.grace,
         settings.aggregate.idle_timeout,

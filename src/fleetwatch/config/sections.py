@@ -9,7 +9,7 @@ from typing import Any, Literal
 
 from fleetwatch.config.values import Secret
 
-Kind = Literal["plain", "duration", "timestamp", "list"]
+Kind = Literal["plain", "duration", "timestamp", "list", "location"]
 
 
 def setting(
@@ -411,7 +411,17 @@ class BrokerSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    data_dir: Path = setting(Path("fleetwatch-data"), "where aggregates, models and DuckDB live")
+    data_dir: Path = setting(
+        Path("fleetwatch-data"),
+        "where aggregates, models and DuckDB live: a folder or s3://bucket/prefix",
+        kind="location",
+    )
+    local_dir: Path | None = setting(
+        None,
+        "with an s3:// data dir: the local folder for DuckDB, locks and caches "
+        "(default ~/.cache/fleetwatch/<bucket>-<hash>)",
+        metavar="DIR",
+    )
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = setting("INFO", "log verbosity")
     kafka: KafkaSettings = field(default_factory=KafkaSettings)
     broker: BrokerSettings = field(default_factory=BrokerSettings)

@@ -106,6 +106,10 @@ def coerce(raw: Any, annotation: Any, meta: Mapping[str, Any]) -> Any:
         value: Any = parse_duration(raw)
     elif kind == "timestamp":
         value = parse_timestamp(raw)
+    elif kind == "location":
+        from fleetwatch.storage.remote import parse_location
+
+        value = parse_location(str(raw))
     elif kind == "list":
         items = raw if isinstance(raw, list) else str(raw).split(",")
         value = [str(item).strip() for item in items if str(item).strip()]

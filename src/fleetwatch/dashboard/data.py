@@ -18,6 +18,7 @@ from fleetwatch.errors import InvalidInputError
 from fleetwatch.ingest.telemetry import is_valid_name
 from fleetwatch.storage.duck import connect, has_table
 from fleetwatch.storage.layout import HOUR, DataLayout, floor_hour
+from fleetwatch.storage.parquet import read_table
 
 #: Heatmap cell values for what is not a share of anomalous windows (drawn in their own colours).
 FAILED, SILENT, NO_MODEL = -0.84, -0.5, -0.17
@@ -64,7 +65,7 @@ def fleet(
 ) -> Fleet | None:
     """Devices x hours over [since, until) (default: the scored hours, at most the last 48);
     None when nothing was scored yet."""
-    layout = DataLayout(settings.data_dir)
+    layout = DataLayout.of(settings)
     if not layout.database.exists():
         return None
     with connect(layout.database, read_only=True) as db:
@@ -177,10 +178,9 @@ def device(
     """One device's sensors, anomalies, incidents and model over [since, until) (default: the
     six hours up to its newest window, or around ``anomaly``)."""
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
     check_device(device_id)
-    layout = DataLayout(settings.data_dir)
+    layout = DataLayout.of(settings)
     anomalies: list[dict[str, Any]] = []
     incidents: list[dict[str, Any]] = []
     newest: datetime | None = None
@@ -204,7 +204,7 @@ def device(
     series: dict[str, dict[str, list[Any]]] = {}
     files = layout.files_between(since, until)
     if files:
-        table = pq.read_table(
+        table = read_table(
             files,
             columns=["sensor", "window_start", "mean", "min", "max"],
             filters=[
@@ -274,7 +274,7 @@ def _newest_aggregate(layout: DataLayout) -> datetime | None:
 def _model(settings: Settings, device_id: str) -> dict[str, Any] | None:
     from fleetwatch.scoring.registry import ModelRegistry
 
-    registry = ModelRegistry(DataLayout(settings.data_dir).models)
+    registry = ModelRegistry(DataLayout.of(settings).models)
     try:
         active = registry.active(device_id)
     except Exception as exc:  # a tampered manifest: shown as such
@@ -304,7 +304,7 @@ def runs(settings: Settings, limit: int = 200) -> dict[str, Any]:
     from fleetwatch.scheduler.status import scheduler
     from fleetwatch.scoring.pending import pending_hours, watermark
 
-    layout = DataLayout(settings.data_dir)
+    layout = DataLayout.of(settings)
     history: list[dict[str, Any]] = []
     if layout.database.exists():
         with connect(layout.database, read_only=True) as db:

@@ -23,12 +23,11 @@ from typing import Any
 import numpy as np
 import pandas as pd
 import pyarrow as pa
-import pyarrow.parquet as pq
 
 from fleetwatch.aggregate.windows import AGGREGATE_COLUMNS, aggregate_batch
 from fleetwatch.errors import InvalidInputError
 from fleetwatch.storage.layout import DataLayout, backfill_file_name
-from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, write_table
+from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, read_table, write_table
 
 Message = tuple[str, int, dict[str, float]]  # device_id, ts_ms, readings
 
@@ -145,7 +144,7 @@ def _existing_windows(files: list[Path], own: str, rows: pd.DataFrame) -> int:
     keys = ["device_id", "sensor", "window_start"]
     found = []
     for path in others:
-        table = pq.read_table(path, columns=keys)
+        table = read_table(path, columns=keys)
         part = table.to_pandas()
         found.append(part[part["device_id"].isin(wanted)])
     existing = pd.concat(found, ignore_index=True)

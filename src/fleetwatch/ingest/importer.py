@@ -399,7 +399,7 @@ def _closed_already(settings: Settings, messages: list[Message]) -> tuple[dateti
     from fleetwatch.aggregate.progress import closed_through
     from fleetwatch.storage.layout import DataLayout
 
-    closed = closed_through(DataLayout(settings.data_dir), settings.kafka.telemetry_topic)
+    closed = closed_through(DataLayout.of(settings), settings.kafka.telemetry_topic)
     if closed is None:
         return None, 0
     window_ms = round(settings.aggregate.window * 1000)

@@ -51,7 +51,7 @@ def make_trigger(settings: Settings) -> Any:
 def scoring_lock(settings: Settings) -> ProcessLock:
     """Held while deciding what to score and scoring it, one hour at a time."""
     return ProcessLock(
-        DataLayout(settings.data_dir).scoring_lock,
+        DataLayout.of(settings).scoring_lock,
         f"scoring {settings.data_dir}",
         wait=max(settings.score.lock_timeout, 1.0),
         advice="try again when it is done, or raise --lock-timeout",
@@ -61,7 +61,7 @@ def scoring_lock(settings: Settings) -> ProcessLock:
 def scheduler_lock(settings: Settings) -> ProcessLock:
     """Held by the one ``fleetwatch schedule`` of a data directory for its lifetime."""
     return ProcessLock(
-        DataLayout(settings.data_dir).scheduler_lock,
+        DataLayout.of(settings).scheduler_lock,
         f"already scheduling {settings.data_dir}",
         advice="one scheduler per data directory: stop that one first",
     )
@@ -193,7 +193,7 @@ class FirstTraining:
         if not closed:
             return
         closed_until = closed[-1].hour + HOUR
-        registry = ModelRegistry(DataLayout(self.settings.data_dir).models)
+        registry = ModelRegistry(DataLayout.of(self.settings).models)
         ready = {
             device: (first, first + duration)
             for device, first in sorted(self.first_seen.items())
@@ -218,9 +218,10 @@ def first_windows(files: list[Path], devices: set[str]) -> dict[str, datetime]:
     """The first window start of each of ``devices`` in ``files``."""
     import pyarrow as pa
     import pyarrow.compute as pc
-    import pyarrow.parquet as pq
 
-    tables = [pq.read_table(path, columns=["device_id", "window_start"]) for path in files]
+    from fleetwatch.storage.parquet import read_table
+
+    tables = [read_table(path, columns=["device_id", "window_start"]) for path in files]
     table = pa.concat_tables(tables)
     table = table.filter(pc.is_in(table["device_id"], pa.array(sorted(devices))))
     firsts = table.group_by("device_id").aggregate([("window_start", "min")])
@@ -340,7 +341,7 @@ def write_state(settings: Settings, started: datetime, next_run: datetime | None
         "last_tick": datetime.now(UTC).isoformat(),
         "next_tick": None if next_run is None else next_run.astimezone(UTC).isoformat(),
     }
-    write_text_atomically(DataLayout(settings.data_dir).scheduler_state, json.dumps(state))
+    write_text_atomically(DataLayout.of(settings).scheduler_state, json.dumps(state))
 
 
 def next_tick(settings: Settings, now: datetime | None = None) -> datetime | None:

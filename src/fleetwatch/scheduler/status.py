@@ -17,7 +17,7 @@ from fleetwatch.storage.layout import DataLayout, require_data_dir
 
 def scheduler(settings: Settings) -> dict[str, Any]:
     """The running scheduler as it described itself, or ``{"running": False}``."""
-    layout = DataLayout(settings.data_dir)
+    layout = DataLayout.of(settings)
     if not layout.scheduler_lock.exists() or not scheduler_lock(settings).held():
         return {"running": False}
     try:
@@ -28,7 +28,7 @@ def scheduler(settings: Settings) -> dict[str, Any]:
 
 
 def last_runs(settings: Settings, limit: int = 10) -> list[dict[str, Any]]:
-    layout = DataLayout(settings.data_dir)
+    layout = DataLayout.of(settings)
     if not layout.database.exists():
         return []
     from fleetwatch.storage.duck import connect, has_table
@@ -49,7 +49,7 @@ def last_runs(settings: Settings, limit: int = 10) -> list[dict[str, Any]]:
 
 
 def status(settings: Settings, runs: int = 10) -> dict[str, Any]:
-    require_data_dir(DataLayout(settings.data_dir))
+    require_data_dir(DataLayout.of(settings))
     pending = pending_hours(settings)
     closed: datetime | None = watermark(settings)
     return {

@@ -20,11 +20,11 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 from fleetwatch.errors import FleetwatchError
 from fleetwatch.scoring.executor import DeviceResult, Task, TaskQueue, WorkFn
+from fleetwatch.storage.remote import parse_location
 
 
 @dataclass(frozen=True)
@@ -44,12 +44,19 @@ class RemoteScoring:
         from fleetwatch.scoring.score import score_devices
         from fleetwatch.storage.layout import DataLayout
 
-        registry = ModelRegistry(DataLayout(Path(self.data_dir)).models)
+        registry = ModelRegistry(DataLayout(parse_location(self.data_dir)).models)
         cube = read_cube(
-            Path(self.data_dir), self.window_start, self.window_end, self.window_ms,
+            parse_location(self.data_dir), self.window_start, self.window_end, self.window_ms,
             devices=devices,
         )  # fmt: skip
-        return score_devices(registry, None, cube, devices, self.hook, set(self.shadowed))
+        results = score_devices(registry, None, cube, devices, self.hook, set(self.shadowed))
+        for device_id, (status, payload) in results.items():
+            if status == "ok" and payload is not None:  # the client has no cube: send starts
+                starts = cube.row_starts[slice(*cube.rows(device_id))].tobytes()
+                for scored in (payload[0], payload[2]):
+                    if scored is not None:
+                        scored.starts = starts
+        return results
 
 
 def connect(address: str, timeout: float = 30.0) -> Any:
@@ -136,7 +143,7 @@ class RemoteFitting:
         from fleetwatch.scoring.train import fit_and_save, prepare_jobs
 
         cube = read_cube(
-            Path(self.setup.data_dir), self.since, self.until, self.setup.window_ms,
+            parse_location(self.setup.data_dir), self.since, self.until, self.setup.window_ms,
             devices=devices,
         )  # fmt: skip
         jobs, skipped = prepare_jobs(cube, devices, self.setup, self.since, self.until)

@@ -26,6 +26,7 @@ import pyarrow.parquet as pq
 
 from fleetwatch.errors import InvalidInputError
 from fleetwatch.storage.layout import DataLayout
+from fleetwatch.storage.parquet import open_file, read_metadata
 
 #: The window statistics read from the aggregates, in the cube's order.
 STATISTICS: Final = ("mean", "std", "min", "max", "count")
@@ -76,7 +77,7 @@ def devices_in_files(files: list[Path]) -> tuple[list[str], int]:
     found: set[str] = set()
     rows = 0
     for path in files:
-        parquet = pq.ParquetFile(path, read_dictionary=["device_id"])
+        parquet = open_file(path, read_dictionary=["device_id"])
         rows += parquet.metadata.num_rows
         for chunk in parquet.read(columns=["device_id"]).column(0).chunks:
             found.update(str(v) for v in chunk.dictionary.to_pylist())
@@ -103,7 +104,7 @@ def read_cube(
     wanted = None if devices is None else set(devices)
     names: dict[str, dict[str, int]] = {"device_id": {}, "sensor": {}}
     chosen = DataLayout(data_dir).files_between(since, until)
-    files = [(path, pq.read_metadata(path)) for path in chosen]
+    files = [(path, read_metadata(path)) for path in chosen]
     # Filled file by file, so that one file's Arrow memory is reused for the next: fresh
     # memory costs more than decoding here, so each row keeps only its (device, slot) key, its
     # sensor's code and its statistics. Rows left out leave the tails untouched.
@@ -115,7 +116,7 @@ def read_cube(
     filled = 0
     span = (since_ms, until_ms, base, width, window_ms)
     for path, metadata in files:
-        parquet = pq.ParquetFile(path, metadata=metadata, read_dictionary=["device_id", "sensor"])
+        parquet = open_file(path, metadata=metadata, read_dictionary=["device_id", "sensor"])
         filled = _fill_from(parquet, span, wanted, names, filled, (keys, sensor_codes, statistics))
     pa.default_memory_pool().release_unused()  # so that forked workers do not inherit it
     return WindowCube(

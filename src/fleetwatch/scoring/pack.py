@@ -40,7 +40,7 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO, NamedTuple
+from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
 
 from fleetwatch.errors import FleetwatchError
 from fleetwatch.ingest.telemetry import is_valid_name
@@ -53,8 +53,12 @@ from fleetwatch.scoring.registry import (
     pack_arrays,
     read_bytes,
 )
+from fleetwatch.storage import remote
 from fleetwatch.storage.atomic import write_atomically, write_bytes_atomically
 from fleetwatch.storage.layout import DataLayout
+
+if TYPE_CHECKING:
+    from fleetwatch.config import Settings
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +74,8 @@ Signature = tuple[int, int, int]  # st_ino, st_size, st_mtime_ns
 
 
 def signature(path: str) -> Signature:
+    if remote.is_url(path):
+        return remote.url_signature(path)
     info = os.stat(path)
     return (info.st_ino, info.st_size, info.st_mtime_ns)
 
@@ -391,8 +397,8 @@ def calibrated(manifest: dict[str, Any]) -> tuple[float, float]:
     return float(manifest["threshold"]), scale
 
 
-def pack_folder(data_dir: Path) -> Path:
-    return DataLayout(data_dir).model_pack
+def pack_folder(settings: Settings) -> Path:
+    return DataLayout.of(settings).model_pack
 
 
 def refresh_quietly(pack: ModelPack, devices: Iterable[str] | None = None) -> int:

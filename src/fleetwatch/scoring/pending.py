@@ -48,12 +48,12 @@ def is_closed(files: HourFiles, watermark: datetime | None) -> bool:
 
 
 def watermark(settings: Settings) -> datetime | None:
-    return closed_through(DataLayout(settings.data_dir), settings.kafka.telemetry_topic)
+    return closed_through(DataLayout.of(settings), settings.kafka.telemetry_topic)
 
 
 def closed_hours(settings: Settings, hours: Sequence[datetime] | None = None) -> list[HourFiles]:
     """Closed hours with data (all, or those of ``hours``), oldest first."""
-    layout = DataLayout(settings.data_dir)
+    layout = DataLayout.of(settings)
     mark = watermark(settings)
     return [
         files
@@ -69,7 +69,7 @@ def pending_hours(
     closed = closed_hours(settings, hours)
     if not closed:
         return []
-    layout = DataLayout(settings.data_dir)
+    layout = DataLayout.of(settings)
     recorded, done = _recorded(settings, [files.hour for files in closed])
     registry = ModelRegistry(layout.models)
     active: dict[str, str | None] = {}
@@ -107,7 +107,7 @@ def _recorded(
 ) -> tuple[dict[datetime, tuple[str, list[str]]], dict[datetime, dict[str, str]]]:
     """Per hour: (signature, devices with data) of its last successful whole-hour run, and each
     device's outcome since (``scored`` or ``failed:<version>``)."""
-    layout = DataLayout(settings.data_dir)
+    layout = DataLayout.of(settings)
     if not layout.database.exists():
         return {}, {}
     from fleetwatch.storage.duck import connect, has_table

@@ -18,12 +18,12 @@ from pathlib import Path
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.parquet as pq
 
 from fleetwatch.config.values import parse_duration, parse_timestamp
 from fleetwatch.errors import InvalidInputError
 from fleetwatch.ingest.telemetry import is_valid_name
 from fleetwatch.storage.layout import HOUR, DataLayout
+from fleetwatch.storage.parquet import read_table
 
 Range = tuple[datetime, datetime]
 
@@ -109,7 +109,7 @@ def _windows(
     """Per device: its window starts (epoch ms, sorted) and readings per window."""
     if not files:
         return {}
-    tables = [pq.read_table(path, columns=["device_id", "window_start", "count"]) for path in files]
+    tables = [read_table(path, columns=["device_id", "window_start", "count"]) for path in files]
     table = pa.concat_tables([t.cast(tables[0].schema) for t in tables])
     starts = pc.cast(table.column("window_start"), pa.timestamp("ms", tz="UTC")).cast(pa.int64())
     inside = pc.and_(

@@ -16,6 +16,7 @@ import math
 import os
 import platform
 import shutil
+import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
@@ -28,6 +29,7 @@ from fleetwatch.errors import FleetwatchError, InvalidInputError
 from fleetwatch.ingest.telemetry import is_valid_name
 from fleetwatch.scoring.calibration import Calibration
 from fleetwatch.scoring.kinds import ModelKind
+from fleetwatch.storage import remote
 from fleetwatch.storage.atomic import publish_directory, storage_error, write_text_atomically
 from fleetwatch.storage.locks import ProcessLock
 
@@ -117,6 +119,8 @@ def read_bytes(path: str) -> bytes:
     """A whole file, with plain os calls (several times cheaper than ``open()`` for small files:
     scoring reads three small files for each of thousands of devices). The registry's files are
     replaced by rename, never rewritten in place, so their size is known when they are opened."""
+    if remote.is_url(path):
+        return remote.read_url(path)
     descriptor = os.open(path, os.O_RDONLY)
     try:
         size = os.fstat(descriptor).st_size
@@ -131,10 +135,24 @@ def read_bytes(path: str) -> bytes:
 class ModelRegistry:
     def __init__(self, root: Path) -> None:
         self.root = root
-        self._root = os.fspath(root)
+        self.remote = remote.is_remote(root)
+        self._root = str(root) if self.remote else os.fspath(root)
 
     def device_dir(self, device_id: str) -> Path:
-        return Path(self.device_path(device_id))
+        self.device_path(device_id)  # validates the id
+        return self.root / device_id
+
+    def _path(self, text: str) -> Path:
+        return remote.parse_location(text) if self.remote else Path(text)
+
+    def _lock(self) -> ProcessLock:
+        """Serialises changes to ``SHADOWS``; beside a remote registry, in this machine's
+        temporary folder (changes to one remote registry come from one machine at a time)."""
+        if not self.remote:
+            return ProcessLock(self.root / ".shadows.lock", "shadow list", wait=30.0)
+        digest = hashlib.sha256(self._root.encode()).hexdigest()[:16]
+        folder = Path(tempfile.gettempdir())
+        return ProcessLock(folder / f"fleetwatch-shadows-{digest}.lock", "shadow list", wait=30.0)
 
     def device_path(self, device_id: str) -> str:
         """``device_dir`` as a string, for the per-device hot paths (no ``Path`` objects)."""
@@ -162,7 +180,8 @@ class ModelRegistry:
         calibration = calibration or Calibration(0.0, 1.0, 0.0, "set by hand", [])
 
         def fill(version: str, staging: Path) -> dict[str, Any]:
-            joblib.dump(model.estimator(), staging / "model.joblib")
+            with (staging / "model.joblib").open("wb") as handle:
+                joblib.dump(model.estimator(), handle)
             layout, strings, blob = pack_arrays(model.arrays())
             (staging / "params.bin").write_bytes(blob)
             manifest = {
@@ -204,15 +223,23 @@ class ModelRegistry:
     ) -> ModelVersion:
         """A new version: ``fill(version, staging)`` writes its model files into the staging
         folder and returns its manifest; the folder is published whole (or removed on a
-        storage error), then activated if asked."""
+        storage error), then activated if asked. In an object store the files go straight to
+        the version's folder, the manifest last: a version without one does not exist for the
+        registry, and a new number is taken after it."""
         version, target, staging = self._new_version(device_id)
         try:
-            staging.mkdir(parents=True)
+            if not self.remote:
+                staging.mkdir(parents=True)
             manifest = fill(version, staging)
             (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
         except OSError as exc:
-            shutil.rmtree(staging, ignore_errors=True)
+            if not self.remote:
+                shutil.rmtree(staging, ignore_errors=True)
             raise storage_error(target, exc) from exc
+        except Exception as exc:  # an object store's own errors
+            if not self.remote:
+                raise
+            raise remote.fail(target, exc) from exc
         publish_directory(staging, target)
         if activate:
             self.activate(device_id, version)
@@ -221,9 +248,11 @@ class ModelRegistry:
     def _new_version(self, device_id: str) -> tuple[str, Path, Path]:
         """The next version's name, folder and (emptied) staging folder."""
         folder = self.device_dir(device_id)
-        folder.mkdir(parents=True, exist_ok=True)
         number = 1 + max((int(v[1:]) for v in self._version_names(device_id)), default=0)
         version = f"v{number:04d}"
+        if self.remote:
+            return version, folder / version, folder / version
+        folder.mkdir(parents=True, exist_ok=True)
         staging = folder / f".{version}.tmp"
         shutil.rmtree(staging, ignore_errors=True)  # left by a writer that crashed
         return version, folder / version, staging
@@ -238,7 +267,7 @@ class ModelRegistry:
 
         def fill(new: str, staging: Path) -> dict[str, Any]:
             for name in ("model.joblib", "params.bin"):
-                shutil.copyfile(self.verified(source, name), staging / name)
+                (staging / name).write_bytes(self.verified(source, name).read_bytes())
             return {
                 **source.manifest,
                 "version": new,
@@ -279,7 +308,7 @@ class ModelRegistry:
         check_current(self.get(device_id, version))
         digest = hashlib.sha256(read_bytes(f"{folder}/{version}/manifest.json")).hexdigest()
         write_text_atomically(folder / "SHADOW", f"{version} sha256={digest}\n")
-        with ProcessLock(self.root / ".shadows.lock", "shadow list", wait=30.0):
+        with self._lock():
             self._write_shadows(self.shadowed_devices() | {device_id})
 
     def clear_shadow(self, device_id: str) -> str | None:
@@ -287,7 +316,7 @@ class ModelRegistry:
         pointer = self._pointer(device_id, "SHADOW")
         if pointer is None:
             return None
-        with ProcessLock(self.root / ".shadows.lock", "shadow list", wait=30.0):
+        with self._lock():
             self._write_shadows(self.shadowed_devices() - {device_id})
         (self.device_dir(device_id) / "SHADOW").unlink(missing_ok=True)
         return None if pointer is None else pointer[0]
@@ -335,6 +364,8 @@ class ModelRegistry:
 
     def _version_names(self, device_id: str) -> list[str]:
         folder = self.device_dir(device_id)
+        if self.remote:
+            return sorted(name for name in remote.subfolders(folder) if name.startswith("v"))
         if not folder.is_dir():
             return []
         return sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith("v"))
@@ -347,6 +378,8 @@ class ModelRegistry:
         return value
 
     def devices(self) -> list[str]:
+        if self.remote:
+            return sorted(self.model_devices())
         if not self.root.is_dir():
             return []
         return sorted(p.name for p in self.root.iterdir() if p.is_dir() and is_valid_name(p.name))
@@ -373,12 +406,22 @@ class ModelRegistry:
 
     def model_devices(self) -> set[str]:
         """Devices that have a model folder (active or not); a directory listing only."""
+        if self.remote:
+            return {name for name in remote.subfolders(self.root) if is_valid_name(name)}
         if not self.root.is_dir():
             return set()
         return {e.name for e in os.scandir(self.root) if e.is_dir() and is_valid_name(e.name)}
 
     def versions(self, device_id: str) -> list[ModelVersion]:
-        return [self.get(device_id, v) for v in self._version_names(device_id)]
+        """Every published version (a folder without a manifest, left by a writer that
+        stopped half-way in an object store, is not one)."""
+        found = []
+        for version in self._version_names(device_id):
+            try:
+                found.append(self.get(device_id, version))
+            except InvalidInputError:
+                continue
+        return found
 
     def get(self, device_id: str, version: str, digest: str | None = None) -> ModelVersion:
         """A version's manifest; with ``digest``, only if the manifest still has that sha256."""
@@ -395,7 +438,7 @@ class ModelRegistry:
                 "it was activated (tampered or corrupt); it was not used. Retrain, roll back, "
                 "or activate it again if the change was yours"
             )
-        return ModelVersion(device_id, version, Path(path), json.loads(raw))
+        return ModelVersion(device_id, version, self._path(path), json.loads(raw))
 
     def active(self, device_id: str) -> ModelVersion | None:
         """The active version, its manifest checked against the digest in ``ACTIVE``."""
@@ -474,6 +517,14 @@ class ModelRegistry:
     @classmethod
     def load_estimator(cls, model: ModelVersion) -> Any:
         """The scikit-learn objects; unpickled only after the sha256 check."""
+        import io
+
         import joblib
 
-        return joblib.load(cls.verified(model, "model.joblib"))
+        blob = (model.path / "model.joblib").read_bytes()  # checked and loaded: the same bytes
+        if hashlib.sha256(blob).hexdigest() != model.manifest["sha256"]["model.joblib"]:
+            raise ModelIntegrityError(
+                f"{model.device_id} {model.version}: model.joblib does not match the sha256 in "
+                "its manifest (tampered or corrupt); it was not loaded. Retrain or roll back."
+            )
+        return joblib.load(io.BytesIO(blob))

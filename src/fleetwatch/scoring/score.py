@@ -34,7 +34,7 @@ from fleetwatch.errors import FleetwatchError
 from fleetwatch.output import progress_bar
 from fleetwatch.scoring.executor import DeviceResult, run_tasks
 from fleetwatch.scoring.explain import Explanation, explain_many
-from fleetwatch.scoring.features import WindowCube, read_cube
+from fleetwatch.scoring.features import WindowCube, devices_in_files, read_cube
 from fleetwatch.scoring.kinds import ModelKind
 from fleetwatch.scoring.pack import (
     ActiveModel,
@@ -47,6 +47,7 @@ from fleetwatch.scoring.pack import (
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.storage import columns
 from fleetwatch.storage.layout import HOUR, DataLayout, floor_hour
+from fleetwatch.storage.remote import location_text
 
 log = logging.getLogger(__name__)
 #: Devices whose windows are cut from the cube together: enough to amortise the cut, small
@@ -82,7 +83,7 @@ class RunResult:
 
 
 def database_path(settings: Settings) -> Path:
-    return DataLayout(settings.data_dir).database
+    return DataLayout.of(settings).database
 
 
 def score_hour(
@@ -103,7 +104,7 @@ def score_hour(
     from fleetwatch.scoring.pending import is_closed, watermark
 
     options = settings.score
-    layout = DataLayout(settings.data_dir)
+    layout = DataLayout.of(settings)
     window_start = floor_hour(hour)
     window_end = window_start + HOUR
     started_at = datetime.now(UTC)
@@ -120,24 +121,19 @@ def score_hour(
     whole = devices is None
 
     registry = ModelRegistry(layout.models)
-    # While this thread reads the hour (mostly in Arrow and numpy, which let other threads
-    # run), another lists the models, opens the pack and loads (checks) models until the
-    # reading is done; the workers inherit what it loaded and load the rest themselves.
-    pack = ModelPack(pack_folder(settings.data_dir), registry)
-    read = threading.Event()
-    with ThreadPoolExecutor(1) as thread:
-        if options.executor == "dask":  # the workers load their models: nothing to preload
-            preloading = thread.submit(registry.model_devices)
-        else:
-            preloading = thread.submit(_preload, pack, read)
-        try:
-            cube = read_cube(
-                settings.data_dir, window_start, window_end, window_ms, devices=devices
-            )
-        finally:
-            read.set()
-            with_model_folder = preloading.result()
-    with_data = set(cube.devices)
+    if options.executor == "dask":
+        # The workers read the windows; this process only learns which devices the hour has
+        # (one dictionary-encoded column) and gets each device's window starts back.
+        cube = None
+        in_files, _ = devices_in_files(list(files.files))
+        with_data = set(in_files) if devices is None else set(in_files) & set(devices)
+        with_model_folder = registry.model_devices()
+        pack = None
+    else:
+        cube, with_model_folder, pack = _read_hour(
+            settings, registry, window_start, window_ms, devices
+        )
+        with_data = set(cube.devices)
     to_score = sorted(with_data & with_model_folder)
     without_folder = sorted(with_data - with_model_folder)
     silent = (
@@ -149,6 +145,7 @@ def score_hour(
     shadowed = registry.shadowed_devices() & set(to_score)
 
     def work(chosen: list[str]) -> dict[str, DeviceResult]:
+        assert cube is not None  # the local executor read the hour
         return score_devices(registry, pack, cube, chosen, hook, shadowed)
 
     workers = options.workers or os.cpu_count() or 1
@@ -165,7 +162,7 @@ def score_hour(
             from fleetwatch.scoring.dask_executor import RemoteScoring, connect, run_tasks_dask
 
             remote = RemoteScoring(
-                str(settings.data_dir.resolve()), window_start, window_end, window_ms,
+                location_text(settings.data_dir), window_start, window_end, window_ms,
                 frozenset(shadowed), hook,
             )  # fmt: skip
             with connect(options.dask_scheduler) as client:
@@ -197,7 +194,7 @@ def score_hour(
     outcomes += [(device_id, "no_model", None, None, 0) for device_id in sorted(without_model)]
     outcomes += [(d, "silent", None, registry.active_version(d), 0) for d in silent]
 
-    scores, flagged_column = _score_table(run_id, cube, scored)
+    scores, flagged_column = _score_table(run_id, window_ms, scored, cube)
     rows_scored = scores.num_rows
     failed = len(to_score) - len(results)
     anomalies = int(flagged_column.sum())
@@ -213,7 +210,7 @@ def score_hour(
         stored = (
             scores if options.output == "all" else scores.filter(columns.booleans(flagged_column))
         )
-        shadow_stored = _score_table(run_id, cube, shadow)[0]
+        shadow_stored = _score_table(run_id, window_ms, shadow, cube)[0]
     run: dict[str, Any] = {
         "run_id": run_id,
         "window_start": window_start,
@@ -256,8 +253,8 @@ def score_hour(
         incident_gap=settings.score.incident_gap,
         lock_timeout=options.lock_timeout,
     )
-    if unpacked and options.executor == "local":  # read from their files (new, re-activated,
-        # or edited by hand); a Dask worker never uses this machine's pack
+    if unpacked and pack is not None:  # read from their files (new, re-activated, or edited
+        # by hand); a Dask worker never uses this machine's pack
         refresh_quietly(pack, unpacked)
     return RunResult(
         run_id,
@@ -282,6 +279,31 @@ def _active_or_none(registry: ModelRegistry, device_id: str) -> str | None:
         return None
 
 
+def _read_hour(
+    settings: Settings,
+    registry: ModelRegistry,
+    window_start: datetime,
+    window_ms: int,
+    devices: Sequence[str] | None,
+) -> tuple[WindowCube, set[str], ModelPack]:
+    """The hour's windows (one cube the forked workers share), the devices with a model
+    folder, and the model pack. While this thread reads the hour (mostly in Arrow and numpy,
+    which let other threads run), another lists the models, opens the pack and loads (checks)
+    models until the reading is done; the workers inherit what it loaded and load the rest."""
+    pack = ModelPack(pack_folder(settings), registry)
+    read = threading.Event()
+    with ThreadPoolExecutor(1) as thread:
+        preloading = thread.submit(_preload, pack, read)
+        try:
+            cube = read_cube(
+                settings.data_dir, window_start, window_start + HOUR, window_ms, devices=devices
+            )
+        finally:
+            read.set()
+            with_model_folder = preloading.result()
+    return cube, with_model_folder, pack
+
+
 @dataclass
 class Scored:
     """One device's scores from one model version, as a worker returns them."""
@@ -292,6 +314,7 @@ class Scored:
     tail_scale: float
     flagged: bytes  # int32 rows below the threshold
     explanations: list[Explanation]  # one per flagged row
+    starts: bytes = b""  # int64 window starts (epoch ms), from a Dask worker: no local cube
 
     @property
     def windows(self) -> int:
@@ -464,10 +487,11 @@ TOP_SENSORS = pa.list_(pa.struct([("sensor", pa.string()), ("share", pa.float64(
 
 
 def _score_table(
-    run_id: str, cube: WindowCube, scored: list[tuple[str, Scored]]
+    run_id: str, window_ms: int, scored: list[tuple[str, Scored]], cube: WindowCube | None
 ) -> tuple[pa.Table, np.ndarray]:
     """The ``scores`` rows of the scored devices, built column-wise (no per-row objects), and
-    which of them are anomalies (below their model's threshold)."""
+    which of them are anomalies (below their model's threshold). Window starts come from the
+    cube, or (``cube`` None: scored on Dask) from each result."""
     values = np.frombuffer(b"".join(s.raw for _, s in scored), dtype=np.float64)
     counts = np.array([s.windows for _, s in scored], dtype=np.int64)
     owner = np.repeat(np.arange(len(scored)), counts)
@@ -475,7 +499,13 @@ def _score_table(
     scales = np.repeat([s.tail_scale for _, s in scored], counts)
     flagged = values < thresholds
     starts = np.concatenate(
-        [cube.row_starts[slice(*cube.rows(d))] for d, _ in scored] or [np.empty(0, np.int64)]
+        [
+            cube.row_starts[slice(*cube.rows(d))]
+            if cube is not None
+            else np.frombuffer(s.starts, dtype=np.int64)
+            for d, s in scored
+        ]
+        or [np.empty(0, np.int64)]
     )
     timestamp = pa.timestamp("ms", tz="UTC")
     table = pa.table(
@@ -483,7 +513,7 @@ def _score_table(
             "run_id": columns.dictionary(np.zeros(len(owner), dtype=np.int32), [run_id]),
             "device_id": columns.dictionary(owner, [device_id for device_id, _ in scored]),
             "window_start": columns.numeric(starts, timestamp),
-            "window_end": columns.numeric(starts + cube.window_ms, timestamp),
+            "window_end": columns.numeric(starts + window_ms, timestamp),
             "score": columns.numeric(values, pa.float64()),
             "score_normalized": columns.numeric((values - thresholds) / scales, pa.float64()),
             "is_anomaly": columns.booleans(flagged),

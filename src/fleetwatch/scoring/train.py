@@ -13,7 +13,6 @@ from collections.abc import Callable, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -40,6 +39,7 @@ from fleetwatch.scoring.kinds import kind_named, new_model
 from fleetwatch.scoring.pack import ModelPack, pack_folder, refresh_quietly
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.storage.layout import DataLayout
+from fleetwatch.storage.remote import location_text, parse_location
 
 
 @dataclass
@@ -144,7 +144,7 @@ def fit_and_save(job: FitJob) -> tuple[str, str | None]:
                 f"earlier ones (target false-alarm rate {calibration.target_far:g}): kept in "
                 "shadow"
             )
-    registry = ModelRegistry(Path(job.registry))
+    registry = ModelRegistry(parse_location(job.registry))
     saved = registry.save(
         job.device_id,
         model,
@@ -175,7 +175,7 @@ def train(
     activate: str | None = None,
 ) -> TrainSummary:
     """Fit every device with windows in [since, until) (or just ``devices``) on that range."""
-    layout = DataLayout(settings.data_dir)
+    layout = DataLayout.of(settings)
     present, _ = devices_in_files(layout.files_between(since, until))
     if not present:
         raise InvalidInputError(
@@ -202,7 +202,7 @@ def train_ranges(
     options = settings.train
     summary = summary or TrainSummary()
     kind = "per_sensor" if options.per_sensor else "device"
-    layout = DataLayout(settings.data_dir)
+    layout = DataLayout.of(settings)
     registry = ModelRegistry(layout.models)
     window_ms = int(settings.aggregate.window * 1000)
     activate = activate or ("yes" if options.activate else "no")
@@ -231,7 +231,7 @@ def train_ranges(
 
         setup = FitSetup(
             parameters, str(layout.models), activate, options.min_windows, window_ms,
-            str(settings.data_dir),
+            location_text(settings.data_dir),
         )  # fmt: skip
         for (since, until), chosen in by_range.items():
             if settings.score.executor == "dask":  # the workers read their devices themselves
@@ -252,7 +252,7 @@ def train_ranges(
                     advance()
                 _fit_and_save(pool, jobs, summary, advance)
     if activate != "no" and summary.trained:  # so that the next scoring run finds them packed
-        refresh_quietly(ModelPack.open(pack_folder(settings.data_dir), registry), summary.trained)
+        refresh_quietly(ModelPack.open(pack_folder(settings), registry), summary.trained)
     return summary
 
 

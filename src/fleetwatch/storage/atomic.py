@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import BinaryIO
 
 from fleetwatch.errors import StorageError
+from fleetwatch.storage import remote
+from fleetwatch.storage.remote import is_remote
 
 #: Temporary files are ``.<name>.<random>.tmp`` beside their target: hidden from the globs that
 #: list data files, unique per writer, and recognisable for clean-up after a crash.
@@ -52,6 +54,9 @@ def storage_error(path: Path, exc: OSError) -> StorageError:
 
 def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
     """Create or replace ``path`` with what ``write(handle)`` writes, all or nothing."""
+    if is_remote(path):
+        remote.write_object(path, write)
+        return
     temporary = temporary_name(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
@@ -82,7 +87,11 @@ def write_text_atomically(path: Path, text: str) -> None:
 def publish_directory(staging: Path, target: Path) -> None:
     """Rename a fully written ``staging`` folder to ``target`` (which must not exist yet).
 
-    The folder's files are fsync'ed first; on failure the staging folder is removed."""
+    The folder's files are fsync'ed first; on failure the staging folder is removed. In an
+    object store there is no folder to rename: the files were written in place and the one
+    written last (a manifest) is what makes them count."""
+    if is_remote(target):
+        return
     try:
         for child in staging.iterdir():
             if child.is_file():
@@ -101,7 +110,7 @@ def publish_directory(staging: Path, target: Path) -> None:
 def remove_stale_temporaries(directory: Path, pattern: str = f".*{TEMPORARY_SUFFIX}") -> int:
     """Delete temporary files a crashed writer left in ``directory``; how many."""
     removed = 0
-    if directory.is_dir():
+    if not is_remote(directory) and directory.is_dir():
         for stale in directory.glob(pattern):
             with contextlib.suppress(OSError):
                 stale.unlink()

@@ -23,6 +23,7 @@ if TYPE_CHECKING:  # pandas and pyarrow take a moment to import; `fleetwatch sql
 from fleetwatch.errors import FleetwatchError, StorageError
 from fleetwatch.storage.atomic import storage_error
 from fleetwatch.storage.layout import DataLayout, require_data_dir
+from fleetwatch.storage.remote import register_read_only
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -351,6 +352,8 @@ def sandbox(layout: DataLayout, lock_timeout: float = 30.0) -> Iterator[Any]:
     else:
         opened = _in_memory()
     with opened as connection:
+        if layout.remote:
+            register_read_only(connection, layout.root)
         allowed = [str(path) for paths in files.values() for path in paths]
         if allowed:
             connection.execute("SET allowed_paths = ?", [allowed])

@@ -27,7 +27,12 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Final, Literal
+from typing import TYPE_CHECKING, Final, Literal
+
+from fleetwatch.storage.remote import check_bucket, default_local_dir, is_remote
+
+if TYPE_CHECKING:
+    from fleetwatch.config.sections import Settings
 
 HOUR: Final = timedelta(hours=1)
 Dataset = Literal["aggregates", "late"]
@@ -102,6 +107,9 @@ def require_data_dir(layout: DataLayout) -> None:
     an error, never an empty folder made on the spot)."""
     from fleetwatch.errors import FleetwatchError
 
+    if layout.remote:
+        check_bucket(layout.root)
+        return
     if not layout.root.is_dir():
         what = "is not a folder" if layout.root.exists() else "does not exist"
         raise FleetwatchError(f"data directory {layout.root} {what} (check --data-dir)")
@@ -123,9 +131,29 @@ class HourFiles:
 
 @dataclass(frozen=True)
 class DataLayout:
-    """Paths of one data directory."""
+    """Paths of one data directory.
+
+    ``root`` holds the data plane (aggregates, the late sink, checkpoints, models) and may be
+    an object-store URL (:mod:`fleetwatch.storage.remote`); ``local`` holds what one machine
+    keeps for itself (the DuckDB file, locks, the model pack, Faust's state). For a local data
+    directory both are the same folder."""
 
     root: Path
+    local_dir: Path | None = None
+
+    @classmethod
+    def of(cls, settings: Settings) -> DataLayout:
+        return cls(settings.data_dir, settings.local_dir)
+
+    @property
+    def remote(self) -> bool:
+        return is_remote(self.root)
+
+    @property
+    def local(self) -> Path:
+        if not self.remote:
+            return self.root
+        return self.local_dir if self.local_dir is not None else default_local_dir(self.root)
 
     @property
     def aggregates(self) -> Path:
@@ -141,11 +169,12 @@ class DataLayout:
 
     @property
     def database(self) -> Path:
-        return self.root / "fleetwatch.duckdb"
+        return self.local / "fleetwatch.duckdb"
 
     @property
     def state(self) -> Path:
-        return self.root / "state"
+        """This machine's state: locks, the model pack, Faust's tables."""
+        return self.local / "state"
 
     @property
     def faust_state(self) -> Path:
@@ -171,8 +200,9 @@ class DataLayout:
         return self.state / "scoring.lock"
 
     def aggregation_state(self, topic: str) -> Path:
-        """The aggregator's checkpoints and status files for ``topic``."""
-        return self.state / "aggregate" / topic
+        """The aggregator's checkpoints and status files for ``topic`` (with the data: a
+        checkpoint must name exactly the files it covers, wherever they are)."""
+        return self.root / "state" / "aggregate" / topic
 
     def dataset(self, name: Dataset) -> Path:
         return self.aggregates if name == "aggregates" else self.late

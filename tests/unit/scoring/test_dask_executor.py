@@ -71,12 +71,24 @@ class KillOnce:
 
 
 def test_dask_stores_the_local_executors_rows(
-    trained: Settings, cluster: str, tmp_path: Path
+    trained: Settings, cluster: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    """... and the client never reads the hour's windows (the workers do; each result
+    brings its window starts): only the device column of the hour's files."""
+    from fleetwatch.scoring import score as score_module
+
     dask = on_dask(trained, cluster, tmp_path / "dask")
     for hour in HOURS:
         assert score_hour(trained, hour, progress=False).status == "succeeded"
+    read_cube = score_module.read_cube
+
+    def not_in_the_client(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the Dask client read the hour's windows")
+
+    monkeypatch.setattr(score_module, "read_cube", not_in_the_client)
+    for hour in HOURS:
         assert score_hour(dask, hour, progress=False).status == "succeeded"
+    monkeypatch.setattr(score_module, "read_cube", read_cube)
     local_rows, dask_rows = stored(trained), stored(dask)
     assert len(local_rows) == 3 * 60 * 8 and local_rows["is_anomaly"].any()
     pd.testing.assert_frame_equal(local_rows, dask_rows)

@@ -22,13 +22,11 @@ TWO_HOURS = pd.Timedelta(hours=2).to_pytimedelta()
 
 
 def open_pack(settings: Settings) -> ModelPack:
-    return ModelPack.open(
-        pack_folder(settings.data_dir), ModelRegistry(settings.data_dir / "models")
-    )
+    return ModelPack.open(pack_folder(settings), ModelRegistry(settings.data_dir / "models"))
 
 
 def segments(settings: Settings) -> list[Path]:
-    return sorted(pack_folder(settings.data_dir).glob("*.bin"))
+    return sorted(pack_folder(settings).glob("*.bin"))
 
 
 @pytest.fixture
@@ -132,7 +130,7 @@ def test_an_unreadable_pack_index_is_left_out_then_replaced(
 def test_scoring_without_a_pack_reads_the_files_and_packs_them(
     trained: Settings, read_from_files: Path
 ) -> None:
-    for path in pack_folder(trained.data_dir).iterdir():
+    for path in pack_folder(trained).iterdir():
         path.unlink()
     result = score_hour(trained, HOUR3, progress=False)
     assert result.devices_scored == len(DEVICES)
@@ -151,7 +149,7 @@ def test_retraining_compacts_the_pack(trained: Settings) -> None:
 
 
 def test_models_pack_command(trained: Settings, capsys: pytest.CaptureFixture[str]) -> None:
-    for path in pack_folder(trained.data_dir).iterdir():
+    for path in pack_folder(trained).iterdir():
         path.unlink()
     code = main(["models", "pack", "--data-dir", str(trained.data_dir), "--format", "json"])
     assert code == 0

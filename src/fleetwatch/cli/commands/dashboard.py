@@ -12,7 +12,7 @@ from fleetwatch.storage.layout import DataLayout, require_data_dir
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from fleetwatch.dashboard.app import serve
 
-    require_data_dir(DataLayout(settings.data_dir))
+    require_data_dir(DataLayout.of(settings))
     serve(settings, settings.dashboard.host, settings.dashboard.port)
     return 0
 

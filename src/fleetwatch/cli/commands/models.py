@@ -30,7 +30,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from fleetwatch.scoring.registry import ModelRegistry
     from fleetwatch.storage.layout import DataLayout
 
-    layout = DataLayout(settings.data_dir)
+    layout = DataLayout.of(settings)
     registry = ModelRegistry(layout.models)
     action = args.action
     if action == "list":
@@ -133,7 +133,7 @@ def _compare(
 
     if not is_valid_name(device):
         raise FleetwatchError(f"device id {device!r} is not 1-64 of [A-Za-z0-9_.-]")
-    layout = DataLayout(settings.data_dir)
+    layout = DataLayout.of(settings)
     if not layout.database.exists():
         raise FleetwatchError(f"no scores yet in {layout.database}: run `fleetwatch score` first")
     with connect(layout.database, read_only=True) as connection:

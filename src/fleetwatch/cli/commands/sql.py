@@ -15,7 +15,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from fleetwatch.storage.duck import query, table_schema
     from fleetwatch.storage.layout import DataLayout
 
-    layout = DataLayout(settings.data_dir)
+    layout = DataLayout.of(settings)
     timeout = settings.score.lock_timeout
     if args.schema:
         results = table_schema(layout, timeout)

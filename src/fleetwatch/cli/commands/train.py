@@ -16,7 +16,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from fleetwatch.storage.layout import DataLayout, require_data_dir
 
     options = settings.train
-    layout = DataLayout(settings.data_dir)
+    layout = DataLayout.of(settings)
     if options.ranges is not None:
         ranges = read_ranges(options.ranges)
         if options.devices:

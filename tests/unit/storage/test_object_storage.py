@@ -1,0 +1,288 @@
+"""A data directory in object storage (``s3://bucket/prefix``), against a local S3 server
+(moto's server mode): the same windows, models, scores and SQL answers as a local folder; a
+crash between data and checkpoint writes replays to the same objects; a model version cut off
+half-way is ignored; the SQL sandbox reads the bucket and cannot write it."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from dataclasses import replace
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+import duckdb
+import numpy as np
+import pandas as pd
+import pytest
+
+from fleetwatch.config import Settings
+from fleetwatch.errors import FleetwatchError, InvalidInputError
+from fleetwatch.scheduler.service import CatchUp
+from fleetwatch.scoring.registry import ModelIntegrityError, ModelRegistry
+from fleetwatch.scoring.score import score_hour
+from fleetwatch.scoring.train import train
+from fleetwatch.storage.duck import sandbox
+from fleetwatch.storage.layout import DataLayout
+from fleetwatch.storage.remote import parse_location
+from tests.conftest import S3Server
+from tests.unit.aggregate.test_processor import Harness, compare, make_records, reference
+from tests.unit.scoring.conftest import (
+    DEVICES,
+    T0,
+    set_watermark,
+    settings_for,
+    synthetic_windows,
+    write_windows,
+)
+
+HOURS = [T0 + timedelta(hours=h) for h in range(3)]
+
+
+def s3_settings(url: str, local: Path) -> Settings:
+    base = settings_for(Path("unused"))
+    return replace(base, data_dir=parse_location(url), local_dir=local)
+
+
+def stored(settings: Settings) -> pd.DataFrame:
+    with duckdb.connect(str(DataLayout.of(settings).database), read_only=True) as db:
+        return db.execute(
+            "SELECT device_id, window_start, score, score_normalized, is_anomaly, model_version, "
+            "top_sensors FROM scores ORDER BY device_id, window_start"
+        ).df()
+
+
+def objects(s3: S3Server, url: str) -> dict[str, bytes]:
+    fs: Any = s3.filesystem()
+    prefix = url.removeprefix("s3://")
+    return {key[len(prefix) :]: fs.cat_file(key) for key in fs.find(prefix)}
+
+
+def download(s3: S3Server, url: str, to: Path) -> Path:
+    for key, data in objects(s3, url).items():
+        target = to / key.lstrip("/")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(data)
+    return to
+
+
+def test_pipeline_on_s3_equals_the_local_folder(s3_server: S3Server, tmp_path: Path) -> None:
+    """Windows written, models trained, hours found closed and scored, all in the bucket:
+    the stored rows are the local folder's, row for row, and so are the model files."""
+    frame = synthetic_windows()
+    local = settings_for(tmp_path / "local")
+    write_windows(local.data_dir, frame)
+    train(local, T0, T0 + timedelta(hours=2), DEVICES)
+    set_watermark(local, T0 + timedelta(hours=3))
+
+    url = f"{s3_server.bucket()}/fleet"
+    remote = s3_settings(url, tmp_path / "machine")
+    write_windows(remote.data_dir, frame)
+    summary = train(remote, T0, T0 + timedelta(hours=2), DEVICES)
+    assert sorted(summary.trained) == DEVICES
+    set_watermark(remote, T0 + timedelta(hours=3))
+
+    for hour in HOURS:
+        assert score_hour(local, hour, progress=False).status == "succeeded"
+    scored = [run for run in CatchUp(remote)() if run.status == "succeeded"]  # from S3 checkpoints
+    assert sorted(run.window_start for run in scored) == HOURS
+    local_rows, remote_rows = stored(local), stored(remote)
+    assert len(local_rows) == 3 * 60 * len(DEVICES) and local_rows["is_anomaly"].any()
+    pd.testing.assert_frame_equal(local_rows, remote_rows)
+
+    stored_objects = objects(s3_server, url)
+    for device in DEVICES:
+        [local_params] = (local.data_dir / "models" / device).glob("v*/params.bin")
+        assert stored_objects[f"/models/{device}/v0001/params.bin"] == local_params.read_bytes()
+    assert not any(key.endswith(".duckdb") for key in stored_objects)  # DuckDB stays local
+    assert (tmp_path / "machine" / "fleetwatch.duckdb").is_file()
+
+    with sandbox(DataLayout.of(remote)) as connection:  # SQL reads the windows from the bucket
+        answer = connection.execute(
+            "SELECT device_id, sensor, count(*), sum(mean) FROM aggregates "
+            "GROUP BY ALL ORDER BY ALL"
+        ).fetchall()
+    want = frame.groupby(["device_id", "sensor"])["mean"].agg(["count", "sum"]).reset_index()
+    assert [(d, s, c) for d, s, c, _ in answer] == list(
+        want[["device_id", "sensor", "count"]].itertuples(index=False, name=None)
+    )
+    np.testing.assert_allclose([total for *_, total in answer], want["sum"], rtol=1e-12)
+
+
+@pytest.mark.parametrize("seed", [4, 5])
+def test_a_crash_between_data_and_checkpoint_replays_to_the_same_objects(
+    s3_server: S3Server, tmp_path: Path, seed: int
+) -> None:
+    """The aggregator's crash test, in a bucket: windows written after the last checkpoint
+    are found and replaced on restart, so the objects equal a clean run's and pandas'."""
+    records = make_records(seed)
+    rng = np.random.default_rng(seed)
+    url = f"{s3_server.bucket()}/data"
+    crashy = Harness(parse_location(url))
+    position = 0
+    for _ in range(3):
+        processor = crashy.restore()
+        start = processor.next_offset or 0
+        stop = int(rng.integers(start + 1, len(records)))
+        position = start
+        while position < stop:
+            size = int(rng.integers(1, 300))
+            closed = processor.process(records[position : min(stop, position + size)])
+            if closed and rng.random() < 0.5:  # half the time the crash beats the checkpoint
+                crashy.store.save(0, processor.checkpoint())
+            position += size
+    processor = crashy.restore()
+    while (offset := processor.next_offset or 0) < len(records):
+        if processor.process(records[offset : offset + 250]):
+            crashy.store.save(0, processor.checkpoint())
+    processor.close_all()
+    crashy.store.save(0, processor.checkpoint())
+
+    expected, expected_late, _ = reference(records)
+    compare(download(s3_server, url, tmp_path / "copy"), expected)
+    late = pd.concat(
+        [pd.read_parquet(p) for p in sorted((tmp_path / "copy" / "late").rglob("*.parquet"))]
+    )
+    assert len(late) == len(expected_late)
+    assert not late.duplicated(["offset", "sensor"]).any()
+
+
+def test_a_model_version_cut_off_half_way_is_not_a_version(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    """In a bucket a version's files are written in place, its manifest last: one without a
+    manifest (the writer died) is ignored and the next version takes a new number; a changed
+    params.bin is refused as on a local disk."""
+    frame = synthetic_windows()
+    remote = s3_settings(f"{s3_server.bucket()}/fleet", tmp_path / "machine")
+    write_windows(remote.data_dir, frame)
+    train(remote, T0, T0 + timedelta(hours=2), ["pump-01"])
+    registry = ModelRegistry(DataLayout.of(remote).models)
+    half = registry.device_dir("pump-01") / "v0002"
+    (half / "model.joblib").write_bytes(b"a writer that died before its manifest")
+    assert [v.version for v in registry.versions("pump-01")] == ["v0001"]
+    with pytest.raises(InvalidInputError):
+        registry.get("pump-01", "v0002")
+    train(remote, T0, T0 + timedelta(hours=2), ["pump-01"])
+    assert registry.active_version("pump-01") == "v0003"
+    assert [v.version for v in registry.versions("pump-01")] == ["v0001", "v0003"]
+    registry.activate("pump-01", "v0001")
+    model = registry.active("pump-01")
+    assert model is not None
+    (model.path / "params.bin").write_bytes(b"tampered")
+    with pytest.raises(ModelIntegrityError, match=r"params\.bin"):
+        ModelRegistry.load_params(model)
+    result = score_hour(remote, HOURS[2], progress=False)
+    assert result.devices_failed == 1
+
+
+def test_sql_reads_the_bucket_and_cannot_write_it(s3_server: S3Server, tmp_path: Path) -> None:
+    url = f"{s3_server.bucket()}/fleet"
+    remote = s3_settings(url, tmp_path / "machine")
+    write_windows(remote.data_dir, synthetic_windows(hours=1))
+    before = objects(s3_server, url)
+    [target] = [k for k in before if k.startswith("/aggregates/")]
+    with sandbox(DataLayout.of(remote)) as connection:
+        for statement in (
+            f"COPY (SELECT 1 AS x) TO '{url}{target}' (FORMAT parquet)",
+            f"COPY (SELECT 1 AS x) TO '{url}/aggregates/new.parquet' (FORMAT parquet)",
+            f"SELECT * FROM read_parquet('{url}/../other/*.parquet')",  # noqa: S608
+            "SET enable_external_access = true",
+        ):
+            with pytest.raises(duckdb.Error):
+                connection.execute(statement)
+        counted = connection.execute("SELECT count(*) FROM aggregates").fetchone()
+        assert counted == (60 * len(DEVICES) * 3,)
+    assert objects(s3_server, url) == before
+
+
+def test_bad_locations_are_one_line_errors(s3_server: S3Server, tmp_path: Path) -> None:
+    env = {**s3_server.env, "PATH": "/usr/bin:/bin", "FLEETWATCH_LOCAL_DIR": str(tmp_path)}
+    for data_dir, expected in (
+        ("s3://no-such-bucket-fw/x", "bucket 'no-such-bucket-fw'"),
+        ("ftp://host/x", "unsupported storage scheme 'ftp'"),
+        ("s3:///x", "names no bucket"),
+    ):
+        run = subprocess.run(
+            [sys.executable, "-m", "fleetwatch", "sql", "SELECT 1", "--data-dir", data_dir],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert run.returncode != 0
+        assert expected in run.stderr, run.stderr
+        assert "Traceback" not in run.stderr
+        assert len(run.stderr.strip().splitlines()) == 1, run.stderr
+        assert s3_server.env["AWS_SECRET_ACCESS_KEY"] not in run.stderr + run.stdout
+    with pytest.raises(ValueError, match="names no bucket"):
+        parse_location("s3://")
+    with pytest.raises(FleetwatchError, match="does not exist"):
+        from fleetwatch.storage.layout import require_data_dir
+
+        require_data_dir(DataLayout(parse_location("s3://no-such-bucket-fw/x")))
+
+
+def test_the_cli_on_a_bucket_and_no_secret_in_its_output(
+    s3_server: S3Server, tmp_path: Path
+) -> None:
+    """``import --backfill``, ``train``, ``score`` and ``sql`` as a user runs them, at DEBUG:
+    the answers come back and the credentials are never printed."""
+    from tests.unit.ingest.test_backfill import START, azure_csv
+
+    source = tmp_path / "sensor_data.csv"
+    readings = azure_csv(source, hours=3)
+    url = f"{s3_server.bucket()}/cli"
+    env = {
+        **{k: v for k, v in __import__("os").environ.items() if not k.startswith("FLEETWATCH_")},
+        **s3_server.env,
+        "FLEETWATCH_DATA_DIR": url,
+        "FLEETWATCH_LOCAL_DIR": str(tmp_path / "machine"),
+        "FLEETWATCH_LOG_LEVEL": "DEBUG",
+    }
+    hour = START + timedelta(hours=2)
+    output = ""
+    for arguments in (
+        ["import", str(source), "--assume-timezone", "UTC", "--backfill"],
+        ["train", "--since", START.isoformat(), "--until", hour.isoformat(), "--workers", "1"],
+        ["score", "--hour", hour.isoformat(), "--format", "json"],
+        ["sql", "SELECT sum(count) AS readings FROM aggregates", "--format", "json"],
+    ):
+        run = subprocess.run(
+            [sys.executable, "-m", "fleetwatch", *arguments],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert run.returncode == 0, run.stderr
+        output += run.stdout + run.stderr
+    assert json.loads(run.stdout)[0]["readings"] == len(readings)
+    for secret in (s3_server.env["AWS_SECRET_ACCESS_KEY"], s3_server.env["AWS_ACCESS_KEY_ID"]):
+        assert secret not in output
+    assert not (tmp_path / "machine" / "aggregates").exists()
+
+
+def test_dask_workers_read_the_bucket_themselves(s3_server: S3Server, tmp_path: Path) -> None:
+    """Scoring on a LocalCluster (started with the store's credentials in its environment)
+    from a bucket: the rows of the local executor on the same bucket."""
+    distributed = pytest.importorskip("distributed", reason="pip install -e '.[dev]' brings Dask")
+    url = f"{s3_server.bucket()}/fleet"
+    local = s3_settings(url, tmp_path / "one")
+    write_windows(local.data_dir, synthetic_windows())
+    train(local, T0, T0 + timedelta(hours=2), DEVICES)
+    set_watermark(local, T0 + timedelta(hours=3))  # in the bucket: both see it
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        dask = replace(
+            s3_settings(url, tmp_path / "two"),
+            score=replace(local.score, executor="dask", dask_scheduler=cluster.scheduler_address),
+        )
+        for hour in HOURS:
+            assert score_hour(local, hour, progress=False).status == "succeeded"
+            assert score_hour(dask, hour, progress=False).status == "succeeded"
+    pd.testing.assert_frame_equal(stored(local), stored(dask))
+    assert len(stored(dask)) == 3 * 60 * len(DEVICES)
