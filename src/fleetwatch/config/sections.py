@@ -317,6 +317,9 @@ class ScheduleSettings:
         minimum=60,
     )
     format: OutputFormat = setting("text", "output format of `fleetwatch status`")
+    compact: bool = setting(
+        True, "after scoring, merge each closed hour's aggregate files into one"
+    )
 
 
 @dataclass(frozen=True)

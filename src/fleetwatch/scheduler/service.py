@@ -32,7 +32,7 @@ from fleetwatch.config import Settings
 from fleetwatch.errors import FleetwatchError
 from fleetwatch.scoring.pending import PendingHour, closed_hours, pending_hours
 from fleetwatch.scoring.score import RunResult, score_hour
-from fleetwatch.storage.layout import HOUR, DataLayout
+from fleetwatch.storage.layout import HOUR, DataLayout, HourFiles, is_compacted_file
 from fleetwatch.storage.locks import ProcessLock
 
 if TYPE_CHECKING:
@@ -116,7 +116,49 @@ class CatchUp:
         self.results += done
         if self.metrics is not None:
             self.metrics.tick(len(candidates) - len(done))
+        if self.settings.schedule.compact and not self.stop.is_set():
+            compact_closed_hours(self.settings, self.stop)
         return done
+
+
+def compact_closed_hours(settings: Settings, stop: threading.Event | None = None) -> int:
+    """Merge the live aggregate files of closed hours, oldest first, at most ``max_catchup``
+    hours a call, each under the scoring lock; how many hours. See
+    :mod:`fleetwatch.storage.compaction`."""
+    from fleetwatch.scoring.pending import closed_hours
+    from fleetwatch.storage.compaction import compact_hour, finish, live_files
+    from fleetwatch.storage.duck import replace_signature
+
+    layout = DataLayout.of(settings)
+
+    def worth_it(files: HourFiles) -> bool:
+        live = live_files(layout, files.hour)
+        if any(is_compacted_file(path.name) for path in files.files):
+            return bool(live)  # left-overs of a compaction that stopped half-way
+        return len(live) >= 2
+
+    candidates = [f for f in closed_hours(settings) if worth_it(f)][: settings.schedule.max_catchup]
+    compacted = 0
+    for files in candidates:
+        if stop is not None and stop.is_set():
+            break
+        with scoring_lock(settings):
+            before = layout.inventory([files.hour])
+            compaction = compact_hour(layout, files.hour, settings.aggregate.parquet_compression)
+            if compaction is None or not before:
+                continue
+            after = layout.inventory([files.hour])[0].signature
+            replace_signature(
+                layout.database, files.hour, before[0].signature, after,
+                settings.score.lock_timeout,
+            )  # fmt: skip
+            removed = finish(compaction)
+        compacted += 1
+        log.info(
+            "compacted %s: %d files -> %s (%d rows)",
+            f"{files.hour:%Y-%m-%dT%H}", removed, compaction.path.name, compaction.rows,
+        )  # fmt: skip
+    return compacted
 
 
 def score_hours(

@@ -12,6 +12,7 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -260,6 +261,34 @@ def write_run(
             with contextlib.suppress(duckdb.Error):
                 connection.execute("ROLLBACK")
             raise
+
+
+def replace_signature(
+    path: Path, hour: datetime, before: str, after: str, lock_timeout: float = 30.0
+) -> int:
+    """The hour's files changed form, not content (a compaction): the runs that recorded
+    ``before`` get ``after``, so the hour is not scored again. How many runs."""
+    if not path.exists():
+        return 0
+    with connect(path, read_only=False, lock_timeout=lock_timeout) as connection:
+        _create_schema(connection)
+        connection.execute("BEGIN TRANSACTION")
+        try:
+            changed = connection.execute(
+                "UPDATE runs SET files_signature = ? "
+                "WHERE window_start = ? AND files_signature = ?",
+                [after, hour, before],
+            ).fetchone()
+            connection.execute(
+                "UPDATE hour_devices SET files_signature = ? "
+                "WHERE window_start = ? AND files_signature = ?",
+                [after, hour, before],
+            )
+            connection.execute("COMMIT")
+        except Exception:
+            connection.execute("ROLLBACK")
+            raise
+    return int(changed[0]) if changed else 0
 
 
 def _device_table(devices: list[str]) -> pa.Table:

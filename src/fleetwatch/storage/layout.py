@@ -38,6 +38,7 @@ HOUR: Final = timedelta(hours=1)
 Dataset = Literal["aggregates", "late"]
 _LIVE = re.compile(r"^p(\d{4})-(?:r(\d{3,})-)?(\d{12})-(\d{12})\.parquet$")
 _BACKFILL = re.compile(r"^b-([0-9a-f]{16})\.parquet$")
+_COMPACTED = re.compile(r"^c-([0-9a-f]{16})\.parquet$")
 _HOUR_DIR = re.compile(r"^date=(\d{4}-\d{2}-\d{2})$")
 
 
@@ -81,6 +82,23 @@ def backfill_file_name(import_id: str) -> str:
 
 def is_backfill_file(name: str) -> bool:
     return _BACKFILL.match(name) is not None
+
+
+def compacted_file_name(digest: str) -> str:
+    return f"c-{digest}.parquet"
+
+
+def is_compacted_file(name: str) -> bool:
+    return _COMPACTED.match(name) is not None
+
+
+def visible(files: list[Path]) -> list[Path]:
+    """The files of one hour folder that hold its data: a compacted file replaces every live
+    file of its (closed) hour, so live files beside one are left-overs of a compaction that
+    stopped before deleting them (see :mod:`fleetwatch.storage.compaction`)."""
+    if not any(is_compacted_file(path.name) for path in files):
+        return files
+    return [path for path in files if parse_live_file_name(path.name) is None]
 
 
 def floor_hour(moment: datetime) -> datetime:
@@ -237,7 +255,7 @@ class DataLayout:
         )
         found = []
         for hour, folder in chosen:
-            files = tuple(sorted(folder.glob("[!.]*.parquet"))) if folder.is_dir() else ()
+            files = tuple(visible(sorted(folder.glob("[!.]*.parquet")))) if folder.is_dir() else ()
             if not files:
                 continue
             digest = hashlib.sha256()
@@ -253,10 +271,19 @@ class DataLayout:
     def dataset_files(self, name: Dataset) -> list[Path]:
         """Every data file of a dataset (temporary files are hidden)."""
         root = self.dataset(name)
-        return sorted(root.glob("date=*/hour=*/[!.]*.parquet")) if root.is_dir() else []
+        if not root.is_dir():
+            return []
+        by_folder: dict[str, list[Path]] = {}
+        for path in sorted(root.glob("date=*/hour=*/[!.]*.parquet")):
+            by_folder.setdefault(str(path.parent), []).append(path)
+        return [path for files in by_folder.values() for path in visible(files)]
 
     def hour_files(self, name: Dataset, hour: datetime) -> list[Path]:
         """The data files of one hour folder, sorted (temporary files are hidden)."""
+        return visible(self.all_hour_files(name, hour))
+
+    def all_hour_files(self, name: Dataset, hour: datetime) -> list[Path]:
+        """Every data file of one hour folder, a compaction's left-overs included."""
         folder = self.hour_dir(name, hour)
         return sorted(folder.glob("[!.]*.parquet")) if folder.is_dir() else []
 

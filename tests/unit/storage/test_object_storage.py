@@ -286,3 +286,27 @@ def test_dask_workers_read_the_bucket_themselves(s3_server: S3Server, tmp_path: 
             assert score_hour(dask, hour, progress=False).status == "succeeded"
     pd.testing.assert_frame_equal(stored(local), stored(dask))
     assert len(stored(dask)) == 3 * 60 * len(DEVICES)
+
+
+def test_compaction_in_a_bucket(s3_server: S3Server, tmp_path: Path) -> None:
+    """A closed hour's objects merged into one object, the windows unchanged, the hour not
+    scored again."""
+    from fleetwatch.scheduler.service import compact_closed_hours
+    from fleetwatch.scoring.pending import pending_hours
+    from fleetwatch.storage.layout import is_compacted_file
+    from tests.unit.storage.test_compaction import windows, write_in_pieces
+
+    url = f"{s3_server.bucket()}/fleet"
+    remote = s3_settings(url, tmp_path / "machine")
+    write_in_pieces(remote.data_dir, synthetic_windows(hours=2))
+    train(remote, T0, T0 + timedelta(hours=1), DEVICES)
+    set_watermark(remote, T0 + timedelta(hours=2))
+    remote = replace(remote, schedule=replace(remote.schedule, compact=False))
+    assert len(CatchUp(remote)()) == 2
+    before = [windows(remote, hour) for hour in HOURS[:2]]
+    assert compact_closed_hours(remote) == 2
+    keys = [k for k in objects(s3_server, url) if k.startswith("/aggregates/")]
+    assert len(keys) == 2 and all(is_compacted_file(k.rsplit("/", 1)[1]) for k in keys)
+    for hour, frame in zip(HOURS[:2], before, strict=True):
+        pd.testing.assert_frame_equal(windows(remote, hour), frame)
+    assert pending_hours(remote) == []

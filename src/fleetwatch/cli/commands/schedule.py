@@ -39,6 +39,7 @@ COMMAND = Command(
             "train_first",
             "metrics_port",
             "metrics_host",
+            "compact",
         ),
         "alerts": "*",
         "train": (
