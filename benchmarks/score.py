@@ -50,9 +50,10 @@ import pyarrow as pa
 import fleetwatch
 from fleetwatch.scoring.features import feature_names
 from fleetwatch.scoring.kinds.svm import extended_from_decision
-from fleetwatch.scoring.pack import ModelPack, pack_folder
+from fleetwatch.scoring.pack import ModelPack
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.scoring.train import FitJob, fit_and_save
+from fleetwatch.storage.layout import DataLayout
 from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, write_table
 
 HOUR = datetime(2026, 11, 22, 10, tzinfo=UTC)
@@ -262,9 +263,9 @@ def main() -> int:
             f"trained {args.devices:,} models in {time.perf_counter() - started:.0f}s",
             file=sys.stderr,
         )
-    shutil.rmtree(pack_folder(data), ignore_errors=True)
+    shutil.rmtree(DataLayout(data).model_pack, ignore_errors=True)
     started = time.perf_counter()
-    ModelPack.open(pack_folder(data), ModelRegistry(root)).refresh()  # as train does
+    ModelPack.open(DataLayout(data).model_pack, ModelRegistry(root)).refresh()  # as train does
     pack_seconds = time.perf_counter() - started
     matrices = write_hour(data, args.devices)
     command = [
@@ -284,8 +285,9 @@ def main() -> int:
     # (0.08 s). An installed wheel has its bytecode from pip. Compile it, as a user has it.
     bytecode = compileall.compile_dir(Path(fleetwatch.__file__).parent, quiet=1)
 
-    cluster = None
+    cluster = single = None
     on_dask: list[float] = []
+    on_one_worker: list[float] = []  # the throughput scaling from 1 to --workers workers
     if args.executor == "dask":
         from distributed import LocalCluster
 
@@ -295,6 +297,13 @@ def main() -> int:
         dask_command = [
             *command, "--executor", "dask", "--dask-scheduler", cluster.scheduler_address,
         ]  # fmt: skip
+        if args.workers > 1:
+            single = LocalCluster(
+                n_workers=1, threads_per_worker=1, processes=True, dashboard_address=None
+            )
+            single_command = [
+                *command, "--executor", "dask", "--dask-scheduler", single.scheduler_address,
+            ]  # fmt: skip
     script, phases, memory, cli, rss = [], [], [], [], []
     variants: dict[str, list[float]] = {v: [] for v in (VARIANTS if args.variants else ())}
     default: list[float] = []  # the default again, among the variants
@@ -322,6 +331,10 @@ def main() -> int:
             seconds, _, run = run_cli(dask_command, env)
             assert run[0]["devices_scored"] == args.devices, run
             on_dask.append(seconds)
+        if single is not None:
+            seconds, _, run = run_cli(single_command, env)
+            assert run[0]["devices_scored"] == args.devices, run
+            on_one_worker.append(seconds)
         if variants:
             # A/B: the default again and each variant, in an order rotated every round, after
             # the default warmed up (the first command after another workload is slower here)
@@ -334,6 +347,7 @@ def main() -> int:
             f"round {round_index + 1}: script {script[-1]:.2f}s, in memory {memory[-1]:.2f}s, "
             f"fleetwatch {cli[-1]:.2f}s"
             + (f", on dask {on_dask[-1]:.2f}s" if on_dask else "")
+            + (f" (1 worker {on_one_worker[-1]:.2f}s)" if on_one_worker else "")
             + (f", again {default[-1]:.2f}s" if default else "")
             + "".join(f", without {v} {t[-1]:.2f}s" for v, t in variants.items()),
             file=sys.stderr,
@@ -376,8 +390,12 @@ def main() -> int:
     if on_dask:
         result["fleetwatch_dask_s"] = median(on_dask)
         result["ratio_dask_to_local"] = median(on_dask) / median(cli)
-    if cluster is not None:
-        cluster.close()
+    if on_one_worker:
+        result["fleetwatch_dask_one_worker_s"] = median(on_one_worker)
+        result["dask_scaling_1_to_n_workers"] = median(on_one_worker) / median(on_dask)
+    for running in (cluster, single):
+        if running is not None:
+            running.close()
     if args.format == "json":
         print(json.dumps(result))
         return 0
@@ -403,6 +421,14 @@ def main() -> int:
             f"LocalCluster of {args.workers} worker processes "
             f"({result['ratio_dask_to_local']:.2f}x the local executor's time; the workers "
             "read the Parquet and the model files)"
+        )
+    if on_one_worker:
+        one, many = result["fleetwatch_dask_one_worker_s"], result["fleetwatch_dask_s"]
+        print(
+            f"dask scale : 1 worker {one:.2f} s = {args.devices / one:,.0f} devices/s; "
+            f"{args.workers} workers {many:.2f} s = {args.devices / many:,.0f} devices/s "
+            f"({result['dask_scaling_1_to_n_workers']:.2f}x the throughput; the client shares "
+            "the machine's cores with them)"
         )
     print(f"model pack : built in {pack_seconds:.1f} s by train (not in the figures above)")
     print(

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime
+from pathlib import Path
 from typing import Any
 
 from fleetwatch.errors import FleetwatchError
@@ -37,6 +38,12 @@ class RemoteScoring:
     window_ms: int
     shadowed: frozenset[str] = field(default_factory=frozenset)
     hook: Callable[[str], None] | None = None  # tests: called before each device
+    #: The hour's row groups (file, index) and, per device, those holding its windows: a task
+    #: reads only its devices' (one Kafka partition's files, as the aggregator wrote them).
+    pieces: tuple[tuple[str, int], ...] = ()
+    where: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: The client's model pack, when the workers see the same folder (a local data dir).
+    pack: str | None = None
 
     def __call__(self, devices: list[str]) -> dict[str, DeviceResult]:
         from fleetwatch.scoring.features import read_cube
@@ -45,11 +52,17 @@ class RemoteScoring:
         from fleetwatch.storage.layout import DataLayout
 
         registry = ModelRegistry(DataLayout(parse_location(self.data_dir)).models)
+        chosen = None
+        if self.where:
+            indices = sorted({i for device in devices for i in self.where.get(device, ())})
+            chosen = [(parse_location(self.pieces[i][0]), self.pieces[i][1]) for i in indices]
         cube = read_cube(
             parse_location(self.data_dir), self.window_start, self.window_end, self.window_ms,
-            devices=devices,
+            devices=devices, pieces=chosen,
         )  # fmt: skip
-        results = score_devices(registry, None, cube, devices, self.hook, set(self.shadowed))
+        results = score_devices(
+            registry, _pack(self.pack, registry), cube, devices, self.hook, set(self.shadowed)
+        )
         for device_id, (status, payload) in results.items():
             if status == "ok" and payload is not None:  # the client has no cube: send starts
                 starts = cube.row_starts[slice(*cube.rows(device_id))].tobytes()
@@ -57,6 +70,36 @@ class RemoteScoring:
                     if scored is not None:
                         scored.starts = starts
         return results
+
+
+#: This worker process's open pack, with the state of its index files when it was opened: the
+#: next task reuses it while they are unchanged (opening parses every index).
+_OPEN_PACK: dict[str, tuple[tuple[tuple[str, int], ...], Any]] = {}
+
+
+def _pack(folder: str | None, registry: Any) -> Any:
+    """The client's model pack, opened read-only on this worker; None without one. Every
+    entry is checked against the registry's files before use, as on the client, so a pack
+    that is stale or half-written costs only the file reads it would have saved."""
+    if folder is None or not Path(folder).is_dir():
+        return None
+    from fleetwatch.scoring.pack import ModelPack
+
+    try:
+        state = tuple(
+            sorted((p.name, p.stat().st_mtime_ns) for p in Path(folder).glob("[!.]*.json"))
+        )
+        cached = _OPEN_PACK.get(folder)
+        if cached is not None and cached[0] == state:
+            pack = cached[1]
+            pack.registry = registry
+            return pack
+        pack = ModelPack.open(Path(folder), registry)
+        _OPEN_PACK.clear()
+        _OPEN_PACK[folder] = (state, pack)
+        return pack
+    except Exception:  # a cache: the models are read from their files instead
+        return None
 
 
 def connect(address: str, timeout: float = 30.0) -> Any:
@@ -90,10 +133,16 @@ def run_tasks_dask(
     max_retries: int,
     error_threshold: int = -1,
     on_progress: Callable[[int], None] | None = None,
+    groups: list[list[str]] | None = None,
 ) -> tuple[dict[str, Any], dict[str, str], bool]:
-    """:func:`fleetwatch.scoring.executor.run_tasks`, on ``client``'s cluster."""
+    """:func:`fleetwatch.scoring.executor.run_tasks`, on ``client``'s cluster; with
+    ``groups``, no task mixes two of them (:meth:`TaskQueue.of_groups`)."""
     slots = max(1, sum(client.nthreads().values()))
-    queue = TaskQueue.of(devices, slots, mini_batch_size, max_retries, error_threshold)
+    queue = (
+        TaskQueue.of(devices, slots, mini_batch_size, max_retries, error_threshold)
+        if groups is None
+        else TaskQueue.of_groups(groups, slots, mini_batch_size, max_retries, error_threshold)
+    )
     running: dict[Any, tuple[Task, float]] = {}
     try:
         while queue.pending or running:

@@ -64,6 +64,28 @@ class TaskQueue:
         parts = [Task(list(part)) for part in even_parts(devices, tasks)]
         return cls(parts, max_retries, error_threshold)
 
+    @classmethod
+    def of_groups(
+        cls,
+        groups: list[list[str]],
+        slots: int,
+        mini_batch_size: int,
+        max_retries: int,
+        error_threshold: int = -1,
+    ) -> TaskQueue:
+        """Like :meth:`of`, but no task mixes two groups (devices whose windows lie in the
+        same files: a task then reads only its group's files). Each group is cut into even
+        mini-batches; the largest tasks are halved until every slot has one."""
+        parts = [
+            part
+            for group in groups
+            for part in even_parts(group, -(-len(group) // mini_batch_size))
+        ]
+        while 0 < len(parts) < slots and max(len(p) for p in parts) > 1:
+            largest = max(range(len(parts)), key=lambda i: len(parts[i]))
+            parts[largest : largest + 1] = even_parts(parts[largest], 2)
+        return cls([Task(list(part)) for part in parts], max_retries, error_threshold)
+
     def next(self) -> Task | None:
         """The next task to start, or None (none left, or the run is aborted)."""
         if not self.aborted and 0 <= self.error_threshold < len(self.errors):

@@ -84,12 +84,39 @@ def devices_in_files(files: list[Path]) -> tuple[list[str], int]:
     return sorted(found), rows
 
 
+Piece = tuple[Path, int]  # a row group of a Parquet file: the unit a Dask task reads
+
+
+def device_pieces(files: list[Path]) -> tuple[list[Piece], dict[str, tuple[int, ...]]]:
+    """The row groups of ``files``, and per device the indices of those that hold its rows,
+    from the device column alone (dictionary-encoded: no per-row string)."""
+    import pyarrow.compute as pc
+
+    pieces: list[Piece] = []
+    found: dict[str, list[int]] = {}
+    for path in files:
+        parquet = open_file(path, read_dictionary=["device_id"])
+        for group in range(parquet.metadata.num_row_groups):
+            index = len(pieces)
+            pieces.append((path, group))
+            column = parquet.read_row_group(group, columns=["device_id"]).column(0)
+            for chunk in column.chunks:
+                names = chunk.dictionary.to_pylist()
+                for code in pc.unique(chunk.indices).to_pylist():
+                    if code is not None:
+                        holders = found.setdefault(str(names[code]), [])
+                        if not holders or holders[-1] != index:
+                            holders.append(index)
+    return pieces, {device: tuple(indices) for device, indices in found.items()}
+
+
 def read_cube(
     data_dir: Path,
     since: datetime,
     until: datetime,
     window_ms: int,
     devices: Collection[str] | None = None,
+    pieces: Collection[Piece] | None = None,
 ) -> WindowCube:
     """Closed windows with ``since <= window_start < until`` as a cube, read once, no pandas.
 
@@ -103,21 +130,31 @@ def read_cube(
     width = max((until_ms - 1 - base) // window_ms + 1, 1)
     wanted = None if devices is None else set(devices)
     names: dict[str, dict[str, int]] = {"device_id": {}, "sensor": {}}
-    chosen = DataLayout(data_dir).files_between(since, until)
-    files = [(path, read_metadata(path)) for path in chosen]
+    groups: dict[Path, list[int] | None] = {}
+    if pieces is None:  # every file of the hours, whole
+        groups = dict.fromkeys(DataLayout(data_dir).files_between(since, until))
+    else:  # only these row groups (a Dask task's share of the hour)
+        for path, group in pieces:
+            groups.setdefault(path, []).append(group)  # type: ignore[union-attr]
+    files = [(path, read_metadata(path), groups[path]) for path in groups]
     # Filled file by file, so that one file's Arrow memory is reused for the next: fresh
     # memory costs more than decoding here, so each row keeps only its (device, slot) key, its
     # sensor's code and its statistics. Rows left out leave the tails untouched.
-    capacity = sum(metadata.num_rows for _, metadata in files)
+    capacity = sum(
+        metadata.num_rows if chosen is None else sum(metadata.row_group(g).num_rows for g in chosen)
+        for _, metadata, chosen in files
+    )
     key_type = np.int32 if capacity * width < 2**31 else np.int64
     keys = np.empty(capacity, dtype=key_type)
     sensor_codes = np.empty(capacity, dtype=np.int32)
     statistics = np.empty((len(STATISTICS), capacity))
     filled = 0
     span = (since_ms, until_ms, base, width, window_ms)
-    for path, metadata in files:
+    for path, metadata, chosen in files:
         parquet = open_file(path, metadata=metadata, read_dictionary=["device_id", "sensor"])
-        filled = _fill_from(parquet, span, wanted, names, filled, (keys, sensor_codes, statistics))
+        filled = _fill_from(
+            parquet, span, wanted, names, filled, (keys, sensor_codes, statistics), chosen
+        )
     pa.default_memory_pool().release_unused()  # so that forked workers do not inherit it
     return WindowCube(
         keys[:filled],
@@ -136,6 +173,7 @@ def _fill_from(
     names: dict[str, dict[str, int]],
     filled: int,
     arrays: tuple[np.ndarray, np.ndarray, np.ndarray],
+    row_groups: list[int] | None = None,
 ) -> int:
     """Append one file's rows in ``span`` (of ``wanted`` devices) to ``arrays`` from row
     ``filled`` on; returns the new end. Codes are numbered in order of first appearance. Its
@@ -144,7 +182,11 @@ def _fill_from(
     since_ms, until_ms, base, width, window_ms = span
     keys, sensor_codes, statistics = arrays
     columns = ["device_id", "sensor", "window_start", *STATISTICS]
-    table = parquet.read(columns=columns).unify_dictionaries()  # one dictionary per column
+    table = (
+        parquet.read(columns=columns)
+        if row_groups is None
+        else parquet.read_row_groups(row_groups, columns=columns)
+    ).unify_dictionaries()  # one dictionary per column
     mappings = {}
     for column, known in names.items():
         chunks = table.column(column).chunks

@@ -34,7 +34,7 @@ from fleetwatch.errors import FleetwatchError
 from fleetwatch.output import progress_bar
 from fleetwatch.scoring.executor import DeviceResult, run_tasks
 from fleetwatch.scoring.explain import Explanation, explain_many
-from fleetwatch.scoring.features import WindowCube, devices_in_files, read_cube
+from fleetwatch.scoring.features import WindowCube, device_pieces, read_cube
 from fleetwatch.scoring.kinds import ModelKind
 from fleetwatch.scoring.pack import (
     ActiveModel,
@@ -125,8 +125,8 @@ def score_hour(
         # The workers read the windows; this process only learns which devices the hour has
         # (one dictionary-encoded column) and gets each device's window starts back.
         cube = None
-        in_files, _ = devices_in_files(list(files.files))
-        with_data = set(in_files) if devices is None else set(in_files) & set(devices)
+        pieces, where = device_pieces(list(files.files))
+        with_data = set(where) if devices is None else set(where) & set(devices)
         with_model_folder = registry.model_devices()
         pack = None
     else:
@@ -164,9 +164,17 @@ def score_hour(
             remote = RemoteScoring(
                 location_text(settings.data_dir), window_start, window_end, window_ms,
                 frozenset(shadowed), hook,
+                tuple((location_text(path), group) for path, group in pieces),
+                {device: where[device] for device in to_score},
+                None if layout.remote else location_text(layout.model_pack),
             )  # fmt: skip
+            groups: dict[tuple[int, ...], list[str]] = {}
+            for device in to_score:  # devices whose windows share files go together
+                groups.setdefault(where[device], []).append(device)
             with connect(options.dask_scheduler) as client:
-                results, errors, aborted = run_tasks_dask(to_score, remote, client, **task_model)
+                results, errors, aborted = run_tasks_dask(
+                    to_score, remote, client, groups=list(groups.values()), **task_model
+                )
         else:
             results, errors, aborted = run_tasks(to_score, work, workers=workers, **task_model)
 

@@ -40,3 +40,17 @@ def test_the_error_threshold_holds_whatever_the_batching() -> None:
             error_threshold=3,
         )
         assert len(errors) == 3 and not aborted, mini_batch_size
+
+
+def test_grouped_tasks_never_mix_groups_and_fill_every_slot() -> None:
+    from fleetwatch.scoring.executor import TaskQueue
+
+    groups = [[f"a{i}" for i in range(2500)], [f"b{i}" for i in range(2500)], ["c0"]]
+    queue = TaskQueue.of_groups(groups, slots=2, mini_batch_size=2000, max_retries=1)
+    tasks = [task.devices for task in queue.pending]
+    assert sorted(d for t in tasks for d in t) == sorted(d for g in groups for d in g)
+    assert all(len({d[0] for d in t}) == 1 for t in tasks)  # one group per task
+    assert max(len(t) for t in tasks) <= 2000
+    one = TaskQueue.of_groups([["x0", "x1", "x2", "x3"]], slots=4, mini_batch_size=100,
+                              max_retries=1)  # fmt: skip
+    assert [len(t.devices) for t in one.pending] == [1, 1, 1, 1]  # halved until each slot has one

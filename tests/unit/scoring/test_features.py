@@ -117,3 +117,35 @@ def test_cubes_read_in_two_threads_at_once_are_the_cubes_read_alone(tmp_path: Pa
         assert got.keys() == expected.keys()
         for device_id, matrix in expected.items():
             np.testing.assert_array_equal(got[device_id], matrix)
+
+
+def test_a_task_reads_only_its_row_groups_and_gets_its_devices_windows(tmp_path: Path) -> None:
+    """``device_pieces`` finds which files hold which devices (as pandas says), and a cube
+    read from just those pieces holds the same windows as one read from every file."""
+    import pandas as pd
+
+    from fleetwatch.scoring.features import device_pieces, read_cube
+    from fleetwatch.storage.layout import DataLayout
+    from tests.unit.scoring.conftest import T0, synthetic_windows
+    from tests.unit.storage.test_compaction import write_in_pieces
+
+    write_in_pieces(tmp_path, synthetic_windows(hours=1))
+    files = DataLayout(tmp_path).hour_files("aggregates", T0)
+    pieces, where = device_pieces(files)
+    holders: dict[str, set[int]] = {}
+    for index, (path, group) in enumerate(pieces):
+        assert group == 0  # one row group per file written by the aggregator
+        for device in pd.read_parquet(path)["device_id"].unique():
+            holders.setdefault(device, set()).add(index)
+    assert {d: set(i) for d, i in where.items()} == holders
+    mine = ["pump-01", "pump-04"]
+    chosen = [pieces[i] for i in sorted({i for d in mine for i in where[d]})]
+    assert len(chosen) < len(pieces)
+    until = T0 + pd.Timedelta(hours=1).to_pytimedelta()
+    partial = read_cube(tmp_path, T0, until, 60_000, devices=mine, pieces=chosen)
+    whole = read_cube(tmp_path, T0, until, 60_000, devices=mine)
+    for device in mine:
+        for sensor in ("pressure", "vibration"):
+            a = partial.matrix(device, [f"{sensor}__mean", f"{sensor}__std"]).matrix
+            b = whole.matrix(device, [f"{sensor}__mean", f"{sensor}__std"]).matrix
+            np.testing.assert_array_equal(a, b)
