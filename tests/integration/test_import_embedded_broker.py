@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -223,6 +224,11 @@ def test_a_history_file_into_a_live_pipeline_goes_through_backfill_not_the_late_
         assert published_run.returncode == 0, published_run.stderr
         assert f"{len(frame)} readings are for windows the aggregation" in published_run.stderr
         assert "--backfill" in published_run.stderr
+        # the worker has read the published copy (into the late sink) before it is stopped
+        records = consume_all(settings.kafka.bootstrap_servers, settings.kafka.telemetry_topic)
+        ends = Counter(record.partition for record in records)
+        ends_by_partition = {p: ends.get(p, 0) for p in range(settings.kafka.partitions)}
+        wait_drained(data, settings.kafka.telemetry_topic, ends_by_partition, process=worker)
         backfilled = fleetwatch_cli(
             "import", str(source), "--assume-timezone", "UTC", "--backfill", env=cli
         )
