@@ -35,6 +35,7 @@ from fleetwatch.scoring.train import train
 from fleetwatch.simulators.fleet import FleetSpec
 from fleetwatch.simulators.publish import simulate, spec_from_settings
 from fleetwatch.storage.layout import HOUR, DataLayout
+from fleetwatch.storage.remote import is_remote
 
 log = logging.getLogger("fleetwatch.demo")
 MARKER = ".fleetwatch-demo"
@@ -42,6 +43,11 @@ MARKER = ".fleetwatch-demo"
 
 def _prepare(data_dir: Path) -> None:
     """A fresh data directory; only ever wipes one an earlier demo made."""
+    if is_remote(data_dir):
+        raise FleetwatchError(
+            f"the demo runs on a local folder, not {data_dir}; pass --data-dir DIR "
+            "(aggregate, train, score and schedule take s3:// data dirs)"
+        )
     if data_dir.exists() and any(data_dir.iterdir()):
         if not (data_dir / MARKER).exists():
             raise FleetwatchError(

@@ -217,6 +217,11 @@ def test_bad_locations_are_one_line_errors(s3_server: S3Server, tmp_path: Path) 
         assert "Traceback" not in run.stderr
         assert len(run.stderr.strip().splitlines()) == 1, run.stderr
         assert s3_server.env["AWS_SECRET_ACCESS_KEY"] not in run.stderr + run.stdout
+    demo = subprocess.run(
+        [sys.executable, "-m", "fleetwatch", "demo", "--data-dir", "s3://any-bucket/demo"],
+        env=env, capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert demo.returncode == 2 and "the demo runs on a local folder" in demo.stderr
     with pytest.raises(ValueError, match="names no bucket"):
         parse_location("s3://")
     with pytest.raises(FleetwatchError, match="does not exist"):
