@@ -149,6 +149,23 @@ def test_windows_equal_pandas_and_late_readings_are_kept(tmp_path: Path, seed: i
     assert {reason for _, reason in harness.dead} == {"not_json"}
 
 
+def crash_three_times(
+    harness: Harness, records: list, rng: np.random.Generator, checkpoint_chance: float
+) -> None:
+    """Three crashes at random points: a checkpoint follows a write only ``checkpoint_chance``
+    of the time, so files written after the last checkpoint are left behind."""
+    for _ in range(3):
+        processor = harness.restore()
+        position = processor.next_offset or 0
+        stop = int(rng.integers(position + 1, len(records)))
+        while position < stop:
+            size = int(rng.integers(1, 300))
+            closed = processor.process(records[position : min(stop, position + size)])
+            if closed and rng.random() < checkpoint_chance:
+                harness.store.save(0, processor.checkpoint())
+            position += size
+
+
 @pytest.mark.parametrize("seed", [4, 5, 6, 7])
 def test_crash_and_replay_from_checkpoint_gives_the_same_files(tmp_path: Path, seed: int) -> None:
     records = make_records(seed)
@@ -160,18 +177,7 @@ def test_crash_and_replay_from_checkpoint_gives_the_same_files(tmp_path: Path, s
     clean.store.save(0, processor.checkpoint())
 
     crashy = Harness(tmp_path / "crashy")
-    position = 0
-    for _ in range(3):  # three crashes at random points, files written after checkpoints stay
-        processor = crashy.restore()
-        start = processor.next_offset or 0
-        stop = int(rng.integers(start + 1, len(records)))
-        position = start
-        while position < stop:
-            size = int(rng.integers(1, 300))
-            closed = processor.process(records[position : min(stop, position + size)])
-            if closed and rng.random() < 0.7:  # sometimes the crash comes before the checkpoint
-                crashy.store.save(0, processor.checkpoint())
-            position += size
+    crash_three_times(crashy, records, rng, checkpoint_chance=0.7)
     processor = crashy.restore()
     feed(processor, records[processor.next_offset or 0 :], rng, crashy)
     processor.close_all()

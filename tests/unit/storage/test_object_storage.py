@@ -28,7 +28,13 @@ from fleetwatch.storage.duck import sandbox
 from fleetwatch.storage.layout import DataLayout
 from fleetwatch.storage.remote import parse_location
 from tests.conftest import S3Server
-from tests.unit.aggregate.test_processor import Harness, compare, make_records, reference
+from tests.unit.aggregate.test_processor import (
+    Harness,
+    compare,
+    crash_three_times,
+    make_records,
+    reference,
+)
 from tests.unit.scoring.conftest import (
     DEVICES,
     T0,
@@ -121,18 +127,7 @@ def test_a_crash_between_data_and_checkpoint_replays_to_the_same_objects(
     rng = np.random.default_rng(seed)
     url = f"{s3_server.bucket()}/data"
     crashy = Harness(parse_location(url))
-    position = 0
-    for _ in range(3):
-        processor = crashy.restore()
-        start = processor.next_offset or 0
-        stop = int(rng.integers(start + 1, len(records)))
-        position = start
-        while position < stop:
-            size = int(rng.integers(1, 300))
-            closed = processor.process(records[position : min(stop, position + size)])
-            if closed and rng.random() < 0.5:  # half the time the crash beats the checkpoint
-                crashy.store.save(0, processor.checkpoint())
-            position += size
+    crash_three_times(crashy, records, rng, checkpoint_chance=0.5)  # half: crash first
     processor = crashy.restore()
     while (offset := processor.next_offset or 0) < len(records):
         if processor.process(records[offset : offset + 250]):
