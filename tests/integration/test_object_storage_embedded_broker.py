@@ -11,6 +11,7 @@ from collections import Counter
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from fleetwatch.config import Settings
 from fleetwatch.storage.remote import parse_location
@@ -33,6 +34,8 @@ def read_bucket(s3: S3Server, url: str) -> pd.DataFrame:
     return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
 
 
+@pytest.mark.integration
+@pytest.mark.scenario  # two workers and a simulator: CI runs it with `pytest -m scenario`
 def test_a_worker_killed_while_writing_to_a_bucket_loses_and_repeats_nothing(
     settings: Settings, s3_server: S3Server, tmp_path: Path
 ) -> None:
