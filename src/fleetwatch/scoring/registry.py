@@ -285,7 +285,7 @@ class ModelRegistry:
             raise InvalidInputError(f"{device_id} has no model version {version}")
         history = self.history(device_id)
         history.append(version)
-        digest = hashlib.sha256(read_bytes(f"{folder}/{version}/manifest.json")).hexdigest()
+        digest = self._manifest_digest(device_id, version)
         write_text_atomically(folder / "history.json", json.dumps(history))
         # the manifest's digest beside the version: a manifest changed afterwards (its
         # threshold, its features) is refused like a changed model file
@@ -293,6 +293,13 @@ class ModelRegistry:
         shadow = self._pointer(device_id, "SHADOW")
         if shadow is not None and shadow[0] == version:  # promoted by hand
             self.clear_shadow(device_id)
+
+    def _manifest_digest(self, device_id: str, version: str) -> str:
+        try:
+            raw = read_bytes(f"{self.device_path(device_id)}/{version}/manifest.json")
+        except FileNotFoundError:  # a folder a writer left without its manifest
+            raise InvalidInputError(f"{device_id} has no model version {version}") from None
+        return hashlib.sha256(raw).hexdigest()
 
     def set_shadow(self, device_id: str, version: str) -> None:
         """Score ``version`` next to the active one (recorded, never alerting).
@@ -306,7 +313,7 @@ class ModelRegistry:
         if version == self.active_version(device_id):
             raise InvalidInputError(f"{device_id}: {version} is the active version already")
         check_current(self.get(device_id, version))
-        digest = hashlib.sha256(read_bytes(f"{folder}/{version}/manifest.json")).hexdigest()
+        digest = self._manifest_digest(device_id, version)
         write_text_atomically(folder / "SHADOW", f"{version} sha256={digest}\n")
         with self._lock():
             self._write_shadows(self.shadowed_devices() | {device_id})

@@ -29,7 +29,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Final, Literal
 
-from fleetwatch.storage.remote import check_bucket, default_local_dir, is_remote
+from fleetwatch.storage.remote import check_bucket, default_local_dir, is_remote, list_tree
 
 if TYPE_CHECKING:
     from fleetwatch.config.sections import Settings
@@ -248,6 +248,8 @@ class DataLayout:
 
     def inventory(self, hours: list[datetime] | None = None) -> list[HourFiles]:
         """Every aggregate hour folder with data files (or just ``hours``), oldest first."""
+        if self.remote:
+            return self._remote_inventory(hours)
         chosen = (
             [(hour, self.hour_dir("aggregates", hour)) for hour in hours]
             if hours is not None
@@ -265,6 +267,36 @@ class DataLayout:
                 except FileNotFoundError:  # replaced or removed right now: counts as a change
                     continue
                 digest.update(f"{path.name}:{info.st_size}:{info.st_mtime_ns}\n".encode())
+            found.append(HourFiles(hour, files, digest.hexdigest()[:16]))
+        return found
+
+    def _remote_inventory(self, hours: list[datetime] | None) -> list[HourFiles]:
+        """:meth:`inventory` in an object store: one listing of the dataset, not a request
+        per folder and per file."""
+        by_hour: dict[datetime, list[tuple[Path, int, int]]] = {}
+        wanted = None if hours is None else {floor_hour(hour) for hour in hours}
+        for path, size, modified in list_tree(self.aggregates):
+            date, hour_name = path.parent.parent.name, path.parent.name
+            match = _HOUR_DIR.match(date)
+            if not match or not hour_name.startswith("hour=") or path.name.startswith("."):
+                continue
+            if not path.name.endswith(".parquet"):
+                continue
+            try:
+                hour = datetime.fromisoformat(f"{match.group(1)}T{hour_name[5:]}:00")
+            except ValueError:
+                continue
+            hour = hour.replace(tzinfo=UTC)
+            if wanted is None or hour in wanted:
+                by_hour.setdefault(hour, []).append((path, size, modified))
+        found = []
+        for hour in sorted(by_hour):
+            entries = {path.name: (path, size, modified) for path, size, modified in by_hour[hour]}
+            files = tuple(visible(sorted((e[0] for e in entries.values()), key=lambda p: p.name)))
+            digest = hashlib.sha256()
+            for path in files:
+                _, size, modified = entries[path.name]
+                digest.update(f"{path.name}:{size}:{modified}\n".encode())
             found.append(HourFiles(hour, files, digest.hexdigest()[:16]))
         return found
 

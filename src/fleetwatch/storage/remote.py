@@ -217,3 +217,21 @@ def subfolders(folder: Path) -> list[str]:
     except FileNotFoundError:
         return []
     return [e["name"].rstrip("/").rsplit("/", 1)[-1] for e in entries if e["type"] == "directory"]
+
+
+def list_tree(folder: Path) -> list[tuple[Path, int, int]]:
+    """Every object under ``folder`` with its size and modification time (ns), in one
+    paginated listing (a stat per object would be a request each)."""
+    base = _key(folder).rstrip("/")
+    try:
+        found = _fs(folder).find(base, detail=True)
+    except FileNotFoundError:
+        return []
+    listed = []
+    for key, info in sorted(found.items()):
+        if info.get("type") == "directory" or not key.startswith(base + "/"):
+            continue
+        modified = info.get("LastModified") or info.get("mtime")
+        stamp = int(modified.timestamp() * 1e9) if hasattr(modified, "timestamp") else 0
+        listed.append((folder / key[len(base) + 1 :], int(info.get("size") or 0), stamp))
+    return listed

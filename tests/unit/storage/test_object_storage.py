@@ -160,6 +160,8 @@ def test_a_model_version_cut_off_half_way_is_not_a_version(
     assert [v.version for v in registry.versions("pump-01")] == ["v0001"]
     with pytest.raises(InvalidInputError):
         registry.get("pump-01", "v0002")
+    with pytest.raises(InvalidInputError, match="no model version v0002"):
+        registry.activate("pump-01", "v0002")
     train(remote, T0, T0 + timedelta(hours=2), ["pump-01"])
     assert registry.active_version("pump-01") == "v0003"
     assert [v.version for v in registry.versions("pump-01")] == ["v0001", "v0003"]
