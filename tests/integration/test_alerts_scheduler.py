@@ -115,8 +115,11 @@ def runs(data: Path) -> list[tuple[Any, ...]]:
 
 
 def expected_incidents(data: Path, gap_s: float = 300) -> set[tuple[str, str]]:
-    """(device, first window) of each run of anomalous windows at most ``gap_s`` apart."""
-    with duckdb.connect(str(data / "fleetwatch.duckdb"), read_only=True) as db:
+    """(device, first window) of each run of anomalous windows at most ``gap_s`` apart. Read
+    while the scheduler may be writing (a compaction after its runs): waits for its lock."""
+    from fleetwatch.storage.duck import connect
+
+    with connect(data / "fleetwatch.duckdb", read_only=True, lock_timeout=30) as db:
         frame = db.execute(
             "SELECT device_id, window_start, window_end FROM scores WHERE is_anomaly"
         ).df()
