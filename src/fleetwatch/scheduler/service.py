@@ -32,7 +32,7 @@ from fleetwatch.config import Settings
 from fleetwatch.errors import FleetwatchError
 from fleetwatch.scoring.pending import PendingHour, closed_hours, pending_hours
 from fleetwatch.scoring.score import RunResult, score_hour
-from fleetwatch.storage.layout import HOUR, DataLayout, HourFiles, is_compacted_file
+from fleetwatch.storage.layout import HOUR, DataLayout
 from fleetwatch.storage.locks import ProcessLock
 
 if TYPE_CHECKING:
@@ -125,19 +125,13 @@ def compact_closed_hours(settings: Settings, stop: threading.Event | None = None
     """Merge the live aggregate files of closed hours, oldest first, at most ``max_catchup``
     hours a call, each under the scoring lock; how many hours. See
     :mod:`fleetwatch.storage.compaction`."""
-    from fleetwatch.scoring.pending import closed_hours
-    from fleetwatch.storage.compaction import compact_hour, finish, live_files
+    from fleetwatch.storage.compaction import compact_hour, finish
     from fleetwatch.storage.duck import replace_signature
 
     layout = DataLayout.of(settings)
-
-    def worth_it(files: HourFiles) -> bool:
-        live = live_files(layout, files.hour)
-        if any(is_compacted_file(path.name) for path in files.files):
-            return bool(live)  # left-overs of a compaction that stopped half-way
-        return len(live) >= 2
-
-    candidates = [f for f in closed_hours(settings) if worth_it(f)][: settings.schedule.max_catchup]
+    # from the inventory's one listing: no folder is listed again to decide
+    candidates = [f for f in closed_hours(settings) if f.hidden or f.live >= 2]
+    candidates = candidates[: settings.schedule.max_catchup]
     compacted = 0
     for files in candidates:
         if stop is not None and stop.is_set():

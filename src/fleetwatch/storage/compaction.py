@@ -55,14 +55,6 @@ class Compaction:
     rows: int
 
 
-def live_files(layout: DataLayout, hour: datetime) -> list[Path]:
-    return [
-        path
-        for path in layout.all_hour_files("aggregates", hour)
-        if parse_live_file_name(path.name) is not None
-    ]
-
-
 def compact_hour(
     layout: DataLayout, hour: datetime, compression: str = DEFAULT_COMPRESSION
 ) -> Compaction | None:

@@ -140,6 +140,13 @@ class HourFiles:
     hour: datetime
     files: tuple[Path, ...]
     signature: str  # changes whenever a file is added, removed or rewritten
+    #: Live files hidden by a compacted one: left-overs of a compaction cut short.
+    hidden: tuple[Path, ...] = ()
+
+    @property
+    def live(self) -> int:
+        """How many of :attr:`files` are live files (a compaction merges them)."""
+        return sum(parse_live_file_name(path.name) is not None for path in self.files)
 
     @property
     def backfill_only(self) -> bool:
@@ -257,7 +264,8 @@ class DataLayout:
         )
         found = []
         for hour, folder in chosen:
-            files = tuple(visible(sorted(folder.glob("[!.]*.parquet")))) if folder.is_dir() else ()
+            listed = sorted(folder.glob("[!.]*.parquet")) if folder.is_dir() else []
+            files = tuple(visible(listed))
             if not files:
                 continue
             digest = hashlib.sha256()
@@ -267,7 +275,8 @@ class DataLayout:
                 except FileNotFoundError:  # replaced or removed right now: counts as a change
                     continue
                 digest.update(f"{path.name}:{info.st_size}:{info.st_mtime_ns}\n".encode())
-            found.append(HourFiles(hour, files, digest.hexdigest()[:16]))
+            hidden = tuple(path for path in listed if path not in files)
+            found.append(HourFiles(hour, files, digest.hexdigest()[:16], hidden))
         return found
 
     def _remote_inventory(self, hours: list[datetime] | None) -> list[HourFiles]:
@@ -292,12 +301,14 @@ class DataLayout:
         found = []
         for hour in sorted(by_hour):
             entries = {path.name: (path, size, modified) for path, size, modified in by_hour[hour]}
-            files = tuple(visible(sorted((e[0] for e in entries.values()), key=lambda p: p.name)))
+            listed = sorted((e[0] for e in entries.values()), key=lambda p: p.name)
+            files = tuple(visible(listed))
             digest = hashlib.sha256()
             for path in files:
                 _, size, modified = entries[path.name]
                 digest.update(f"{path.name}:{size}:{modified}\n".encode())
-            found.append(HourFiles(hour, files, digest.hexdigest()[:16]))
+            hidden = tuple(path for path in listed if path not in files)
+            found.append(HourFiles(hour, files, digest.hexdigest()[:16], hidden))
         return found
 
     def dataset_files(self, name: Dataset) -> list[Path]:

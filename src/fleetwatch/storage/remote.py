@@ -204,10 +204,14 @@ def url_signature(url: str) -> tuple[int, int, int]:
     fs, key = fsspec.core.url_to_fs(url)
     info = fs.info(key)
     etag = str(info.get("ETag", "")).strip('"')[:16] or "0"
-    modified = info.get("LastModified") or info.get("mtime")
-    stamp = int(modified.timestamp() * 1e9) if hasattr(modified, "timestamp") else 0
     return (int(etag, 16) if all(c in "0123456789abcdef" for c in etag) else 0,
-            int(info["size"]), stamp)  # fmt: skip
+            int(info["size"]), _modified_ns(info))  # fmt: skip
+
+
+def _modified_ns(info: dict[str, Any]) -> int:
+    """An fsspec listing entry's modification time in ns (0 when the store gives none)."""
+    modified: Any = info.get("LastModified") or info.get("mtime")
+    return int(modified.timestamp() * 1e9) if hasattr(modified, "timestamp") else 0
 
 
 def subfolders(folder: Path) -> list[str]:
@@ -231,7 +235,7 @@ def list_tree(folder: Path) -> list[tuple[Path, int, int]]:
     for key, info in sorted(found.items()):
         if info.get("type") == "directory" or not key.startswith(base + "/"):
             continue
-        modified = info.get("LastModified") or info.get("mtime")
-        stamp = int(modified.timestamp() * 1e9) if hasattr(modified, "timestamp") else 0
-        listed.append((folder / key[len(base) + 1 :], int(info.get("size") or 0), stamp))
+        listed.append(
+            (folder / key[len(base) + 1 :], int(info.get("size") or 0), _modified_ns(info))
+        )
     return listed
