@@ -246,6 +246,13 @@ class TrainSettings:
         minimum=1e-9,
         maximum=0.5,
     )
+    slow_sensors: list[str] = setting(
+        ["auto"],
+        "sensors described by their change from the previous window instead of their level "
+        "(ones whose level wanders, e.g. temperatures): auto (judged on each device's training "
+        "windows), none, or comma-separated sensor names",
+        kind="list",
+    )
     workers: int = setting(0, "parallel processes (0 = one per core)", minimum=0)
     activate: bool = setting(True, "make the new versions active")
     progress: bool = setting(True, "show a progress bar on a terminal")

@@ -137,6 +137,9 @@ def _evaluate(settings: Settings, dataset: Dataset, folder: Path, started: float
             "train_first": f"{first.amount:g} {first.unit}",
             "target_far": settings.train.target_far,
             "kind": "per_sensor" if settings.train.per_sensor else "device",
+            "slow_sensors": summary.as_record()["slow_sensors"]
+            if settings.train.slow_sensors == ["auto"]
+            else ",".join(settings.train.slow_sensors),
             "files_without_labels": ",".join(dataset.unlabelled) or None,
         },
     )

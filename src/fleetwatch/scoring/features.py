@@ -13,7 +13,7 @@ covers every level such a sensor will wander to, but how fast it moves stays com
 from __future__ import annotations
 
 import threading
-from collections.abc import Collection
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -54,10 +54,10 @@ def feature_names(sensors: list[str], slow: Collection[str] = ()) -> list[str]:
     ]
 
 
-def slow_sensors(means: FloatMatrix, sensors: list[str]) -> list[str]:
-    """The sensors whose window means (columns of ``means``, rows in time order) are slow
-    (see :data:`SLOW_RATIO`)."""
-    slow = []
+def judge_slow(means: FloatMatrix, sensors: list[str]) -> dict[str, bool]:
+    """Whether each sensor's window means (columns of ``means``, rows in time order) are slow
+    (see :data:`SLOW_RATIO`); sensors with too few windows, or constant, are left out."""
+    judged = {}
     for index, sensor in enumerate(sensors):
         values = means[:, index]
         values = values[~np.isnan(values)]
@@ -66,10 +66,41 @@ def slow_sensors(means: FloatMatrix, sensors: list[str]) -> list[str]:
         variance = float(values.var())
         if variance <= 0:
             continue
-        ratio = float(np.mean(np.diff(values) ** 2)) / (2 * variance)
-        if ratio < SLOW_RATIO:
-            slow.append(sensor)
-    return slow
+        judged[sensor] = float(np.mean(np.diff(values) ** 2)) / (2 * variance) < SLOW_RATIO
+    return judged
+
+
+def fleet_slow(votes: Mapping[str, Sequence[bool]]) -> list[str]:
+    """The sensors judged slow on more than half of the devices judged on them: one device's
+    few training windows can make a noisy sensor look slow (or a thermal one not); the
+    devices of a fleet share what their sensors measure.
+
+    >>> fleet_slow({"temp": [True, True, False], "flow": [True, False], "rpm": []})
+    ['temp']
+    """
+    return sorted(s for s, judged in votes.items() if 2 * sum(judged) > len(judged))
+
+
+def slow_sensors(
+    means: FloatMatrix,
+    sensors: list[str],
+    declared: Sequence[str] = ("auto",),
+    fleet: Collection[str] | None = None,
+) -> list[str]:
+    """The sensors of a device to describe by their change: those ``declared``
+    (``--slow-sensors`` names; ``none``: no sensor), or with ``auto`` those the devices
+    trained together judged slow (``fleet``, see :func:`fleet_slow`), else those this
+    device's window means show slow (see :func:`judge_slow`).
+
+    >>> slow_sensors(np.zeros((0, 2)), ["flow", "temp"], ["temp", "humidity"])
+    ['temp']
+    """
+    if list(declared) == ["none"]:
+        return []
+    chosen = set(declared) if list(declared) != ["auto"] else fleet
+    if chosen is not None:
+        return [sensor for sensor in sensors if sensor in chosen]
+    return [sensor for sensor, slow in judge_slow(means, sensors).items() if slow]
 
 
 def devices_in_files(files: list[Path]) -> tuple[list[str], int]:

@@ -9,7 +9,7 @@ or a file of ranges. Its threshold comes from the latest part of its range, held
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -32,6 +32,8 @@ from fleetwatch.scoring.features import (
     WindowCube,
     devices_in_files,
     feature_names,
+    fleet_slow,
+    judge_slow,
     read_cube,
     slow_sensors,
 )
@@ -48,6 +50,8 @@ class TrainSummary:
     skipped: dict[str, str] = field(default_factory=dict)  # device -> reason
     failed: dict[str, str] = field(default_factory=dict)
     shadowed: dict[str, str] = field(default_factory=dict)  # device -> why not activated
+    #: --slow-sensors auto: sensor -> (devices judging it slow, devices judging it)
+    slow_votes: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def as_record(self) -> dict[str, Any]:
         return {
@@ -55,6 +59,12 @@ class TrainSummary:
             "skipped": len(self.skipped),
             "failed": len(self.failed),
             "kept_in_shadow": len(self.shadowed),
+            "slow_sensors": ", ".join(
+                f"{sensor} ({slow} of {judged} devices)"
+                for sensor, (slow, judged) in self.slow_votes.items()
+                if 2 * slow > judged
+            )
+            or "none",
             "skipped_reasons": self.skipped,
             "failed_reasons": self.failed,
             "shadow_reasons": self.shadowed,
@@ -190,6 +200,25 @@ def train(
     return train_ranges(settings, dict.fromkeys(chosen, (since, until)), summary, activate)
 
 
+def declared_slow(names: list[str]) -> list[str]:
+    """``--slow-sensors`` checked: ``auto``, ``none`` or sensor names (not mixed)."""
+    from fleetwatch.ingest.telemetry import is_valid_name
+
+    names = list(dict.fromkeys(names)) or ["auto"]
+    if len(names) > 1 and {"auto", "none"} & set(names):
+        raise InvalidInputError(
+            f"--slow-sensors {','.join(names)}: give auto, none, or sensor names, not both"
+        )
+    if names not in (["auto"], ["none"]):
+        bad = [name for name in names if not is_valid_name(name)]
+        if bad:
+            raise InvalidInputError(
+                f"--slow-sensors: {bad[0]!r} is not a valid sensor name (letters, digits, "
+                "'_', '-', '.')"
+            )
+    return names
+
+
 def train_ranges(
     settings: Settings,
     ranges: Mapping[str, tuple[datetime, datetime]],
@@ -212,11 +241,17 @@ def train_ranges(
         "gamma": options.gamma,
         "kernel": options.kernel,
         "target_far": options.target_far,
+        "slow_sensors": declared_slow(options.slow_sensors),
         "window_ms": window_ms,
     }
     by_range: dict[tuple[datetime, datetime], list[str]] = {}
     for device_id, span in sorted(ranges.items()):
         by_range.setdefault(span, []).append(device_id)
+    fleet = None
+    if parameters["slow_sensors"] == ["auto"] and len(ranges) > 1:
+        votes = _fleet_votes(settings, by_range, window_ms, options.min_windows)
+        summary.slow_votes = {s: (sum(v), len(v)) for s, v in sorted(votes.items())}
+        fleet = tuple(fleet_slow(votes))
     workers = max(1, min(options.workers or os.cpu_count() or 1, len(ranges) or 1))
     if settings.score.executor == "dask":
         workers = 1  # the local pool stays idle: the cluster fits
@@ -231,7 +266,7 @@ def train_ranges(
 
         setup = FitSetup(
             parameters, str(layout.models), activate, options.min_windows, window_ms,
-            location_text(settings.data_dir),
+            location_text(settings.data_dir), fleet,
         )  # fmt: skip
         for (since, until), chosen in by_range.items():
             if settings.score.executor == "dask":  # the workers read their devices themselves
@@ -239,12 +274,7 @@ def train_ranges(
 
                 train_on_dask(settings, setup, since, until, chosen, summary, advance)
                 continue
-            _, rows = devices_in_files(layout.files_between(since, until))
-            present = max(len(chosen), 1)
-            group = max(1, READ_ROWS * present // max(rows, 1))  # devices per read
-            for start in range(0, len(chosen), group):
-                part = chosen[start : start + group]
-                cube = read_cube(settings.data_dir, since, until, window_ms, devices=part)
+            for part, cube in _cubes(settings, since, until, chosen, window_ms):
                 jobs, skipped = prepare_jobs(cube, part, setup, since, until)
                 del cube
                 for device_id, reason in skipped.items():
@@ -254,6 +284,40 @@ def train_ranges(
     if activate != "no" and summary.trained:  # so that the next scoring run finds them packed
         refresh_quietly(ModelPack.open(pack_folder(settings), registry), summary.trained)
     return summary
+
+
+def _cubes(
+    settings: Settings, since: datetime, until: datetime, devices: list[str], window_ms: int
+) -> Iterator[tuple[list[str], WindowCube]]:
+    """The windows of ``devices`` in [since, until), read in groups of devices of about
+    :data:`READ_ROWS` rows."""
+    _, rows = devices_in_files(DataLayout.of(settings).files_between(since, until))
+    group = max(1, READ_ROWS * max(len(devices), 1) // max(rows, 1))  # devices per read
+    for start in range(0, len(devices), group):
+        part = devices[start : start + group]
+        yield part, read_cube(settings.data_dir, since, until, window_ms, devices=part)
+
+
+def _fleet_votes(
+    settings: Settings,
+    by_range: Mapping[tuple[datetime, datetime], list[str]],
+    window_ms: int,
+    min_windows: int,
+) -> dict[str, list[bool]]:
+    """``--slow-sensors auto`` for the devices trained together: each device with enough
+    windows judges its sensors on its own training windows (the majority then decides,
+    :func:`fleetwatch.scoring.features.fleet_slow`). One extra read of the windows."""
+    votes: dict[str, list[bool]] = {}
+    for (since, until), devices in by_range.items():
+        for part, cube in _cubes(settings, since, until, devices, window_ms):
+            for device_id in part:
+                if device_id not in cube or cube.window_count(device_id) < min_windows:
+                    continue
+                sensors = cube.sensors(device_id)
+                means = cube.matrix(device_id, [f"{s}__mean" for s in sensors]).matrix
+                for sensor, slow in judge_slow(means, sensors).items():
+                    votes.setdefault(sensor, []).append(slow)
+    return votes
 
 
 @dataclass(frozen=True)
@@ -266,6 +330,7 @@ class FitSetup:
     min_windows: int
     window_ms: int
     data_dir: str
+    slow: tuple[str, ...] | None = None  # --slow-sensors auto: the fleet's judgement
 
 
 def prepare_jobs(
@@ -280,7 +345,8 @@ def prepare_jobs(
             continue
         sensors = cube.sensors(device_id)
         means = cube.matrix(device_id, [f"{s}__mean" for s in sensors]).matrix
-        names = feature_names(sensors, slow_sensors(means, sensors))
+        declared = setup.parameters.get("slow_sensors", ["auto"])
+        names = feature_names(sensors, slow_sensors(means, sensors, declared, setup.slow))
         matrix = cube.matrix(device_id, names).matrix
         jobs.append(
             FitJob(

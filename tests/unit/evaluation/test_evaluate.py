@@ -138,8 +138,14 @@ def test_skab_with_its_protocol() -> None:
     thresholds (no test label used); the figures the README quotes, within rounding."""
     default = run_evaluation(settings_for(train_first="400"), str(SKAB)).as_record()
     assert default["devices_trained"] == 34 and default["files_without_labels"]
-    assert default["f1"] >= 0.77 and default["far_percent"] <= 10.0, default
+    assert default["f1"] >= 0.79 and default["far_percent"] <= 10.0, default
     assert default["seconds"] < 60
+    assert (
+        default["slow_sensors"].startswith("Temperature (")
+        and "Thermocouple (" in default["slow_sensors"]
+    )  # the fleet's judgement: the two temperatures and nothing else
+    assert "Volume" not in default["slow_sensors"] and "Acceler" not in default["slow_sensors"]
+    # The issue's target: the product's own thresholds at a 1% false-alarm target
     looser = run_evaluation(
         load_settings(
             environ={},
@@ -151,4 +157,5 @@ def test_skab_with_its_protocol() -> None:
         ),
         str(SKAB),
     ).as_record()
-    assert looser["f1"] >= 0.79 and looser["far_percent"] <= 15.0, looser
+    assert looser["f1"] >= 0.80, looser
+    assert looser["far_percent"] < 13.6 and looser["mar_percent"] <= 25.0, looser

@@ -25,6 +25,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         f"{record['train_first']}, {record['window']:g} s windows, target false-alarm rate "
         f"{record['target_far']:g}, {record['kind']} models; {record['hours_scored']} hours "
         f"scored in {record['seconds']:g} s\n"
+        f"  slow sensors (described by their change): {record['slow_sensors']}\n"
         f"  test set: {record['test_points']} {record['unit']} "
         f"({record['anomalous_points']} anomalous, {record['episodes']} episodes)"
         + (f", {record['unscored_points']} not scored" if record["unscored_points"] else "")
@@ -62,7 +63,16 @@ COMMAND = Command(
     {
         "": ("log_level",),
         "evaluate": "*",
-        "train": ("nu", "gamma", "kernel", "per_sensor", "min_windows", "target_far", "workers"),
+        "train": (
+            "nu",
+            "gamma",
+            "kernel",
+            "per_sensor",
+            "min_windows",
+            "target_far",
+            "slow_sensors",
+            "workers",
+        ),
         "score": ("incident_gap",),
         "aggregate": ("window", "parquet_compression"),
         "import": ("assume_timezone", "exclude_columns", "delimiter", "device_id"),

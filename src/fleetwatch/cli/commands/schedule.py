@@ -49,6 +49,7 @@ COMMAND = Command(
             "per_sensor",
             "min_windows",
             "target_far",
+            "slow_sensors",
             "workers",
         ),
         "aggregate": ("window",),
