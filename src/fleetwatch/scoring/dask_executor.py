@@ -25,7 +25,7 @@ from typing import Any
 
 from fleetwatch.errors import FleetwatchError
 from fleetwatch.scoring.executor import DeviceResult, Task, TaskQueue, WorkFn
-from fleetwatch.storage.remote import parse_location
+from fleetwatch.storage.remote import location_text, parse_location
 
 
 @dataclass(frozen=True)
@@ -207,6 +207,52 @@ class RemoteFitting:
             except Exception as exc:  # one device's bad data must not stop the others
                 results[job.device_id] = ("error", f"{type(exc).__name__}: {exc}")
         return results
+
+
+@dataclass(frozen=True)
+class RemoteJudging:
+    """Some devices' judgement of their sensors (``--slow-sensors auto``), on a worker that
+    reads their training windows itself."""
+
+    data_dir: str
+    since: datetime
+    until: datetime
+    window_ms: int
+    min_windows: int
+
+    def __call__(self, devices: list[str]) -> dict[str, DeviceResult]:
+        from fleetwatch.scoring.features import read_cube
+        from fleetwatch.scoring.train import judge_devices
+
+        cube = read_cube(
+            parse_location(self.data_dir), self.since, self.until, self.window_ms,
+            devices=devices,
+        )  # fmt: skip
+        judged = judge_devices(cube, devices, self.min_windows)
+        return {device: ("ok", judged.get(device, {})) for device in devices}
+
+
+def judge_on_dask(
+    settings: Any,
+    since: datetime,
+    until: datetime,
+    devices: list[str],
+    window_ms: int,
+    min_windows: int,
+) -> dict[str, dict[str, bool]]:
+    """:class:`RemoteJudging` for ``devices`` on the cluster: each device's judgement (a
+    device whose task failed does not judge; its fit will fail the same way, reported)."""
+    options = settings.score
+    with connect(options.dask_scheduler) as client:
+        results, _, _ = run_tasks_dask(
+            devices,
+            RemoteJudging(location_text(settings.data_dir), since, until, window_ms, min_windows),
+            client,
+            mini_batch_size=options.mini_batch_size,
+            task_timeout=max(TRAIN_TASK_TIMEOUT, options.task_timeout),
+            max_retries=options.max_retries,
+        )
+    return {device: judged for device, judged in results.items() if judged}
 
 
 def train_on_dask(

@@ -50,8 +50,9 @@ class TrainSummary:
     skipped: dict[str, str] = field(default_factory=dict)  # device -> reason
     failed: dict[str, str] = field(default_factory=dict)
     shadowed: dict[str, str] = field(default_factory=dict)  # device -> why not activated
-    #: --slow-sensors auto: sensor -> (devices judging it slow, devices judging it)
-    slow_votes: dict[str, tuple[int, int]] = field(default_factory=dict)
+    #: --slow-sensors auto: the sensors the fleet judged slow -> (devices judging it slow,
+    #: devices judging it)
+    slow: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def as_record(self) -> dict[str, Any]:
         return {
@@ -61,8 +62,7 @@ class TrainSummary:
             "kept_in_shadow": len(self.shadowed),
             "slow_sensors": ", ".join(
                 f"{sensor} ({slow} of {judged} devices)"
-                for sensor, (slow, judged) in self.slow_votes.items()
-                if 2 * slow > judged
+                for sensor, (slow, judged) in self.slow.items()
             )
             or "none",
             "skipped_reasons": self.skipped,
@@ -249,9 +249,8 @@ def train_ranges(
         by_range.setdefault(span, []).append(device_id)
     fleet = None
     if parameters["slow_sensors"] == ["auto"] and len(ranges) > 1:
-        votes = _fleet_votes(settings, by_range, window_ms, options.min_windows)
-        summary.slow_votes = {s: (sum(v), len(v)) for s, v in sorted(votes.items())}
-        fleet = tuple(fleet_slow(votes))
+        summary.slow = _fleet_slow(settings, by_range, window_ms, options.min_windows)
+        fleet = tuple(summary.slow)
     workers = max(1, min(options.workers or os.cpu_count() or 1, len(ranges) or 1))
     if settings.score.executor == "dask":
         workers = 1  # the local pool stays idle: the cluster fits
@@ -298,26 +297,45 @@ def _cubes(
         yield part, read_cube(settings.data_dir, since, until, window_ms, devices=part)
 
 
-def _fleet_votes(
+def judge_devices(
+    cube: WindowCube, devices: list[str], min_windows: int
+) -> dict[str, dict[str, bool]]:
+    """Each device's judgement of its sensors (slow or not, see
+    :func:`fleetwatch.scoring.features.judge_slow`) on its windows in ``cube``; devices with
+    fewer than ``min_windows`` windows (not trained) do not judge."""
+    judged = {}
+    for device_id in devices:
+        if device_id in cube and cube.window_count(device_id) >= min_windows:
+            sensors = cube.sensors(device_id)
+            means = cube.matrix(device_id, [f"{s}__mean" for s in sensors]).matrix
+            judged[device_id] = judge_slow(means, sensors)
+    return judged
+
+
+def _fleet_slow(
     settings: Settings,
     by_range: Mapping[tuple[datetime, datetime], list[str]],
     window_ms: int,
     min_windows: int,
-) -> dict[str, list[bool]]:
-    """``--slow-sensors auto`` for the devices trained together: each device with enough
-    windows judges its sensors on its own training windows (the majority then decides,
-    :func:`fleetwatch.scoring.features.fleet_slow`). One extra read of the windows."""
-    votes: dict[str, list[bool]] = {}
+) -> dict[str, tuple[int, int]]:
+    """``--slow-sensors auto`` for the devices trained together: each device judges its
+    sensors on its own training windows (here, or on the Dask workers), the majority decides
+    (:func:`fleetwatch.scoring.features.fleet_slow`). The slow sensors, with their votes
+    (slow, judged). One extra read of the training windows."""
+    judged: dict[str, dict[str, bool]] = {}
     for (since, until), devices in by_range.items():
+        if settings.score.executor == "dask":
+            from fleetwatch.scoring.dask_executor import judge_on_dask
+
+            judged.update(judge_on_dask(settings, since, until, devices, window_ms, min_windows))
+            continue
         for part, cube in _cubes(settings, since, until, devices, window_ms):
-            for device_id in part:
-                if device_id not in cube or cube.window_count(device_id) < min_windows:
-                    continue
-                sensors = cube.sensors(device_id)
-                means = cube.matrix(device_id, [f"{s}__mean" for s in sensors]).matrix
-                for sensor, slow in judge_slow(means, sensors).items():
-                    votes.setdefault(sensor, []).append(slow)
-    return votes
+            judged.update(judge_devices(cube, part, min_windows))
+    votes: dict[str, list[bool]] = {}
+    for judgement in judged.values():
+        for sensor, slow in judgement.items():
+            votes.setdefault(sensor, []).append(slow)
+    return {sensor: (sum(votes[sensor]), len(votes[sensor])) for sensor in fleet_slow(votes)}
 
 
 @dataclass(frozen=True)

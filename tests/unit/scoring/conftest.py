@@ -58,6 +58,19 @@ def synthetic_windows(hours: int = 3, seed: int = 0) -> pd.DataFrame:
     return frame
 
 
+def drifting_windows() -> pd.DataFrame:
+    """An hour of :func:`synthetic_windows` where the temperature of 5 of the 8 pumps and the
+    pressure of pump-07 drift (100 sigma in the hour: slow, as each device judges alone)."""
+    frame = synthetic_windows(hours=1)
+    for device, sensor in [*((f"pump-0{i}", "temperature") for i in range(5)),
+                           ("pump-07", "pressure")]:  # fmt: skip
+        rows = (frame["device_id"] == device) & (frame["sensor"] == sensor)
+        drift = np.linspace(0, 10, rows.sum())
+        for column in ("mean", "min", "max"):
+            frame.loc[rows, column] = frame.loc[rows, column] + drift
+    return frame
+
+
 def write_windows(data_dir: Path, frame: pd.DataFrame) -> None:
     sink = PartitionedParquetSink(DataLayout(data_dir), "aggregates")
     sink.write(frame, 0, "window_start")

@@ -158,3 +158,25 @@ def test_training_on_dask_makes_the_local_models(
         score_hour(trained, hour, progress=False)
         score_hour(dask, hour, progress=False)
     pd.testing.assert_frame_equal(stored(trained), stored(dask))
+
+
+def test_the_fleet_judges_slow_sensors_on_the_workers(
+    trained: Settings, cluster: str, tmp_path: Path
+) -> None:
+    """``--slow-sensors auto`` on the cluster: the workers judge their devices' sensors, the
+    fleet's majority is the local one (5 of 8 temperatures slow: slow for all)."""
+    from fleetwatch.scoring.train import train
+    from tests.unit.scoring.conftest import DEVICES, drifting_windows, write_windows
+
+    summaries = {}
+    for executor in ("local", "dask"):
+        data_dir = tmp_path / executor
+        write_windows(data_dir, drifting_windows())
+        score = replace(trained.score, executor=executor, dask_scheduler=cluster)
+        settings = replace(trained, data_dir=data_dir, score=score)
+        summaries[executor] = train(settings, T0, T0 + timedelta(minutes=45), DEVICES)
+        for device in DEVICES:
+            [version] = list((DataLayout(data_dir).models / device).glob("v*"))
+            features = (version / "manifest.json").read_text()
+            assert "temperature__delta" in features and "pressure__mean" in features
+    assert summaries["local"].slow == summaries["dask"].slow == {"temperature": (5, 8)}

@@ -7,11 +7,16 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-import numpy as np
 import pandas as pd
 
 from fleetwatch.scoring.registry import ModelRegistry
-from tests.unit.scoring.conftest import SENSORS, T0, synthetic_windows, write_windows
+from tests.unit.scoring.conftest import (
+    SENSORS,
+    T0,
+    drifting_windows,
+    synthetic_windows,
+    write_windows,
+)
 
 
 def train(data: Path, *flags: str) -> subprocess.CompletedProcess[str]:
@@ -87,13 +92,7 @@ def test_auto_slow_sensors_are_the_fleets_majority(tmp_path: Path) -> None:
     together decide by majority: a temperature wandering on 5 of 8 pumps is slow on all 8;
     a pressure that happened to drift on one pump stays a level (alone, that pump would
     judge it slow)."""
-    frame = synthetic_windows(hours=1)
-    for device, sensor in [*((f"pump-0{i}", "temperature") for i in range(5)),
-                           ("pump-07", "pressure")]:  # fmt: skip
-        rows = (frame["device_id"] == device) & (frame["sensor"] == sensor)
-        drift = np.linspace(0, 10, rows.sum())  # 100 sigma in an hour: slow
-        for column in ("mean", "min", "max"):
-            frame.loc[rows, column] = frame.loc[rows, column] + drift
+    frame = drifting_windows()
     write_windows(tmp_path, frame)
     done = train(tmp_path, "--first", "45m")
     assert done.returncode == 0, done.stderr
