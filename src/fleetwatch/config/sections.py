@@ -249,8 +249,9 @@ class TrainSettings:
     slow_sensors: list[str] = setting(
         ["auto"],
         "sensors described by their change from the previous window instead of their level "
-        "(ones whose level wanders, e.g. temperatures): auto (judged on each device's training "
-        "windows), none, or comma-separated sensor names",
+        "(ones whose level wanders, e.g. temperatures): auto (each device judges on its "
+        "training windows, the devices trained together decide by majority), none, or "
+        "comma-separated sensor names",
         kind="list",
     )
     workers: int = setting(0, "parallel processes (0 = one per core)", minimum=0)

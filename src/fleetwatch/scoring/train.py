@@ -356,6 +356,7 @@ def prepare_jobs(
 ) -> tuple[list[FitJob], dict[str, str]]:
     """Each device's fit job from ``cube``, or why it is skipped (too few windows)."""
     jobs, skipped = [], {}
+    declared = setup.parameters.get("slow_sensors", ["auto"])
     for device_id in devices:
         count = cube.window_count(device_id) if device_id in cube else 0
         if count < setup.min_windows:
@@ -363,7 +364,6 @@ def prepare_jobs(
             continue
         sensors = cube.sensors(device_id)
         means = cube.matrix(device_id, [f"{s}__mean" for s in sensors]).matrix
-        declared = setup.parameters.get("slow_sensors", ["auto"])
         names = feature_names(sensors, slow_sensors(means, sensors, declared, setup.slow))
         matrix = cube.matrix(device_id, names).matrix
         jobs.append(
