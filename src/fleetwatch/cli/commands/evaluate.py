@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from fleetwatch.cli.commands.train import MODEL_SETTINGS
 from fleetwatch.cli.parser import Command
 from fleetwatch.config import Settings
 
@@ -63,16 +64,7 @@ COMMAND = Command(
     {
         "": ("log_level",),
         "evaluate": "*",
-        "train": (
-            "nu",
-            "gamma",
-            "kernel",
-            "per_sensor",
-            "min_windows",
-            "target_far",
-            "slow_sensors",
-            "workers",
-        ),
+        "train": MODEL_SETTINGS,
         "score": ("incident_gap",),
         "aggregate": ("window", "parquet_compression"),
         "import": ("assume_timezone", "exclude_columns", "delimiter", "device_id"),

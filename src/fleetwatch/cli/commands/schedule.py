@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 
+from fleetwatch.cli.commands.train import MODEL_SETTINGS
 from fleetwatch.cli.parser import Command
 from fleetwatch.config import Settings
 
@@ -42,16 +43,7 @@ COMMAND = Command(
             "compact",
         ),
         "alerts": "*",
-        "train": (
-            "nu",
-            "gamma",
-            "kernel",
-            "per_sensor",
-            "min_windows",
-            "target_far",
-            "slow_sensors",
-            "workers",
-        ),
+        "train": MODEL_SETTINGS,
         "aggregate": ("window",),
         "kafka": ("telemetry_topic",),
     },

@@ -9,6 +9,19 @@ from fleetwatch.config import Settings
 from fleetwatch.errors import FleetwatchError, NothingDoneError
 from fleetwatch.output import emit_record
 
+#: The ``[train]`` settings of the commands that train as part of their work (``schedule``,
+#: ``evaluate``): how a model is made, not which windows.
+MODEL_SETTINGS = (
+    "nu",
+    "gamma",
+    "kernel",
+    "per_sensor",
+    "min_windows",
+    "target_far",
+    "slow_sensors",
+    "workers",
+)
+
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from fleetwatch.scoring.ranges import FirstPart, data_span, first_ranges, read_ranges
