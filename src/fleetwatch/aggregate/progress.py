@@ -23,7 +23,7 @@ import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from fleetwatch.storage.atomic import write_text_atomically
+from fleetwatch.storage.atomic import read_whole, write_text_atomically
 from fleetwatch.storage.checkpoints import Checkpoint, CheckpointStore
 from fleetwatch.storage.layout import DataLayout
 
@@ -49,7 +49,7 @@ def save_topic_state(layout: DataLayout, topic: str, state: TopicState) -> None:
 
 def load_topic_state(layout: DataLayout, topic: str) -> TopicState | None:
     try:
-        document = json.loads((layout.aggregation_state(topic) / "topic.json").read_text())
+        document = json.loads(read_whole(layout.aggregation_state(topic) / "topic.json"))
         return TopicState(int(document["partitions"]), document.get("topic_id"))
     except (FileNotFoundError, KeyError, TypeError, ValueError):
         return None

@@ -12,6 +12,7 @@ from typing import Any
 from fleetwatch.config import Settings
 from fleetwatch.scheduler.service import scheduler_lock
 from fleetwatch.scoring.pending import pending_hours, watermark
+from fleetwatch.storage.atomic import read_whole
 from fleetwatch.storage.layout import DataLayout, require_data_dir
 
 
@@ -21,7 +22,7 @@ def scheduler(settings: Settings) -> dict[str, Any]:
     if not layout.scheduler_lock.exists() or not scheduler_lock(settings).held():
         return {"running": False}
     try:
-        state: dict[str, Any] = json.loads(layout.scheduler_state.read_text())
+        state: dict[str, Any] = json.loads(read_whole(layout.scheduler_state))
     except (OSError, ValueError):
         state = {}
     return {"running": True, **state}

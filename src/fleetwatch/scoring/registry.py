@@ -30,7 +30,12 @@ from fleetwatch.ingest.telemetry import is_valid_name
 from fleetwatch.scoring.calibration import Calibration
 from fleetwatch.scoring.kinds import ModelKind
 from fleetwatch.storage import remote
-from fleetwatch.storage.atomic import publish_directory, storage_error, write_text_atomically
+from fleetwatch.storage.atomic import (
+    publish_directory,
+    read_whole,
+    storage_error,
+    write_text_atomically,
+)
 from fleetwatch.storage.locks import ProcessLock
 
 log = logging.getLogger(__name__)
@@ -379,7 +384,7 @@ class ModelRegistry:
 
     def history(self, device_id: str) -> list[str]:
         try:
-            value: list[str] = json.loads((self.device_dir(device_id) / "history.json").read_text())
+            value: list[str] = json.loads(read_whole(self.device_dir(device_id) / "history.json"))
         except FileNotFoundError:
             return []
         return value

@@ -76,6 +76,13 @@ def write_atomically(path: Path, write: Callable[[BinaryIO], object]) -> None:
         raise
 
 
+def read_whole(path: Path) -> bytes:
+    """A whole file that :func:`write_atomically` replaces, as one of its versions: locally
+    a rename replaced it; in an object store, one unconditional GET
+    (:func:`fleetwatch.storage.remote.read_object`). ``FileNotFoundError`` when there is none."""
+    return remote.read_object(path) if is_remote(path) else path.read_bytes()
+
+
 def write_bytes_atomically(path: Path, data: bytes) -> None:
     write_atomically(path, lambda handle: handle.write(data))
 

@@ -24,7 +24,7 @@ import json
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 
-from fleetwatch.storage.atomic import write_text_atomically
+from fleetwatch.storage.atomic import read_whole, write_text_atomically
 
 
 @dataclass(frozen=True)
@@ -52,7 +52,7 @@ class CheckpointStore:
 
     def load(self, partition: int) -> Checkpoint | None:
         try:
-            document = json.loads(self.path(partition).read_text())
+            document = json.loads(read_whole(self.path(partition)))
         except FileNotFoundError:
             return None
         return Checkpoint(**{k: v for k, v in document.items() if k in _FIELDS})

@@ -121,6 +121,13 @@ def write_object(path: Path, write: Callable[[BinaryIO], object]) -> None:
         raise fail(path, exc) from exc
 
 
+def read_object(path: Path) -> bytes:
+    """A whole object in one GET, unconditional: a read racing a replacement gets the old
+    object or the new one (``open()`` asks for the ETag, then reads on condition of it, and
+    fails when a new object lands in between). ``FileNotFoundError`` when there is none."""
+    return cast(bytes, _fs(path).cat_file(_key(path)))
+
+
 def check_bucket(root: Path) -> None:
     """Fail with one line when the bucket is missing or not reachable."""
     try:

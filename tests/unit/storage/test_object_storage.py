@@ -312,3 +312,42 @@ def test_compaction_in_a_bucket(s3_server: S3Server, tmp_path: Path) -> None:
     for hour, frame in zip(HOURS[:2], before, strict=True):
         pd.testing.assert_frame_equal(windows(remote, hour), frame)
     assert pending_hours(remote) == []
+
+
+def test_state_read_while_its_writer_replaces_it(s3_server: S3Server) -> None:
+    """The scheduler reads the aggregator's checkpoints and topic state while the aggregator
+    replaces them: every read gets a whole old or new object (S3 replaces an object at once),
+    never an error (a read that first asks for the object's ETag, then its bytes on condition
+    of that ETag, fails when a new object lands in between)."""
+    import threading
+
+    from fleetwatch.aggregate.progress import TopicState, load_topic_state, save_topic_state
+    from fleetwatch.storage.checkpoints import Checkpoint, CheckpointStore
+
+    layout = DataLayout(parse_location(f"{s3_server.bucket()}/data"))
+    store = CheckpointStore(layout.aggregation_state("telemetry"))
+    store.save(0, Checkpoint(0, 0, 0, 0))
+    save_topic_state(layout, "telemetry", TopicState(1))
+    stop = threading.Event()
+
+    def replace_them() -> None:
+        offset = 0
+        while not stop.is_set():
+            offset += 1
+            store.save(0, Checkpoint(0, offset, offset, offset))
+            save_topic_state(layout, "telemetry", TopicState(1 + offset % 2))
+
+    writer = threading.Thread(target=replace_them)
+    writer.start()
+    try:
+        offsets = []
+        for _ in range(150):
+            checkpoint = store.load(0)
+            assert checkpoint is not None
+            offsets.append(checkpoint.next_offset)
+            state = load_topic_state(layout, "telemetry")
+            assert state is not None and state.partitions in (1, 2)
+    finally:
+        stop.set()
+        writer.join()
+    assert offsets == sorted(offsets) and offsets[-1] > offsets[0]  # read while replaced
