@@ -218,6 +218,7 @@ def test_kill_dash_9_three_times_gives_the_same_totals(settings: Settings, tmp_p
     assert clean_frame["count"].sum() + len(late) == valid
 
 
+@pytest.mark.scenario  # two worker processes and a rebalance: ~20 s; CI runs it with -m scenario
 def test_two_workers_split_the_partitions_without_duplicates(
     settings: Settings, tmp_path: Path
 ) -> None:
