@@ -36,6 +36,7 @@ from fleetwatch.brokers.topics import ensure_topics
 from fleetwatch.config import load_settings
 from fleetwatch.simulators.fleet import FleetSpec, FleetStream
 from fleetwatch.storage.checkpoints import CheckpointStore
+from fleetwatch.storage.layout import DataLayout
 
 START = datetime(2026, 11, 22, tzinfo=UTC)
 
@@ -183,7 +184,7 @@ def start_worker(
 
 def run_worker(bootstrap: str, topic: str, ends: dict[int, int], group: str) -> dict[str, float]:
     process, data = start_worker(bootstrap, topic, group, "0.5s")
-    store = CheckpointStore(data / "state" / "aggregate" / topic)
+    store = CheckpointStore(DataLayout.open(data).store, topic)
     try:
         while True:
             if process.poll() is not None:

@@ -35,7 +35,7 @@ from fleetwatch.scoring.features import read_cube
 from fleetwatch.storage.compaction import compact_hour, finish
 from fleetwatch.storage.duck import sandbox
 from fleetwatch.storage.layout import DataLayout
-from fleetwatch.storage.parquet import PartitionedParquetSink
+from fleetwatch.storage.parquet import PartitionedParquetSink, publish_staged
 
 HOUR = datetime(2026, 11, 20, 10, tzinfo=UTC)
 SENSORS = [f"s{i}" for i in range(10)]
@@ -44,7 +44,7 @@ SENSORS = [f"s{i}" for i in range(10)]
 def build(data: Path, devices: int, partitions: int, checkpoints: int, seed: int = 0) -> int:
     """One hour of windows in ``partitions x checkpoints`` files; how many rows."""
     rng = np.random.default_rng(seed)
-    sink = PartitionedParquetSink(DataLayout(data), "aggregates")
+    sink = PartitionedParquetSink(DataLayout.open(data), "aggregates")
     names = np.array([f"pump-{d:05d}" for d in range(devices)])
     starts = pd.date_range(pd.Timestamp(HOUR), periods=60, freq="1min")
     rows = 0
@@ -72,6 +72,7 @@ def build(data: Path, devices: int, partitions: int, checkpoints: int, seed: int
         for number, chunk in enumerate(np.array_split(order, checkpoints)):
             part = frame.iloc[chunk].assign(first_offset=number * 1000, last_offset=number * 1000)
             sink.write(part, partition, "window_start")
+        publish_staged(sink)
         rows += len(frame)
     return rows
 
@@ -83,10 +84,11 @@ def timed(function: Any) -> float:
 
 
 def readers(data: Path) -> dict[str, Any]:
-    layout = DataLayout(data)
+    layout = DataLayout.open(data)
 
     def cube() -> None:
-        read_cube(data, HOUR, HOUR.replace(hour=11), 60_000)
+        keys = [item.key for item in layout.files_between(HOUR, HOUR.replace(hour=11))]
+        read_cube(layout.store, keys, HOUR, HOUR.replace(hour=11), 60_000)
 
     def sql() -> None:
         with sandbox(layout) as connection:
@@ -110,18 +112,18 @@ def main() -> None:
     data = args.data_dir or Path(tempfile.mkdtemp(prefix="fw-compaction-"))
     shutil.rmtree(data, ignore_errors=True)
     rows = build(data, args.devices, args.partitions, args.checkpoints)
-    layout = DataLayout(data)
-    files_before = len(layout.hour_files("aggregates", HOUR))
+    layout = DataLayout.open(data)
+    files_before = len(layout.hour_data("aggregates", HOUR))
     figures: dict[str, dict[str, list[float]]] = {}
     for name, function in readers(data).items():
         function()  # warm: page cache, imports
         figures[name] = {"written": [timed(function) for _ in range(args.rounds)]}
     started = time.perf_counter()
-    compaction = compact_hour(layout, HOUR)
+    compaction = compact_hour(layout, layout.inventory([HOUR])[0])
     assert compaction is not None and compaction.rows == rows
-    finish(compaction)
+    finish(layout, compaction)
     compacting = time.perf_counter() - started
-    files_after = len(layout.hour_files("aggregates", HOUR))
+    files_after = len(layout.hour_data("aggregates", HOUR))
     for name, function in readers(data).items():
         function()
         figures[name]["compacted"] = [timed(function) for _ in range(args.rounds)]

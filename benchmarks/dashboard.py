@@ -42,7 +42,7 @@ import pandas as pd
 from fleetwatch.config import load_settings
 from fleetwatch.storage.duck import ensure_schema
 from fleetwatch.storage.layout import DataLayout
-from fleetwatch.storage.parquet import PartitionedParquetSink
+from fleetwatch.storage.parquet import PartitionedParquetSink, publish_staged
 
 T0 = datetime(2026, 11, 20, tzinfo=UTC)
 SENSORS = ["pressure", "temperature", "vibration"]
@@ -51,7 +51,7 @@ SENSORS = ["pressure", "temperature", "vibration"]
 def build(data: Path, devices: int, hours: int, seed: int = 0) -> None:
     """The data folder: Parquet windows, and DuckDB's runs, outcomes and scores (in SQL)."""
     rng = np.random.default_rng(seed)
-    layout = DataLayout(data)
+    layout = DataLayout.open(data)
     sink = PartitionedParquetSink(layout, "aggregates")
     names = np.array([f"pump-{d:05d}" for d in range(devices)])
     for hour in range(hours):
@@ -77,6 +77,7 @@ def build(data: Path, devices: int, hours: int, seed: int = 0) -> None:
         for column in ("window_start", "window_end"):
             frame[column] = frame[column].astype("datetime64[ms, UTC]")
         sink.write(frame, 0, "window_start")
+        publish_staged(sink)
     ensure_schema(layout.database)
     with duckdb.connect(str(layout.database)) as db:
         db.execute("SET TimeZone = 'UTC'")

@@ -118,13 +118,14 @@ def write_hour(data: Path, devices: int) -> dict[str, np.ndarray]:
     frame = pd.concat(parts, ignore_index=True)
     for column in ("window_start", "window_end"):
         frame[column] = frame[column].astype("datetime64[ms, UTC]")
-    folder = data / "aggregates" / f"date={HOUR:%Y-%m-%d}" / f"hour={HOUR:%H}"
+    store = DataLayout.open(data).store
+    folder = f"aggregates/date={HOUR:%Y-%m-%d}/hour={HOUR:%H}"
     chunk = len(frame) // 4 + 1
     for i in range(4):  # as four partitions' files
         table = pa.Table.from_pandas(
             frame.iloc[i * chunk : (i + 1) * chunk], schema=AGGREGATE_SCHEMA, preserve_index=False
         )
-        write_table(table, folder / f"p{i:04d}-{i:012d}-{i:012d}.parquet")
+        write_table(store, f"{folder}/p{i:04d}-{i:012d}-{i:012d}.parquet", table)
     return matrices
 
 
@@ -256,16 +257,17 @@ def main() -> int:
     if not marker.exists():
         started = time.perf_counter()
         with ProcessPoolExecutor(args.workers) as pool:
-            jobs = [(d, str(root)) for d in range(args.devices)]
+            jobs = [(d, str(data)) for d in range(args.devices)]
             list(pool.map(train_one, jobs, chunksize=50))
         marker.touch()
         print(
             f"trained {args.devices:,} models in {time.perf_counter() - started:.0f}s",
             file=sys.stderr,
         )
-    shutil.rmtree(DataLayout(data).model_pack, ignore_errors=True)
+    layout = DataLayout.open(data)
+    shutil.rmtree(layout.model_pack, ignore_errors=True)
     started = time.perf_counter()
-    ModelPack.open(DataLayout(data).model_pack, ModelRegistry(root)).refresh()  # as train does
+    ModelPack.open(layout.model_pack, ModelRegistry.of(layout)).refresh()  # as train does
     pack_seconds = time.perf_counter() - started
     matrices = write_hour(data, args.devices)
     command = [

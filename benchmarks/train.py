@@ -34,6 +34,7 @@ import numpy as np
 import pandas as pd
 import pyarrow as pa
 
+from fleetwatch.storage.layout import DataLayout
 from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, write_table
 
 START = datetime(2026, 11, 21, tzinfo=UTC)
@@ -91,9 +92,9 @@ def write_day(data: Path, devices: int) -> None:
         for column in ("window_start", "window_end"):
             frame[column] = frame[column].astype("datetime64[ms, UTC]")
         moment = START + timedelta(hours=hour)
-        folder = data / "aggregates" / f"date={moment:%Y-%m-%d}" / f"hour={moment:%H}"
+        key = f"aggregates/date={moment:%Y-%m-%d}/hour={moment:%H}/p0000-{0:012d}-{0:012d}.parquet"
         table = pa.Table.from_pandas(frame, schema=AGGREGATE_SCHEMA, preserve_index=False)
-        write_table(table, folder / "p0000-000000000000-000000000000.parquet")
+        write_table(DataLayout.open(data).store, key, table)
 
 
 def main() -> int:

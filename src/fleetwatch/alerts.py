@@ -3,9 +3,12 @@
 After each scheduler tick, new incidents (see :mod:`fleetwatch.scoring.incidents`) and devices
 that went silent become rows of DuckDB's ``alerts`` table (id, kind, device, payload), under
 the scoring lock; then each pending row is delivered to each configured sink, outside the
-lock, and marked delivered for that sink. A restart delivers what is still pending and nothing
-twice: an alert is marked per sink as soon as that sink took it. (A crash between a sink taking
-an alert and its mark can repeat that one alert: each carries its ``alert_id`` to deduplicate.)
+lock. An alert is marked per sink as soon as that sink took it: the mark goes to a journal
+file beside the database at once (one fsync'ed line), and the journal is folded into the
+``alerts`` table at the end of the pass and at the start of the next one. A restart therefore
+delivers what is still pending and nothing twice, except the one alert a crash may interrupt
+between its sink taking it and its mark: at most one repeat per crash (each alert carries its
+``alert_id`` to deduplicate).
 
 - ``webhook``: a JSON POST, ``webhook_timeout`` per attempt, ``webhook_retries`` more attempts
   with backoff; still failing, it is logged and stays pending for the next tick. Delivery runs
@@ -32,8 +35,8 @@ from pathlib import Path
 from typing import Any
 
 from fleetwatch.config import Settings
+from fleetwatch.faults import point
 from fleetwatch.storage.duck import connect, has_table
-from fleetwatch.storage.layout import DataLayout
 
 log = logging.getLogger(__name__)
 
@@ -60,7 +63,7 @@ class Alerter:
     ) -> None:
         self.settings = settings
         self.options = settings.alerts
-        self.layout = DataLayout.of(settings)
+        self.layout = settings.layout
         self.lock = lock  # the scoring lock: DuckDB has one writer
         self.on_delivered = on_delivered or (lambda sink: None)
         self.on_failed = on_failed or (lambda sink: None)
@@ -88,6 +91,8 @@ class Alerter:
                     continue
                 error = self._send(sink, payload)
                 if error is None:
+                    self._journal(alert_id, sink)  # marked now: a crash repeats only this one
+                    point("alerts.delivered")
                     delivered[sink].append(alert_id)
                     self.on_delivered(sink)
                 else:
@@ -111,6 +116,7 @@ class Alerter:
     def _record(self) -> list[tuple[str, dict[str, Any], set[str]]]:
         with connect(self.layout.database, read_only=False) as connection:
             connection.execute(SCHEMA)
+            self._fold_journal(connection)
             now = datetime.now(UTC)
             if has_table(connection, "incidents"):
                 self._record_incidents(connection, now)
@@ -199,18 +205,55 @@ class Alerter:
             ],
         )
 
+    def _journal(self, alert_id: str, sink: str) -> None:
+        """Mark one delivery durably at once (the journal is folded into DuckDB later)."""
+        path = self.layout.alert_journal
+        line = json.dumps({"alert_id": alert_id, "sink": sink, "at": datetime.now(UTC).isoformat()})
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            with path.open("a", encoding="utf-8") as handle:
+                handle.write(line + "\n")
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError as exc:  # the mark at the end of the pass still records it
+            log.warning("alert delivery not journalled (%s): a crash now would repeat it", exc)
+
+    def _fold_journal(self, connection: Any) -> None:
+        """Deliveries journalled and not yet in ``alerts`` (a crash came first): marked now,
+        then the journal emptied."""
+        path = self.layout.alert_journal
+        try:
+            lines = path.read_text(encoding="utf-8").splitlines()
+        except FileNotFoundError:
+            return
+        by_sink: dict[str, list[str]] = {}
+        for line in lines:
+            try:
+                entry = json.loads(line)
+            except ValueError:  # the last line of a write cut by the crash
+                continue
+            if entry.get("sink") in SINKS and isinstance(entry.get("alert_id"), str):
+                by_sink.setdefault(entry["sink"], []).append(entry["alert_id"])
+        self._set_delivered(connection, by_sink, datetime.now(UTC))
+        path.unlink(missing_ok=True)
+
+    @staticmethod
+    def _set_delivered(connection: Any, delivered: dict[str, list[str]], now: datetime) -> None:
+        for sink, ids in delivered.items():
+            if ids and sink in SINKS:  # sink is one of SINKS: a fixed column name
+                connection.execute(
+                    f"UPDATE alerts SET {sink}_at = coalesce({sink}_at, ?) "  # noqa: S608
+                    "WHERE alert_id IN (SELECT unnest(?::VARCHAR[]))",
+                    [now, ids],
+                )
+
     def _mark(
         self, delivered: dict[str, list[str]], failures: dict[str, tuple[list[str], str]]
     ) -> None:
         now = datetime.now(UTC)
         with connect(self.layout.database, read_only=False) as connection:
-            for sink, ids in delivered.items():
-                if ids:  # sink is one of SINKS: a fixed column name
-                    connection.execute(
-                        f"UPDATE alerts SET {sink}_at = ? "  # noqa: S608
-                        "WHERE alert_id IN (SELECT unnest(?::VARCHAR[]))",
-                        [now, ids],
-                    )
+            self._set_delivered(connection, delivered, now)
+            self.layout.alert_journal.unlink(missing_ok=True)  # all of it is in the table now
             for ids, error in failures.values():
                 connection.execute(
                     "UPDATE alerts SET attempts = attempts + 1, last_error = ? "

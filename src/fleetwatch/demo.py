@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
 import signal
 import subprocess
 import sys
@@ -21,6 +20,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+from fleetwatch.aggregate.progress import closed_through
 from fleetwatch.brokers.embedded import EmbeddedBroker
 from fleetwatch.brokers.topics import ensure_topics
 from fleetwatch.config import Settings
@@ -30,32 +30,40 @@ from fleetwatch.evaluation.metrics import Report
 from fleetwatch.evaluation.metrics import evaluate as evaluate_points
 from fleetwatch.evaluation.run import predictions
 from fleetwatch.scheduler.service import CatchUp
-from fleetwatch.scoring.pending import watermark
 from fleetwatch.scoring.train import train
 from fleetwatch.simulators.fleet import FleetSpec
 from fleetwatch.simulators.publish import simulate, spec_from_settings
 from fleetwatch.storage.layout import HOUR, DataLayout
-from fleetwatch.storage.remote import is_remote
+from fleetwatch.storage.locks import FolderUse
+from fleetwatch.storage.store import storage_error
 
 log = logging.getLogger("fleetwatch.demo")
-MARKER = ".fleetwatch-demo"
 
 
-def _prepare(data_dir: Path) -> None:
-    """A fresh data directory; only ever wipes one an earlier demo made."""
-    if is_remote(data_dir):
+def _prepare(data_dir: Path | str) -> tuple[DataLayout, FolderUse]:
+    """A fresh data directory, held for this demo: only ever emptied when an earlier demo made
+    it and no other process uses it."""
+    if isinstance(data_dir, str):
         raise FleetwatchError(
             f"the demo runs on a local folder, not {data_dir}; pass --data-dir DIR "
             "(aggregate, train, score and schedule take s3:// data dirs)"
         )
-    if data_dir.exists() and any(data_dir.iterdir()):
-        if not (data_dir / MARKER).exists():
-            raise FleetwatchError(
-                f"{data_dir} is not empty and was not made by the demo; pass --data-dir NEW_DIR"
-            )
-        shutil.rmtree(data_dir)
-    data_dir.mkdir(parents=True, exist_ok=True)
-    (data_dir / MARKER).write_text("made by fleetwatch demo; the next demo run replaces it\n")
+    layout = DataLayout.open(data_dir)
+    layout.check_writable_folder()
+    try:
+        data_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise storage_error(str(data_dir), exc) from None
+    use = FolderUse(data_dir).take("pass another --data-dir, or stop that process first")
+    if any(data_dir.iterdir()) and not layout.demo_marker.exists():
+        use.release()
+        raise FleetwatchError(
+            f"{data_dir} is not empty and was not made by the demo; pass --data-dir NEW_DIR"
+        )
+    layout.empty_local()
+    layout.demo_marker.write_text("made by fleetwatch demo; the next demo run replaces it\n")
+    layout.logs.mkdir()
+    return layout, use.share()  # the demo's own aggregator shares it from now on
 
 
 def _interrupt(signum: int, frame: object) -> None:
@@ -68,7 +76,7 @@ def _say(message: str) -> None:
 
 def _wait_closed(settings: Settings, until: datetime, deadline: float, why: str) -> None:
     while True:
-        closed = watermark(settings)
+        closed = closed_through(settings.layout, settings.kafka.telemetry_topic)
         if closed is not None and closed >= until:
             return
         if time.monotonic() > deadline:
@@ -112,7 +120,7 @@ def evaluate(settings: Settings, spec: FleetSpec, since: datetime, until: dateti
     times = dataset.times
     test = times >= round(since.timestamp() * 1000)
     window_ms = round(settings.aggregate.window * 1000)
-    predicted, _ = predictions(DataLayout.of(settings), dataset.devices, times, window_ms)
+    predicted, _ = predictions(settings.layout, dataset.devices, times, window_ms)
     return evaluate_points(
         dataset.truth[test], predicted[test], dataset.episodes[test], dataset.kinds
     )
@@ -120,16 +128,15 @@ def evaluate(settings: Settings, spec: FleetSpec, since: datetime, until: dateti
 
 def run_demo(settings: Settings) -> int:
     options = settings.demo
-    data_dir = settings.data_dir
-    _prepare(data_dir)
+    layout, in_use = _prepare(settings.data_dir)
+    data_dir = layout.local
     start = options.start or datetime.now(UTC).replace(
         minute=0, second=0, microsecond=0
     ) - timedelta(days=1)
     train_until = start + timedelta(seconds=options.train_for)
     end = train_until + timedelta(seconds=options.score_for)
-    labels_path = data_dir / "labels.parquet"
-    logs = data_dir / "logs"
-    logs.mkdir(exist_ok=True)
+    labels_path = layout.demo_labels
+    logs = layout.logs
     started = time.monotonic()
     deadline = started + options.timeout
     stop = threading.Event()
@@ -294,4 +301,5 @@ def run_demo(settings: Settings) -> int:
             except subprocess.TimeoutExpired:
                 process.kill()
         broker.stop()
+        in_use.release()
         signal.signal(signal.SIGTERM, previous)

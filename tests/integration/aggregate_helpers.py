@@ -14,6 +14,7 @@ import pandas as pd
 
 from fleetwatch.config import Settings
 from fleetwatch.storage.checkpoints import CheckpointStore
+from fleetwatch.storage.layout import DataLayout
 
 
 def worker_env(settings: Settings, data_dir: Path, group: str, **extra: str) -> dict[str, str]:
@@ -49,14 +50,14 @@ def stop_worker(process: subprocess.Popen[bytes], timeout: float = 30) -> int:
 
 
 def wait_drained(
-    data_dir: Path,
+    data_dir: Path | str,
     topic: str,
     ends: dict[int, int],
     timeout: float = 90,
     process: subprocess.Popen[bytes] | None = None,
 ) -> None:
     """Until every partition's checkpoint has read to its end with no window left open."""
-    store = CheckpointStore(data_dir / "state" / "aggregate" / topic)
+    store = CheckpointStore(DataLayout.open(data_dir).store, topic)
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if process is not None and process.poll() is not None:

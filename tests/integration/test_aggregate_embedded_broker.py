@@ -209,7 +209,7 @@ def test_kill_dash_9_three_times_gives_the_same_totals(settings: Settings, tmp_p
     pd.testing.assert_frame_equal(crashy, clean_frame, rtol=1e-9)
     # and the clean run itself is right: readings per window sum to the valid readings
     valid = 0
-    from fleetwatch.ingest.telemetry import InvalidMessage, parse_message
+    from fleetwatch.telemetry import InvalidMessage, parse_message
 
     for record in records:
         with contextlib.suppress(InvalidMessage):

@@ -15,6 +15,7 @@ from fleetwatch.brokers.embedded import EmbeddedBroker, free_port
 from fleetwatch.brokers.topics import ensure_topics
 from fleetwatch.config import Settings
 from fleetwatch.storage.checkpoints import CheckpointStore
+from fleetwatch.storage.layout import DataLayout
 from tests.conftest import consume_all, make_settings, wait_for
 from tests.integration.aggregate_helpers import (
     read_parquet_dir,
@@ -97,6 +98,7 @@ def test_a_broker_restart_under_a_running_worker_loses_nothing(tmp_path: Path) -
     assert "Traceback" not in text
 
 
+@pytest.mark.scenario  # ~20 s, one worker over every hostile payload: CI runs it with -m scenario
 def test_no_message_stops_aggregation_or_takes_its_neighbours(
     settings: Settings, tmp_path: Path
 ) -> None:
@@ -183,7 +185,7 @@ def test_sigterm_right_after_a_rebalance_is_a_clean_stop(
             assert "stopped cleanly" in text
     finally:
         assert stop_worker(first) == 0
-    store = CheckpointStore(data / "state" / "aggregate" / settings.kafka.telemetry_topic)
+    store = CheckpointStore(DataLayout.open(data).store, settings.kafka.telemetry_topic)
     assert all(store.load(p) is not None for p in range(settings.kafka.partitions))
 
 

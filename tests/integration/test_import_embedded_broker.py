@@ -11,7 +11,7 @@ import pandas as pd
 import pytest
 
 from fleetwatch.config import Settings
-from fleetwatch.ingest.telemetry import parse_message
+from fleetwatch.telemetry import parse_message
 from tests.conftest import consume_all, fleetwatch_cli
 from tests.integration.test_simulate_embedded_broker import cli_env
 

@@ -14,7 +14,6 @@ import pandas as pd
 import pytest
 
 from fleetwatch.config import Settings
-from fleetwatch.storage.remote import parse_location
 from tests.conftest import S3Server, consume_all, wait_for
 from tests.integration.aggregate_helpers import (
     read_parquet_dir,
@@ -83,9 +82,7 @@ def test_a_worker_killed_while_writing_to_a_bucket_loses_and_repeats_nothing(
         worker_env(settings, tmp_path / "clean", "g-clean"), tmp_path / "clean.log"
     )
     try:
-        wait_drained(
-            parse_location(url), settings.kafka.telemetry_topic, ends_by_partition, process=worker
-        )
+        wait_drained(url, settings.kafka.telemetry_topic, ends_by_partition, process=worker)
         wait_drained(
             tmp_path / "clean", settings.kafka.telemetry_topic, ends_by_partition, process=clean
         )

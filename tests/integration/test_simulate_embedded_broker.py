@@ -16,10 +16,10 @@ import pytest
 
 from fleetwatch.brokers.topics import ensure_topics
 from fleetwatch.config import Settings
-from fleetwatch.ingest.telemetry import InvalidMessage, parse_message
 from fleetwatch.simulators.anomalies import read_labels
 from fleetwatch.simulators.fleet import FleetSpec, FleetStream
 from fleetwatch.simulators.malformed import MALFORMED_KINDS
+from fleetwatch.telemetry import InvalidMessage, parse_message
 from tests.conftest import consume_all, fleetwatch_cli, record_count, wait_for
 
 pytestmark = pytest.mark.integration
@@ -230,6 +230,7 @@ def test_ctrl_c_flushes_and_prints_the_summary(settings: Settings) -> None:
     assert summary["messages_sent"] == len(records) > 0
 
 
+@pytest.mark.scenario  # ~19 s (a broker stopped under a producer): CI runs it with -m scenario
 def test_delivery_failures_make_the_exit_code_non_zero(tmp_path: Path) -> None:
     """A broker that dies mid-run: the failures are counted and the exit code is 1."""
     from fleetwatch.brokers.embedded import EmbeddedBroker

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from fleetwatch.brokers.topics import ensure_topics
-from fleetwatch.ingest.telemetry import parse_message
+from fleetwatch.telemetry import parse_message
 from tests.conftest import consume_all, docker_available, fleetwatch_cli, make_settings
 
 WHY_NOT = docker_available()

@@ -31,22 +31,20 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
-from fleetwatch.aggregate.processor import PartitionProcessor, RawRecord, restore
-from fleetwatch.aggregate.progress import (
-    TopicState,
-    checkpoints,
-    idle_frontier,
-    load_topic_state,
-    save_topic_state,
+from fleetwatch.aggregate.processor import (
+    PartitionLostError,
+    PartitionProcessor,
+    RawRecord,
+    restore,
 )
+from fleetwatch.aggregate.progress import checkpoints, idle_frontier
 from fleetwatch.aggregate.windows import WindowSpec
-from fleetwatch.config import Settings
+from fleetwatch.config import AggregateSettings, Settings
 from fleetwatch.errors import FleetwatchError
-from fleetwatch.ingest.telemetry import InvalidReason
-from fleetwatch.storage.atomic import write_text_atomically
-from fleetwatch.storage.checkpoints import Checkpoint
+from fleetwatch.storage.checkpoints import Checkpoint, TopicState
 from fleetwatch.storage.layout import DataLayout
 from fleetwatch.storage.parquet import PartitionedParquetSink
+from fleetwatch.telemetry import InvalidReason
 
 log = logging.getLogger("fleetwatch.aggregate")
 
@@ -102,9 +100,27 @@ class OffsetResetError(FleetwatchError):
 class _Partition:
     processor: PartitionProcessor
     last_record_at: float
-    saved: Checkpoint | None = None
     poisoned: bool = False
     checkpointed_at: float | None = None  # the clock when it last had nothing unsaved
+
+
+@dataclass(frozen=True)
+class AggregationSetup:
+    """What the coordinator needs: the data directory, ``[aggregate]`` and the topics."""
+
+    layout: DataLayout
+    options: AggregateSettings
+    topic: str
+    dead_letter_topic: str
+
+    @classmethod
+    def of(cls, settings: Settings) -> AggregationSetup:
+        return cls(
+            settings.layout,
+            settings.aggregate,
+            settings.kafka.telemetry_topic,
+            settings.kafka.dead_letter_topic,
+        )
 
 
 class Aggregator:
@@ -112,19 +128,20 @@ class Aggregator:
 
     def __init__(
         self,
-        settings: Settings,
+        setup: AggregationSetup | Settings,
         source: Source,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
-        self.settings = settings
+        if isinstance(setup, Settings):
+            setup = AggregationSetup.of(setup)
         self.source = source
         self.clock = clock
-        options = settings.aggregate
-        self.topic = settings.kafka.telemetry_topic
-        self.dead_letter_topic = settings.kafka.dead_letter_topic
+        self.options = options = setup.options
+        self.topic = setup.topic
+        self.dead_letter_topic = setup.dead_letter_topic
         self.spec = WindowSpec(round(options.window * 1000), round(options.grace * 1000))
         self.future_limit_ms = round(options.future_limit * 1000) or None
-        self.layout = DataLayout.of(settings)
+        self.layout = setup.layout
         codec = options.parquet_compression
         self.aggregates = PartitionedParquetSink(self.layout, "aggregates", codec)
         self.late = PartitionedParquetSink(self.layout, "late", codec)
@@ -135,14 +152,13 @@ class Aggregator:
         self.started_at = time.time()
         self.first_record_at: float | None = None
         self.last_activity_at: float | None = None
+        self.topic_id: str | None = None  # as the broker said at the last assignment
+        self.stopped = False
         self.totals = {"messages": 0, "readings": 0, "late": 0, "dead_lettered": 0, "windows": 0}
         self.resets = 0
         self.pending_dead: list[tuple[int, bytes | None, bytes | None, str, str]] = []
         self._last_log = (clock(), 0)
-        self.status_path = (
-            self.layout.aggregation_state(self.topic)
-            / f"status-{socket.gethostname()}-{os.getpid()}.json"
-        )
+        self.worker_name = f"{socket.gethostname()}-{os.getpid()}"
 
     @property
     def processors(self) -> dict[int, PartitionProcessor]:
@@ -156,6 +172,7 @@ class Aggregator:
             if not fresh:
                 return
             topic_id = await self.source.topic_id()
+            self.topic_id = topic_id
             self._record_topic(topic_id)
             starts = await self.source.log_starts(fresh)
             for partition in fresh:
@@ -166,10 +183,10 @@ class Aggregator:
                     self.aggregates,
                     self.late,
                     self._dead_letter_collector(),
-                    self.settings.aggregate.max_open_windows,
+                    self.options.max_open_windows,
                     self.future_limit_ms,
                 )
-                state = _Partition(processor, self.clock(), self.checkpoints.load(partition))
+                state = _Partition(processor, self.clock())
                 self.partitions[partition] = state
                 start = starts.get(partition, 0)
                 await self._check_log_at_assignment(partition, state, topic_id, start)
@@ -186,9 +203,9 @@ class Aggregator:
 
     def _record_topic(self, topic_id: str | None) -> None:
         count = self.source.partition_count()
-        known = load_topic_state(self.layout, self.topic)
+        known = self.checkpoints.load_topic_state()
         if count is not None and known != TopicState(count, topic_id):
-            save_topic_state(self.layout, self.topic, TopicState(count, topic_id))
+            self.checkpoints.save_topic_state(TopicState(count, topic_id))
 
     async def _check_log_at_assignment(
         self, partition: int, state: _Partition, topic_id: str | None, start: int
@@ -228,7 +245,7 @@ class Aggregator:
             f"partition {partition}: {what}; the checkpoint had read up to offset {read} "
             f"(epoch {processor.epoch}), {processor.open_count} window states were open"
         )
-        if self.settings.aggregate.on_offset_reset == "fail":
+        if self.options.on_offset_reset == "fail":
             log.error("%s; on_offset_reset=fail: stopping", message)
             raise OffsetResetError(
                 f"{message}; on_offset_reset=fail: stopped. Set on_offset_reset=earliest to "
@@ -250,8 +267,9 @@ class Aggregator:
         async with self.lock:
             for partition in sorted(revoked):
                 if partition in self.partitions:
-                    await self._checkpoint(partition)
-                    self._retire(partition)
+                    await self._checkpoint(partition)  # lost to another worker: retired there
+                    if partition in self.partitions:
+                        self._retire(partition)
                     log.info("partition %d revoked", partition)
 
     def _retire(self, partition: int) -> None:
@@ -268,6 +286,7 @@ class Aggregator:
             poisoned = sorted(p for p, state in self.partitions.items() if state.poisoned)
             for partition in list(self.partitions):
                 self._retire(partition)
+            self.stopped = True
             self.write_status()
             if failure is None:
                 log.info("stopped cleanly: closed windows written, offsets committed")
@@ -356,17 +375,20 @@ class Aggregator:
     # ------------------------------------------------------------------ durability
 
     async def _checkpoint(self, partition: int, force: bool = False) -> None:
-        state = self.partitions[partition]
-        if state.poisoned:
+        state = self.partitions.get(partition)
+        if state is None or state.poisoned:
             return
-        checkpoint = state.processor.checkpoint()  # writes late readings
+        checkpoint = state.processor.checkpoint()  # writes late readings (staged)
         await self.source.flush()  # dead letters are durable before the commit
-        if state.saved == checkpoint and not force:
-            state.checkpointed_at = self.clock()
-            return  # a quiet partition: nothing new to save or commit
-        self.checkpoints.save(partition, checkpoint)
-        state.saved = checkpoint
+        try:
+            saved = state.processor.commit(self.checkpoints, checkpoint, force)
+        except PartitionLostError as exc:
+            log.warning("%s", exc)
+            self._retire(partition)
+            return
         state.checkpointed_at = self.clock()
+        if not saved:
+            return  # a quiet partition: nothing new to save or commit
         if checkpoint.offset is not None:
             try:
                 await self.source.commit(partition, checkpoint.offset)
@@ -384,7 +406,7 @@ class Aggregator:
         """Every second: resets and idle partitions, periodic checkpoints, the log line."""
         async with self.lock:
             now = self.clock()
-            options = self.settings.aggregate
+            options = self.options
             idle_now: list[int] = []
             for partition, state in list(self.partitions.items()):
                 if state.poisoned:
@@ -433,8 +455,10 @@ class Aggregator:
                 close_boundary_ms=state.processor.close_boundary, idle=partition in idle
             )
         for partition in idle:
-            state = self.partitions[partition]
-            processor = state.processor
+            found = self.partitions.get(partition)
+            if found is None:
+                continue
+            processor = found.processor
             changed = not processor.idle
             processor.idle = True
             if processor.close_all():
@@ -490,6 +514,10 @@ class Aggregator:
             "first_record_at": self.first_record_at,
             "last_activity_at": self.last_activity_at,
             "pid": os.getpid(),
+            "host": socket.gethostname(),
+            "topic_id": self.topic_id,
+            "updated_at": time.time(),
+            "stopped": self.stopped,
         }
 
     def metrics_snapshot(self) -> dict[str, Any]:
@@ -533,7 +561,7 @@ class Aggregator:
         """A JSON status file beside the checkpoints, for `status` commands and benchmarks;
         informational, so a failure to write it is a warning, never a stop."""
         try:
-            write_text_atomically(self.status_path, json.dumps(self.stats()))
+            self.checkpoints.write_status(self.worker_name, json.dumps(self.stats()))
         except FleetwatchError as exc:
             log.warning("status file not written: %s", exc)
 

@@ -14,16 +14,24 @@ boundary also moves when the coordinator finds the partition idle (:meth:`advanc
 
 A message whose event time lies more than ``future_limit_ms`` ahead of its Kafka record's
 timestamp (the producer's clock) is dead-lettered ``future_timestamp``: one message stamped
-2099 must not move the watermark and make every normal reading after it late.
+2099 must not move the watermark and make every normal reading after it late. A producer
+whose own clock says 2099 stamps its records 2099 too, so a message is also dead-lettered
+``future_timestamp`` when it lies more than ``future_limit_ms`` ahead of this machine's clock
+*and* of the partition's newest reading: an accelerated simulated clock that runs ahead of the
+wall clock moves forward a little at a time and passes, a jump to 2099 does not. That decision
+depends on the wall clock, so the offsets it rejected are kept in the checkpoint, and a replay
+decides those records as they were decided.
 """
 
 from __future__ import annotations
 
 import itertools
 import logging
+import time
+import uuid
 from collections import Counter
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -44,15 +52,17 @@ from fleetwatch.aggregate.windows import (
     result_std,
 )
 from fleetwatch.errors import FleetwatchError
-from fleetwatch.ingest.telemetry import (
+from fleetwatch.faults import point
+from fleetwatch.storage.checkpoints import Checkpoint, CheckpointStore
+from fleetwatch.storage.parquet import PartitionedParquetSink, RecordSink, Staged
+from fleetwatch.storage.store import ConflictError
+from fleetwatch.telemetry import (
     InvalidMessage,
     InvalidReason,
     Telemetry,
     format_ts,
     parse_message,
 )
-from fleetwatch.storage.checkpoints import Checkpoint, CheckpointStore
-from fleetwatch.storage.parquet import PartitionedParquetSink, RecordSink
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +102,13 @@ class OffsetGapError(FleetwatchError):
         self.got = got
 
 
+class PartitionLostError(FleetwatchError):
+    """Another worker took the partition over: this one's checkpoint write was refused, and
+    the files it had staged since its last checkpoint were deleted, never published."""
+
+    exit_code = 1
+
+
 class PartitionProcessor:
     """Windows of one partition, from a checkpoint onwards."""
 
@@ -105,8 +122,10 @@ class PartitionProcessor:
         checkpoint: Checkpoint | None = None,
         max_open_windows: int = 2_000_000,
         future_limit_ms: int | None = None,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.partition = partition
+        self.clock = clock
         self.spec = spec
         self.aggregates = aggregates
         self.late = late
@@ -123,12 +142,18 @@ class PartitionProcessor:
         # Records before this offset were processed before the checkpoint was taken: their
         # dead letters were sent and their closed-window readings written already.
         self.replay_until: int | None = checkpoint.next_offset
+        self.future_rejected: set[int] = set(checkpoint.future_rejected)
         self.open: dict[int, dict[tuple[str, str], list[float]]] = {}
         self.open_count = 0
         self.pending_late: list[tuple[str, str, int, float, int, int, int]] = []
         self.counters = PartitionCounters()
         self._pair_ids: dict[tuple[str, str], int] = {}
         self._pairs: list[tuple[str, str]] = []
+        #: This worker's token for the partition, and the checkpoint's version as it last
+        #: wrote it: a write over any other version is refused (see :meth:`commit`).
+        self.owner = checkpoint.owner
+        self.version: str | None = None
+        self.saved: Checkpoint | None = checkpoint
 
     # ------------------------------------------------------------------ input
 
@@ -153,6 +178,8 @@ class PartitionProcessor:
         offsets: list[int] = []
         messages: list[Telemetry] = []
         limit = self.future_limit_ms
+        now_ms = round(self.clock() * 1000)
+        newest = self.max_event  # the partition's newest reading so far, this batch included
         for record in records[start:]:
             offset, key, value = record[0], record[1], record[2]
             self.next_offset = offset + 1
@@ -171,6 +198,14 @@ class PartitionProcessor:
                         f"ts {format_ts(message.ts_ms)} is more than {limit // 1000}s ahead "
                         f"of the record's timestamp {format_ts(produced)}",
                     )
+                if limit is not None and self._ahead_of_the_clock(offset, message, now_ms, newest):
+                    raise InvalidMessage(
+                        "future_timestamp",
+                        f"ts {format_ts(message.ts_ms)} is more than {limit // 1000}s ahead of "
+                        f"this machine's clock ({format_ts(now_ms)}) and of the partition's "
+                        "newest reading",
+                    )
+                newest = message.ts_ms if newest is None else max(newest, message.ts_ms)
                 messages.append(message)
                 offsets.append(offset)
             except InvalidMessage as exc:
@@ -180,6 +215,21 @@ class PartitionProcessor:
         if not messages:
             return False
         return self._window(offsets, messages)
+
+    def _ahead_of_the_clock(
+        self, offset: int, message: Telemetry, now_ms: int, newest: int | None
+    ) -> bool:
+        """The wall-clock rule (see the module docstring); for a replayed record, the
+        decision recorded when it was first read."""
+        if self.replay_until is not None and offset < self.replay_until:
+            return offset in self.future_rejected
+        limit = self.future_limit_ms or 0
+        ahead = message.ts_ms > now_ms + limit and (
+            newest is None or message.ts_ms > newest + limit
+        )
+        if ahead:
+            self.future_rejected.add(offset)
+        return ahead
 
     def _window(self, offsets: list[int], messages: list[Telemetry]) -> bool:
         size = self.spec.size_ms
@@ -366,6 +416,7 @@ class PartitionProcessor:
             self.epoch += 1
         self.next_offset = offset
         self.replay_until = None
+        self.future_rejected.clear()
         return self.counters.windows_written - written
 
     def _force_close(self) -> bool:
@@ -422,7 +473,9 @@ class PartitionProcessor:
         The caller flushes its dead-letter producer, saves this, then commits ``offset``.
         """
         self.flush_late()
-        return self.checkpoint_view()
+        view = self.checkpoint_view()
+        self.future_rejected = set(view.future_rejected)  # older ones are never replayed
+        return view
 
     def checkpoint_view(self) -> Checkpoint:
         """The checkpoint of the current state (true on disk once late readings are written)."""
@@ -434,6 +487,9 @@ class PartitionProcessor:
             ),
             default=self.next_offset,
         )
+        kept = (
+            () if oldest is None else tuple(sorted(o for o in self.future_rejected if o >= oldest))
+        )
         return Checkpoint(
             offset=oldest,
             next_offset=self.next_offset,
@@ -442,7 +498,52 @@ class PartitionProcessor:
             epoch=self.epoch,
             topic_id=self.topic_id,
             idle=self.idle,
+            future_rejected=kept,
         )
+
+    def commit(
+        self, checkpoints: CheckpointStore, checkpoint: Checkpoint, force: bool = False
+    ) -> bool:
+        """Save ``checkpoint`` (from :meth:`checkpoint`, dead letters flushed since) and
+        publish the files staged since the last commit; False when nothing changed.
+
+        Fenced: each write is conditional on the version this processor wrote last, so a
+        worker whose partition was taken over publishes nothing (:class:`PartitionLostError`,
+        its staged files deleted). With files to publish, the checkpoint is written twice:
+        first naming them (readers keep the previous watermark), then, once they are
+        published, as it is; a crash in between is completed by whoever restores it."""
+        staged = self.aggregates.take_staged() + self.late.take_staged()
+        checkpoint = replace(checkpoint, owner=self.owner)
+        if not staged and not force and checkpoint == self.saved:
+            return False
+        try:
+            point("checkpoint.staged")  # files staged, nothing recorded
+            if staged:
+                before = self.saved.close_boundary_ms if self.saved is not None else None
+                intent = replace(checkpoint, publishing=tuple(staged), published_boundary_ms=before)
+                self.version = checkpoints.save(self.partition, intent, self.version)
+                point("checkpoint.intent")  # recorded, not yet published
+                publish(self.aggregates, staged)
+                point("checkpoint.published")  # published, the checkpoint still names them
+            self.version = checkpoints.save(self.partition, checkpoint, self.version)
+        except ConflictError as exc:
+            self.aggregates.discard(staged)
+            raise PartitionLostError(
+                f"partition {self.partition} was taken over by another worker ({exc}); "
+                "this worker's unpublished windows were dropped, the new owner replays them"
+            ) from None
+        self.saved = checkpoint
+        return True
+
+    def save(self, checkpoints: CheckpointStore) -> bool:
+        """:meth:`checkpoint` and :meth:`commit`, for a caller without dead letters to flush."""
+        return self.commit(checkpoints, self.checkpoint())
+
+
+def publish(sink: RecordSink, staged: Sequence[Staged]) -> None:
+    """Move staged files under their names (one already moved is skipped)."""
+    for staged_key, final_key in staged:
+        sink.store.move(staged_key, final_key)
 
 
 def _with_utc_ms(frame: pd.DataFrame, columns: tuple[str, ...]) -> pd.DataFrame:
@@ -468,32 +569,51 @@ def restore(
     max_open_windows: int = 2_000_000,
     future_limit_ms: int | None = None,
 ) -> PartitionProcessor:
-    """A processor for ``partition`` resumed from its checkpoint, with orphans removed.
+    """A processor for ``partition`` resumed from its checkpoint: the partition taken over
+    (its checkpoint rewritten with a token of this worker's, conditionally, so that a worker
+    that had it before can publish nothing more), files its checkpoint was publishing
+    published, files written after it removed.
 
     Seek the partition to the returned processor's ``next_offset`` (None: the log's start).
     """
-    checkpoint = checkpoints.load(partition)
-    if checkpoint is None:
-        existing = aggregates.has_files(partition)
-        if existing is not None:
-            raise OrphanedFilesError(
-                f"aggregates of partition {partition} exist ({existing}) but there is no "
-                f"checkpoint {checkpoints.path(partition)}; restore the state directory, or move "
-                "the old aggregates away to rebuild them from Kafka"
-            )
-        checkpoint = Checkpoint()
-        checkpoints.save(partition, checkpoint)
-    removed = aggregates.remove_windows_after(partition, checkpoint.close_boundary_ms)
-    removed += late.remove_from_offset(partition, checkpoint.epoch, checkpoint.next_offset)
+    owner = uuid.uuid4().hex[:12]
+    for _ in range(20):
+        checkpoint, version = checkpoints.load_versioned(partition)
+        if checkpoint is None:
+            existing = aggregates.has_files(partition)
+            if existing is not None:
+                raise OrphanedFilesError(
+                    f"aggregates of partition {partition} exist ({existing}) but there is no "
+                    f"checkpoint {checkpoints.describe(partition)}; restore the state "
+                    "directory, or move the old aggregates away to rebuild them from Kafka"
+                )
+            checkpoint = Checkpoint()
+        taken = replace(checkpoint, owner=owner)
+        try:
+            version = checkpoints.save(partition, taken, version)
+            break
+        except ConflictError:  # its previous owner wrote meanwhile: read it again
+            continue
+    else:
+        raise FleetwatchError(f"partition {partition}: could not take its checkpoint over")
+    if taken.publishing:  # the last owner stopped between its two checkpoint writes
+        publish(aggregates, taken.publishing)
+        taken = replace(taken, publishing=(), published_boundary_ms=None)
+        version = checkpoints.save(partition, taken, version)
+    removed = aggregates.remove_leftovers(partition) + late.remove_leftovers(partition)
+    removed += aggregates.remove_windows_after(partition, taken.close_boundary_ms)
+    removed += late.remove_from_offset(partition, taken.epoch, taken.next_offset)
     if removed:
         log.info("partition %d: removed %d files written after its checkpoint", partition, removed)
-    return PartitionProcessor(
+    processor = PartitionProcessor(
         partition,
         spec,
         aggregates,
         late,
         dead_letter,
-        checkpoint,
+        taken,
         max_open_windows,
         future_limit_ms,
     )
+    processor.version = version
+    return processor

@@ -19,40 +19,17 @@ late sink, so a closed hour never changes.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from fleetwatch.storage.atomic import read_whole, write_text_atomically
-from fleetwatch.storage.checkpoints import Checkpoint, CheckpointStore
+from fleetwatch.storage.checkpoints import Checkpoint, CheckpointStore, TopicState
 from fleetwatch.storage.layout import DataLayout
 
-
-@dataclass(frozen=True)
-class TopicState:
-    """What the aggregator recorded about its topic."""
-
-    partitions: int
-    topic_id: str | None = None
+__all__ = ["Progress", "TopicState", "checkpoints", "closed_through", "idle_frontier", "progress"]
 
 
 def checkpoints(layout: DataLayout, topic: str) -> CheckpointStore:
-    return CheckpointStore(layout.aggregation_state(topic))
-
-
-def save_topic_state(layout: DataLayout, topic: str, state: TopicState) -> None:
-    path = layout.aggregation_state(topic) / "topic.json"
-    write_text_atomically(
-        path, json.dumps({"partitions": state.partitions, "topic_id": state.topic_id})
-    )
-
-
-def load_topic_state(layout: DataLayout, topic: str) -> TopicState | None:
-    try:
-        document = json.loads(read_whole(layout.aggregation_state(topic) / "topic.json"))
-        return TopicState(int(document["partitions"]), document.get("topic_id"))
-    except (FileNotFoundError, KeyError, TypeError, ValueError):
-        return None
+    return CheckpointStore(layout.store, topic)
 
 
 @dataclass(frozen=True)
@@ -68,7 +45,7 @@ class Progress:
         if not self.known or not self.partitions:
             return None
         boundaries = [
-            c.close_boundary_ms if c is not None else None for c in self.partitions.values()
+            c.readable_boundary_ms if c is not None else None for c in self.partitions.values()
         ]
         if any(b is None for b in boundaries):
             return None
@@ -82,8 +59,8 @@ class Progress:
 
 
 def progress(layout: DataLayout, topic: str) -> Progress:
-    state = load_topic_state(layout, topic)
     store = checkpoints(layout, topic)
+    state = store.load_topic_state()
     if state is None:
         return Progress({}, known=False)
     return Progress({p: store.load(p) for p in range(state.partitions)}, known=True)

@@ -10,14 +10,17 @@ checkpoint file is saved, then the offset is committed to Kafka.
 from __future__ import annotations
 
 import logging
+import os
+import socket
 import ssl
+import time
 from collections.abc import Awaitable
 from typing import Any
 
 import faust
 from faust.types import TP
 
-from fleetwatch.aggregate.coordinator import Aggregator
+from fleetwatch.aggregate.coordinator import AggregationSetup, Aggregator
 from fleetwatch.aggregate.faust_adapter import (
     FaustReceiver,
     FaustSource,
@@ -27,10 +30,13 @@ from fleetwatch.aggregate.faust_adapter import (
 from fleetwatch.aggregate.processor import OrphanedFilesError
 from fleetwatch.aggregate.progress import checkpoints
 from fleetwatch.brokers.clients import admin_client
+from fleetwatch.brokers.topics import topic_id
 from fleetwatch.config import Settings
 from fleetwatch.errors import BrokerError, FleetwatchError
+from fleetwatch.storage.checkpoints import CheckpointStore
 from fleetwatch.storage.layout import DataLayout
 from fleetwatch.storage.parquet import PartitionedParquetSink
+from fleetwatch.storage.store import storage_error
 
 log = logging.getLogger("fleetwatch.aggregate")
 
@@ -65,23 +71,70 @@ def check_ready(settings: Settings) -> None:
                 )
         described = admin.describe_topics([settings.kafka.telemetry_topic])
     partitions = len(described[0]["partitions"]) if described else 0
-    layout = DataLayout.of(settings)
+    layout = settings.layout
+    layout.check_writable_folder()
     store = checkpoints(layout, settings.kafka.telemetry_topic)
+    check_no_other_topic(settings, store, topic_id(settings.kafka, settings.kafka.telemetry_topic))
     sink = PartitionedParquetSink(layout, "aggregates")
     for partition in range(partitions):
         existing = sink.has_files(partition)
         if existing is not None and store.load(partition) is None:
             raise OrphanedFilesError(
                 f"aggregates of partition {partition} exist ({existing}) but its checkpoint "
-                f"{store.path(partition)} does not (the state folder was lost or moved): "
+                f"{store.describe(partition)} does not (the state folder was lost or moved): "
                 "restore it, or move the aggregates away to rebuild them from Kafka"
             )
 
 
+def check_no_other_topic(
+    settings: Settings, store: CheckpointStore, current: str | None, now: float | None = None
+) -> None:
+    """Refuse, in one line, to write a data folder that a running worker fills from another
+    topic of the same name (another Kafka cluster, another embedded broker): its windows would
+    mix with ours. A recorded topic id nobody writes from any more is a reset (the topic was
+    created again), which the workers handle (``on_offset_reset``)."""
+    recorded = store.load_topic_state()
+    if recorded is None or recorded.topic_id is None or current is None:
+        return
+    if recorded.topic_id == current:
+        return
+    stale_after = 3 * settings.aggregate.log_interval + 30
+    now = time.time() if now is None else now
+    for status in store.statuses():
+        if status.get("topic_id") != recorded.topic_id or status.get("stopped"):
+            continue
+        updated = status.get("updated_at")
+        if not isinstance(updated, int | float) or now - updated > stale_after:
+            continue
+        pid, host = status.get("pid"), status.get("host")
+        if host == socket.gethostname() and isinstance(pid, int) and not _alive(pid):
+            continue
+        raise FleetwatchError(
+            f"{settings.data_dir} is being filled from another topic named "
+            f"{settings.kafka.telemetry_topic} (topic id {recorded.topic_id}, by pid {pid} on "
+            f"{host}); this broker's has id {current}: use another --data-dir, or stop that "
+            "worker first"
+        )
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 def build_app(settings: Settings) -> tuple[FleetwatchApp, Aggregator]:
     options = settings.aggregate
-    faust_dir = DataLayout.of(settings).faust_state
-    faust_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level itself
+    setup = AggregationSetup.of(settings)
+    faust_dir = setup.layout.faust_state
+    try:
+        faust_dir.mkdir(parents=True, exist_ok=True)  # Faust creates only the last level
+    except OSError as exc:
+        raise storage_error(str(faust_dir), exc) from None
     servers = [s.strip() for s in settings.kafka.bootstrap_servers.split(",") if s.strip()]
     timeout = options.rebalance_timeout
     app = FleetwatchApp(
@@ -104,7 +157,7 @@ def build_app(settings: Settings) -> tuple[FleetwatchApp, Aggregator]:
         stream_wait_empty=False,
         worker_redirect_stdouts=False,
     )
-    aggregator = Aggregator(settings, FaustSource(app, settings))
+    aggregator = Aggregator(setup, FaustSource(app, settings))
     receiver = FaustReceiver(aggregator, settings.kafka.telemetry_topic)
     app.receiver = receiver
     topic = app.topic(
@@ -156,6 +209,7 @@ def run_worker(settings: Settings) -> int:
     from fleetwatch.metrics import watch_aggregation
 
     check_private_surface()
+    in_use = settings.layout.use()  # held for the worker's life: a demo cannot empty it
     check_ready(settings)
     app, aggregator = build_app(settings)
     options = settings.aggregate
@@ -163,7 +217,7 @@ def run_worker(settings: Settings) -> int:
     log.info(
         "aggregating %s -> %s (window %gs, grace %gs, idle timeout %gs, group %s)",
         settings.kafka.telemetry_topic,
-        DataLayout.of(settings).aggregates,
+        DataLayout.open(settings.data_dir, settings.local_dir).store.describe("aggregates"),
         settings.aggregate.window,
         settings.aggregate.grace,
         settings.aggregate.idle_timeout,
@@ -185,4 +239,5 @@ def run_worker(settings: Settings) -> int:
             reason,
             exc_info=(type(reason), reason, reason.__traceback__),
         )
+    in_use.release()
     return code

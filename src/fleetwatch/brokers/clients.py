@@ -132,7 +132,7 @@ def event_time_span(kafka: KafkaSettings, topic: str, tail: int = 200) -> tuple[
     batch's base offset instead of the log's end."""
     from kafka import TopicPartition
 
-    from fleetwatch.ingest.telemetry import InvalidMessage, parse_message
+    from fleetwatch.telemetry import InvalidMessage, parse_message
 
     def events(batch: list[Any]) -> list[int]:
         found = []

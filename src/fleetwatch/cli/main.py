@@ -10,6 +10,7 @@ ends the output quietly. ``FLEETWATCH_DEBUG=1`` shows the traceback of an error 
 from __future__ import annotations
 
 import os
+import signal
 import sys
 from collections.abc import Sequence
 from typing import NoReturn
@@ -19,6 +20,17 @@ from fleetwatch.cli.commands import COMMANDS
 from fleetwatch.cli.parser import Command, Parser, build_parser, overrides, parse
 from fleetwatch.config import load_settings
 from fleetwatch.errors import FleetwatchError
+
+#: Long-running commands whose documented answer to SIGTERM is a clean stop (exit 0).
+SERVICES = frozenset({"aggregate", "schedule", "dashboard", "broker"})
+
+
+class Terminated(BaseException):
+    """SIGTERM before the command installed its own handling (a service stopped as it starts)."""
+
+
+def _terminated(signum: int, frame: object) -> None:
+    raise Terminated
 
 
 def parser() -> Parser:
@@ -35,6 +47,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     debug = os.environ.get("FLEETWATCH_DEBUG", "") not in ("", "0")
     environ = {k: v for k, v in os.environ.items() if k != "FLEETWATCH_DEBUG"}
     prefix = f"fleetwatch {_name(arguments)}".rstrip()
+    started = False
     try:
         try:
             args = parse(parser(), arguments)
@@ -48,7 +61,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             settings.log_level,
             [settings.kafka.sasl_password.reveal(), settings.alerts.webhook_url.reveal()],
         )
+        started = True
         return command.handler(args, settings)
+    except Terminated:
+        if not started or _name(arguments) in SERVICES:  # a service's SIGTERM is a clean stop
+            print(f"{prefix}: stopped (SIGTERM) before it began its work", file=sys.stderr)
+            return 0
+        print(f"{prefix}: interrupted (SIGTERM)", file=sys.stderr)
+        return 130
     except FleetwatchError as exc:
         if debug:
             raise
@@ -70,6 +90,7 @@ def _quiet_stdout() -> None:
 
 def run(argv: Sequence[str] | None = None) -> NoReturn:
     """The ``fleetwatch`` command."""
+    signal.signal(signal.SIGTERM, _terminated)  # until the command installs its own
     code = main(argv)
     try:
         sys.stdout.flush()

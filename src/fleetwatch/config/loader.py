@@ -25,6 +25,8 @@ from fleetwatch.errors import ConfigError
 
 ENV_PREFIX = "FLEETWATCH_"
 CONFIG_ENV = "FLEETWATCH_CONFIG"
+#: Variables that are not settings: the configuration file, tracebacks, the fault suite's points.
+NOT_SETTINGS = frozenset({CONFIG_ENV, "FLEETWATCH_DEBUG", "FLEETWATCH_FAULTS"})
 DEFAULT_CONFIG_FILE = Path("fleetwatch.toml")
 
 
@@ -142,7 +144,7 @@ def load_settings(
     infos = _all_settings()
     by_env = {info.env_var: info for info in infos}
     for var in env:
-        if var.startswith(ENV_PREFIX) and var != CONFIG_ENV and var not in by_env:
+        if var.startswith(ENV_PREFIX) and var not in NOT_SETTINGS and var not in by_env:
             raise ConfigError(f"unknown environment variable {var}{_suggest(var, list(by_env))}")
 
     if config_path is None and env.get(CONFIG_ENV):

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from datetime import datetime
+from functools import cached_property
 from pathlib import Path
 from typing import Any, Literal
 
 from fleetwatch.config.values import Secret
+from fleetwatch.storage.layout import DataLayout
 
 Kind = Literal["plain", "duration", "timestamp", "list", "location"]
 
@@ -422,7 +424,7 @@ class BrokerSettings:
 
 @dataclass(frozen=True)
 class Settings:
-    data_dir: Path = setting(
+    data_dir: Path | str = setting(
         Path("fleetwatch-data"),
         "where aggregates, models and DuckDB live: a folder or s3://bucket/prefix",
         kind="location",
@@ -446,6 +448,11 @@ class Settings:
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
+
+    @cached_property
+    def layout(self) -> DataLayout:
+        """The data directory (its store and this machine's folder), opened once."""
+        return DataLayout.open(self.data_dir, self.local_dir)
 
 
 #: TOML section name -> attribute of :class:`Settings`.

@@ -10,6 +10,8 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal, Union, get_args, get_origin
 
+from fleetwatch.storage.store import check_location
+
 
 class Secret:
     """A string that never shows itself in a repr, a log line or a printed settings dump."""
@@ -107,8 +109,6 @@ def coerce(raw: Any, annotation: Any, meta: Mapping[str, Any]) -> Any:
     elif kind == "timestamp":
         value = parse_timestamp(raw)
     elif kind == "location":
-        from fleetwatch.storage.remote import parse_location
-
         value = parse_location(str(raw))
     elif kind == "list":
         items = raw if isinstance(raw, list) else str(raw).split(",")
@@ -159,3 +159,16 @@ def coerce(raw: Any, annotation: Any, meta: Mapping[str, Any]) -> Any:
     if maximum is not None and value > maximum:
         raise ValueError(f"{value!r} is above the maximum {maximum}")
     return value
+
+
+def parse_location(raw: str) -> Path | str:
+    """A data directory: a local folder (a :class:`~pathlib.Path`), or an object-store URL
+    (its text, the scheme and bucket checked): only the store opens it.
+
+    >>> parse_location("s3://fleet/prod/")
+    's3://fleet/prod'
+    >>> parse_location("file:///tmp/x")
+    PosixPath('/tmp/x')
+    """
+    text = check_location(raw)
+    return text if "://" in text else Path(text).expanduser()

@@ -1,7 +1,7 @@
 """What the dashboard shows, read from the data folder: DuckDB opened read-only, Parquet read.
 
 Nothing here writes. Device ids reach a query only as bound parameters, after the same
-validation as everywhere (:func:`fleetwatch.ingest.telemetry.is_valid_name`).
+validation as everywhere (:func:`fleetwatch.telemetry.is_valid_name`).
 """
 
 from __future__ import annotations
@@ -15,10 +15,10 @@ import numpy as np
 
 from fleetwatch.config import Settings
 from fleetwatch.errors import InvalidInputError
-from fleetwatch.ingest.telemetry import is_valid_name
 from fleetwatch.storage.duck import connect, has_table
 from fleetwatch.storage.layout import HOUR, DataLayout, floor_hour
 from fleetwatch.storage.parquet import read_table
+from fleetwatch.telemetry import is_valid_name
 
 #: Heatmap cell values for what is not a share of anomalous windows (drawn in their own colours).
 FAILED, SILENT, NO_MODEL = -0.84, -0.5, -0.17
@@ -65,7 +65,7 @@ def fleet(
 ) -> Fleet | None:
     """Devices x hours over [since, until) (default: the scored hours, at most the last 48);
     None when nothing was scored yet."""
-    layout = DataLayout.of(settings)
+    layout = settings.layout
     if not layout.database.exists():
         return None
     with connect(layout.database, read_only=True) as db:
@@ -180,7 +180,7 @@ def device(
     import pyarrow.compute as pc
 
     check_device(device_id)
-    layout = DataLayout.of(settings)
+    layout = settings.layout
     anomalies: list[dict[str, Any]] = []
     incidents: list[dict[str, Any]] = []
     newest: datetime | None = None
@@ -202,9 +202,10 @@ def device(
     if until <= since:
         raise InvalidInputError("the range is empty: `until` must come after `since`")
     series: dict[str, dict[str, list[Any]]] = {}
-    files = layout.files_between(since, until)
+    files = [item.key for item in layout.files_between(since, until)]
     if files:
         table = read_table(
+            layout.store,
             files,
             columns=["sensor", "window_start", "mean", "min", "max"],
             filters=[
@@ -267,14 +268,14 @@ def device(
 
 
 def _newest_aggregate(layout: DataLayout) -> datetime | None:
-    hours = [hour for hour, _ in layout.hour_dirs("aggregates")]
+    hours = list(layout.hour_objects("aggregates"))
     return max(hours) + HOUR if hours else None
 
 
 def _model(settings: Settings, device_id: str) -> dict[str, Any] | None:
     from fleetwatch.scoring.registry import ModelRegistry
 
-    registry = ModelRegistry(DataLayout.of(settings).models)
+    registry = ModelRegistry(settings.layout.store, settings.layout.state)
     try:
         active = registry.active(device_id)
     except Exception as exc:  # a tampered manifest: shown as such
@@ -301,10 +302,11 @@ def _model(settings: Settings, device_id: str) -> dict[str, Any] | None:
 
 def runs(settings: Settings, limit: int = 200) -> dict[str, Any]:
     """The run history (outcomes, durations, errors) and what is pending."""
+    from fleetwatch.aggregate.progress import closed_through
+    from fleetwatch.scheduler.service import pending_now
     from fleetwatch.scheduler.status import scheduler
-    from fleetwatch.scoring.pending import pending_hours, watermark
 
-    layout = DataLayout.of(settings)
+    layout = settings.layout
     history: list[dict[str, Any]] = []
     if layout.database.exists():
         with connect(layout.database, read_only=True) as db:
@@ -318,10 +320,10 @@ def runs(settings: Settings, limit: int = 200) -> dict[str, Any]:
                 )
                 names = [c[0] for c in cursor.description]
                 history = [dict(zip(names, row, strict=True)) for row in cursor.fetchall()]
-    pending = pending_hours(settings) if layout.aggregates.is_dir() else []
+    pending = pending_now(settings)
     return {
         "scheduler": scheduler(settings),
-        "closed_through": watermark(settings),
+        "closed_through": closed_through(layout, settings.kafka.telemetry_topic),
         "pending": [
             {"hour": p.hour, "devices": "all" if p.devices is None else len(p.devices)}
             for p in pending

@@ -39,8 +39,8 @@ from fleetwatch.ingest.importer import (
     read_table,
     wide_messages,
 )
-from fleetwatch.ingest.telemetry import is_valid_name
 from fleetwatch.scoring.ranges import FirstPart
+from fleetwatch.telemetry import is_valid_name
 
 if TYPE_CHECKING:
     from fleetwatch.simulators.fleet import FleetSpec
@@ -270,7 +270,7 @@ def from_spec(spec: FleetSpec, end_ms: int) -> Dataset:
 def _valid(batch: list[tuple[bytes, bytes]]) -> list[Message]:
     """The batch's valid messages, parsed as the aggregation parses them (the malformed ones
     a simulator may send go to the dead-letter topic: not readings)."""
-    from fleetwatch.ingest.telemetry import InvalidMessage, parse_message
+    from fleetwatch.telemetry import InvalidMessage, parse_message
 
     valid = []
     for key, value in batch:

@@ -12,7 +12,6 @@
 
 from __future__ import annotations
 
-import shutil
 import tempfile
 import time
 from dataclasses import dataclass, replace
@@ -77,7 +76,8 @@ def run_evaluation(settings: Settings, source: str) -> Evaluation:
         return _evaluate(settings, dataset, folder, started)
     finally:
         if keep is None:
-            shutil.rmtree(folder, ignore_errors=True)
+            DataLayout.open(folder).empty_local()
+            folder.rmdir()
 
 
 def _evaluate(settings: Settings, dataset: Dataset, folder: Path, started: float) -> Evaluation:
@@ -90,11 +90,11 @@ def _evaluate(settings: Settings, dataset: Dataset, folder: Path, started: float
         train=replace(settings.train, progress=False, activate=True),
         score=replace(settings.score, output="all", error_threshold=-1),
     )
-    layout = DataLayout(folder)
+    layout = DataLayout.open(folder)
     window_ms = round(settings.aggregate.window * 1000)
     folder.mkdir(parents=True, exist_ok=True)
     backfill(
-        folder, dataset.messages, "evaluate", window_ms, settings.aggregate.parquet_compression
+        layout, dataset.messages, "evaluate", window_ms, settings.aggregate.parquet_compression
     )
     first = (
         FirstPart.parse(settings.evaluate.train_first)

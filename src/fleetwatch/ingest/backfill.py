@@ -28,6 +28,7 @@ from fleetwatch.aggregate.windows import AGGREGATE_COLUMNS, aggregate_batch
 from fleetwatch.errors import InvalidInputError
 from fleetwatch.storage.layout import DataLayout, backfill_file_name
 from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, read_table, write_table
+from fleetwatch.storage.store import DataStore, StoredObject
 
 Message = tuple[str, int, dict[str, float]]  # device_id, ts_ms, readings
 
@@ -37,7 +38,7 @@ class BackfillSummary:
     import_id: str
     readings: int = 0
     windows: int = 0
-    files: list[Path] = field(default_factory=list)
+    files: list[str] = field(default_factory=list)
 
     def as_record(self) -> dict[str, Any]:
         return {
@@ -101,14 +102,13 @@ def windows_of(messages: Iterable[Message], window_ms: int) -> pd.DataFrame:
 
 
 def backfill(
-    data_dir: Path,
+    layout: DataLayout,
     messages: Iterable[Message],
     identity: str,
     window_ms: int,
     compression: str,
 ) -> BackfillSummary:
     """Write the windows of ``messages`` as backfill files named after ``identity``."""
-    layout = DataLayout(data_dir)
     name = backfill_file_name(identity)
     frame = windows_of(messages, window_ms)
     summary = BackfillSummary(identity)
@@ -116,35 +116,39 @@ def backfill(
     planned = []
     for hour, rows in frame.groupby(hours, sort=True):
         hour_start = pd.Timestamp(hour).to_pydatetime()
-        clashes = _existing_windows(layout.hour_files("aggregates", hour_start), name, rows)
+        clashes = _existing_windows(
+            layout.store, layout.hour_data("aggregates", hour_start), name, rows
+        )
         if clashes:
             raise InvalidInputError(
                 f"{clashes} windows of this file in {hour_start:%Y-%m-%dT%H}:00Z exist already "
                 "(written by the live aggregation or another backfill); backfill only what is "
                 "missing, or move that hour's files away first"
             )
-        planned.append((layout.hour_dir("aggregates", hour_start) / name, rows))
-    for path, rows in planned:
+        planned.append((layout.hour_key("aggregates", hour_start, name), rows))
+    for key, rows in planned:
         table = pa.Table.from_pandas(
             rows[list(AGGREGATE_SCHEMA.names)], schema=AGGREGATE_SCHEMA, preserve_index=False
         )
-        write_table(table, path, compression)
-        summary.files.append(path)
+        write_table(layout.store, key, table, compression)
+        summary.files.append(key)
         summary.windows += len(rows)
         summary.readings += int(rows["count"].sum())
     return summary
 
 
-def _existing_windows(files: list[Path], own: str, rows: pd.DataFrame) -> int:
+def _existing_windows(
+    store: DataStore, files: list[StoredObject], own: str, rows: pd.DataFrame
+) -> int:
     """How many of ``rows``' (device, sensor, window) are in ``files`` (other than ``own``)."""
-    others = [path for path in files if path.name != own]
+    others = [item.key for item in files if item.name != own]
     if not others:
         return 0
     wanted = set(rows["device_id"])
     keys = ["device_id", "sensor", "window_start"]
     found = []
-    for path in others:
-        table = read_table(path, columns=keys)
+    for key in others:
+        table = read_table(store, key, columns=keys)
         part = table.to_pandas()
         found.append(part[part["device_id"].isin(wanted)])
     existing = pd.concat(found, ignore_index=True)

@@ -28,13 +28,13 @@ from fleetwatch.brokers.clients import make_producer
 from fleetwatch.config import Settings
 from fleetwatch.errors import BrokerError, InvalidInputError
 from fleetwatch.ingest.backfill import BackfillSummary, backfill, import_id
-from fleetwatch.ingest.telemetry import (
+from fleetwatch.output import progress_bar
+from fleetwatch.telemetry import (
     MAX_EVENT_MS,
     MIN_EVENT_MS,
     encode_message,
     is_valid_name,
 )
-from fleetwatch.output import progress_bar
 
 LONG_COLUMNS = ("ts", "device", "tag", "value")
 #: Column names that usually hold labels, not readings: imported as sensors only with a warning.
@@ -353,9 +353,10 @@ def import_file(settings: Settings, path: Path) -> ImportSummary:
         )
     summary.rejected.sort(key=lambda row: row.line)
     if options.backfill:
+        settings.layout.use()  # held until the process ends: a demo cannot empty it meanwhile
         window_ms = round(settings.aggregate.window * 1000)
         summary.backfill = backfill(
-            settings.data_dir,
+            settings.layout,
             messages,
             import_id(path, window_ms),
             window_ms,
@@ -397,9 +398,8 @@ def _closed_already(settings: Settings, messages: list[Message]) -> tuple[dateti
     """The aggregation's watermark in this data directory, and how many of the readings are
     for windows it has closed (they would all go to the late sink)."""
     from fleetwatch.aggregate.progress import closed_through
-    from fleetwatch.storage.layout import DataLayout
 
-    closed = closed_through(DataLayout.of(settings), settings.kafka.telemetry_topic)
+    closed = closed_through(settings.layout, settings.kafka.telemetry_topic)
     if closed is None:
         return None, 0
     window_ms = round(settings.aggregate.window * 1000)

@@ -21,7 +21,6 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from apscheduler.schedulers.background import BackgroundScheduler
@@ -30,10 +29,12 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from fleetwatch.config import Settings
 from fleetwatch.errors import FleetwatchError
-from fleetwatch.scoring.pending import PendingHour, closed_hours, pending_hours
-from fleetwatch.scoring.score import RunResult, score_hour
-from fleetwatch.storage.layout import HOUR, DataLayout
+from fleetwatch.scoring.pending import PendingHour, closed_hours, migrate_signatures, pending_hours
+from fleetwatch.scoring.score import RunResult, Scoring, score_hour
+from fleetwatch.storage.compaction import compact_hour, finish, needs_compaction
+from fleetwatch.storage.layout import HOUR
 from fleetwatch.storage.locks import ProcessLock
+from fleetwatch.storage.store import DataStore
 
 if TYPE_CHECKING:
     from fleetwatch.metrics import SchedulerMetrics
@@ -51,7 +52,7 @@ def make_trigger(settings: Settings) -> Any:
 def scoring_lock(settings: Settings) -> ProcessLock:
     """Held while deciding what to score and scoring it, one hour at a time."""
     return ProcessLock(
-        DataLayout.of(settings).scoring_lock,
+        settings.layout.scoring_lock,
         f"scoring {settings.data_dir}",
         wait=max(settings.score.lock_timeout, 1.0),
         advice="try again when it is done, or raise --lock-timeout",
@@ -61,14 +62,26 @@ def scoring_lock(settings: Settings) -> ProcessLock:
 def scheduler_lock(settings: Settings) -> ProcessLock:
     """Held by the one ``fleetwatch schedule`` of a data directory for its lifetime."""
     return ProcessLock(
-        DataLayout.of(settings).scheduler_lock,
+        settings.layout.scheduler_lock,
         f"already scheduling {settings.data_dir}",
         advice="one scheduler per data directory: stop that one first",
     )
 
 
 def _score_pending(settings: Settings, pending: PendingHour) -> RunResult:
-    return score_hour(settings, pending.hour, devices=pending.devices, progress=False)
+    return score_hour(
+        Scoring.of(settings), pending.hour, devices=pending.devices, progress=False,
+        files=pending.files,
+    )  # fmt: skip
+
+
+def pending_now(
+    settings: Settings, limit: int | None = None, hours: list[datetime] | None = None
+) -> list[PendingHour]:
+    """:func:`~fleetwatch.scoring.pending.pending_hours` of ``settings``' data directory."""
+    return pending_hours(
+        settings.layout, settings.kafka.telemetry_topic, limit, hours, settings.score.lock_timeout
+    )
 
 
 @dataclass
@@ -80,11 +93,16 @@ class CatchUp:
     score: Callable[[Settings, PendingHour], RunResult] = field(default=_score_pending)
     results: list[RunResult] = field(default_factory=list)
     metrics: SchedulerMetrics | None = None
+    migrated: bool = False
 
     def pending(self) -> list[PendingHour]:
-        return pending_hours(self.settings, limit=self.settings.schedule.max_catchup)
+        return pending_now(self.settings, limit=self.settings.schedule.max_catchup)
 
     def __call__(self) -> list[RunResult]:
+        if not self.migrated:
+            with scoring_lock(self.settings):
+                migrate_signatures(self.settings.layout, self.settings.score.lock_timeout)
+            self.migrated = True
         done = []
         candidates = self.pending()
         for candidate in candidates:
@@ -94,8 +112,9 @@ class CatchUp:
                 )
                 break
             with scoring_lock(self.settings):
-                # another process may have scored it meanwhile: what is left of it, now
-                still = pending_hours(self.settings, hours=[candidate.hour])
+                # another process may have scored it meanwhile: what is left of it, now (the
+                # run scores exactly the files of this listing)
+                still = pending_now(self.settings, hours=[candidate.hour])
                 if not still:
                     continue
                 started = time.monotonic()
@@ -123,34 +142,28 @@ class CatchUp:
 
 def compact_closed_hours(settings: Settings, stop: threading.Event | None = None) -> int:
     """Merge the live aggregate files of closed hours, oldest first, at most ``max_catchup``
-    hours a call, each under the scoring lock; how many hours. See
-    :mod:`fleetwatch.storage.compaction`."""
-    from fleetwatch.storage.compaction import compact_hour, finish
-    from fleetwatch.storage.duck import replace_signature
-
-    layout = DataLayout.of(settings)
-    # from the inventory's one listing: no folder is listed again to decide
-    candidates = [f for f in closed_hours(settings) if f.hidden or f.live >= 2]
-    candidates = candidates[: settings.schedule.max_catchup]
+    hours a call, each under the scoring lock; how many hours. Each hour is compacted from
+    one listing taken under the lock: exactly its live files are merged, and only those are
+    deleted (see :mod:`fleetwatch.storage.compaction`)."""
+    layout = settings.layout
+    topic = settings.kafka.telemetry_topic
+    candidates = [f.hour for f in closed_hours(layout, topic) if needs_compaction(f)]
     compacted = 0
-    for files in candidates:
+    for hour in candidates[: settings.schedule.max_catchup]:
         if stop is not None and stop.is_set():
             break
         with scoring_lock(settings):
-            before = layout.inventory([files.hour])
-            compaction = compact_hour(layout, files.hour, settings.aggregate.parquet_compression)
-            if compaction is None or not before:
+            listed = closed_hours(layout, topic, [hour])
+            if not listed or not needs_compaction(listed[0]):
                 continue
-            after = layout.inventory([files.hour])[0].signature
-            replace_signature(
-                layout.database, files.hour, before[0].signature, after,
-                settings.score.lock_timeout,
-            )  # fmt: skip
-            removed = finish(compaction)
+            compaction = compact_hour(layout, listed[0], settings.aggregate.parquet_compression)
+            if compaction is None:
+                continue
+            removed = finish(layout, compaction)
         compacted += 1
         log.info(
             "compacted %s: %d files -> %s (%d rows)",
-            f"{files.hour:%Y-%m-%dT%H}", removed, compaction.path.name, compaction.rows,
+            f"{hour:%Y-%m-%dT%H}", removed, compaction.name, compaction.rows,
         )  # fmt: skip
     return compacted
 
@@ -183,7 +196,7 @@ class Retrainer:
     def __call__(self) -> None:
         from fleetwatch.scoring.train import train
 
-        closed = closed_hours(self.settings)
+        closed = closed_hours(self.settings.layout, self.settings.kafka.telemetry_topic)
         if not closed:
             log.info("retraining skipped: no closed hour yet")
             return
@@ -219,17 +232,18 @@ class FirstTraining:
         from fleetwatch.scoring.train import train_ranges
 
         duration = timedelta(seconds=self.settings.schedule.train_first or 0)
-        closed = closed_hours(self.settings)
+        layout = self.settings.layout
+        closed = closed_hours(layout, self.settings.kafka.telemetry_topic)
         for files in closed:
             if files.hour not in self.scanned:
                 self.scanned.add(files.hour)
-                new = set(devices_in_files(list(files.files))[0]) - set(self.first_seen)
+                new = set(devices_in_files(layout.store, files.keys)[0]) - set(self.first_seen)
                 if new:
-                    self.first_seen.update(first_windows(list(files.files), new))
+                    self.first_seen.update(first_windows(layout.store, files.keys, new))
         if not closed:
             return
         closed_until = closed[-1].hour + HOUR
-        registry = ModelRegistry(DataLayout.of(self.settings).models)
+        registry = ModelRegistry(layout.store, layout.state)
         ready = {
             device: (first, first + duration)
             for device, first in sorted(self.first_seen.items())
@@ -250,14 +264,14 @@ class FirstTraining:
         )
 
 
-def first_windows(files: list[Path], devices: set[str]) -> dict[str, datetime]:
+def first_windows(store: DataStore, files: list[str], devices: set[str]) -> dict[str, datetime]:
     """The first window start of each of ``devices`` in ``files``."""
     import pyarrow as pa
     import pyarrow.compute as pc
 
     from fleetwatch.storage.parquet import read_table
 
-    tables = [read_table(path, columns=["device_id", "window_start"]) for path in files]
+    tables = [read_table(store, key, columns=["device_id", "window_start"]) for key in files]
     table = pa.concat_tables(tables)
     table = table.filter(pc.is_in(table["device_id"], pa.array(sorted(devices))))
     firsts = table.group_by("device_id").aggregate([("window_start", "min")])
@@ -271,8 +285,13 @@ def first_windows(files: list[Path], devices: set[str]) -> dict[str, datetime]:
 
 def run_schedule(settings: Settings, *, install_signals: bool = True) -> int:
     """Run until SIGTERM/SIGINT; the current hour finishes, the rest stays pending."""
+    in_use = settings.layout.use()  # made if need be (a service waits for data); a demo cannot
+    # empty it meanwhile
     with scheduler_lock(settings):
-        return _run_schedule(settings, install_signals)
+        try:
+            return _run_schedule(settings, install_signals)
+        finally:
+            in_use.release()
 
 
 def _run_schedule(settings: Settings, install_signals: bool) -> int:
@@ -377,7 +396,7 @@ def write_state(settings: Settings, started: datetime, next_run: datetime | None
         "last_tick": datetime.now(UTC).isoformat(),
         "next_tick": None if next_run is None else next_run.astimezone(UTC).isoformat(),
     }
-    write_text_atomically(DataLayout.of(settings).scheduler_state, json.dumps(state))
+    write_text_atomically(settings.layout.scheduler_state, json.dumps(state))
 
 
 def next_tick(settings: Settings, now: datetime | None = None) -> datetime | None:

@@ -9,27 +9,25 @@ import json
 from datetime import datetime
 from typing import Any
 
+from fleetwatch.aggregate.progress import closed_through
 from fleetwatch.config import Settings
-from fleetwatch.scheduler.service import scheduler_lock
-from fleetwatch.scoring.pending import pending_hours, watermark
-from fleetwatch.storage.atomic import read_whole
-from fleetwatch.storage.layout import DataLayout, require_data_dir
+from fleetwatch.scheduler.service import pending_now, scheduler_lock
 
 
 def scheduler(settings: Settings) -> dict[str, Any]:
     """The running scheduler as it described itself, or ``{"running": False}``."""
-    layout = DataLayout.of(settings)
+    layout = settings.layout
     if not layout.scheduler_lock.exists() or not scheduler_lock(settings).held():
         return {"running": False}
     try:
-        state: dict[str, Any] = json.loads(read_whole(layout.scheduler_state))
+        state: dict[str, Any] = json.loads(layout.scheduler_state.read_bytes())
     except (OSError, ValueError):
         state = {}
     return {"running": True, **state}
 
 
 def last_runs(settings: Settings, limit: int = 10) -> list[dict[str, Any]]:
-    layout = DataLayout.of(settings)
+    layout = settings.layout
     if not layout.database.exists():
         return []
     from fleetwatch.storage.duck import connect, has_table
@@ -50,9 +48,9 @@ def last_runs(settings: Settings, limit: int = 10) -> list[dict[str, Any]]:
 
 
 def status(settings: Settings, runs: int = 10) -> dict[str, Any]:
-    require_data_dir(DataLayout.of(settings))
-    pending = pending_hours(settings)
-    closed: datetime | None = watermark(settings)
+    settings.layout.require()
+    pending = pending_now(settings)
+    closed: datetime | None = closed_through(settings.layout, settings.kafka.telemetry_topic)
     return {
         "scheduler": scheduler(settings),
         "closed_through": closed,

@@ -18,12 +18,81 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection, wait
-from typing import Any
+from typing import Any, Protocol
 
 DeviceResult = tuple[str, Any]  # ("ok", payload) or ("error", message)
 #: Runs one task in a child: results for (some of) its devices. It catches a device's own
 #: exception itself; anything it raises fails the whole task, which is then split and retried.
 WorkFn = Callable[[list[str]], dict[str, DeviceResult]]
+Outcome = tuple[dict[str, Any], dict[str, str], bool]  # results, errors, aborted
+
+
+@dataclass(frozen=True)
+class TaskModel:
+    """How devices are cut into tasks and what a failure costs (``[score]``'s settings)."""
+
+    mini_batch_size: int
+    task_timeout: float
+    max_retries: int
+    error_threshold: int = -1  # -1: never abort
+
+
+class Executor(Protocol):
+    """Where tasks run. Chosen once, from ``[score] executor``
+    (:func:`fleetwatch.scoring.executors.executor_for`), and used by ``score`` and ``train``.
+
+    ``run`` blocks until every task has finished, failed for good, or the run was aborted; it
+    never raises for a task's failure (that is in its outcome), only for an executor that cannot
+    run at all (no cluster: :class:`~fleetwatch.errors.FleetwatchError`)."""
+
+    @property
+    def name(self) -> str:
+        """``local`` or ``dask``."""
+
+    @property
+    def shares_memory(self) -> bool:
+        """True when tasks see what the calling process has read (forked children): the
+        caller reads the data once; False when each task reads its own share (a cluster)."""
+
+    def run(
+        self,
+        devices: list[str],
+        work: WorkFn,
+        model: TaskModel,
+        *,
+        groups: list[list[str]] | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> Outcome:
+        """Run ``work`` over ``devices`` in tasks (with ``groups``: no task mixes two)."""
+
+
+@dataclass(frozen=True)
+class LocalExecutor:
+    """Forked worker processes on this machine (see :func:`run_tasks`)."""
+
+    workers: int
+    name: str = "local"
+    shares_memory: bool = True
+
+    def run(
+        self,
+        devices: list[str],
+        work: WorkFn,
+        model: TaskModel,
+        *,
+        groups: list[list[str]] | None = None,
+        on_progress: Callable[[int], None] | None = None,
+    ) -> Outcome:
+        return run_tasks(
+            devices,
+            work,
+            workers=self.workers,
+            mini_batch_size=model.mini_batch_size,
+            task_timeout=model.task_timeout,
+            max_retries=model.max_retries,
+            error_threshold=model.error_threshold,
+            on_progress=on_progress,
+        )
 
 
 @dataclass

@@ -59,11 +59,29 @@ def explain_many(
         batch[index, : len(stack)] = stack
     reset_scores = kind.decide_many(scorers, batch, counts)
     result = []
-    for rows, score, reset in zip(flagged, scores, reset_scores, strict=True):
+    for matrix, rows, score, reset in zip(windows, flagged, scores, reset_scores, strict=True):
         picked = len(rows)
-        gains = reset[: picked * len(groups)].reshape(len(groups), picked) - score[rows]
-        result.append([_top(names, gains[:, i]) for i in range(picked)])
+        resets = reset[: picked * len(groups)].reshape(len(groups), picked)
+        explained = []
+        for i in range(picked):
+            if np.isfinite(score[rows[i]]):
+                explained.append(_top(names, resets[:, i] - score[rows[i]]))
+            else:
+                explained.append(_not_finite(names, groups, resets[:, i], matrix[rows[i]]))
+        result.append(explained)
     return result
+
+
+def _not_finite(
+    names: list[str], groups: list[np.ndarray], resets: np.ndarray, window: np.ndarray
+) -> Explanation:
+    """A window whose score is not finite: the sensors whose reset gives a finite score back,
+    or else those with values that are not finite, in equal shares."""
+    chosen = [i for i in range(len(names)) if np.isfinite(resets[i])]
+    if not chosen:
+        chosen = [i for i, c in enumerate(groups) if not np.isfinite(window[c]).all()]
+    chosen = chosen[:TOP]
+    return [(names[i], round(1.0 / len(chosen), 4)) for i in chosen]
 
 
 def _top(names: list[str], gains: np.ndarray) -> Explanation:

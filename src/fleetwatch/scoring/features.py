@@ -16,7 +16,6 @@ import threading
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
-from pathlib import Path
 from typing import Final
 
 import numpy as np
@@ -25,8 +24,8 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fleetwatch.errors import InvalidInputError
-from fleetwatch.storage.layout import DataLayout
 from fleetwatch.storage.parquet import open_file, read_metadata
+from fleetwatch.storage.store import DataStore
 
 #: The window statistics read from the aggregates, in the cube's order.
 STATISTICS: Final = ("mean", "std", "min", "max", "count")
@@ -103,33 +102,35 @@ def slow_sensors(
     return [sensor for sensor, slow in judge_slow(means, sensors).items() if slow]
 
 
-def devices_in_files(files: list[Path]) -> tuple[list[str], int]:
+def devices_in_files(store: DataStore, files: Sequence[str]) -> tuple[list[str], int]:
     """The device ids found in ``files`` and their row count, from the device column alone."""
     found: set[str] = set()
     rows = 0
-    for path in files:
-        parquet = open_file(path, read_dictionary=["device_id"])
+    for key in files:
+        parquet = open_file(store, key, read_dictionary=["device_id"])
         rows += parquet.metadata.num_rows
         for chunk in parquet.read(columns=["device_id"]).column(0).chunks:
             found.update(str(v) for v in chunk.dictionary.to_pylist())
     return sorted(found), rows
 
 
-Piece = tuple[Path, int]  # a row group of a Parquet file: the unit a Dask task reads
+Piece = tuple[str, int]  # a row group of a Parquet file: the unit a Dask task reads
 
 
-def device_pieces(files: list[Path]) -> tuple[list[Piece], dict[str, tuple[int, ...]]]:
+def device_pieces(
+    store: DataStore, files: Sequence[str]
+) -> tuple[list[Piece], dict[str, tuple[int, ...]]]:
     """The row groups of ``files``, and per device the indices of those that hold its rows,
     from the device column alone (dictionary-encoded: no per-row string)."""
     import pyarrow.compute as pc
 
     pieces: list[Piece] = []
     found: dict[str, list[int]] = {}
-    for path in files:
-        parquet = open_file(path, read_dictionary=["device_id"])
+    for key in files:
+        parquet = open_file(store, key, read_dictionary=["device_id"])
         for group in range(parquet.metadata.num_row_groups):
             index = len(pieces)
-            pieces.append((path, group))
+            pieces.append((key, group))
             column = parquet.read_row_group(group, columns=["device_id"]).column(0)
             for chunk in column.chunks:
                 names = chunk.dictionary.to_pylist()
@@ -142,14 +143,16 @@ def device_pieces(files: list[Path]) -> tuple[list[Piece], dict[str, tuple[int, 
 
 
 def read_cube(
-    data_dir: Path,
+    store: DataStore,
+    files: Sequence[str] | Collection[Piece],
     since: datetime,
     until: datetime,
     window_ms: int,
     devices: Collection[str] | None = None,
-    pieces: Collection[Piece] | None = None,
 ) -> WindowCube:
-    """Closed windows with ``since <= window_start < until`` as a cube, read once, no pandas.
+    """The windows of ``files`` with ``since <= window_start < until`` as a cube, read once, no
+    pandas. ``files`` are keys (read whole) or row groups ``(key, index)`` (a Dask task's share
+    of an hour): the caller took them from one listing, and nothing else is read.
 
     Device ids and sensor names stay dictionary-encoded from the Parquet files to the cube, so
     no per-row string is ever built (an hour of 10,000 devices x 10 sensors is 6M rows). With
@@ -161,19 +164,20 @@ def read_cube(
     width = max((until_ms - 1 - base) // window_ms + 1, 1)
     wanted = None if devices is None else set(devices)
     names: dict[str, dict[str, int]] = {"device_id": {}, "sensor": {}}
-    groups: dict[Path, list[int] | None] = {}
-    if pieces is None:  # every file of the hours, whole
-        groups = dict.fromkeys(DataLayout(data_dir).files_between(since, until))
-    else:  # only these row groups (a Dask task's share of the hour)
-        for path, group in pieces:
-            groups.setdefault(path, []).append(group)  # type: ignore[union-attr]
-    files = [(path, read_metadata(path), groups[path]) for path in groups]
+    groups: dict[str, list[int] | None] = {}
+    for item in files:
+        if isinstance(item, str):  # a whole file
+            groups[item] = None
+        else:  # one of its row groups
+            key, group = item
+            groups.setdefault(key, []).append(group)  # type: ignore[union-attr]
+    chosen = [(key, read_metadata(store, key), groups[key]) for key in groups]
     # Filled file by file, so that one file's Arrow memory is reused for the next: fresh
     # memory costs more than decoding here, so each row keeps only its (device, slot) key, its
     # sensor's code and its statistics. Rows left out leave the tails untouched.
     capacity = sum(
-        metadata.num_rows if chosen is None else sum(metadata.row_group(g).num_rows for g in chosen)
-        for _, metadata, chosen in files
+        metadata.num_rows if some is None else sum(metadata.row_group(g).num_rows for g in some)
+        for _, metadata, some in chosen
     )
     key_type = np.int32 if capacity * width < 2**31 else np.int64
     keys = np.empty(capacity, dtype=key_type)
@@ -181,10 +185,10 @@ def read_cube(
     statistics = np.empty((len(STATISTICS), capacity))
     filled = 0
     span = (since_ms, until_ms, base, width, window_ms)
-    for path, metadata, chosen in files:
-        parquet = open_file(path, metadata=metadata, read_dictionary=["device_id", "sensor"])
+    for key, metadata, some in chosen:
+        parquet = open_file(store, key, metadata=metadata, read_dictionary=["device_id", "sensor"])
         filled = _fill_from(
-            parquet, span, wanted, names, filled, (keys, sensor_codes, statistics), chosen
+            parquet, span, wanted, names, filled, (keys, sensor_codes, statistics), some
         )
     pa.default_memory_pool().release_unused()  # so that forked workers do not inherit it
     return WindowCube(

@@ -32,7 +32,6 @@ import contextlib
 import json
 import logging
 import mmap
-import os
 import threading
 import time
 import uuid
@@ -40,10 +39,9 @@ import zlib
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, BinaryIO, NamedTuple
+from typing import Any, BinaryIO, NamedTuple
 
 from fleetwatch.errors import FleetwatchError
-from fleetwatch.ingest.telemetry import is_valid_name
 from fleetwatch.scoring.kinds import KINDS, ModelKind, Scorer, kind_named
 from fleetwatch.scoring.registry import (
     ModelRegistry,
@@ -51,33 +49,23 @@ from fleetwatch.scoring.registry import (
     ParamsLayout,
     check_current,
     pack_arrays,
-    read_bytes,
 )
-from fleetwatch.storage import remote
 from fleetwatch.storage.atomic import write_atomically, write_bytes_atomically
-from fleetwatch.storage.layout import DataLayout
-
-if TYPE_CHECKING:
-    from fleetwatch.config import Settings
+from fleetwatch.storage.models import ACTIVE, MANIFEST, PARAMS
+from fleetwatch.telemetry import is_valid_name
 
 log = logging.getLogger(__name__)
 
 #: 1: params.bin copies with a sha256 each (as in the manifests); 2: with a CRC-32, 2.4x faster;
 #: 3: single-pipeline models as their ``Scorer`` (20 us less per device than params.bin);
-#: 4: the calibration's tail scale beside the threshold (models of features version 2)
-FORMAT = 4
+#: 4: the calibration's tail scale beside the threshold (models of features version 2);
+#: 5: the store's versions of the files, not their inode, size and time
+FORMAT = 5
 ALIGN = 64  # every entry starts on a cache line: float64 views of the mapping are aligned
 #: A refresh rewrites the pack as one segment when it stores more than this many times the
 #: entries in use (superseded versions pile up with every retraining).
 COMPACT_ABOVE = 2.0
-Signature = tuple[int, int, int]  # st_ino, st_size, st_mtime_ns
-
-
-def signature(path: str) -> Signature:
-    if remote.is_url(path):
-        return remote.url_signature(path)
-    info = os.stat(path)
-    return (info.st_ino, info.st_size, info.st_mtime_ns)
+Signature = str  # the store's version of a file: it changes whenever the file is replaced
 
 
 @dataclass(frozen=True)
@@ -124,6 +112,13 @@ class ModelPack:
         pack.open_segments()
         return pack
 
+    @staticmethod
+    def state_of(folder: Path) -> tuple[tuple[str, int], ...]:
+        """The names and modification times of a pack folder's indexes (empty: no pack)."""
+        if not folder.is_dir():
+            return ()
+        return tuple(sorted((p.name, p.stat().st_mtime_ns) for p in folder.glob("[!.]*.json")))
+
     def open_segments(self) -> None:
         for name in self._segment_names():
             try:
@@ -163,8 +158,8 @@ class ModelPack:
                 raise ValueError(f"{device_id}'s entry lies past the end of {name}.bin")
             self._entries[device_id] = _Entry(
                 version,
-                tuple(manifest),
-                tuple(params),
+                str(manifest),
+                str(params),
                 int(crc),
                 kind,
                 features[feature_id],
@@ -205,18 +200,18 @@ class ModelPack:
         entry = self._entries.get(device_id)
         if entry is None:
             return None
-        device = self.registry.device_path(device_id)  # validates the id
+        files = self.registry.files
         try:
-            words = read_bytes(f"{device}/ACTIVE").decode().split()
+            raw = files.read_pointer(self.registry.check_device(device_id), ACTIVE)
+            words = raw.decode().split() if raw is not None else []
             if not words or words[0] != entry.version:
                 return None
-            base = f"{device}/{entry.version}"
             if (
-                signature(f"{base}/params.bin") != entry.params
-                or signature(f"{base}/manifest.json") != entry.manifest
+                files.file_version(device_id, entry.version, PARAMS) != entry.params
+                or files.file_version(device_id, entry.version, MANIFEST) != entry.manifest
             ):
                 return None
-        except (OSError, UnicodeDecodeError):
+        except (OSError, UnicodeDecodeError, FleetwatchError):
             return None
         blob = memoryview(self._maps[entry.segment])[entry.offset : entry.offset + entry.length]
         if zlib.crc32(blob) != entry.crc32:
@@ -287,10 +282,12 @@ class ModelPack:
             version = self.registry.active_version(device_id)
             if version is None or not is_valid_name(version):
                 return None
-            base = f"{self.registry.device_path(device_id)}/{version}"
-            # signatures before contents: a file changed after this no longer matches them
-            manifest_signature = signature(f"{base}/manifest.json")
-            params_signature = signature(f"{base}/params.bin")
+            files = self.registry.files
+            # versions before contents: a file changed after this no longer matches them
+            manifest_signature = files.file_version(device_id, version, MANIFEST)
+            params_signature = files.file_version(device_id, version, PARAMS)
+            if manifest_signature is None or params_signature is None:
+                return None
             model = self.registry.active(device_id)  # the manifest checked against ACTIVE
             if model is None or model.version != version:
                 return None
@@ -299,7 +296,7 @@ class ModelPack:
             kind = KINDS.get(manifest["kind"])
             if kind is None:
                 return None  # scoring reads the files and reports why
-            blob = ModelRegistry.read_params(model)  # sha256-checked
+            blob = self.registry.read_params(model)  # sha256-checked
             arrays = ParamsLayout(manifest["params"]).arrays(blob)
             numeric, strings, blob = pack_arrays(kind.packed(arrays))
             layout = ParamsLayout({"layout": numeric, "strings": strings})
@@ -338,8 +335,8 @@ class ModelPack:
                 layout_list.append(entry.layout.params)
             entries[device_id] = [
                 entry.version,
-                list(entry.manifest),
-                list(entry.params),
+                entry.manifest,
+                entry.params,
                 entry.crc32,
                 entry.kind.name,
                 features.setdefault(entry.features, len(features)),
@@ -373,15 +370,15 @@ class ModelPack:
 
 def read_active(registry: ModelRegistry, device_id: str) -> ActiveModel | None:
     """The device's active model from the registry's own files (sha256-checked, no pickle)."""
-    return model_from_files(registry.active(device_id))
+    return model_from_files(registry, registry.active(device_id))
 
 
-def model_from_files(model: ModelVersion | None) -> ActiveModel | None:
+def model_from_files(registry: ModelRegistry, model: ModelVersion | None) -> ActiveModel | None:
     """A version as scoring needs it, from its files (sha256-checked, no pickle)."""
     if model is None:
         return None
     check_current(model)
-    name, arrays = ModelRegistry.load_params(model)
+    name, arrays = registry.load_params(model)
     kind = kind_named(name)
     features = tuple(model.manifest["features"])
     return ActiveModel(
@@ -395,10 +392,6 @@ def calibrated(manifest: dict[str, Any]) -> tuple[float, float]:
     if not scale > 0:
         raise ValueError(f"tail scale {scale!r} in the manifest: it must be positive")
     return float(manifest["threshold"]), scale
-
-
-def pack_folder(settings: Settings) -> Path:
-    return DataLayout.of(settings).model_pack
 
 
 def refresh_quietly(pack: ModelPack, devices: Iterable[str] | None = None) -> int:

@@ -21,9 +21,10 @@ import pyarrow.compute as pc
 
 from fleetwatch.config.values import parse_duration, parse_timestamp
 from fleetwatch.errors import InvalidInputError
-from fleetwatch.ingest.telemetry import is_valid_name
 from fleetwatch.storage.layout import HOUR, DataLayout
 from fleetwatch.storage.parquet import read_table
+from fleetwatch.storage.store import DataStore
+from fleetwatch.telemetry import is_valid_name
 
 Range = tuple[datetime, datetime]
 
@@ -68,7 +69,7 @@ FirstPart(unit='share', amount=0.25))
 
 def data_span(layout: DataLayout) -> Range | None:
     """From the first hour with aggregates to the end of the last one."""
-    hours = [hour for hour, _ in layout.hour_dirs("aggregates")]
+    hours = list(layout.hour_objects("aggregates"))
     return (min(hours), max(hours) + HOUR) if hours else None
 
 
@@ -82,7 +83,8 @@ def first_ranges(
 ) -> dict[str, Range]:
     """Each device's range for ``first``, within [since, until)."""
     wanted = None if devices is None else set(devices)
-    windows = _windows(layout.files_between(since, until), since, until, wanted)
+    files = [item.key for item in layout.files_between(since, until)]
+    windows = _windows(layout.store, files, since, until, wanted)
     ranges = {}
     for device_id, (starts, readings) in windows.items():
         if first.unit == "readings":
@@ -104,12 +106,14 @@ def _at(epoch_ms: int) -> datetime:
 
 
 def _windows(
-    files: list[Path], since: datetime, until: datetime, wanted: set[str] | None
+    store: DataStore, files: list[str], since: datetime, until: datetime, wanted: set[str] | None
 ) -> dict[str, tuple[np.ndarray, np.ndarray]]:
     """Per device: its window starts (epoch ms, sorted) and readings per window."""
     if not files:
         return {}
-    tables = [read_table(path, columns=["device_id", "window_start", "count"]) for path in files]
+    tables = [
+        read_table(store, key, columns=["device_id", "window_start", "count"]) for key in files
+    ]
     table = pa.concat_tables([t.cast(tables[0].schema) for t in tables])
     starts = pc.cast(table.column("window_start"), pa.timestamp("ms", tz="UTC")).cast(pa.int64())
     inside = pc.and_(

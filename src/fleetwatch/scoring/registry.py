@@ -1,21 +1,21 @@
-"""The model registry: ``<data>/models/<device_id>/<version>/`` with one active version per device.
+"""The model registry: versions of each device's model, one of them active.
 
-A version folder holds ``model.joblib`` (the fitted scikit-learn objects), ``params.bin`` (the
-same parameters as one raw little-endian float64 blob, laid out in the manifest, loaded without
+A version holds ``model.joblib`` (the fitted scikit-learn objects), ``params.bin`` (the same
+parameters as one raw little-endian float64 blob, laid out in the manifest, loaded without
 pickle in microseconds) and ``manifest.json`` (sha256 of both files, feature names, training
-range, hyper-parameters, library versions). Nothing is loaded
-before its sha256 matches the manifest: a tampered file fails its device, never runs.
+range, hyper-parameters, library versions). Nothing is loaded before its sha256 matches the
+manifest: a tampered file fails its device, never runs. Where each object lives is
+:mod:`fleetwatch.storage.models`'s.
 """
 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
-import os
 import platform
-import shutil
 import tempfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,17 +26,22 @@ from typing import Any
 import numpy as np
 
 from fleetwatch.errors import FleetwatchError, InvalidInputError
-from fleetwatch.ingest.telemetry import is_valid_name
 from fleetwatch.scoring.calibration import Calibration
 from fleetwatch.scoring.kinds import ModelKind
-from fleetwatch.storage import remote
-from fleetwatch.storage.atomic import (
-    publish_directory,
-    read_whole,
-    storage_error,
-    write_text_atomically,
-)
+from fleetwatch.storage.layout import DataLayout
 from fleetwatch.storage.locks import ProcessLock
+from fleetwatch.storage.models import (
+    ACTIVE,
+    ESTIMATOR,
+    MANIFEST,
+    MODEL_FILES,
+    PARAMS,
+    SHADOW,
+    ModelFiles,
+    VersionTakenError,
+)
+from fleetwatch.storage.store import DataStore
+from fleetwatch.telemetry import is_valid_name
 
 log = logging.getLogger(__name__)
 
@@ -108,62 +113,57 @@ def check_current(model: ModelVersion) -> None:
 class ModelVersion:
     device_id: str
     version: str
-    path: Path
+    location: str  # the version's folder, for messages
     manifest: dict[str, Any]
+    local: Path | None = None  # the folder on this machine (None in an object store)
+
+    @property
+    def path(self) -> Path:
+        """The version's folder on this machine's file system (local data directories)."""
+        if self.local is None:
+            raise FleetwatchError(f"{self.location} is not on this machine's file system")
+        return self.local
 
 
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def read_bytes(path: str) -> bytes:
-    """A whole file, with plain os calls (several times cheaper than ``open()`` for small files:
-    scoring reads three small files for each of thousands of devices). The registry's files are
-    replaced by rename, never rewritten in place, so their size is known when they are opened."""
-    if remote.is_url(path):
-        return remote.read_url(path)
-    descriptor = os.open(path, os.O_RDONLY)
-    try:
-        size = os.fstat(descriptor).st_size
-        data = os.read(descriptor, size)
-        while len(data) < size and (more := os.read(descriptor, size - len(data))):
-            data += more
-        return data
-    finally:
-        os.close(descriptor)
+def sha256_hex(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
 
 
 class ModelRegistry:
-    def __init__(self, root: Path) -> None:
-        self.root = root
-        self.remote = remote.is_remote(root)
-        self._root = str(root) if self.remote else os.fspath(root)
+    """Every device's model versions in one data directory."""
 
-    def device_dir(self, device_id: str) -> Path:
-        self.device_path(device_id)  # validates the id
-        return self.root / device_id
+    def __init__(self, store: DataStore, lock_dir: Path | None = None) -> None:
+        self.files = ModelFiles(store)
+        self.store = store
+        self.lock_dir = lock_dir
 
-    def _path(self, text: str) -> Path:
-        return remote.parse_location(text) if self.remote else Path(text)
+    @classmethod
+    def of(cls, location: str | Path | DataLayout) -> ModelRegistry:
+        """The registry of a data directory (its folder, URL or layout)."""
+        layout = location if isinstance(location, DataLayout) else DataLayout.open(location)
+        return cls(layout.store, layout.state)
 
     def _lock(self) -> ProcessLock:
-        """Serialises changes to ``SHADOWS``; beside a remote registry, in this machine's
-        temporary folder (changes to one remote registry come from one machine at a time)."""
-        if not self.remote:
-            return ProcessLock(self.root / ".shadows.lock", "shadow list", wait=30.0)
-        digest = hashlib.sha256(self._root.encode()).hexdigest()[:16]
-        folder = Path(tempfile.gettempdir())
-        return ProcessLock(folder / f"fleetwatch-shadows-{digest}.lock", "shadow list", wait=30.0)
+        """Serialises changes to ``SHADOWS`` on this machine (changes to one registry come
+        from one machine at a time)."""
+        if self.lock_dir is None:
+            folder = Path(tempfile.gettempdir())
+            digest = hashlib.sha256(self.store.location.encode()).hexdigest()[:16]
+            return ProcessLock(folder / f"fleetwatch-shadows-{digest}.lock", "shadow list", 30.0)
+        return ProcessLock(self.lock_dir / "shadows.lock", "shadow list", wait=30.0)
 
-    def device_path(self, device_id: str) -> str:
-        """``device_dir`` as a string, for the per-device hot paths (no ``Path`` objects)."""
+    def device_dir(self, device_id: str) -> Path:
+        """A device's folder on this machine's file system (a local data directory)."""
+        folder = self.store.local_path(self.files.device_key(self.check_device(device_id)))
+        if folder is None:
+            raise FleetwatchError(f"{self.store.location} is not on this machine's file system")
+        return folder
+
+    @staticmethod
+    def check_device(device_id: str) -> str:
         if not is_valid_name(device_id):
             raise InvalidInputError(f"device id {device_id!r} is not 1-64 of [A-Za-z0-9_.-]")
-        return f"{self._root}/{device_id}"  # f-strings: os.path.join costs more, per device
+        return device_id
 
     # ------------------------------------------------------------------ writing
 
@@ -183,20 +183,17 @@ class ModelRegistry:
         import sklearn
 
         calibration = calibration or Calibration(0.0, 1.0, 0.0, "set by hand", [])
+        buffer = io.BytesIO()
+        joblib.dump(model.estimator(), buffer)
+        layout, strings, blob = pack_arrays(model.arrays())
+        files = {ESTIMATOR: buffer.getvalue(), PARAMS: blob}
 
-        def fill(version: str, staging: Path) -> dict[str, Any]:
-            with (staging / "model.joblib").open("wb") as handle:
-                joblib.dump(model.estimator(), handle)
-            layout, strings, blob = pack_arrays(model.arrays())
-            (staging / "params.bin").write_bytes(blob)
-            manifest = {
+        def manifest(version: str) -> dict[str, Any]:
+            return {
                 "device_id": device_id,
                 "version": version,
                 "kind": model.name,
-                "sha256": {
-                    "model.joblib": sha256_of(staging / "model.joblib"),
-                    "params.bin": sha256_of(staging / "params.bin"),
-                },
+                "sha256": {name: sha256_hex(data) for name, data in files.items()},
                 "params": {"layout": layout, "strings": strings},
                 "features": features,
                 "training": {
@@ -216,63 +213,59 @@ class ModelRegistry:
                     "joblib": joblib.__version__,
                 },
             }
-            return manifest
 
-        return self._write_version(device_id, fill, activate)
+        return self._write_version(device_id, files, manifest, activate)
 
     def _write_version(
         self,
         device_id: str,
-        fill: Callable[[str, Path], dict[str, Any]],
+        files: dict[str, bytes],
+        manifest: Callable[[str], dict[str, Any]],
         activate: bool,
     ) -> ModelVersion:
-        """A new version: ``fill(version, staging)`` writes its model files into the staging
-        folder and returns its manifest; the folder is published whole (or removed on a
-        storage error), then activated if asked. In an object store the files go straight to
-        the version's folder, the manifest last: a version without one does not exist for the
-        registry, and a new number is taken after it."""
-        version, target, staging = self._new_version(device_id)
-        try:
-            if not self.remote:
-                staging.mkdir(parents=True)
-            manifest = fill(version, staging)
-            (staging / "manifest.json").write_text(json.dumps(manifest, indent=2))
-        except OSError as exc:
-            if not self.remote:
-                shutil.rmtree(staging, ignore_errors=True)
-            raise storage_error(target, exc) from exc
-        except Exception as exc:  # an object store's own errors
-            if not self.remote:
-                raise
-            raise remote.fail(target, exc) from exc
-        publish_directory(staging, target)
+        """A new version of ``files`` and its manifest (see
+        :meth:`fleetwatch.storage.models.ModelFiles.publish`), activated if asked."""
+        self.check_device(device_id)
+        for _ in range(20):
+            number = 1 + max((int(v[1:]) for v in self._version_names(device_id)), default=0)
+            version = f"v{number:04d}"
+            document = manifest(version)
+            try:
+                self.files.publish(
+                    device_id, version, files, json.dumps(document, indent=2).encode()
+                )
+            except VersionTakenError:
+                continue
+            break
+        else:
+            raise FleetwatchError(f"{device_id}: could not claim a new model version number")
         if activate:
             self.activate(device_id, version)
-        return ModelVersion(device_id, version, target, manifest)
+        return self._version(device_id, version, document)
 
-    def _new_version(self, device_id: str) -> tuple[str, Path, Path]:
-        """The next version's name, folder and (emptied) staging folder."""
-        folder = self.device_dir(device_id)
-        number = 1 + max((int(v[1:]) for v in self._version_names(device_id)), default=0)
-        version = f"v{number:04d}"
-        if self.remote:
-            return version, folder / version, folder / version
-        folder.mkdir(parents=True, exist_ok=True)
-        staging = folder / f".{version}.tmp"
-        shutil.rmtree(staging, ignore_errors=True)  # left by a writer that crashed
-        return version, folder / version, staging
+    def _version(self, device_id: str, version: str, manifest: dict[str, Any]) -> ModelVersion:
+        return ModelVersion(
+            device_id,
+            version,
+            self.files.describe(device_id, version),
+            manifest,
+            self.files.local_path(device_id, version),
+        )
 
     def with_threshold(
         self, device_id: str, version: str, calibration: Calibration, activate: bool = True
     ) -> ModelVersion:
         """A new version with ``version``'s model files (checked) and another threshold:
         versions never change, so a rollback brings the old threshold back."""
+        if not math.isfinite(calibration.threshold):
+            raise InvalidInputError(
+                f"threshold {calibration.threshold}: a threshold must be a finite score"
+            )
         source = self.get(device_id, version)
         check_current(source)
+        files = {name: self.verified(source, name) for name in MODEL_FILES}
 
-        def fill(new: str, staging: Path) -> dict[str, Any]:
-            for name in ("model.joblib", "params.bin"):
-                (staging / name).write_bytes(self.verified(source, name).read_bytes())
+        def manifest(new: str) -> dict[str, Any]:
             return {
                 **source.manifest,
                 "version": new,
@@ -282,29 +275,29 @@ class ModelRegistry:
                 "created_at": datetime.now(UTC).isoformat(),
             }
 
-        return self._write_version(device_id, fill, activate)
+        return self._write_version(device_id, files, manifest, activate)
 
     def activate(self, device_id: str, version: str) -> None:
-        folder = self.device_dir(device_id)
+        self.check_device(device_id)
         if version not in self._version_names(device_id):
             raise InvalidInputError(f"{device_id} has no model version {version}")
         history = self.history(device_id)
         history.append(version)
         digest = self._manifest_digest(device_id, version)
-        write_text_atomically(folder / "history.json", json.dumps(history))
+        self.files.write_history(device_id, json.dumps(history))
         # the manifest's digest beside the version: a manifest changed afterwards (its
         # threshold, its features) is refused like a changed model file
-        write_text_atomically(folder / "ACTIVE", f"{version} sha256={digest}\n")
-        shadow = self._pointer(device_id, "SHADOW")
+        self.files.write_pointer(device_id, ACTIVE, f"{version} sha256={digest}\n")
+        shadow = self._pointer(device_id, SHADOW)
         if shadow is not None and shadow[0] == version:  # promoted by hand
             self.clear_shadow(device_id)
 
     def _manifest_digest(self, device_id: str, version: str) -> str:
         try:
-            raw = read_bytes(f"{self.device_path(device_id)}/{version}/manifest.json")
+            raw = self.files.read(device_id, version, MANIFEST)
         except FileNotFoundError:  # a folder a writer left without its manifest
             raise InvalidInputError(f"{device_id} has no model version {version}") from None
-        return hashlib.sha256(raw).hexdigest()
+        return sha256_hex(raw)
 
     def set_shadow(self, device_id: str, version: str) -> None:
         """Score ``version`` next to the active one (recorded, never alerting).
@@ -312,44 +305,45 @@ class ModelRegistry:
         ``<device>/SHADOW`` says which version (and its manifest's sha256); the registry's
         ``SHADOWS`` lists the devices that have one, so that a scoring run reads one file to
         know them (a device in ``SHADOWS`` without ``SHADOW`` is simply not shadow-scored)."""
-        folder = self.device_dir(device_id)
+        self.check_device(device_id)
         if version not in self._version_names(device_id):
             raise InvalidInputError(f"{device_id} has no model version {version}")
         if version == self.active_version(device_id):
             raise InvalidInputError(f"{device_id}: {version} is the active version already")
         check_current(self.get(device_id, version))
         digest = self._manifest_digest(device_id, version)
-        write_text_atomically(folder / "SHADOW", f"{version} sha256={digest}\n")
+        self.files.write_pointer(device_id, SHADOW, f"{version} sha256={digest}\n")
         with self._lock():
             self._write_shadows(self.shadowed_devices() | {device_id})
 
     def clear_shadow(self, device_id: str) -> str | None:
         """Stop shadow scoring; the version that was in shadow, if any."""
-        pointer = self._pointer(device_id, "SHADOW")
+        pointer = self._pointer(device_id, SHADOW)
         if pointer is None:
             return None
         with self._lock():
             self._write_shadows(self.shadowed_devices() - {device_id})
-        (self.device_dir(device_id) / "SHADOW").unlink(missing_ok=True)
-        return None if pointer is None else pointer[0]
+        self.files.remove_pointer(device_id, SHADOW)
+        return pointer[0]
 
     def shadowed_devices(self) -> set[str]:
         """The devices listed as having a version in shadow."""
-        try:
-            listed = json.loads(read_bytes(f"{self._root}/SHADOWS"))
-        except FileNotFoundError:
+        raw = self.files.read_shadows()
+        if raw is None:
             return set()
+        try:
+            listed = json.loads(raw)
         except ValueError:
-            log.warning("%s/SHADOWS is unreadable: no version is shadow-scored", self._root)
+            log.warning("%s is unreadable: no version is shadow-scored", "the registry's SHADOWS")
             return set()
         return {d for d in listed if isinstance(d, str) and is_valid_name(d)}
 
     def _write_shadows(self, devices: set[str]) -> None:
-        write_text_atomically(self.root / "SHADOWS", json.dumps(sorted(devices)))
+        self.files.write_shadows(json.dumps(sorted(devices)))
 
     def shadow(self, device_id: str) -> ModelVersion | None:
         """The version in shadow, its manifest checked against the digest in ``SHADOW``."""
-        pointer = self._pointer(device_id, "SHADOW")
+        pointer = self._pointer(device_id, SHADOW)
         return None if pointer is None else self.get(device_id, *pointer)
 
     def promote(self, device_id: str) -> str:
@@ -375,38 +369,28 @@ class ModelRegistry:
     # ------------------------------------------------------------------ reading
 
     def _version_names(self, device_id: str) -> list[str]:
-        folder = self.device_dir(device_id)
-        if self.remote:
-            return sorted(name for name in remote.subfolders(folder) if name.startswith("v"))
-        if not folder.is_dir():
-            return []
-        return sorted(p.name for p in folder.iterdir() if p.is_dir() and p.name.startswith("v"))
+        return sorted(self.files.versions(self.check_device(device_id)))
 
     def history(self, device_id: str) -> list[str]:
-        try:
-            value: list[str] = json.loads(read_whole(self.device_dir(device_id) / "history.json"))
-        except FileNotFoundError:
+        raw = self.files.read_history(self.check_device(device_id))
+        if raw is None:
             return []
+        value: list[str] = json.loads(raw)
         return value
 
     def devices(self) -> list[str]:
-        if self.remote:
-            return sorted(self.model_devices())
-        if not self.root.is_dir():
-            return []
-        return sorted(p.name for p in self.root.iterdir() if p.is_dir() and is_valid_name(p.name))
+        return sorted(self.model_devices())
 
     def pointer(self, device_id: str) -> tuple[str, str | None] | None:
         """``ACTIVE``: the active version and the sha256 of its manifest at activation (None
         for an ``ACTIVE`` written by an older fleetwatch), or None without one."""
-        return self._pointer(device_id, "ACTIVE")
+        return self._pointer(device_id, ACTIVE)
 
-    def _pointer(self, device_id: str, name: str) -> tuple[str, str | None] | None:
-        # read_bytes, not Path.read_text: scoring calls this for every device of the fleet.
-        try:
-            words = read_bytes(f"{self.device_path(device_id)}/{name}").decode().split()
-        except FileNotFoundError:
+    def _pointer(self, device_id: str, name: Any) -> tuple[str, str | None] | None:
+        raw = self.files.read_pointer(self.check_device(device_id), name)
+        if raw is None:
             return None
+        words = raw.decode(errors="replace").split()
         if not words:
             return None
         digest = next((w[7:] for w in words[1:] if w.startswith("sha256=")), None)
@@ -418,15 +402,11 @@ class ModelRegistry:
 
     def model_devices(self) -> set[str]:
         """Devices that have a model folder (active or not); a directory listing only."""
-        if self.remote:
-            return {name for name in remote.subfolders(self.root) if is_valid_name(name)}
-        if not self.root.is_dir():
-            return set()
-        return {e.name for e in os.scandir(self.root) if e.is_dir() and is_valid_name(e.name)}
+        return {name for name in self.files.devices() if is_valid_name(name)}
 
     def versions(self, device_id: str) -> list[ModelVersion]:
         """Every published version (a folder without a manifest, left by a writer that
-        stopped half-way in an object store, is not one)."""
+        stopped half-way, is not one)."""
         found = []
         for version in self._version_names(device_id):
             try:
@@ -437,20 +417,20 @@ class ModelRegistry:
 
     def get(self, device_id: str, version: str, digest: str | None = None) -> ModelVersion:
         """A version's manifest; with ``digest``, only if the manifest still has that sha256."""
+        self.check_device(device_id)
         if not is_valid_name(version):
             raise InvalidInputError(f"model version {version!r} is not 1-64 of [A-Za-z0-9_.-]")
-        path = f"{self.device_path(device_id)}/{version}"
         try:
-            raw = read_bytes(f"{path}/manifest.json")
+            raw = self.files.read(device_id, version, MANIFEST)
         except FileNotFoundError:
             raise InvalidInputError(f"{device_id} has no model version {version}") from None
-        if digest is not None and hashlib.sha256(raw).hexdigest() != digest:
+        if digest is not None and sha256_hex(raw) != digest:
             raise ModelIntegrityError(
                 f"{device_id} {version}: manifest.json does not match the sha256 recorded when "
                 "it was activated (tampered or corrupt); it was not used. Retrain, roll back, "
                 "or activate it again if the change was yours"
             )
-        return ModelVersion(device_id, version, self._path(path), json.loads(raw))
+        return self._version(device_id, version, json.loads(raw))
 
     def active(self, device_id: str) -> ModelVersion | None:
         """The active version, its manifest checked against the digest in ``ACTIVE``."""
@@ -462,7 +442,7 @@ class ModelRegistry:
         rows = []
         for device_id in self.devices():
             active = self.active(device_id)
-            shadow = self._pointer(device_id, "SHADOW")
+            shadow = self._pointer(device_id, SHADOW)
             rows.append(
                 {
                     "device_id": device_id,
@@ -482,9 +462,9 @@ class ModelRegistry:
         if version is None:
             raise InvalidInputError(f"{device_id} has no active model; train one first")
         model = self.get(device_id, version)
-        self.verified(model, "model.joblib")
-        self.verified(model, "params.bin")
-        shadow = self._pointer(device_id, "SHADOW")
+        for name in MODEL_FILES:
+            self.verified(model, name)
+        shadow = self._pointer(device_id, SHADOW)
         return {
             **model.manifest,
             "active": version == self.active_version(device_id),
@@ -492,51 +472,38 @@ class ModelRegistry:
             "sha256_verified": True,
         }
 
-    @staticmethod
-    def verified(model: ModelVersion, file_name: str) -> Path:
-        """The path of ``file_name`` after its sha256 matched the manifest."""
-        path = model.path / file_name
-        expected = model.manifest["sha256"][file_name]
-        if sha256_of(path) != expected:
+    def verified(self, model: ModelVersion, file_name: str) -> bytes:
+        """The bytes of ``file_name`` once their sha256 matched the manifest."""
+        expected = model.manifest.get("sha256", {}).get(file_name)
+        if expected is None:
+            raise ModelIntegrityError(
+                f"{model.device_id} {model.version} has no {file_name} in its manifest (saved "
+                "by an older fleetwatch); retrain it with `fleetwatch train`"
+            )
+        try:
+            data = self.files.read(model.device_id, model.version, file_name)
+        except FileNotFoundError:
+            raise ModelIntegrityError(
+                f"{model.device_id} {model.version}: {file_name} is missing; retrain or roll back"
+            ) from None
+        if sha256_hex(data) != expected:
             raise ModelIntegrityError(
                 f"{model.device_id} {model.version}: {file_name} does not match the sha256 in its "
                 "manifest (tampered or corrupt); it was not loaded. Retrain or roll back."
             )
-        return path
+        return data
 
-    @classmethod
-    def load_params(cls, model: ModelVersion) -> tuple[str, dict[str, np.ndarray]]:
+    def load_params(self, model: ModelVersion) -> tuple[str, dict[str, np.ndarray]]:
         """The kind and parameter arrays: read once, sha256-checked, decoded without pickle."""
         kind = str(model.manifest["kind"])
-        return kind, unpack_arrays(model.manifest["params"], cls.read_params(model))
+        return kind, unpack_arrays(model.manifest["params"], self.read_params(model))
 
-    @staticmethod
-    def read_params(model: ModelVersion) -> bytes:
+    def read_params(self, model: ModelVersion) -> bytes:
         """``params.bin`` as bytes, once its sha256 matched the manifest."""
-        if "params.bin" not in model.manifest.get("sha256", {}):
-            raise ModelIntegrityError(
-                f"{model.device_id} {model.version} has no params.bin in its manifest (saved by "
-                "an older fleetwatch); retrain it with `fleetwatch train`"
-            )
-        blob = read_bytes(f"{model.path}/params.bin")
-        if hashlib.sha256(blob).hexdigest() != model.manifest["sha256"]["params.bin"]:
-            raise ModelIntegrityError(
-                f"{model.device_id} {model.version}: params.bin does not match the sha256 in its "
-                "manifest (tampered or corrupt); it was not loaded. Retrain or roll back."
-            )
-        return blob
+        return self.verified(model, PARAMS)
 
-    @classmethod
-    def load_estimator(cls, model: ModelVersion) -> Any:
+    def load_estimator(self, model: ModelVersion) -> Any:
         """The scikit-learn objects; unpickled only after the sha256 check."""
-        import io
-
         import joblib
 
-        blob = (model.path / "model.joblib").read_bytes()  # checked and loaded: the same bytes
-        if hashlib.sha256(blob).hexdigest() != model.manifest["sha256"]["model.joblib"]:
-            raise ModelIntegrityError(
-                f"{model.device_id} {model.version}: model.joblib does not match the sha256 in "
-                "its manifest (tampered or corrupt); it was not loaded. Retrain or roll back."
-            )
-        return joblib.load(io.BytesIO(blob))
+        return joblib.load(io.BytesIO(self.verified(model, ESTIMATOR)))

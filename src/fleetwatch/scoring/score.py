@@ -16,12 +16,11 @@ version scored too, into ``shadow_scores``: recorded, compared, never alerting.
 from __future__ import annotations
 
 import logging
-import os
 import threading
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,10 +28,13 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from fleetwatch.config import Settings
+from fleetwatch.aggregate.progress import closed_through
+from fleetwatch.config import ScoreSettings, Settings
 from fleetwatch.errors import FleetwatchError
+from fleetwatch.faults import point
 from fleetwatch.output import progress_bar
-from fleetwatch.scoring.executor import DeviceResult, run_tasks
+from fleetwatch.scoring.executor import DeviceResult, Executor
+from fleetwatch.scoring.executors import executor_for, task_model
 from fleetwatch.scoring.explain import Explanation, explain_many
 from fleetwatch.scoring.features import WindowCube, device_pieces, read_cube
 from fleetwatch.scoring.kinds import ModelKind
@@ -40,14 +42,15 @@ from fleetwatch.scoring.pack import (
     ActiveModel,
     ModelPack,
     model_from_files,
-    pack_folder,
     read_active,
     refresh_quietly,
 )
+from fleetwatch.scoring.pending import is_closed
+from fleetwatch.scoring.records import write_run
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.storage import columns
-from fleetwatch.storage.layout import HOUR, DataLayout, floor_hour
-from fleetwatch.storage.remote import location_text
+from fleetwatch.storage.layout import HOUR, DataLayout, HourFiles, floor_hour
+from fleetwatch.storage.store import DataStore, open_store
 
 log = logging.getLogger(__name__)
 #: Devices whose windows are cut from the cube together: enough to amortise the cut, small
@@ -82,56 +85,92 @@ class RunResult:
         return {**self.__dict__, "window_start": self.window_start.isoformat()}
 
 
-def database_path(settings: Settings) -> Path:
-    return DataLayout.of(settings).database
+@dataclass(frozen=True)
+class Scoring:
+    """What scoring an hour needs: the data directory, ``[score]``, the window length, the
+    topic whose watermark says which hours are closed, and where tasks run."""
+
+    layout: DataLayout
+    options: ScoreSettings
+    window_ms: int
+    topic: str
+    executor: Executor = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.executor is None:
+            object.__setattr__(self, "executor", executor_for(self.options))
+
+    @classmethod
+    def of(cls, settings: Settings | Scoring) -> Scoring:
+        if isinstance(settings, Scoring):
+            return settings
+        return cls(
+            settings.layout,
+            settings.score,
+            round(settings.aggregate.window * 1000),
+            settings.kafka.telemetry_topic,
+            executor_for(settings.score),
+        )
+
+    @property
+    def registry(self) -> ModelRegistry:
+        return ModelRegistry(self.layout.store, self.layout.state)
+
+    def watermark(self) -> datetime | None:
+        return closed_through(self.layout, self.topic)
 
 
 def score_hour(
-    settings: Settings,
+    setup: Settings | Scoring,
     hour: datetime,
     *,
     devices: Sequence[str] | None = None,
     hook: DeviceHook | None = None,
     progress: bool = True,
+    files: HourFiles | None = None,
 ) -> RunResult:
     """Score the hour starting at ``hour`` (UTC) and record the run; see the module docstring.
 
     Every device of the hour (``devices`` None: the hour's scores are replaced), or just
-    ``devices`` (their scores are replaced). An hour that is not closed yet is scored too, as a
-    ``provisional`` run: its pairs stay pending, and are scored again once it is closed.
-    Raises :class:`NoDataError` for an hour without any aggregates.
+    ``devices`` (their scores are replaced). The hour's files are those of ``files`` (one
+    listing, taken by the caller when it decided to score the hour) or of a listing taken now:
+    exactly those are read, and their signature is what the run records. An hour that is not
+    closed yet is scored too, as a ``provisional`` run: its pairs stay pending, and are scored
+    again once it is closed. Raises :class:`NoDataError` for an hour without any aggregates.
     """
-    from fleetwatch.scoring.pending import is_closed, watermark
-
-    options = settings.score
-    layout = DataLayout.of(settings)
+    scoring = Scoring.of(setup)
+    options = scoring.options
+    layout = scoring.layout
     window_start = floor_hour(hour)
     window_end = window_start + HOUR
     started_at = datetime.now(UTC)
     run_id = f"{window_start:%Y%m%dT%H}-{uuid.uuid4().hex[:8]}"
-    window_ms = round(settings.aggregate.window * 1000)
-    found = layout.inventory([window_start])
-    if not found:
-        raise NoDataError(
-            f"no aggregates for {window_start:%Y-%m-%dT%H}:00Z in {layout.aggregates}: "
-            "nothing to score (check --data-dir and the hour)"
-        )
-    files = found[0]
-    closed = is_closed(files, watermark(settings))
+    window_ms = scoring.window_ms
+    if files is None:
+        found = layout.inventory([window_start])
+        if not found:
+            raise NoDataError(
+                f"no aggregates for {window_start:%Y-%m-%dT%H}:00Z in "
+                f"{layout.store.describe('aggregates')}: nothing to score (check --data-dir and "
+                "the hour)"
+            )
+        files = found[0]
+    closed = is_closed(files, scoring.watermark())
     whole = devices is None
+    executor = scoring.executor
 
-    registry = ModelRegistry(layout.models)
-    if options.executor == "dask":
+    registry = scoring.registry
+    if not executor.shares_memory:
         # The workers read the windows; this process only learns which devices the hour has
         # (one dictionary-encoded column) and gets each device's window starts back.
         cube = None
-        pieces, where = device_pieces(list(files.files))
+        pieces, where = device_pieces(layout.store, files.keys)
         with_data = set(where) if devices is None else set(where) & set(devices)
         with_model_folder = registry.model_devices()
         pack = None
     else:
         cube, with_model_folder, pack = _read_hour(
-            settings, registry, window_start, window_ms, devices
+            layout, registry, files, window_start, window_ms, devices
         )
         with_data = set(cube.devices)
     to_score = sorted(with_data & with_model_folder)
@@ -148,35 +187,25 @@ def score_hour(
         assert cube is not None  # the local executor read the hour
         return score_devices(registry, pack, cube, chosen, hook, shadowed)
 
-    workers = options.workers or os.cpu_count() or 1
-    task_model: dict[str, Any] = {
-        "mini_batch_size": options.mini_batch_size,
-        "task_timeout": options.task_timeout,
-        "max_retries": options.max_retries,
-        "error_threshold": options.error_threshold,
-    }
+    model = task_model(options)
     with progress_bar(f"score {window_start:%Y-%m-%dT%H}", len(to_score), progress) as bar:
+        on_progress = None
         if bar is not None:
-            task_model["on_progress"] = lambda done: bar.update(bar.task_ids[0], completed=done)
-        if options.executor == "dask":
-            from fleetwatch.scoring.dask_executor import RemoteScoring, connect, run_tasks_dask
-
+            on_progress = lambda done: bar.update(bar.task_ids[0], completed=done)  # noqa: E731
+        if executor.shares_memory:
+            results, errors, aborted = executor.run(to_score, work, model, on_progress=on_progress)
+        else:
             remote = RemoteScoring(
-                location_text(settings.data_dir), window_start, window_end, window_ms,
-                frozenset(shadowed), hook,
-                tuple((location_text(path), group) for path, group in pieces),
-                {device: where[device] for device in to_score},
-                None if layout.remote else location_text(layout.model_pack),
+                layout.store, window_start, window_end, window_ms, frozenset(shadowed), hook,
+                tuple(pieces), {device: where[device] for device in to_score},
+                None if layout.remote else str(layout.model_pack),
             )  # fmt: skip
             groups: dict[tuple[int, ...], list[str]] = {}
             for device in to_score:  # devices whose windows share files go together
                 groups.setdefault(where[device], []).append(device)
-            with connect(options.dask_scheduler) as client:
-                results, errors, aborted = run_tasks_dask(
-                    to_score, remote, client, groups=list(groups.values()), **task_model
-                )
-        else:
-            results, errors, aborted = run_tasks(to_score, work, workers=workers, **task_model)
+            results, errors, aborted = executor.run(
+                to_score, remote, model, groups=list(groups.values()), on_progress=on_progress
+            )
 
     # One row per device: (device_id, outcome, error, model_version, windows)
     outcomes: list[tuple[str, str, str | None, str | None, int]] = []
@@ -248,8 +277,7 @@ def score_hour(
             ),
         }
     )
-    from fleetwatch.storage.duck import write_run
-
+    point("score.computed")  # every device scored, nothing recorded
     write_run(
         layout.database,
         run,
@@ -258,7 +286,7 @@ def score_hour(
         devices=None if whole else sorted(devices or ()),
         hour_devices=sorted(with_data) if whole and status == "succeeded" else None,
         shadow_scores=shadow_stored,
-        incident_gap=settings.score.incident_gap,
+        incident_gap=options.incident_gap,
         lock_timeout=options.lock_timeout,
     )
     if unpacked and pack is not None:  # read from their files (new, re-activated, or edited
@@ -288,8 +316,9 @@ def _active_or_none(registry: ModelRegistry, device_id: str) -> str | None:
 
 
 def _read_hour(
-    settings: Settings,
+    layout: DataLayout,
     registry: ModelRegistry,
+    files: HourFiles,
     window_start: datetime,
     window_ms: int,
     devices: Sequence[str] | None,
@@ -298,18 +327,98 @@ def _read_hour(
     folder, and the model pack. While this thread reads the hour (mostly in Arrow and numpy,
     which let other threads run), another lists the models, opens the pack and loads (checks)
     models until the reading is done; the workers inherit what it loaded and load the rest."""
-    pack = ModelPack(pack_folder(settings), registry)
+    pack = ModelPack(layout.model_pack, registry)
     read = threading.Event()
     with ThreadPoolExecutor(1) as thread:
         preloading = thread.submit(_preload, pack, read)
         try:
             cube = read_cube(
-                settings.data_dir, window_start, window_start + HOUR, window_ms, devices=devices
-            )
+                layout.store, files.keys, window_start, window_start + HOUR, window_ms,
+                devices=devices,
+            )  # fmt: skip
         finally:
             read.set()
             with_model_folder = preloading.result()
     return cube, with_model_folder, pack
+
+
+@dataclass(frozen=True)
+class RemoteScoring:
+    """What a Dask worker needs to score some devices of one hour: small, picklable (the
+    store travels as its location)."""
+
+    store: DataStore
+    window_start: datetime
+    window_end: datetime
+    window_ms: int
+    shadowed: frozenset[str] = field(default_factory=frozenset)
+    hook: Callable[[str], None] | None = None  # tests: called before each device
+    #: The hour's row groups (file, index) and, per device, those holding its windows: a task
+    #: reads only its devices' (one Kafka partition's files, as the aggregator wrote them).
+    pieces: tuple[tuple[str, int], ...] = ()
+    where: dict[str, tuple[int, ...]] = field(default_factory=dict)
+    #: The client's model pack, when the workers see the same folder (a local data dir).
+    pack: str | None = None
+
+    def __call__(self, devices: list[str]) -> dict[str, DeviceResult]:
+        store = open_store(self.store.location)
+        registry = ModelRegistry(store)
+        indices = sorted({i for device in devices for i in self.where.get(device, ())})
+        chosen = [self.pieces[i] for i in indices]
+        cube = read_cube(
+            store, chosen, self.window_start, self.window_end, self.window_ms, devices=devices
+        )
+        results = score_devices(
+            registry, _worker_pack(self.pack, registry), cube, devices, self.hook,
+            set(self.shadowed),
+        )  # fmt: skip
+        for device_id, (status, payload) in results.items():
+            if status == "ok" and payload is not None:  # the client has no cube: send starts
+                starts = cube.row_starts[slice(*cube.rows(device_id))].tobytes()
+                for scored in (payload[0], payload[2]):
+                    if scored is not None:
+                        scored.starts = starts
+        return results
+
+
+#: This worker process's open pack, with the state of its index files when it was opened: the
+#: next task reuses it while they are unchanged (opening parses every index).
+_OPEN_PACK: dict[str, tuple[tuple[tuple[str, int], ...], ModelPack]] = {}
+
+
+def _worker_pack(folder: str | None, registry: ModelRegistry) -> ModelPack | None:
+    """The client's model pack, opened read-only on a Dask worker; None without one. Every
+    entry is checked against the registry's files before use, as on the client, so a pack
+    that is stale or half-written costs only the file reads it would have saved."""
+    if folder is None:
+        return None
+    try:
+        state = ModelPack.state_of(Path(folder))
+        if not state:
+            return None
+        cached = _OPEN_PACK.get(folder)
+        if cached is not None and cached[0] == state:
+            pack = cached[1]
+            pack.registry = registry
+            return pack
+        pack = ModelPack.open(Path(folder), registry)
+        _OPEN_PACK.clear()
+        _OPEN_PACK[folder] = (state, pack)
+        return pack
+    except Exception:  # a cache: the models are read from their files instead
+        return None
+
+
+def is_anomalous(scores: np.ndarray, thresholds: np.ndarray | float) -> np.ndarray:
+    """Below the threshold, or not a finite score at all (a reading of 1e300 makes the
+    features overflow: such a window is anomalous, never silently normal).
+
+    >>> is_anomalous(np.array([-2.0, 0.0, np.nan, np.inf]), -1.0).tolist()
+    [True, False, True, True]
+    """
+    with np.errstate(invalid="ignore"):
+        result: np.ndarray = ~(scores >= thresholds) | ~np.isfinite(scores)
+    return result
 
 
 @dataclass
@@ -320,7 +429,7 @@ class Scored:
     raw: bytes  # float64 scores (10,000 small arrays cost the parent 0.08 s to unpickle)
     threshold: float
     tail_scale: float
-    flagged: bytes  # int32 rows below the threshold
+    flagged: bytes  # int32 rows below the threshold, or whose score is not finite
     explanations: list[Explanation]  # one per flagged row
     starts: bytes = b""  # int64 window starts (epoch ms), from a Dask worker: no local cube
 
@@ -330,7 +439,7 @@ class Scored:
 
     @classmethod
     def of(cls, model: ActiveModel, scores: np.ndarray) -> Scored:
-        flagged = np.flatnonzero(scores < model.threshold).astype(np.int32)
+        flagged = np.flatnonzero(is_anomalous(scores, model.threshold)).astype(np.int32)
         return cls(
             model.version,
             scores.astype(np.float64).tobytes(),
@@ -412,6 +521,18 @@ def _score_group(
     members: list[tuple[str, Any]],
 ) -> list[Scored | Exception]:
     """The scores (and explanations) of devices of one kind and feature list."""
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        # windows with values that overflow score as not finite: anomalous (is_anomalous)
+        return _score_group_quietly(kind, features, models, cube, members)
+
+
+def _score_group_quietly(
+    kind: type[ModelKind],
+    features: tuple[str, ...],
+    models: list[ActiveModel],
+    cube: WindowCube,
+    members: list[tuple[str, Any]],
+) -> list[Scored | Exception]:
     ids = [device_id for device_id, _ in members]
     windows, counts = cube.gather(ids, list(features))
     outcomes: list[Scored | Exception] = []
@@ -457,11 +578,12 @@ def _score_shadow(registry: ModelRegistry, cube: WindowCube, device_id: str) -> 
     """The device's version in shadow scored on the same windows (None when it cannot be:
     shadow scoring never fails the device)."""
     try:
-        model = model_from_files(registry.shadow(device_id))
+        model = model_from_files(registry, registry.shadow(device_id))
         if model is None:
             return None
         matrix = cube.matrix(device_id, list(model.features)).matrix
-        return Scored.of(model, model.scorer.decision(matrix))
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            return Scored.of(model, model.scorer.decision(matrix))
     except Exception as exc:
         log.warning("%s: the version in shadow was not scored: %s", device_id, exc)
         return None
@@ -505,7 +627,9 @@ def _score_table(
     owner = np.repeat(np.arange(len(scored)), counts)
     thresholds = np.repeat([s.threshold for _, s in scored], counts)
     scales = np.repeat([s.tail_scale for _, s in scored], counts)
-    flagged = values < thresholds
+    flagged = is_anomalous(values, thresholds)
+    with np.errstate(invalid="ignore"):
+        normalized = np.where(np.isfinite(values), (values - thresholds) / scales, -np.inf)
     starts = np.concatenate(
         [
             cube.row_starts[slice(*cube.rows(d))]
@@ -523,7 +647,7 @@ def _score_table(
             "window_start": columns.numeric(starts, timestamp),
             "window_end": columns.numeric(starts + window_ms, timestamp),
             "score": columns.numeric(values, pa.float64()),
-            "score_normalized": columns.numeric((values - thresholds) / scales, pa.float64()),
+            "score_normalized": columns.numeric(normalized, pa.float64()),
             "is_anomaly": columns.booleans(flagged),
             "model_version": columns.dictionary(owner, [s.version for _, s in scored]),
             "top_sensors": _top_sensors(scored, counts),

@@ -28,6 +28,8 @@ from fleetwatch.scoring.calibration import (
     check_split,
     held_out_count,
 )
+from fleetwatch.scoring.executor import DeviceResult, TaskModel
+from fleetwatch.scoring.executors import executor_for
 from fleetwatch.scoring.features import (
     WindowCube,
     devices_in_files,
@@ -38,10 +40,10 @@ from fleetwatch.scoring.features import (
     slow_sensors,
 )
 from fleetwatch.scoring.kinds import kind_named, new_model
-from fleetwatch.scoring.pack import ModelPack, pack_folder, refresh_quietly
+from fleetwatch.scoring.pack import ModelPack, refresh_quietly
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.storage.layout import DataLayout
-from fleetwatch.storage.remote import location_text, parse_location
+from fleetwatch.storage.store import open_store
 
 
 @dataclass
@@ -83,7 +85,7 @@ class FitJob:
     matrix: np.ndarray  # training windows (rows, in time order) x features
     names: list[str]
     parameters: dict[str, Any]
-    registry: str  # the registry's folder
+    registry: str  # the data directory's location (its store)
     since: datetime
     until: datetime
     activate: str  # "yes" | "no" | "if-calibrated": yes when no held-out window surprised
@@ -154,7 +156,7 @@ def fit_and_save(job: FitJob) -> tuple[str, str | None]:
                 f"earlier ones (target false-alarm rate {calibration.target_far:g}): kept in "
                 "shadow"
             )
-    registry = ModelRegistry(parse_location(job.registry))
+    registry = ModelRegistry(open_store(job.registry))
     saved = registry.save(
         job.device_id,
         model,
@@ -185,13 +187,14 @@ def train(
     activate: str | None = None,
 ) -> TrainSummary:
     """Fit every device with windows in [since, until) (or just ``devices``) on that range."""
-    layout = DataLayout.of(settings)
-    present, _ = devices_in_files(layout.files_between(since, until))
+    layout = settings.layout
+    files = [item.key for item in layout.files_between(since, until)]
+    present, _ = devices_in_files(layout.store, files)
     if not present:
         raise InvalidInputError(
             f"no aggregates between {since:%Y-%m-%dT%H:%M}Z and {until:%Y-%m-%dT%H:%M}Z in "
-            f"{layout.aggregates}; run `fleetwatch aggregate` first or pick another "
-            "--since/--until"
+            f"{layout.store.describe('aggregates')}; run `fleetwatch aggregate` first or pick "
+            "another --since/--until"
         )
     chosen = present if not devices else sorted(set(devices) & set(present))
     summary = TrainSummary()
@@ -202,7 +205,7 @@ def train(
 
 def declared_slow(names: list[str]) -> list[str]:
     """``--slow-sensors`` checked: ``auto``, ``none`` or sensor names (not mixed)."""
-    from fleetwatch.ingest.telemetry import is_valid_name
+    from fleetwatch.telemetry import is_valid_name
 
     names = list(dict.fromkeys(names)) or ["auto"]
     if len(names) > 1 and {"auto", "none"} & set(names):
@@ -231,8 +234,9 @@ def train_ranges(
     options = settings.train
     summary = summary or TrainSummary()
     kind = "per_sensor" if options.per_sensor else "device"
-    layout = DataLayout.of(settings)
-    registry = ModelRegistry(layout.models)
+    layout = settings.layout
+    registry = ModelRegistry(layout.store, layout.state)
+    executor = executor_for(settings.score)
     window_ms = int(settings.aggregate.window * 1000)
     activate = activate or ("yes" if options.activate else "no")
     parameters = {
@@ -252,7 +256,7 @@ def train_ranges(
         summary.slow = _fleet_slow(settings, by_range, window_ms, options.min_windows)
         fleet = tuple(summary.slow)
     workers = max(1, min(options.workers or os.cpu_count() or 1, len(ranges) or 1))
-    if settings.score.executor == "dask":
+    if not executor.shares_memory:
         workers = 1  # the local pool stays idle: the cluster fits
     with (
         progress_bar("train", len(ranges), enabled=options.progress) as bar,
@@ -264,16 +268,14 @@ def train_ranges(
                 bar.update(bar.task_ids[0], advance=1)
 
         setup = FitSetup(
-            parameters, str(layout.models), activate, options.min_windows, window_ms,
-            location_text(settings.data_dir), fleet,
+            parameters, layout.location, activate, options.min_windows, window_ms,
+            layout.location, fleet,
         )  # fmt: skip
         for (since, until), chosen in by_range.items():
-            if settings.score.executor == "dask":  # the workers read their devices themselves
-                from fleetwatch.scoring.dask_executor import train_on_dask
-
-                train_on_dask(settings, setup, since, until, chosen, summary, advance)
+            if not executor.shares_memory:  # the workers read their devices themselves
+                train_on_cluster(settings, setup, since, until, chosen, summary, advance)
                 continue
-            for part, cube in _cubes(settings, since, until, chosen, window_ms):
+            for part, cube in _cubes(layout, since, until, chosen, window_ms):
                 jobs, skipped = prepare_jobs(cube, part, setup, since, until)
                 del cube
                 for device_id, reason in skipped.items():
@@ -281,20 +283,21 @@ def train_ranges(
                     advance()
                 _fit_and_save(pool, jobs, summary, advance)
     if activate != "no" and summary.trained:  # so that the next scoring run finds them packed
-        refresh_quietly(ModelPack.open(pack_folder(settings), registry), summary.trained)
+        refresh_quietly(ModelPack.open(layout.model_pack, registry), summary.trained)
     return summary
 
 
 def _cubes(
-    settings: Settings, since: datetime, until: datetime, devices: list[str], window_ms: int
+    layout: DataLayout, since: datetime, until: datetime, devices: list[str], window_ms: int
 ) -> Iterator[tuple[list[str], WindowCube]]:
     """The windows of ``devices`` in [since, until), read in groups of devices of about
-    :data:`READ_ROWS` rows."""
-    _, rows = devices_in_files(DataLayout.of(settings).files_between(since, until))
+    :data:`READ_ROWS` rows, from one listing of the hours."""
+    files = [item.key for item in layout.files_between(since, until)]
+    _, rows = devices_in_files(layout.store, files)
     group = max(1, READ_ROWS * max(len(devices), 1) // max(rows, 1))  # devices per read
     for start in range(0, len(devices), group):
         part = devices[start : start + group]
-        yield part, read_cube(settings.data_dir, since, until, window_ms, devices=part)
+        yield part, read_cube(layout.store, files, since, until, window_ms, devices=part)
 
 
 def judge_devices(
@@ -323,13 +326,12 @@ def _fleet_slow(
     (:func:`fleetwatch.scoring.features.fleet_slow`). The slow sensors, with their votes
     (slow, judged). One extra read of the training windows."""
     judged: dict[str, dict[str, bool]] = {}
+    executor = executor_for(settings.score)
     for (since, until), devices in by_range.items():
-        if settings.score.executor == "dask":
-            from fleetwatch.scoring.dask_executor import judge_on_dask
-
-            judged.update(judge_on_dask(settings, since, until, devices, window_ms, min_windows))
+        if not executor.shares_memory:
+            judged.update(judge_on_cluster(settings, since, until, devices, min_windows))
             continue
-        for part, cube in _cubes(settings, since, until, devices, window_ms):
+        for part, cube in _cubes(settings.layout, since, until, devices, window_ms):
             judged.update(judge_devices(cube, part, min_windows))
     votes: dict[str, list[bool]] = {}
     for judgement in judged.values():
@@ -402,3 +404,109 @@ def _fit_and_save(
             raise
         except Exception as exc:  # one device's bad data must not stop the others
             summary.failed[device_id] = f"{type(exc).__name__}: {exc}"
+
+
+#: A training task fits many devices: its timeout is at least this long.
+TRAIN_TASK_TIMEOUT = 600.0
+
+
+def _cluster_model(settings: Settings) -> TaskModel:
+    options = settings.score
+    return TaskModel(
+        options.mini_batch_size, max(TRAIN_TASK_TIMEOUT, options.task_timeout), options.max_retries
+    )
+
+
+@dataclass(frozen=True)
+class RemoteFitting:
+    """Fit some devices on a cluster worker: their windows read there, each model saved there
+    through the registry (as a local training worker saves it)."""
+
+    setup: FitSetup
+    since: datetime
+    until: datetime
+
+    def __call__(self, devices: list[str]) -> dict[str, DeviceResult]:
+        layout = DataLayout.open(self.setup.data_dir)
+        files = [item.key for item in layout.files_between(self.since, self.until)]
+        cube = read_cube(
+            layout.store, files, self.since, self.until, self.setup.window_ms, devices=devices
+        )
+        jobs, skipped = prepare_jobs(cube, devices, self.setup, self.since, self.until)
+        del cube
+        results: dict[str, DeviceResult] = {
+            device: ("ok", ("skipped", reason)) for device, reason in skipped.items()
+        }
+        for job in jobs:
+            try:
+                version, shadow_reason = fit_and_save(job)
+                results[job.device_id] = ("ok", ("trained", version, shadow_reason))
+            except Exception as exc:  # one device's bad data must not stop the others
+                results[job.device_id] = ("error", f"{type(exc).__name__}: {exc}")
+        return results
+
+
+@dataclass(frozen=True)
+class RemoteJudging:
+    """Some devices' judgement of their sensors (``--slow-sensors auto``), on a cluster worker
+    that reads their training windows itself."""
+
+    data_dir: str
+    since: datetime
+    until: datetime
+    window_ms: int
+    min_windows: int
+
+    def __call__(self, devices: list[str]) -> dict[str, DeviceResult]:
+        layout = DataLayout.open(self.data_dir)
+        files = [item.key for item in layout.files_between(self.since, self.until)]
+        cube = read_cube(
+            layout.store, files, self.since, self.until, self.window_ms, devices=devices
+        )
+        judged = judge_devices(cube, devices, self.min_windows)
+        return {device: ("ok", judged.get(device, {})) for device in devices}
+
+
+def judge_on_cluster(
+    settings: Settings, since: datetime, until: datetime, devices: list[str], min_windows: int
+) -> dict[str, dict[str, bool]]:
+    """:class:`RemoteJudging` for ``devices`` on the cluster: each device's judgement (a
+    device whose task failed does not judge; its fit will fail the same way, reported)."""
+    window_ms = int(settings.aggregate.window * 1000)
+    work = RemoteJudging(settings.layout.location, since, until, window_ms, min_windows)
+    results, _, _ = executor_for(settings.score).run(devices, work, _cluster_model(settings))
+    return {device: judged for device, judged in results.items() if judged}
+
+
+def train_on_cluster(
+    settings: Settings,
+    setup: FitSetup,
+    since: datetime,
+    until: datetime,
+    devices: list[str],
+    summary: TrainSummary,
+    advance: Callable[[], None],
+) -> None:
+    """Fit ``devices`` on [since, until) on the cluster, into ``summary``. A task that dies
+    or times out is split and run again; a device it had already saved then gets one more
+    version (versions never change; the newest is active)."""
+    done = 0
+
+    def progress(count: int) -> None:
+        nonlocal done
+        for _ in range(count - done):
+            advance()
+        done = count
+
+    results, errors, _ = executor_for(settings.score).run(
+        devices, RemoteFitting(setup, since, until), _cluster_model(settings),
+        on_progress=progress,
+    )  # fmt: skip
+    for device_id, outcome in results.items():
+        if outcome[0] == "skipped":
+            summary.skipped[device_id] = outcome[1]
+        else:
+            summary.trained[device_id] = outcome[1]
+            if outcome[2] is not None:
+                summary.shadowed[device_id] = outcome[2]
+    summary.failed.update(errors)

@@ -1,7 +1,7 @@
 """Garbled messages, made on purpose to exercise the dead-letter path.
 
 Each kind is a realistic way real devices break the contract; :data:`MALFORMED_KINDS` maps the
-kind to the reason the validator reports (see :mod:`fleetwatch.ingest.telemetry`).
+kind to the reason the validator reports (see :mod:`fleetwatch.telemetry`).
 """
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import json
 from collections.abc import Callable
 from typing import Final
 
-from fleetwatch.ingest.telemetry import InvalidReason, format_ts
+from fleetwatch.telemetry import InvalidReason, format_ts
 
 
 def _document(device_id: str, ts_ms: int, readings: dict[str, float]) -> dict[str, object]:

@@ -7,24 +7,21 @@ writer and ``fleetwatch sql``) retries while another process holds the lock.
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import duckdb
 
 if TYPE_CHECKING:  # pandas and pyarrow take a moment to import; `fleetwatch sql` needs pandas
-    import pyarrow as pa
+    pass
 
 from fleetwatch.errors import FleetwatchError, StorageError
-from fleetwatch.storage.atomic import storage_error
-from fleetwatch.storage.layout import DataLayout, require_data_dir
-from fleetwatch.storage.remote import register_read_only
+from fleetwatch.storage.layout import DataLayout
+from fleetwatch.storage.store import ObjectStore
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -79,7 +76,8 @@ CREATE OR REPLACE VIEW device_status AS
 SCHEMA_VERSION = 3
 
 
-def _create_schema(connection: Any) -> None:
+def create_schema(connection: Any) -> None:
+    """Give a write connection's database the current :data:`SCHEMA` (once per version)."""
     try:
         found = connection.execute("SELECT max(version) FROM fleetwatch_schema").fetchone()
     except duckdb.CatalogException:  # a new database, or one from before the marker
@@ -158,145 +156,7 @@ def has_table(connection: Any, name: str) -> bool:
 def ensure_schema(path: Path, lock_timeout: float = 30.0) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with connect(path, read_only=False, lock_timeout=lock_timeout) as connection:
-        _create_schema(connection)
-
-
-def write_run(
-    path: Path,
-    run: dict[str, Any],
-    scores: pa.Table | None,
-    outcomes: pa.Table,
-    *,
-    devices: list[str] | None = None,
-    hour_devices: list[str] | None = None,
-    shadow_scores: pa.Table | None = None,
-    incident_gap: float = 300.0,
-    lock_timeout: float = 30.0,
-) -> None:
-    """Record a run, in one transaction. With ``scores``, replace the hour's scores (and
-    ``shadow_scores``): all of them, or with ``devices`` only those devices', and rebuild the
-    incidents they touch. With ``hour_devices``, record them as the devices with data in the
-    hour (for ``run["files_signature"]``)."""
-    from datetime import timedelta
-
-    from fleetwatch.scoring.incidents import rebuild
-
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise storage_error(path, exc) from exc
-    with connect(path, read_only=False, lock_timeout=lock_timeout) as connection:
-        _create_schema(connection)
-        connection.execute("BEGIN TRANSACTION")
-        try:
-            hour = [run["window_start"], run["window_end"]]
-            if scores is not None:
-                if devices is not None:
-                    connection.register("run_devices", _device_table(devices))
-                for table in ("scores", "shadow_scores"):
-                    only = (
-                        ""
-                        if devices is None
-                        else (" AND device_id IN (SELECT device_id FROM run_devices)")
-                    )
-                    connection.execute(
-                        f"DELETE FROM {table} "  # noqa: S608 - two fixed table names
-                        f"WHERE window_start >= ? AND window_start < ?{only}",
-                        hour,
-                    )
-                if devices is not None:
-                    connection.unregister("run_devices")
-                connection.register("new_scores", scores)
-                connection.execute(
-                    "INSERT INTO scores (run_id, device_id, window_start, window_end, score, "
-                    "is_anomaly, model_version, score_normalized, top_sensors) SELECT run_id, "
-                    "device_id, window_start, window_end, score, is_anomaly, model_version, "
-                    "score_normalized, top_sensors FROM new_scores"
-                )
-                connection.unregister("new_scores")
-                if shadow_scores is not None and shadow_scores.num_rows:
-                    connection.register("new_shadow", shadow_scores)
-                    connection.execute(
-                        "INSERT INTO shadow_scores SELECT run_id, device_id, window_start, "
-                        "window_end, score, score_normalized, is_anomaly, model_version "
-                        "FROM new_shadow"
-                    )
-                    connection.unregister("new_shadow")
-            if hour_devices is not None:
-                connection.execute(
-                    "DELETE FROM hour_devices WHERE window_start >= ? AND window_start < ?", hour
-                )
-                connection.register("with_data", _device_table(hour_devices))
-                connection.execute(
-                    "INSERT INTO hour_devices SELECT ?, ?, device_id FROM with_data",
-                    [run["window_start"], run["files_signature"]],
-                )
-                connection.unregister("with_data")
-            connection.register("new_outcomes", outcomes)
-            connection.execute(
-                "INSERT INTO device_runs SELECT run_id, device_id, outcome, error, "
-                "model_version, windows FROM new_outcomes"
-            )
-            connection.unregister("new_outcomes")
-            columns = list(run)
-            connection.execute(
-                f"INSERT INTO runs ({', '.join(columns)}) "  # noqa: S608 - fixed column names
-                f"VALUES ({', '.join('?' for _ in columns)})",
-                [run[c] for c in columns],
-            )
-            if scores is not None:  # after device_runs: an incident's status reads them
-                rebuild(
-                    connection,
-                    devices,
-                    run["window_start"],
-                    run["window_end"],
-                    timedelta(seconds=incident_gap),
-                )
-            connection.execute("COMMIT")
-        except duckdb.Error as exc:
-            with contextlib.suppress(duckdb.Error):  # a failed commit leaves nothing to undo
-                connection.execute("ROLLBACK")
-            raise storage_failure(path, exc) from exc
-        except Exception:
-            with contextlib.suppress(duckdb.Error):
-                connection.execute("ROLLBACK")
-            raise
-
-
-def replace_signature(
-    path: Path, hour: datetime, before: str, after: str, lock_timeout: float = 30.0
-) -> int:
-    """The hour's files changed form, not content (a compaction): the runs that recorded
-    ``before`` get ``after``, so the hour is not scored again. How many runs."""
-    if not path.exists():
-        return 0
-    with connect(path, read_only=False, lock_timeout=lock_timeout) as connection:
-        _create_schema(connection)
-        connection.execute("BEGIN TRANSACTION")
-        try:
-            changed = connection.execute(
-                "UPDATE runs SET files_signature = ? "
-                "WHERE window_start = ? AND files_signature = ?",
-                [after, hour, before],
-            ).fetchone()
-            connection.execute(
-                "UPDATE hour_devices SET files_signature = ? "
-                "WHERE window_start = ? AND files_signature = ?",
-                [after, hour, before],
-            )
-            connection.execute("COMMIT")
-        except Exception:
-            connection.execute("ROLLBACK")
-            raise
-    return int(changed[0]) if changed else 0
-
-
-def _device_table(devices: list[str]) -> pa.Table:
-    import pyarrow as pa
-
-    from fleetwatch.storage.columns import strings
-
-    return pa.table({"device_id": strings(devices)})
+        create_schema(connection)
 
 
 @dataclass(frozen=True)
@@ -374,16 +234,20 @@ def sandbox(layout: DataLayout, lock_timeout: float = 30.0) -> Iterator[Any]:
     that exist now (DuckDB's ``allowed_paths``: it cannot even write those, as it writes a
     file under a temporary name first); extensions off; and the configuration locked, so no
     statement can turn any of it back on."""
-    require_data_dir(layout)
-    files = {name: layout.dataset_files(name) for name in ("aggregates", "late")}
+    layout.require()
+    store = layout.store
+    files = {
+        name: [_readable(store, item.key) for item in layout.dataset_files(name)]
+        for name in ("aggregates", "late")
+    }
     if layout.database.exists():
         opened = connect(layout.database, read_only=True, lock_timeout=lock_timeout)
     else:
         opened = _in_memory()
     with opened as connection:
-        if layout.remote:
-            register_read_only(connection, layout.root)
-        allowed = [str(path) for paths in files.values() for path in paths]
+        if isinstance(store, ObjectStore):
+            connection.register_filesystem(store.read_only_filesystem())
+        allowed = [path for paths in files.values() for path in paths]
         if allowed:
             connection.execute("SET allowed_paths = ?", [allowed])
         connection.execute("SET enable_external_access = false")
@@ -442,8 +306,14 @@ def table_schema(layout: DataLayout, lock_timeout: float = 30.0) -> list[QueryRe
     )
 
 
-def _quote(path: Path) -> str:
-    return str(path).replace("'", "''")
+def _readable(store: Any, key: str) -> str:
+    """What DuckDB reads an object by: its local path, or its URL."""
+    local = store.local_path(key)
+    return str(local) if local is not None else store.describe(key)
+
+
+def _quote(path: str) -> str:
+    return path.replace("'", "''")
 
 
 def _empty(name: str) -> str:

@@ -99,3 +99,60 @@ class ProcessLock:
         tb: TracebackType | None,
     ) -> None:
         self.release()
+
+
+class FolderInUseError(FleetwatchError):
+    """Another process is using the data folder (a demo replaces only a folder nobody uses)."""
+
+
+class FolderUse:
+    """Who is using a local folder: every process that writes a data directory holds a shared
+    ``flock`` on the folder itself for its lifetime (:meth:`share`); ``fleetwatch demo``, which
+    empties the folder it is given, first takes it exclusively (:meth:`take`), which fails while
+    anyone else holds it, then shares it. The kernel drops the lock when its holder exits.
+
+    The lock is on the folder's own descriptor, so nothing is written into or beside it."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self._descriptor: int | None = None
+
+    def _open(self) -> int:
+        if self._descriptor is None:
+            self._descriptor = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+        return self._descriptor
+
+    def share(self) -> FolderUse:
+        """Hold the folder shared (waits while a demo is preparing it; a few seconds at most)."""
+        descriptor = self._open()
+        deadline = time.monotonic() + 30.0
+        while True:
+            try:
+                fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+                return self
+            except OSError as exc:
+                if exc.errno not in (errno.EAGAIN, errno.EACCES) or time.monotonic() > deadline:
+                    raise FolderInUseError(
+                        f"{self.folder} is being prepared by `fleetwatch demo`; use another "
+                        "--data-dir, or stop that demo"
+                    ) from None
+                time.sleep(0.1)
+
+    def take(self, purpose: str) -> FolderUse:
+        """Hold the folder exclusively, or fail at once naming the reason."""
+        descriptor = self._open()
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            if exc.errno in (errno.EAGAIN, errno.EACCES):
+                raise FolderInUseError(
+                    f"{self.folder} is in use by another fleetwatch process (a demo, an "
+                    f"aggregator or a scheduler); {purpose}"
+                ) from None
+            raise
+        return self
+
+    def release(self) -> None:
+        if self._descriptor is not None:
+            os.close(self._descriptor)
+            self._descriptor = None

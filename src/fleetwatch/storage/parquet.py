@@ -1,20 +1,20 @@
-"""Durable, replay-safe Parquet files: schemas, atomic writes, deterministic names, clean-up.
+"""Durable, replay-safe Parquet files: schemas, readers, and the sinks the aggregator writes.
 
-Where the files go and how they are named is :mod:`fleetwatch.storage.layout`'s; a file
-appears whole or not at all (:mod:`fleetwatch.storage.atomic`).
+Where the files go and how they are named is :mod:`fleetwatch.storage.layout`'s; every byte goes
+through the data directory's :class:`~fleetwatch.storage.store.DataStore`.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
+import uuid
+from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any, Final, Protocol
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from fleetwatch.storage import atomic
-from fleetwatch.storage.layout import DataLayout, Dataset, live_file_name
-from fleetwatch.storage.remote import arrow_filesystem, arrow_source, is_remote
+from fleetwatch.storage.layout import DataLayout, Dataset, hour_prefix, live_file_name
+from fleetwatch.storage.store import DataStore, join
 
 if TYPE_CHECKING:  # pandas takes a third of a second to import; readers do not need it
     import pandas as pd
@@ -51,44 +51,79 @@ LATE_SCHEMA: Final = pa.schema(
 DEFAULT_COMPRESSION: Final = "snappy"
 
 
-def read_table(source: Path | list[Path], **options: Any) -> pa.Table:
-    """``pq.read_table`` of one file or several, local or in an object store."""
-    paths = source if isinstance(source, list) else [source]
-    if paths and is_remote(paths[0]):
-        keys = [arrow_source(path)[0] for path in paths]
-        target: Any = keys if isinstance(source, list) else keys[0]
-        return pq.read_table(target, filesystem=arrow_filesystem(paths[0]), **options)
-    return pq.read_table(source, **options)
+def read_table(store: DataStore, keys: str | list[str], **options: Any) -> pa.Table:
+    """``pq.read_table`` of one object or several of the store."""
+    chosen = [keys] if isinstance(keys, str) else keys
+    sources = [store.arrow(key) for key in chosen]
+    filesystem = sources[0][1] if sources else None
+    names = [source for source, _ in sources]
+    target: Any = names[0] if isinstance(keys, str) else names
+    return pq.read_table(target, filesystem=filesystem, **options)
 
 
-def open_file(path: Path, **options: Any) -> pq.ParquetFile:
-    """``pq.ParquetFile``, local or in an object store (read by byte ranges)."""
-    source, filesystem = arrow_source(path)
+def open_file(store: DataStore, key: str, **options: Any) -> pq.ParquetFile:
+    """``pq.ParquetFile`` of an object (read by byte ranges)."""
+    source, filesystem = store.arrow(key)
     return pq.ParquetFile(source, filesystem=filesystem, **options)
 
 
-def read_metadata(path: Path) -> pq.FileMetaData:
-    source, filesystem = arrow_source(path)
+def read_metadata(store: DataStore, key: str) -> pq.FileMetaData:
+    source, filesystem = store.arrow(key)
     return pq.read_metadata(source, filesystem=filesystem)
 
 
-def write_table(table: pa.Table, path: Path, compression: str = DEFAULT_COMPRESSION) -> None:
-    """Write ``table`` to ``path`` so that readers see all of it or nothing."""
+def table_bytes(
+    table: pa.Table,
+    compression: str = DEFAULT_COMPRESSION,
+    metadata: dict[bytes, bytes] | None = None,
+    row_group_size: int | None = None,
+) -> bytes:
+    """``table`` as the bytes of a Parquet file."""
     codec = None if compression == "none" else compression
-    atomic.write_atomically(path, lambda handle: pq.write_table(table, handle, compression=codec))
+    if metadata:
+        table = table.replace_schema_metadata({**(table.schema.metadata or {}), **metadata})
+    sink = pa.BufferOutputStream()
+    pq.write_table(table, sink, compression=codec, row_group_size=row_group_size)
+    return bytes(sink.getvalue())
+
+
+def write_table(
+    store: DataStore, key: str, table: pa.Table, compression: str = DEFAULT_COMPRESSION
+) -> None:
+    """Write ``table`` to ``key`` so that readers see all of it or nothing."""
+    store.write(key, table_bytes(table, compression))
+
+
+#: A file written under a staged name, and the name it is published under.
+Staged = tuple[str, str]
+
+
+def staged_key(final: str) -> str:
+    """A hidden name beside ``final``, unique to this write (listings of data skip it)."""
+    folder, _, name = final.rpartition("/")
+    return join(folder, f".{name}.{uuid.uuid4().hex[:8]}.staged")
 
 
 class RecordSink(Protocol):
     """Where closed windows (or late readings) go. Called from the worker's event loop.
 
-    ``write`` blocks until the rows are durable and returns the paths written; it raises
-    :class:`~fleetwatch.errors.StorageError` when the disk refuses, and then nothing was
-    committed, so a restart replays.
+    ``write`` blocks until the rows are durable under *staged* names, hidden from readers, and
+    returns what it wrote; ``take_staged`` hands the files written since the last call to the
+    checkpoint that publishes them (see :mod:`fleetwatch.storage.checkpoints`). ``write``
+    raises :class:`~fleetwatch.errors.StorageError` when the store refuses; then nothing was
+    published, so a restart replays.
     """
 
     def write(
         self, frame: pd.DataFrame, partition: int, time_column: str, epoch: int = 0
-    ) -> list[Path]: ...
+    ) -> list[Staged]: ...
+
+    def take_staged(self) -> list[Staged]: ...
+
+    def discard(self, staged: Sequence[Staged]) -> None: ...
+
+    @property
+    def store(self) -> DataStore: ...
 
 
 class PartitionedParquetSink:
@@ -98,14 +133,17 @@ class PartitionedParquetSink:
         self, layout: DataLayout, dataset: Dataset, compression: str = DEFAULT_COMPRESSION
     ) -> None:
         self.layout = layout
+        self.store = layout.store
         self.dataset: Dataset = dataset
         self.schema = AGGREGATE_SCHEMA if dataset == "aggregates" else LATE_SCHEMA
         self.compression = compression
+        self.staged: list[Staged] = []
 
     def write(
         self, frame: pd.DataFrame, partition: int, time_column: str, epoch: int = 0
-    ) -> list[Path]:
-        """One file per event-time hour of ``time_column``, named from the rows' offsets.
+    ) -> list[Staged]:
+        """One file per event-time hour of ``time_column``, named from the rows' offsets,
+        written under a staged name (see :class:`RecordSink`).
 
         ``frame`` has an ``offset`` column or ``first_offset``/``last_offset`` columns; only the
         schema's columns are stored.
@@ -124,17 +162,39 @@ class PartitionedParquetSink:
             table = pa.Table.from_pandas(
                 rows[self.schema.names], schema=self.schema, preserve_index=False
             )
-            folder = self.layout.hour_dir(self.dataset, pd.Timestamp(hour_start).to_pydatetime())
-            path = folder / live_file_name(partition, first, last, epoch)
-            write_table(table, path, self.compression)
-            written.append(path)
+            hour = pd.Timestamp(hour_start).to_pydatetime()
+            name = live_file_name(partition, first, last, epoch)
+            final = join(hour_prefix(self.dataset, hour), name)
+            staged = staged_key(final)
+            self.store.write(staged, table_bytes(table, self.compression))
+            written.append((staged, final))
+        self.staged += written
         return written
 
-    def has_files(self, partition: int) -> Path | None:
+    def take_staged(self) -> list[Staged]:
+        taken, self.staged = self.staged, []
+        return taken
+
+    def discard(self, staged: Sequence[Staged]) -> None:
+        """Delete files staged and never published (the partition was lost)."""
+        self.store.delete(key for key, _ in staged)
+
+    def has_files(self, partition: int) -> str | None:
         """A file this partition wrote, if there is any."""
         return next(
-            (path for path, _ in self.layout.partition_files(self.dataset, partition)), None
+            (item.key for item, _ in self.layout.partition_files(self.dataset, partition)), None
         )
+
+    def remove_leftovers(self, partition: int, keep: frozenset[str] = frozenset()) -> int:
+        """Delete the temporary and staged files of this partition a writer left behind
+        (except ``keep``: those a checkpoint still publishes)."""
+        stale = [
+            item.key
+            for item in self.layout.partition_leftovers(self.dataset, partition)
+            if item.key not in keep
+        ]
+        removed = self.store.remove_temporaries(self.dataset, f"p{partition:04d}-")
+        return removed + self.store.delete(stale)
 
     def remove_windows_after(self, partition: int, boundary_ms: int | None) -> int:
         """Delete this partition's files holding a window that ends after ``boundary_ms``.
@@ -144,29 +204,32 @@ class PartitionedParquetSink:
         """
         import pyarrow.compute as pc
 
-        self._remove_temporaries(partition)
-        removed = 0
-        for path, _ in list(self.layout.partition_files(self.dataset, partition)):
+        doomed = []
+        for item, _ in list(self.layout.partition_files(self.dataset, partition)):
             if boundary_ms is not None:
-                ends = read_table(path, columns=["window_end"]).column(0)
+                ends = read_table(self.store, item.key, columns=["window_end"]).column(0)
                 newest = pc.max(ends).as_py()
                 if newest is None or int(newest.timestamp() * 1000) <= boundary_ms:
                     continue
-            path.unlink(missing_ok=True)
-            removed += 1
-        return removed
+            doomed.append(item.key)
+        return self.store.delete(doomed)
 
     def remove_from_offset(self, partition: int, epoch: int, offset: int | None) -> int:
         """Delete this partition's files of ``epoch`` made from records at or after ``offset``
         (None: all of that epoch's)."""
-        self._remove_temporaries(partition)
-        removed = 0
-        for path, name in list(self.layout.partition_files(self.dataset, partition)):
-            if name.epoch == epoch and (offset is None or name.first_offset >= offset):
-                path.unlink(missing_ok=True)
-                removed += 1
-        return removed
+        doomed = [
+            item.key
+            for item, name in list(self.layout.partition_files(self.dataset, partition))
+            if name.epoch == epoch and (offset is None or name.first_offset >= offset)
+        ]
+        return self.store.delete(doomed)
 
-    def _remove_temporaries(self, partition: int) -> None:
-        for temporary in self.layout.partition_temporaries(self.dataset, partition):
-            temporary.unlink(missing_ok=True)
+
+def publish_staged(sink: RecordSink) -> list[str]:
+    """Publish what ``sink`` staged, without a checkpoint (backfills and tests, whose files
+    no partition vouches for); the keys published."""
+    published = []
+    for staged, final in sink.take_staged():
+        sink.store.move(staged, final)
+        published.append(final)
+    return published

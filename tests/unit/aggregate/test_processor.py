@@ -101,11 +101,12 @@ def compare(root: Path, expected: pd.DataFrame) -> None:
 
 
 class Harness:
-    def __init__(self, root: Path) -> None:
+    def __init__(self, root: Path | str) -> None:
         self.root = root
-        self.aggregates = PartitionedParquetSink(DataLayout(root), "aggregates")
-        self.late = PartitionedParquetSink(DataLayout(root), "late")
-        self.store = CheckpointStore(root / "state")
+        layout = DataLayout.open(root)
+        self.aggregates = PartitionedParquetSink(layout, "aggregates")
+        self.late = PartitionedParquetSink(layout, "late")
+        self.store = CheckpointStore(layout.store, "telemetry")
         self.dead: list[tuple[int, str]] = []
 
     def dead_letter(
@@ -124,7 +125,7 @@ def feed(
     while position < len(records):
         size = int(rng.integers(1, 400))
         if processor.process(records[position : position + size]):
-            harness.store.save(0, processor.checkpoint())
+            processor.save(harness.store)
         position += size
 
 
@@ -135,7 +136,7 @@ def test_windows_equal_pandas_and_late_readings_are_kept(tmp_path: Path, seed: i
     processor = harness.restore()
     feed(processor, records, np.random.default_rng(seed), harness)
     processor.close_all()
-    harness.store.save(0, processor.checkpoint())
+    processor.save(harness.store)
     expected, expected_late, invalid = reference(records)
     compare(tmp_path, expected)
     late = read_dir(tmp_path / "late")
@@ -162,7 +163,7 @@ def crash_three_times(
             size = int(rng.integers(1, 300))
             closed = processor.process(records[position : min(stop, position + size)])
             if closed and rng.random() < checkpoint_chance:
-                harness.store.save(0, processor.checkpoint())
+                processor.save(harness.store)
             position += size
 
 
@@ -174,14 +175,14 @@ def test_crash_and_replay_from_checkpoint_gives_the_same_files(tmp_path: Path, s
     processor = clean.restore()
     feed(processor, records, rng, clean)
     processor.close_all()
-    clean.store.save(0, processor.checkpoint())
+    processor.save(clean.store)
 
     crashy = Harness(tmp_path / "crashy")
     crash_three_times(crashy, records, rng, checkpoint_chance=0.7)
     processor = crashy.restore()
     feed(processor, records[processor.next_offset or 0 :], rng, crashy)
     processor.close_all()
-    crashy.store.save(0, processor.checkpoint())
+    processor.save(crashy.store)
 
     expected, _, _ = reference(records)
     compare(tmp_path / "clean", expected)
@@ -211,7 +212,8 @@ def test_missing_checkpoint_with_existing_files_is_refused(tmp_path: Path) -> No
     processor = harness.restore()
     processor.process(make_records(3, 500))
     processor.close_all()
-    harness.store.path(0).unlink()
+    processor.save(harness.store)
+    harness.store.delete(0)
     with pytest.raises(OrphanedFilesError, match="no checkpoint"):
         harness.restore()
 
@@ -248,7 +250,7 @@ def test_one_future_timestamp_cannot_poison_the_partition(tmp_path: Path) -> Non
     records += [reading(122 + i, now + 7_200_000 + i, now + 7_200_000) for i in range(3)]
     processor.process(records)
     processor.close_all()
-    processor.checkpoint()
+    processor.save(harness.store)
     assert harness.dead == [(1, "future_timestamp")]
     assert processor.counters.late_readings == 0
     assert read_dir(tmp_path / "aggregates")["count"].sum() == 1 + 120 + 3
@@ -281,3 +283,72 @@ def test_an_idle_partition_advances_to_the_frontier(tmp_path: Path) -> None:
     assert not processor.advance_to(T0 + 60_000)  # never backwards
     processor.process([reading(1, T0 + 90_000, None)])  # its window is closed now: late
     assert processor.counters.late_readings == 1
+
+
+NOW = T0 + 3_600_000  # this machine's clock in the tests below: an hour after T0
+Y2099 = 4_070_908_800_000
+
+
+def test_a_producer_clock_in_2099_cannot_poison_the_partition(tmp_path: Path) -> None:
+    """Issue 23, defect 5: the record's own timestamp says 2099 too (a device whose clock is
+    wrong stamps its records with it). The messages are dead-lettered future_timestamp, the
+    watermark stays, and the valid readings after them are windowed, not late."""
+    harness = Harness(tmp_path)
+    processor = PartitionProcessor(
+        0, SPEC, harness.aggregates, harness.late, harness.dead_letter,
+        future_limit_ms=3_600_000, clock=lambda: NOW / 1000,
+    )  # fmt: skip
+    records = [reading(0, NOW - 5_000, NOW - 5_000)]
+    records += [reading(1 + i, Y2099 + 1000 * i, Y2099 + 1000 * i, "dev-9") for i in range(10)]
+    records += [reading(11 + i, NOW + 1000 * i, NOW + 1000 * i) for i in range(60)]
+    processor.process(records)
+    assert harness.dead == [(1 + i, "future_timestamp") for i in range(10)]
+    assert processor.counters.late_readings == 0
+    assert processor.max_event == NOW + 59_000  # the watermark follows the valid readings
+    processor.close_all()
+    processor.save(harness.store)
+    assert read_dir(tmp_path / "aggregates")["count"].sum() == 61
+
+
+def test_an_accelerated_clock_ahead_of_this_machine_keeps_working(tmp_path: Path) -> None:
+    """The simulator at 360x from now: its event time (and its records' timestamps) run hours
+    ahead of the wall clock, a little at a time; nothing is dead-lettered."""
+    harness = Harness(tmp_path)
+    processor = PartitionProcessor(
+        0, SPEC, harness.aggregates, harness.late, harness.dead_letter,
+        future_limit_ms=3_600_000, clock=lambda: NOW / 1000,
+    )  # fmt: skip
+    records = [reading(i, NOW + 10_000 * i, NOW + 10_000 * i) for i in range(3000)]  # 8 h ahead
+    processor.process(records)
+    assert harness.dead == [] and processor.counters.late_readings == 0
+
+
+def test_a_replay_decides_the_wall_clock_rule_as_it_was_decided(tmp_path: Path) -> None:
+    """A message rejected for being ahead of this machine's clock, then a crash before its
+    window closed: the restarted worker (whose clock has moved past it) rejects it again, so
+    the files are a run's without the crash."""
+    late_clock = (NOW + 3 * 3_600_000) / 1000  # three hours later: the message would pass
+
+    def run(root: Path, crash: bool) -> pd.DataFrame:
+        harness = Harness(root)
+        processor = harness.restore()
+        processor.clock = lambda: NOW / 1000  # type: ignore[method-assign]
+        processor.future_limit_ms = 3_600_000
+        first = [reading(0, NOW, NOW), reading(1, NOW + 7_300_000, NOW + 7_300_000, "dev-9")]
+        first += [reading(2 + i, NOW + 1000 * i, NOW + 1000 * i) for i in range(30)]
+        processor.process(first)
+        processor.save(harness.store)  # the checkpoint: every window still open
+        rest = [reading(32 + i, NOW + 30_000 + 1000 * i, None) for i in range(200)]
+        if crash:
+            processor = harness.restore()  # the crash, and a restart three hours later
+            processor.clock = lambda: late_clock  # type: ignore[method-assign]
+            processor.future_limit_ms = 3_600_000
+            processor.process(first)  # re-read from the oldest open window's record
+        processor.process(rest)
+        processor.close_all()
+        processor.save(harness.store)
+        return read_dir(root / "aggregates").sort_values(["device_id", "sensor", "window_start"])
+
+    clean, crashed = run(tmp_path / "clean", False), run(tmp_path / "crashed", True)
+    assert "dev-9" not in set(clean["device_id"])
+    pd.testing.assert_frame_equal(clean.reset_index(drop=True), crashed.reset_index(drop=True))

@@ -58,7 +58,7 @@ def test_the_fleet_heatmap_is_the_share_of_anomalous_windows(scored: Settings) -
     page = client.get("/fleet")
     assert page.status_code == 200
     heat = figure(page.text, "heatmap")["data"][0]
-    with duckdb.connect(str(DataLayout(scored.data_dir).database), read_only=True) as db:
+    with duckdb.connect(str(DataLayout.open(scored.data_dir).database), read_only=True) as db:
         scores = db.execute("SELECT device_id, window_start, is_anomaly FROM scores").df()
     scores["hour"] = scores["window_start"].dt.floor("h").dt.strftime("%Y-%m-%dT%H:%M")
     share = scores.groupby(["device_id", "hour"])["is_anomaly"].mean()
@@ -98,13 +98,13 @@ def test_the_device_page_shows_its_windows_anomalies_and_model(scored: Settings)
         assert mean["y"] == pytest.approx(expected["mean"].tolist())
         assert band_min["y"] == pytest.approx(expected["min"].tolist())
         assert band_max["y"] == pytest.approx(expected["max"].tolist())
-    with duckdb.connect(str(DataLayout(scored.data_dir).database), read_only=True) as db:
+    with duckdb.connect(str(DataLayout.open(scored.data_dir).database), read_only=True) as db:
         flagged = db.execute(
             "SELECT strftime(window_start, '%Y-%m-%dT%H:%M') FROM scores WHERE device_id = "
             "'pump-03' AND is_anomaly AND window_start < ? ORDER BY 1", [T0 + 3 * HOUR]
         ).fetchall()  # fmt: skip
     assert marks["x"] == [row[0] for row in flagged] and flagged
-    active = ModelRegistry(DataLayout(scored.data_dir).models).active("pump-03")
+    active = ModelRegistry.of(scored.data_dir).active("pump-03")
     assert active is not None
     assert f'id="model-version">{active.version}' in page.text
     assert f'id="threshold">{active.manifest["threshold"]}' in page.text
@@ -116,7 +116,7 @@ def test_the_runs_page_lists_every_run_and_what_is_pending(scored: Settings) -> 
     client = TestClient(create_app(scored))
     page = client.get("/runs")
     assert page.status_code == 200
-    with duckdb.connect(str(DataLayout(scored.data_dir).database), read_only=True) as db:
+    with duckdb.connect(str(DataLayout.open(scored.data_dir).database), read_only=True) as db:
         runs = db.execute("SELECT count(*) FROM runs").fetchone()
     assert runs is not None and page.text.count('<tr class="status-') == runs[0]
     assert 'id="pending-count">0 hours' in page.text

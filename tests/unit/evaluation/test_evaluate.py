@@ -70,7 +70,7 @@ def test_evaluate_a_folder_by_the_product_path(tmp_path: Path) -> None:
     record = evaluation.as_record()
     assert record["files_without_labels"] == "extra.csv"
     assert record["devices"] == record["devices_trained"] == 3
-    registry = ModelRegistry(keep / "models")
+    registry = ModelRegistry.of(keep)
     for device_id in ("valve-0", "valve-1", "clean"):
         features = registry.describe(device_id)["features"]
         sensors = {f.rsplit("__", 1)[0] for f in features}

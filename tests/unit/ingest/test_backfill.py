@@ -148,5 +148,5 @@ def test_windows_that_exist_already_are_refused_not_doubled(
     )
     [line] = capsys.readouterr().err.strip().splitlines()
     assert "exist already" in line
-    hours = DataLayout(data).inventory()
+    hours = DataLayout.open(data).inventory()
     assert len(hours) == 1 and len(hours[0].files) == 1

@@ -9,9 +9,10 @@ import pytest
 
 from fleetwatch.aggregate.processor import PartitionProcessor
 from fleetwatch.aggregate.windows import WindowSpec
-from fleetwatch.ingest.telemetry import InvalidMessage, parse_message
+from fleetwatch.storage.checkpoints import CheckpointStore
 from fleetwatch.storage.layout import DataLayout
 from fleetwatch.storage.parquet import PartitionedParquetSink
+from fleetwatch.telemetry import InvalidMessage, parse_message
 from tests.unit.aggregate.test_processor import read_dir
 
 T0 = 1_795_334_400_000
@@ -119,7 +120,7 @@ def test_a_key_that_does_not_match_is_invalid() -> None:
 def test_hostile_payloads_among_valid_readings_cost_only_themselves(tmp_path: Path) -> None:
     """Every valid reading sent between hostile ones is aggregated, each hostile one is dead
     lettered once with its reason, and the processor never raises."""
-    layout = DataLayout(tmp_path)
+    layout = DataLayout.open(tmp_path)
     dead: list[tuple[int, str]] = []
     processor = PartitionProcessor(
         0,
@@ -138,7 +139,7 @@ def test_hostile_payloads_among_valid_readings_cost_only_themselves(tmp_path: Pa
     for start in range(0, len(records), 7):  # whatever the batching
         processor.process(records[start : start + 7])
     processor.close_all()
-    processor.checkpoint()
+    processor.save(CheckpointStore(layout.store, "telemetry"))
     assert sorted(offset for offset, _ in dead) == [2 * i for i in range(len(HOSTILE))]
     windows = read_dir(tmp_path / "aggregates")
     assert windows["count"].sum() == valid and set(windows["mean"]) == {2.0}

@@ -101,12 +101,13 @@ def test_unknown_means_not_closed(trained: Settings) -> None:
     only dead letters, and is not idle yet), or an unknown partition count: nothing is closed.
     (Before, such a partition was read as "everything is closed" and open hours were scored.)"""
     set_watermark(trained, T0 + 3 * HOUR, partitions=3)
-    store = CheckpointStore(trained.data_dir / "state" / "aggregate" / "telemetry")
-    store.path(2).unlink()  # a partition no worker has taken yet
+    store = CheckpointStore(trained.layout.store, "telemetry")
+    store.delete(2)  # a partition no worker has taken yet
     assert CatchUp(trained)() == []
     store.save(2, Checkpoint(None, 1, None, None))  # one dead letter read, nothing closed
     assert CatchUp(trained)() == []
-    (store.root / "topic.json").unlink()  # no worker ever recorded the topic
+    (trained.data_dir / "state" / "aggregate" / "telemetry" / "topic.json").unlink()  # never
+    # recorded by a worker
     store.save(2, Checkpoint(0, 10, 0, 0))
     assert CatchUp(trained)() == []
     early = int((T0 + HOUR).timestamp() * 1000)
@@ -122,7 +123,7 @@ def test_a_device_trained_later_is_scored_for_the_hours_it_missed(trained: Setti
     from fleetwatch.scoring.registry import ModelRegistry
     from fleetwatch.scoring.train import train
 
-    registry = ModelRegistry(trained.data_dir / "models")
+    registry = ModelRegistry.of(trained.data_dir)
     shutil.rmtree(registry.device_dir("pump-05"))  # as if it had never been trained
     set_watermark(trained, T0 + 3 * HOUR)
     assert len(CatchUp(trained)()) == 3
@@ -146,7 +147,7 @@ def test_a_failing_model_is_retried_only_once_it_changes(trained: Settings) -> N
     from fleetwatch.scoring.registry import ModelRegistry
     from fleetwatch.scoring.train import train
 
-    model = ModelRegistry(trained.data_dir / "models").active("pump-02")
+    model = ModelRegistry.of(trained.data_dir).active("pump-02")
     assert model is not None
     with (model.path / "params.bin").open("ab") as handle:
         handle.write(b"tampered")
@@ -301,7 +302,7 @@ def test_retraining_job_makes_new_active_versions(trained: Settings) -> None:
         },
     )
     Retrainer(settings)()
-    registry = ModelRegistry(trained.data_dir / "models")
+    registry = ModelRegistry.of(trained.data_dir)
     for device in registry.devices():
         active = registry.active(device)
         assert active is not None and active.version == "v0002"

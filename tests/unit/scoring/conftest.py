@@ -9,13 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fleetwatch.aggregate.progress import TopicState, save_topic_state
 from fleetwatch.aggregate.windows import AGGREGATE_COLUMNS
 from fleetwatch.config import Settings, load_settings
+from fleetwatch.scoring.features import WindowCube, read_cube
 from fleetwatch.scoring.train import train
-from fleetwatch.storage.checkpoints import Checkpoint, CheckpointStore
+from fleetwatch.storage.checkpoints import Checkpoint, CheckpointStore, TopicState
 from fleetwatch.storage.layout import DataLayout
-from fleetwatch.storage.parquet import PartitionedParquetSink
+from fleetwatch.storage.parquet import PartitionedParquetSink, publish_staged
 
 T0 = datetime(2026, 11, 22, tzinfo=UTC)
 DEVICES = [f"pump-{i:02d}" for i in range(8)]
@@ -71,18 +71,20 @@ def drifting_windows() -> pd.DataFrame:
     return frame
 
 
-def write_windows(data_dir: Path, frame: pd.DataFrame) -> None:
-    sink = PartitionedParquetSink(DataLayout(data_dir), "aggregates")
+def write_windows(data_dir: Path | str, frame: pd.DataFrame) -> None:
+    """As the aggregator writes them (staged, then published), as partition 0's."""
+    sink = PartitionedParquetSink(DataLayout.open(data_dir), "aggregates")
     sink.write(frame, 0, "window_start")
+    publish_staged(sink)
 
 
 def set_watermark(settings: Settings, closed: datetime, partitions: int = 2) -> None:
     """As the aggregator would leave it: the topic's partitions, each with a watermark (the
     lowest counts) and windows still open."""
-    layout = DataLayout(settings.data_dir)
+    layout = settings.layout
     topic = settings.kafka.telemetry_topic
-    save_topic_state(layout, topic, TopicState(partitions))
-    store = CheckpointStore(layout.aggregation_state(topic))
+    store = CheckpointStore(layout.store, topic)
+    store.save_topic_state(TopicState(partitions))
     for partition in range(partitions):
         boundary = int(closed.timestamp() * 1000) + partition * 60_000  # the min counts
         store.save(partition, Checkpoint(0, 10, boundary, boundary))
@@ -117,3 +119,16 @@ def trained(tmp_path: Path) -> Settings:
     assert len(summary.trained) == len(DEVICES)
     set_watermark(settings, T0 + pd.Timedelta(hours=3).to_pytimedelta())
     return settings
+
+
+def cube_of(
+    data_dir: Path | str,
+    since: datetime,
+    until: datetime,
+    window_ms: int,
+    devices: list[str] | None = None,
+) -> WindowCube:
+    """The cube of a data directory's windows in [since, until), from one listing."""
+    layout = DataLayout.open(data_dir)
+    keys = [item.key for item in layout.files_between(since, until)]
+    return read_cube(layout.store, keys, since, until, window_ms, devices=devices)

@@ -41,7 +41,7 @@ def on_dask(settings: Settings, address: str, data_dir: Path) -> Settings:
 
 
 def stored(settings: Settings) -> pd.DataFrame:
-    with duckdb.connect(str(DataLayout(settings.data_dir).database), read_only=True) as db:
+    with duckdb.connect(str(DataLayout.open(settings.data_dir).database), read_only=True) as db:
         frame = db.execute(
             "SELECT device_id, window_start, window_end, score, score_normalized, is_anomaly, "
             "model_version, top_sensors FROM scores ORDER BY device_id, window_start"
@@ -50,7 +50,7 @@ def stored(settings: Settings) -> pd.DataFrame:
 
 
 def outcomes(settings: Settings) -> list[tuple[str, str, str]]:
-    with duckdb.connect(str(DataLayout(settings.data_dir).database), read_only=True) as db:
+    with duckdb.connect(str(DataLayout.open(settings.data_dir).database), read_only=True) as db:
         return db.execute(
             "SELECT strftime(r.window_start, '%H'), d.device_id, d.outcome FROM device_runs d "
             "JOIN runs r USING (run_id) ORDER BY 1, 2"
@@ -114,7 +114,7 @@ def test_a_worker_killed_mid_run_costs_nothing(
 
 def test_a_bad_model_fails_its_device_only(trained: Settings, cluster: str, tmp_path: Path) -> None:
     dask = on_dask(trained, cluster, tmp_path / "dask")
-    registry = DataLayout(dask.data_dir).models
+    registry = dask.data_dir / "models"
     [model_file] = list((registry / "pump-02").glob("*/params.bin"))
     model_file.write_bytes(b"tampered")
     result = score_hour(dask, HOURS[2], progress=False)
@@ -145,12 +145,12 @@ def test_training_on_dask_makes_the_local_models(
     from tests.unit.scoring.conftest import DEVICES
 
     dask = on_dask(trained, cluster, tmp_path / "dask")
-    shutil.rmtree(DataLayout(dask.data_dir).models)
+    shutil.rmtree(dask.data_dir / "models")
     summary = train(dask, T0, T0 + timedelta(hours=2), DEVICES)
     assert sorted(summary.trained) == DEVICES and not summary.failed
     for device in DEVICES:
-        [local] = list((DataLayout(trained.data_dir).models / device).glob("v*"))
-        [remote] = list((DataLayout(dask.data_dir).models / device).glob("v*"))
+        [local] = list(((trained.data_dir / "models") / device).glob("v*"))
+        [remote] = list(((dask.data_dir / "models") / device).glob("v*"))
         assert (local / "params.bin").read_bytes() == (remote / "params.bin").read_bytes()
         mine, theirs = (json.loads((d / "manifest.json").read_text()) for d in (local, remote))
         assert mine["threshold"] == theirs["threshold"] and mine["features"] == theirs["features"]
@@ -176,7 +176,7 @@ def test_the_fleet_judges_slow_sensors_on_the_workers(
         settings = replace(trained, data_dir=data_dir, score=score)
         summaries[executor] = train(settings, T0, T0 + timedelta(minutes=45), DEVICES)
         for device in DEVICES:
-            [version] = list((DataLayout(data_dir).models / device).glob("v*"))
+            [version] = list(((data_dir / "models") / device).glob("v*"))
             features = (version / "manifest.json").read_text()
             assert "temperature__delta" in features and "pressure__mean" in features
     assert summaries["local"].slow == summaries["dask"].slow == {"temperature": (5, 8)}

@@ -65,7 +65,7 @@ def shifted(tmp_path: Path) -> Settings:
 
 def test_anomalies_store_their_normalised_score_and_top_sensors(shifted: Settings) -> None:
     score_hour(shifted, T0 + 2 * HOUR, progress=False)
-    registry = ModelRegistry(shifted.data_dir / "models")
+    registry = ModelRegistry.of(shifted.data_dir)
     calibration = registry.describe("pump-03")["calibration"]
     rows = db(
         shifted,
@@ -82,7 +82,7 @@ def test_anomalies_store_their_normalised_score_and_top_sensors(shifted: Setting
         assert top[0]["sensor"] == "pressure" and top[0]["share"] > 0.5
         assert sum(item["share"] for item in top) <= 1.0 + 1e-9
     # queryable with `fleetwatch sql`
-    layout = DataLayout(shifted.data_dir)
+    layout = DataLayout.open(shifted.data_dir)
     (result,) = query(
         layout,
         "SELECT top_sensors[1].sensor AS sensor, count(*) AS windows FROM anomalies "
@@ -145,7 +145,7 @@ def fleetwatch(settings: Settings, *args: str) -> subprocess.CompletedProcess[st
 def test_a_version_in_shadow_is_scored_compared_promoted_and_rolled_back(
     shifted: Settings,
 ) -> None:
-    registry = ModelRegistry(shifted.data_dir / "models")
+    registry = ModelRegistry.of(shifted.data_dir)
     # a candidate trained on the third hour too: it learns the first bursts as normal
     candidate = train(shifted, T0, T0 + 3 * HOUR, ["pump-03"], activate="no")
     version = candidate.trained["pump-03"]
@@ -180,7 +180,7 @@ def test_a_version_in_shadow_is_scored_compared_promoted_and_rolled_back(
 
 
 def test_set_threshold_makes_a_new_version_and_a_rollback_undoes_it(shifted: Settings) -> None:
-    registry = ModelRegistry(shifted.data_dir / "models")
+    registry = ModelRegistry.of(shifted.data_dir)
     first = registry.describe("pump-03")
     done = fleetwatch(shifted, "models", "set-threshold", "pump-03", "--target-far", "0.5")
     assert done.returncode == 0, done.stderr
@@ -203,14 +203,14 @@ def test_set_threshold_makes_a_new_version_and_a_rollback_undoes_it(shifted: Set
 
 
 def test_a_model_of_an_older_fleetwatch_is_refused_with_what_to_do(shifted: Settings) -> None:
-    registry = ModelRegistry(shifted.data_dir / "models")
+    registry = ModelRegistry.of(shifted.data_dir)
     model = registry.active("pump-02")
     assert model is not None
     manifest = {**model.manifest}
     del manifest["features_version"]
     (model.path / "manifest.json").write_text(json.dumps(manifest))
     registry.activate("pump-02", model.version)  # the edit was "ours": the digest is renewed
-    shutil.rmtree(DataLayout(shifted.data_dir).model_pack, ignore_errors=True)
+    shutil.rmtree(DataLayout.open(shifted.data_dir).model_pack, ignore_errors=True)
     score_hour(shifted, T0 + 2 * HOUR, progress=False)
     error = db(shifted, "SELECT error FROM device_runs WHERE device_id = 'pump-02'")[0][0]
     assert "older fleetwatch" in error and "fleetwatch train" in error

@@ -20,11 +20,11 @@ def test_cube_read_from_parquet_equals_the_pandas_pivot(
     whichever grid layout it picks."""
     import pandas as pd
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from fleetwatch.scoring import features
-    from fleetwatch.scoring.features import read_cube
-    from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, write_table
-    from tests.unit.scoring.conftest import T0, synthetic_windows
+    from fleetwatch.storage.parquet import AGGREGATE_SCHEMA
+    from tests.unit.scoring.conftest import T0, cube_of, synthetic_windows
     from tests.unit.scoring.reference import device_matrix, pivot_by_device, sensors_of
 
     monkeypatch.setattr(features, "SHARED_COLUMNS_UP_TO", 1e9 if columns == "shared" else 0.0)
@@ -50,11 +50,12 @@ def test_cube_read_from_parquet_equals_the_pandas_pivot(
                 preserve_index=False,
             )
             name = f"p{part:04d}-{part:012d}-{part:012d}.parquet"
-            write_table(table, folder / name, codec)
+            folder.mkdir(parents=True, exist_ok=True)
+            pq.write_table(table, folder / name, compression=None if codec == "none" else codec)
     names = feature_names(sensors, slow=["temperature"])  # a change from the window before
     for since, until in ((T0, T0 + pd.Timedelta(hours=3)), (T0 + pd.Timedelta(hours=2), None)):
         end = until or since + pd.Timedelta(hours=1)
-        cube = read_cube(tmp_path, since, end, 60_000)
+        cube = cube_of(tmp_path, since, end, 60_000)
         chosen = frame[(frame["window_start"] >= since) & (frame["window_start"] < end)]
         expected = pivot_by_device(chosen)
         assert cube.devices == sorted(expected)
@@ -75,11 +76,11 @@ def test_cube_read_from_parquet_equals_the_pandas_pivot(
 
 def test_cube_refuses_a_file_with_rows_without_a_device(tmp_path: Path) -> None:
     import pyarrow as pa
+    import pyarrow.parquet as pq
 
     from fleetwatch.errors import InvalidInputError
-    from fleetwatch.scoring.features import read_cube
-    from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, write_table
-    from tests.unit.scoring.conftest import T0, synthetic_windows
+    from fleetwatch.storage.parquet import AGGREGATE_SCHEMA
+    from tests.unit.scoring.conftest import T0, cube_of, synthetic_windows
 
     frame = synthetic_windows(hours=1)
     frame.loc[frame.index[:3], "device_id"] = None
@@ -87,17 +88,17 @@ def test_cube_refuses_a_file_with_rows_without_a_device(tmp_path: Path) -> None:
         frame[AGGREGATE_SCHEMA.names], schema=AGGREGATE_SCHEMA, preserve_index=False
     )
     folder = tmp_path / "aggregates" / f"date={T0:%Y-%m-%d}" / f"hour={T0:%H}"
-    write_table(table, folder / "p0000-000000000000-000000000001.parquet")
+    folder.mkdir(parents=True)
+    pq.write_table(table, folder / "p0000-000000000000-000000000001.parquet")
     with pytest.raises(InvalidInputError, match="3 rows without a"):
-        read_cube(tmp_path, T0, T0.replace(hour=1), 60_000)
+        cube_of(tmp_path, T0, T0.replace(hour=1), 60_000)
 
 
 def test_cubes_read_in_two_threads_at_once_are_the_cubes_read_alone(tmp_path: Path) -> None:
     """`fleetwatch schedule` may score and retrain at the same moment, in two threads."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from fleetwatch.scoring.features import read_cube
-    from tests.unit.scoring.conftest import T0, synthetic_windows, write_windows
+    from tests.unit.scoring.conftest import T0, cube_of, synthetic_windows, write_windows
 
     folders = [tmp_path / "a", tmp_path / "b"]
     for seed, folder in enumerate(folders):
@@ -106,7 +107,7 @@ def test_cubes_read_in_two_threads_at_once_are_the_cubes_read_alone(tmp_path: Pa
     names = feature_names(["pressure", "temperature", "vibration"])
 
     def matrices(folder: Path) -> dict[str, np.ndarray]:
-        cube = read_cube(folder, T0, until, 60_000)
+        cube = cube_of(folder, T0, until, 60_000)
         return {d: cube.matrix(d, names).matrix for d in cube.devices}
 
     alone = [matrices(folder) for folder in folders]
@@ -130,20 +131,21 @@ def test_a_task_reads_only_its_row_groups_and_gets_its_devices_windows(tmp_path:
     from tests.unit.storage.test_compaction import write_in_pieces
 
     write_in_pieces(tmp_path, synthetic_windows(hours=1))
-    files = DataLayout(tmp_path).hour_files("aggregates", T0)
-    pieces, where = device_pieces(files)
+    layout = DataLayout.open(tmp_path)
+    files = [item.key for item in layout.hour_data("aggregates", T0)]
+    pieces, where = device_pieces(layout.store, files)
     holders: dict[str, set[int]] = {}
-    for index, (path, group) in enumerate(pieces):
+    for index, (key, group) in enumerate(pieces):
         assert group == 0  # one row group per file written by the aggregator
-        for device in pd.read_parquet(path)["device_id"].unique():
+        for device in pd.read_parquet(tmp_path / key)["device_id"].unique():
             holders.setdefault(device, set()).add(index)
     assert {d: set(i) for d, i in where.items()} == holders
     mine = ["pump-01", "pump-04"]
     chosen = [pieces[i] for i in sorted({i for d in mine for i in where[d]})]
     assert len(chosen) < len(pieces)
     until = T0 + pd.Timedelta(hours=1).to_pytimedelta()
-    partial = read_cube(tmp_path, T0, until, 60_000, devices=mine, pieces=chosen)
-    whole = read_cube(tmp_path, T0, until, 60_000, devices=mine)
+    partial = read_cube(layout.store, chosen, T0, until, 60_000, devices=mine)
+    whole = read_cube(layout.store, files, T0, until, 60_000, devices=mine)
     for device in mine:
         for sensor in ("pressure", "vibration"):
             a = partial.matrix(device, [f"{sensor}__mean", f"{sensor}__std"]).matrix

@@ -99,18 +99,18 @@ def test_many_devices_at_once_equal_one_by_one(kind: str) -> None:
 
 
 def test_the_registry_round_trip_scores_the_same(kind: str, tmp_path: Path) -> None:
-    registry = ModelRegistry(tmp_path)
+    registry = ModelRegistry.of(tmp_path)
     model = new_model(kind, 0.05, "scale", "rbf")
     model.fit(data(2, 200), NAMES)
     saved = registry.save("pump-1", model, NAMES, WHEN, WHEN, 200, {"nu": 0.05})
     assert saved.manifest["kind"] == kind and saved.manifest["features"] == NAMES
     window = probe(3, 50)
-    name, arrays = ModelRegistry.load_params(registry.active("pump-1"))  # type: ignore[arg-type]
+    name, arrays = registry.load_params(registry.active("pump-1"))  # type: ignore[arg-type]
     assert_scores_equal(
         kind_named(name).scorer(arrays).decision(window), model.reference_scores(window)
     )
     reloaded = new_model(kind, 0.05, "scale", "rbf")
-    estimator = ModelRegistry.load_estimator(saved)
+    estimator = registry.load_estimator(saved)
     if kind == "device":
         reloaded.pipeline = estimator  # type: ignore[attr-defined]
     else:
@@ -122,7 +122,7 @@ def test_the_registry_round_trip_scores_the_same(kind: str, tmp_path: Path) -> N
 
 
 def test_the_pack_round_trip_scores_the_same(kind: str, tmp_path: Path) -> None:
-    registry = ModelRegistry(tmp_path / "models")
+    registry = ModelRegistry.of(tmp_path)
     model = new_model(kind, 0.05, "scale", "rbf")
     model.fit(data(5, 200), NAMES)
     registry.save("pump-1", model, NAMES, WHEN, WHEN, 200, {})
@@ -137,7 +137,7 @@ def test_the_pack_round_trip_scores_the_same(kind: str, tmp_path: Path) -> None:
 def test_a_tampered_file_is_never_loaded(
     kind: str, file_name: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    registry = ModelRegistry(tmp_path)
+    registry = ModelRegistry.of(tmp_path)
     model = new_model(kind, 0.05, "scale", "rbf")
     model.fit(data(4, 100), NAMES)
     saved = registry.save("pump-1", model, NAMES, WHEN, WHEN, 100, {})
@@ -148,14 +148,14 @@ def test_a_tampered_file_is_never_loaded(
     monkeypatch.setattr(registry_module, "unpack_arrays", lambda *a, **k: loads.append(a))
     with pytest.raises(ModelIntegrityError, match="does not match the sha256"):
         if file_name == "model.joblib":
-            ModelRegistry.load_estimator(saved)
+            registry.load_estimator(saved)
         else:
-            ModelRegistry.load_params(saved)
+            registry.load_params(saved)
     assert loads == []  # nothing was unpickled or decoded
     # the same two loaders do load the untampered file: the spies above can see a load
     fresh = registry.save("pump-2", model, NAMES, WHEN, WHEN, 100, {})
-    ModelRegistry.load_estimator(fresh)
-    ModelRegistry.load_params(fresh)
+    registry.load_estimator(fresh)
+    registry.load_params(fresh)
     assert len(loads) == 2
 
 
@@ -195,7 +195,7 @@ def test_devices_scored_together_whose_support_vectors_use_other_features() -> N
 
 
 def test_versions_activate_and_rollback(tmp_path: Path) -> None:
-    registry = ModelRegistry(tmp_path)
+    registry = ModelRegistry.of(tmp_path)
     for seed in range(3):
         model = new_model("device", 0.05, "scale", "rbf")
         model.fit(data(seed, 60), NAMES)

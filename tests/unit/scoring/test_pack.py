@@ -11,7 +11,7 @@ import pytest
 import fleetwatch.scoring.score as scoring
 from fleetwatch.cli import main
 from fleetwatch.config import Settings
-from fleetwatch.scoring.pack import ModelPack, pack_folder, read_active
+from fleetwatch.scoring.pack import ModelPack, read_active
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.scoring.score import score_hour
 from fleetwatch.scoring.train import train
@@ -22,11 +22,11 @@ TWO_HOURS = pd.Timedelta(hours=2).to_pytimedelta()
 
 
 def open_pack(settings: Settings) -> ModelPack:
-    return ModelPack.open(pack_folder(settings), ModelRegistry(settings.data_dir / "models"))
+    return ModelPack.open(settings.layout.model_pack, ModelRegistry.of(settings.data_dir))
 
 
 def segments(settings: Settings) -> list[Path]:
-    return sorted(pack_folder(settings).glob("*.bin"))
+    return sorted(settings.layout.model_pack.glob("*.bin"))
 
 
 @pytest.fixture
@@ -59,7 +59,7 @@ def test_an_activated_version_is_scored_at_once_then_packed(
     trained: Settings, read_from_files: Path
 ) -> None:
     train(trained, T0, T0 + TWO_HOURS, ["pump-01", "pump-02"])  # v0002, active and packed
-    registry = ModelRegistry(trained.data_dir / "models")
+    registry = ModelRegistry.of(trained.data_dir)
     registry.activate("pump-01", "v0001")  # ACTIVE replaced by rename
     (registry.device_dir("pump-02") / "ACTIVE").write_text("v0001")  # edited in place
     score_hour(trained, HOUR3, progress=False)
@@ -76,7 +76,7 @@ def test_an_activated_version_is_scored_at_once_then_packed(
 def test_a_tampered_file_fails_its_device_although_the_pack_holds_a_good_copy(
     trained: Settings,
 ) -> None:
-    model = ModelRegistry(trained.data_dir / "models").active("pump-04")
+    model = ModelRegistry.of(trained.data_dir).active("pump-04")
     assert model is not None
     params = model.path / "params.bin"
     blob = bytearray(params.read_bytes())
@@ -130,7 +130,7 @@ def test_an_unreadable_pack_index_is_left_out_then_replaced(
 def test_scoring_without_a_pack_reads_the_files_and_packs_them(
     trained: Settings, read_from_files: Path
 ) -> None:
-    for path in pack_folder(trained).iterdir():
+    for path in trained.layout.model_pack.iterdir():
         path.unlink()
     result = score_hour(trained, HOUR3, progress=False)
     assert result.devices_scored == len(DEVICES)
@@ -149,7 +149,7 @@ def test_retraining_compacts_the_pack(trained: Settings) -> None:
 
 
 def test_models_pack_command(trained: Settings, capsys: pytest.CaptureFixture[str]) -> None:
-    for path in pack_folder(trained).iterdir():
+    for path in trained.layout.model_pack.iterdir():
         path.unlink()
     code = main(["models", "pack", "--data-dir", str(trained.data_dir), "--format", "json"])
     assert code == 0

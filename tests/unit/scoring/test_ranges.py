@@ -37,7 +37,7 @@ def test_first_ranges_per_device_equal_a_pandas_computation(tmp_path: Path) -> N
     frame = frame[~late | (frame["window_start"] >= pd.Timestamp(T0) + pd.Timedelta(minutes=30))]
     frame.loc[frame["device_id"] == "pump-02", "count"] = 7  # 7 readings a window
     write_windows(tmp_path, frame)
-    layout = DataLayout(tmp_path)
+    layout = DataLayout.open(tmp_path)
     until = T0 + timedelta(hours=2)
     starts = frame.groupby("device_id")["window_start"].min()
     for first in (

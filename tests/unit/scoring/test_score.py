@@ -19,8 +19,8 @@ import pytest
 
 from fleetwatch.config import Settings
 from fleetwatch.errors import FleetwatchError
+from fleetwatch.scheduler.service import pending_now
 from fleetwatch.scoring.kinds import DeviceModel, PerSensorModel
-from fleetwatch.scoring.pending import pending_hours
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.scoring.score import score_hour
 from fleetwatch.scoring.train import train
@@ -40,7 +40,7 @@ def db(settings: Settings, sql: str) -> list[tuple]:
 def reference_scores(model: Any, matrix: np.ndarray) -> np.ndarray:
     """scikit-learn's own decision function (from model.joblib), on the scores' scale (NaN
     where it is at its floor)."""
-    estimator = ModelRegistry.load_estimator(model)
+    estimator = ModelRegistry.of(model.path.parents[2]).load_estimator(model)
     if model.manifest["kind"] == "per_sensor":
         reference: Any = PerSensorModel()
         reference.pipelines = estimator
@@ -54,7 +54,7 @@ def assert_scores_equal_sklearn(settings: Settings, skip: frozenset[str] = froze
     """Every stored score equals scikit-learn's own decision function (from model.joblib)
     wherever that is not at its floor; the others are below every threshold."""
     frame = read_windows(settings.data_dir, HOUR3, HOUR3 + pd.Timedelta(hours=1).to_pytimedelta())
-    registry = ModelRegistry(settings.data_dir / "models")
+    registry = ModelRegistry.of(settings.data_dir)
     for device_id, rows in pivot_by_device(frame).items():
         if device_id in skip:
             continue
@@ -76,7 +76,7 @@ def test_scores_equal_sklearn_on_the_same_features(trained: Settings) -> None:
     assert_scores_equal_sklearn(trained)
     # the anomalies are the windows scikit-learn scores below each model's own threshold
     frame = read_windows(trained.data_dir, HOUR3, HOUR3 + pd.Timedelta(hours=1).to_pytimedelta())
-    registry = ModelRegistry(trained.data_dir / "models")
+    registry = ModelRegistry.of(trained.data_dir)
     expected = set()
     for device_id, rows in pivot_by_device(frame).items():
         model = registry.active(device_id)
@@ -95,7 +95,7 @@ def test_a_fleet_of_mixed_model_kinds(trained: Settings) -> None:
         trained, train=dataclasses.replace(trained.train, per_sensor=True)
     )
     train(per_sensor, T0, T0 + pd.Timedelta(hours=2).to_pytimedelta(), ["pump-01", "pump-02"])
-    registry = ModelRegistry(trained.data_dir / "models")
+    registry = ModelRegistry.of(trained.data_dir)
     assert registry.active("pump-01").manifest["kind"] == "per_sensor"  # type: ignore[union-attr]
     result = score_hour(trained, HOUR3, progress=False)
     assert result.devices_scored == len(DEVICES) and result.devices_failed == 0
@@ -123,7 +123,7 @@ def test_output_anomalies_stores_only_the_anomalies(trained: Settings) -> None:
 
 
 def test_no_model_and_silent_devices(trained: Settings) -> None:
-    registry = ModelRegistry(trained.data_dir / "models")
+    registry = ModelRegistry.of(trained.data_dir)
     (registry.device_dir("pump-05") / "ACTIVE").unlink()  # data, no active model
     from tests.unit.scoring.conftest import synthetic_windows, write_windows
 
@@ -137,10 +137,11 @@ def test_no_model_and_silent_devices(trained: Settings) -> None:
         part = pd.read_parquet(path)
         part = part[part["device_id"] != "pump-06"]
         import pyarrow as pa
+        import pyarrow.parquet as pq
 
-        from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, write_table
+        from fleetwatch.storage.parquet import AGGREGATE_SCHEMA
 
-        write_table(
+        pq.write_table(
             pa.Table.from_pandas(
                 part[AGGREGATE_SCHEMA.names], schema=AGGREGATE_SCHEMA, preserve_index=False
             ),
@@ -154,7 +155,7 @@ def test_no_model_and_silent_devices(trained: Settings) -> None:
 
 
 def test_a_tampered_model_fails_its_device_only(trained: Settings) -> None:
-    model = ModelRegistry(trained.data_dir / "models").active("pump-02")
+    model = ModelRegistry.of(trained.data_dir).active("pump-02")
     with (model.path / "params.bin").open("ab") as handle:
         handle.write(b"tampered")
     result = score_hour(trained, HOUR3, progress=False)
@@ -168,7 +169,7 @@ def test_a_malformed_model_fails_only_its_device_among_those_scored_with_it(
 ) -> None:
     """Devices that share a feature list are imputed and scaled together; a model whose
     support vectors do not fit its features (a valid file, a wrong shape) fails alone."""
-    registry = ModelRegistry(trained.data_dir / "models")
+    registry = ModelRegistry.of(trained.data_dir)
     good = registry.active("pump-02")
     assert good is not None
     features = good.manifest["features"]
@@ -193,7 +194,7 @@ def test_a_malformed_model_fails_only_its_device_among_those_scored_with_it(
 def test_an_active_file_pointing_outside_its_device_fails_that_device(
     trained: Settings,
 ) -> None:
-    registry = ModelRegistry(trained.data_dir / "models")
+    registry = ModelRegistry.of(trained.data_dir)
     (registry.device_dir("pump-03") / "ACTIVE").write_text("../pump-00/v0001")
     result = score_hour(trained, HOUR3, progress=False)
     assert result.devices_failed == 1 and result.devices_scored == len(DEVICES) - 1
@@ -202,14 +203,14 @@ def test_an_active_file_pointing_outside_its_device_fails_that_device(
 
 
 def test_a_model_that_raises(trained: Settings) -> None:
-    model = ModelRegistry(trained.data_dir / "models").active("pump-01")
+    model = ModelRegistry.of(trained.data_dir).active("pump-01")
     manifest = model.manifest
     manifest["features"] = manifest["features"][:-2]  # now the matrix has the wrong width
     import json
 
     (model.path / "manifest.json").write_text(json.dumps(manifest))
     # activated again, as by someone who meant it: the manifest's digest is recorded anew
-    ModelRegistry(trained.data_dir / "models").activate("pump-01", model.version)
+    ModelRegistry.of(trained.data_dir).activate("pump-01", model.version)
     result = score_hour(trained, HOUR3, progress=False)
     assert result.devices_failed == 1
     error = db(trained, "SELECT error FROM device_runs WHERE device_id = 'pump-01'")[0][0]
@@ -272,14 +273,14 @@ def test_error_threshold_aborts_and_keeps_the_old_scores(trained: Settings) -> N
 
 
 def test_pending_hours_are_the_unscored_ones(trained: Settings) -> None:
-    assert [p.hour.hour for p in pending_hours(trained)] == [0, 1, 2]
+    assert [p.hour.hour for p in pending_now(trained)] == [0, 1, 2]
     score_hour(trained, HOUR3, progress=False)
-    assert [p.hour.hour for p in pending_hours(trained)] == [0, 1]
+    assert [p.hour.hour for p in pending_now(trained)] == [0, 1]
 
 
 def test_sql_is_read_only_with_one_line_errors(trained: Settings) -> None:
     score_hour(trained, HOUR3, progress=False)
-    layout = DataLayout(trained.data_dir)
+    layout = DataLayout.open(trained.data_dir)
     [result] = query(layout, "SELECT count(*) AS n FROM aggregates")
     assert result.rows == [(len(DEVICES) * 180 * 3 - 60,)]  # pump-07 lost a sensor
     for statement in (
@@ -367,7 +368,7 @@ def test_training_in_device_groups_fits_the_same_models(
     fits exactly the models of one read: same parameters, byte for byte."""
     import fleetwatch.scoring.train as training
 
-    registry = ModelRegistry(trained.data_dir / "models")
+    registry = ModelRegistry.of(trained.data_dir)
     whole = {d: registry.active(d).manifest["sha256"]["params.bin"] for d in DEVICES}  # type: ignore[union-attr]
     monkeypatch.setattr(training, "READ_ROWS", 1000)  # about two devices per read
     summary = train(trained, T0, T0 + pd.Timedelta(hours=2).to_pytimedelta())
@@ -386,7 +387,7 @@ def test_a_tampered_manifest_fails_its_device_instead_of_flagging_everything(
     """Before: a manifest threshold edited to 1e9 made every window an anomaly, no error."""
     import json
 
-    model = ModelRegistry(trained.data_dir / "models").active("pump-04")
+    model = ModelRegistry.of(trained.data_dir).active("pump-04")
     assert model is not None
     manifest = {**model.manifest, "threshold": 1e9}
     (model.path / "manifest.json").write_text(json.dumps(manifest))
@@ -395,3 +396,56 @@ def test_a_tampered_manifest_fails_its_device_instead_of_flagging_everything(
     error = db(trained, "SELECT error FROM device_runs WHERE device_id = 'pump-04'")[0][0]
     assert "manifest.json does not match" in error
     assert db(trained, "SELECT count(*) FROM anomalies WHERE device_id = 'pump-04'") == [(0,)]
+
+
+def test_windows_whose_score_is_not_finite_are_anomalous_with_a_reason(
+    trained: Settings,
+) -> None:
+    """Issue 23, defect 7: readings of 1e300 make a device's features overflow; its windows
+    used to be stored with NaN scores and no anomaly. Now each is anomalous, normalised to
+    -inf (the most anomalous), with the sensor that made it so."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from fleetwatch.storage.parquet import AGGREGATE_SCHEMA
+
+    hour = T0 + pd.Timedelta(hours=2).to_pytimedelta()
+    huge = (hour + pd.Timedelta(minutes=10).to_pytimedelta(), 10)  # ten windows from 02:10
+    for path in (trained.data_dir / "aggregates").glob("date=*/hour=02/*.parquet"):
+        part = pd.read_parquet(path)
+        rows = (
+            (part["device_id"] == "pump-05")
+            & (part["sensor"] == "pressure")
+            & (part["window_start"] >= pd.Timestamp(huge[0]))
+            & (part["window_start"] < pd.Timestamp(huge[0]) + pd.Timedelta(minutes=huge[1]))
+        )
+        part.loc[rows, ["mean", "min", "max", "std"]] = 1e300
+        table = pa.Table.from_pandas(
+            part[AGGREGATE_SCHEMA.names], schema=AGGREGATE_SCHEMA, preserve_index=False
+        )
+        pq.write_table(table, path)
+    score_hour(trained, hour, progress=False)
+    rows = db(
+        trained,
+        "SELECT score, is_anomaly, score_normalized, top_sensors FROM scores "  # noqa: S608
+        f"WHERE device_id = 'pump-05' AND window_start >= '{huge[0].isoformat()}' "
+        f"ORDER BY window_start LIMIT {huge[1]}",
+    )
+    assert len(rows) == huge[1]
+    for score, anomalous, normalized, top in rows:
+        assert not np.isfinite(score) or anomalous
+        assert anomalous and normalized == -np.inf
+        assert [entry["sensor"] for entry in top] == ["pressure"]
+
+
+@pytest.mark.parametrize("value", ["nan", "inf", "-inf", "1e400"])
+def test_a_threshold_that_is_not_finite_is_refused(trained: Settings, value: str) -> None:
+    from fleetwatch.cli import main
+
+    before = ModelRegistry.of(trained.data_dir).active_version("pump-01")
+    code = main(
+        ["models", "set-threshold", "pump-01", "--value", value, "--data-dir",
+         str(trained.data_dir)]
+    )  # fmt: skip
+    assert code == 2
+    assert ModelRegistry.of(trained.data_dir).active_version("pump-01") == before

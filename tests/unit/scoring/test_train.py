@@ -112,7 +112,7 @@ def test_the_retraining_check_flags_a_fault_in_the_latest_windows(tmp_path: Path
 
 def test_the_worker_saves_and_activates_the_model(tmp_path: Path) -> None:
     version, shadow = fit_and_save(job(windows(120), tmp_path, "pump-7"))
-    registry = ModelRegistry(tmp_path)
+    registry = ModelRegistry.of(tmp_path)
     assert version == "v0001" == registry.active_version("pump-7") and shadow is None
     manifest = registry.describe("pump-7")
     assert manifest["training"]["windows"] == 120 and manifest["features_version"] == 2
@@ -124,7 +124,7 @@ def test_the_worker_saves_and_activates_the_model(tmp_path: Path) -> None:
 def test_a_retrained_version_whose_held_out_windows_surprise_it_stays_in_shadow(
     tmp_path: Path,
 ) -> None:
-    registry = ModelRegistry(tmp_path)
+    registry = ModelRegistry.of(tmp_path)
     fit_and_save(job(windows(120), tmp_path, "pump-7"))
     faulty = windows(120, seed=1)
     faulty[-3:, NAMES.index("b__mean")] += 25.0  # a fault in the latest training windows

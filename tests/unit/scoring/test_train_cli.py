@@ -34,7 +34,7 @@ def test_first_part_of_each_device_and_a_file_of_ranges(tmp_path: Path) -> None:
     write_windows(tmp_path, frame)
     done = train(tmp_path, "--first", "30m")
     assert done.returncode == 0, done.stderr
-    registry = ModelRegistry(tmp_path / "models")
+    registry = ModelRegistry.of(tmp_path)
     for device_id in frame["device_id"].unique():
         training = registry.describe(device_id)["training"]
         start = frame[frame["device_id"] == device_id]["window_start"].min().to_pydatetime()
@@ -63,7 +63,7 @@ def test_slow_sensors_declared_judged_or_none(tmp_path: Path) -> None:
     windows look like), ``none`` keeps every level, ``auto`` judges (white noise: not slow);
     the choice is recorded in each version's manifest; a mixed list is a one-line error."""
     write_windows(tmp_path, synthetic_windows(hours=1))
-    registry = ModelRegistry(tmp_path / "models")
+    registry = ModelRegistry.of(tmp_path)
 
     def features(*flags: str) -> list[str]:
         done = train(tmp_path, "--first", "30m", *flags)
@@ -97,7 +97,7 @@ def test_auto_slow_sensors_are_the_fleets_majority(tmp_path: Path) -> None:
     done = train(tmp_path, "--first", "45m")
     assert done.returncode == 0, done.stderr
     assert "slow_sensors     temperature (5 of 8 devices)\n" in done.stdout
-    registry = ModelRegistry(tmp_path / "models")
+    registry = ModelRegistry.of(tmp_path)
     for device_id in frame["device_id"].unique():
         features = registry.describe(device_id)["features"]
         assert "temperature__delta" in features and "temperature__mean" not in features

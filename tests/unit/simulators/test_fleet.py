@@ -12,10 +12,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from fleetwatch.ingest.telemetry import InvalidMessage, parse_message
 from fleetwatch.simulators.anomalies import read_labels, write_labels
 from fleetwatch.simulators.fleet import FleetSpec, FleetStream
 from fleetwatch.simulators.malformed import MALFORMED_KINDS
+from fleetwatch.telemetry import InvalidMessage, parse_message
 
 START = datetime(2026, 11, 22, tzinfo=UTC)
 SPEC = FleetSpec(devices=12, sensors=4, start=START, interval_s=5.0, seed=42, anomaly_rate=6.0)

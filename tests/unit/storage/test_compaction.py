@@ -12,14 +12,19 @@ import pandas as pd
 import pytest
 
 from fleetwatch.config import Settings
-from fleetwatch.scheduler.service import CatchUp, compact_closed_hours
+from fleetwatch.scheduler.service import CatchUp, compact_closed_hours, pending_now
 from fleetwatch.scoring.features import read_cube
-from fleetwatch.scoring.pending import pending_hours
 from fleetwatch.scoring.train import train
 from fleetwatch.storage.compaction import compact_hour
 from fleetwatch.storage.duck import sandbox
-from fleetwatch.storage.layout import DataLayout, is_compacted_file, parse_live_file_name
-from fleetwatch.storage.parquet import PartitionedParquetSink, read_table
+from fleetwatch.storage.layout import (
+    DataLayout,
+    StoredObject,
+    hour_prefix,
+    is_compacted_file,
+    parse_live_file_name,
+)
+from fleetwatch.storage.parquet import PartitionedParquetSink, publish_staged, read_table
 from tests.unit.scoring.conftest import (
     DEVICES,
     T0,
@@ -32,10 +37,10 @@ KEYS = ["device_id", "sensor", "window_start"]
 HOURS = [T0 + timedelta(hours=h) for h in range(3)]
 
 
-def write_in_pieces(data_dir: Path, frame: pd.DataFrame, partitions: int = 3) -> None:
+def write_in_pieces(data_dir: Path | str, frame: pd.DataFrame, partitions: int = 3) -> None:
     """As the aggregator writes: each partition's windows in many small files (one per
     checkpoint), named after made-up offsets."""
-    sink = PartitionedParquetSink(DataLayout(data_dir), "aggregates")
+    sink = PartitionedParquetSink(DataLayout.open(data_dir), "aggregates")
     for partition in range(partitions):
         mine = frame[frame["device_id"].map(lambda d: int(d[-2:]) % partitions) == partition]
         for piece, rows in enumerate(
@@ -43,19 +48,31 @@ def write_in_pieces(data_dir: Path, frame: pd.DataFrame, partitions: int = 3) ->
         ):
             rows = rows.assign(first_offset=piece * 100, last_offset=piece * 100 + 99)
             sink.write(rows, partition, "window_start")
+    publish_staged(sink)
+
+
+def all_files(layout: DataLayout, hour: object) -> list[StoredObject]:
+    """Every data file in the hour's folder, hidden left-overs of a compaction included."""
+    return [
+        item
+        for item in layout.store.listing(hour_prefix("aggregates", hour))  # type: ignore[arg-type]
+        if item.name.endswith(".parquet") and not item.name.startswith(".")
+    ]
 
 
 def windows(settings: Settings, hour: object) -> pd.DataFrame:
-    layout = DataLayout.of(settings)
-    files = layout.hour_files("aggregates", hour)  # type: ignore[arg-type]
-    frame = pd.concat([read_table(path).to_pandas() for path in files], ignore_index=True)
+    layout = settings.layout
+    files = layout.hour_data("aggregates", hour)  # type: ignore[arg-type]
+    frame = pd.concat(
+        [read_table(layout.store, item.key).to_pandas() for item in files], ignore_index=True
+    )
     return frame.sort_values(KEYS).reset_index(drop=True)
 
 
 def stored(settings: Settings) -> pd.DataFrame:
     import duckdb
 
-    with duckdb.connect(str(DataLayout.of(settings).database), read_only=True) as db:
+    with duckdb.connect(str(settings.layout.database), read_only=True) as db:
         return db.execute(
             "SELECT device_id, window_start, score, is_anomaly FROM scores ORDER BY 1, 2"
         ).df()
@@ -75,22 +92,23 @@ def scored(tmp_path: Path) -> Settings:
 def test_a_closed_hour_becomes_one_file_with_the_same_windows_and_is_not_rescored(
     scored: Settings,
 ) -> None:
-    layout = DataLayout.of(scored)
+    layout = scored.layout
     before = {hour: windows(scored, hour) for hour in HOURS}
     rows_before = stored(scored)
-    assert len(layout.hour_files("aggregates", HOURS[0])) >= 12
+    assert len(layout.hour_data("aggregates", HOURS[0])) >= 12
 
     assert compact_closed_hours(scored) == 2
     for hour in HOURS[:2]:
-        files = layout.all_hour_files("aggregates", hour)
+        files = all_files(layout, hour)
         assert [is_compacted_file(p.name) for p in files] == [True]
         pd.testing.assert_frame_equal(windows(scored, hour), before[hour])
-    open_hour = layout.all_hour_files("aggregates", HOURS[2])
+    open_hour = all_files(layout, HOURS[2])
     assert len(open_hour) > 1 and all(parse_live_file_name(p.name) for p in open_hour)
-    assert pending_hours(scored) == []  # same data: nothing to score again
+    assert pending_now(scored) == []  # same data: nothing to score again
     assert compact_closed_hours(scored) == 0  # and nothing left to compact
 
-    cube = read_cube(scored.data_dir, HOURS[0], HOURS[1], 60_000)
+    keys = [item.key for item in layout.files_between(HOURS[0], HOURS[1])]
+    cube = read_cube(layout.store, keys, HOURS[0], HOURS[1], 60_000)
     assert len(cube.row_starts) == 60 * len(DEVICES)
     with sandbox(layout) as connection:
         counted = connection.execute(
@@ -106,25 +124,27 @@ def test_a_closed_hour_becomes_one_file_with_the_same_windows_and_is_not_rescore
 def test_a_compaction_cut_short_after_its_write_still_counts_each_window_once(
     scored: Settings,
 ) -> None:
-    layout = DataLayout.of(scored)
+    layout = scored.layout
     before = windows(scored, HOURS[0])
     rows_before = stored(scored)
-    compaction = compact_hour(layout, HOURS[0])  # written; the signature and deletion not done
+    [listed] = layout.inventory([HOURS[0]])
+    compaction = compact_hour(layout, listed)  # written; the live files not deleted
     assert compaction is not None and compaction.rows == len(before)
-    assert len(layout.all_hour_files("aggregates", HOURS[0])) > 2  # the live files are there
+    assert len(all_files(layout, HOURS[0])) > 2  # the live files are there
     pd.testing.assert_frame_equal(windows(scored, HOURS[0]), before)  # ... and hidden
     with sandbox(layout) as connection:
         [(count,)] = connection.execute(
             "SELECT count(*) FROM aggregates WHERE window_start < ?", [HOURS[1]]
         ).fetchall()
     assert count == len(before)
-    # the hour's files changed form without its signature being moved: it is scored once more
-    assert [p.hour for p in pending_hours(scored)] == [HOURS[0]]
-    assert [r.status for r in CatchUp(scored)()] == ["succeeded"]
+    # the hour's files changed form, its data did not: it is not scored again (issue 23,
+    # defect 2: a crash here used to give the hour a second whole-hour run)
+    assert pending_now(scored) == []
+    assert CatchUp(replace(scored, schedule=replace(scored.schedule, compact=False)))() == []
     pd.testing.assert_frame_equal(stored(scored), rows_before)
     assert compact_closed_hours(scored) == 2  # the left-overs deleted, hour 1 compacted
-    assert len(layout.all_hour_files("aggregates", HOURS[0])) == 1
-    assert pending_hours(scored) == []
+    assert len(all_files(layout, HOURS[0])) == 1
+    assert pending_now(scored) == []
 
 
 def test_the_scheduler_compacts_after_scoring_and_leaves_backfills_and_late_files(
@@ -134,7 +154,7 @@ def test_the_scheduler_compacts_after_scoring_and_leaves_backfills_and_late_file
 
     settings = settings_for(tmp_path / "data")
     write_in_pieces(settings.data_dir, synthetic_windows(hours=2))
-    layout = DataLayout.of(settings)
+    layout = settings.layout
     late = PartitionedParquetSink(layout, "late")
     late_rows = pd.DataFrame(
         {
@@ -147,16 +167,19 @@ def test_the_scheduler_compacts_after_scoring_and_leaves_backfills_and_late_file
     )  # fmt: skip
     late.write(late_rows.iloc[:1], 0, "window_start")
     late.write(late_rows.iloc[1:], 0, "window_start")
-    backfilled = layout.hour_dir("aggregates", HOURS[1]) / backfill_file_name("0" * 16)
-    other = pd.read_parquet(layout.hour_files("aggregates", HOURS[1])[0]).assign(device_id="x-1")
+    publish_staged(late)
+    folder = settings.data_dir / hour_prefix("aggregates", HOURS[1])
+    backfilled = folder / backfill_file_name("0" * 16)
+    first = layout.hour_data("aggregates", HOURS[1])[0]
+    other = pd.read_parquet(folder / first.name).assign(device_id="x-1")
     other.to_parquet(backfilled)  # another device's history, imported
     train(settings, T0, T0 + timedelta(hours=1), DEVICES)
     set_watermark(settings, T0 + timedelta(hours=2))
     CatchUp(settings)()  # scores both hours, then compacts them
     for hour in HOURS[:2]:
-        names = [p.name for p in layout.all_hour_files("aggregates", hour)]
+        names = [p.name for p in all_files(layout, hour)]
         assert sum(is_compacted_file(n) for n in names) == 1
         assert not any(parse_live_file_name(n) for n in names)
     assert backfilled.exists()
-    assert len(layout.hour_files("late", T0)) == 2  # the late sink is never compacted
-    assert pending_hours(settings) == []
+    assert len(layout.hour_data("late", T0)) == 2  # the late sink is never compacted
+    assert pending_now(settings) == []

@@ -19,6 +19,7 @@ import pandas as pd
 import pytest
 
 from fleetwatch.config import Settings
+from fleetwatch.config.values import parse_location
 from fleetwatch.errors import FleetwatchError, InvalidInputError
 from fleetwatch.scheduler.service import CatchUp
 from fleetwatch.scoring.registry import ModelIntegrityError, ModelRegistry
@@ -26,7 +27,6 @@ from fleetwatch.scoring.score import score_hour
 from fleetwatch.scoring.train import train
 from fleetwatch.storage.duck import sandbox
 from fleetwatch.storage.layout import DataLayout
-from fleetwatch.storage.remote import parse_location
 from tests.conftest import S3Server
 from tests.unit.aggregate.test_processor import (
     Harness,
@@ -53,7 +53,7 @@ def s3_settings(url: str, local: Path) -> Settings:
 
 
 def stored(settings: Settings) -> pd.DataFrame:
-    with duckdb.connect(str(DataLayout.of(settings).database), read_only=True) as db:
+    with duckdb.connect(str(settings.layout.database), read_only=True) as db:
         return db.execute(
             "SELECT device_id, window_start, score, score_normalized, is_anomaly, model_version, "
             "top_sensors FROM scores ORDER BY device_id, window_start"
@@ -105,7 +105,7 @@ def test_pipeline_on_s3_equals_the_local_folder(s3_server: S3Server, tmp_path: P
     assert not any(key.endswith(".duckdb") for key in stored_objects)  # DuckDB stays local
     assert (tmp_path / "machine" / "fleetwatch.duckdb").is_file()
 
-    with sandbox(DataLayout.of(remote)) as connection:  # SQL reads the windows from the bucket
+    with sandbox(remote.layout) as connection:  # SQL reads the windows from the bucket
         answer = connection.execute(
             "SELECT device_id, sensor, count(*), sum(mean) FROM aggregates "
             "GROUP BY ALL ORDER BY ALL"
@@ -126,14 +126,14 @@ def test_a_crash_between_data_and_checkpoint_replays_to_the_same_objects(
     records = make_records(seed)
     rng = np.random.default_rng(seed)
     url = f"{s3_server.bucket()}/data"
-    crashy = Harness(parse_location(url))
+    crashy = Harness(url)
     crash_three_times(crashy, records, rng, checkpoint_chance=0.5)  # half: crash first
     processor = crashy.restore()
     while (offset := processor.next_offset or 0) < len(records):
         if processor.process(records[offset : offset + 250]):
-            crashy.store.save(0, processor.checkpoint())
+            processor.save(crashy.store)
     processor.close_all()
-    crashy.store.save(0, processor.checkpoint())
+    processor.save(crashy.store)
 
     expected, expected_late, _ = reference(records)
     compare(download(s3_server, url, tmp_path / "copy"), expected)
@@ -154,9 +154,10 @@ def test_a_model_version_cut_off_half_way_is_not_a_version(
     remote = s3_settings(f"{s3_server.bucket()}/fleet", tmp_path / "machine")
     write_windows(remote.data_dir, frame)
     train(remote, T0, T0 + timedelta(hours=2), ["pump-01"])
-    registry = ModelRegistry(DataLayout.of(remote).models)
-    half = registry.device_dir("pump-01") / "v0002"
-    (half / "model.joblib").write_bytes(b"a writer that died before its manifest")
+    registry = ModelRegistry(remote.layout.store, remote.layout.state)
+    fs: Any = s3_server.filesystem()
+    bucket_path = str(remote.data_dir).removeprefix("s3://")
+    fs.pipe_file(f"{bucket_path}/models/pump-01/v0002/model.joblib", b"a writer that died")
     assert [v.version for v in registry.versions("pump-01")] == ["v0001"]
     with pytest.raises(InvalidInputError):
         registry.get("pump-01", "v0002")
@@ -168,9 +169,9 @@ def test_a_model_version_cut_off_half_way_is_not_a_version(
     registry.activate("pump-01", "v0001")
     model = registry.active("pump-01")
     assert model is not None
-    (model.path / "params.bin").write_bytes(b"tampered")
+    fs.pipe_file(f"{bucket_path}/models/pump-01/v0001/params.bin", b"tampered")
     with pytest.raises(ModelIntegrityError, match=r"params\.bin"):
-        ModelRegistry.load_params(model)
+        registry.load_params(model)
     result = score_hour(remote, HOURS[2], progress=False)
     assert result.devices_failed == 1
 
@@ -181,7 +182,7 @@ def test_sql_reads_the_bucket_and_cannot_write_it(s3_server: S3Server, tmp_path:
     write_windows(remote.data_dir, synthetic_windows(hours=1))
     before = objects(s3_server, url)
     [target] = [k for k in before if k.startswith("/aggregates/")]
-    with sandbox(DataLayout.of(remote)) as connection:
+    with sandbox(remote.layout) as connection:
         for statement in (
             f"COPY (SELECT 1 AS x) TO '{url}{target}' (FORMAT parquet)",
             f"COPY (SELECT 1 AS x) TO '{url}/aggregates/new.parquet' (FORMAT parquet)",
@@ -222,9 +223,7 @@ def test_bad_locations_are_one_line_errors(s3_server: S3Server, tmp_path: Path) 
     with pytest.raises(ValueError, match="names no bucket"):
         parse_location("s3://")
     with pytest.raises(FleetwatchError, match="does not exist"):
-        from fleetwatch.storage.layout import require_data_dir
-
-        require_data_dir(DataLayout(parse_location("s3://no-such-bucket-fw/x")))
+        DataLayout.open("s3://no-such-bucket-fw/x").require()
 
 
 def test_the_cli_on_a_bucket_and_no_secret_in_its_output(
@@ -293,8 +292,7 @@ def test_dask_workers_read_the_bucket_themselves(s3_server: S3Server, tmp_path: 
 def test_compaction_in_a_bucket(s3_server: S3Server, tmp_path: Path) -> None:
     """A closed hour's objects merged into one object, the windows unchanged, the hour not
     scored again."""
-    from fleetwatch.scheduler.service import compact_closed_hours
-    from fleetwatch.scoring.pending import pending_hours
+    from fleetwatch.scheduler.service import compact_closed_hours, pending_now
     from fleetwatch.storage.layout import is_compacted_file
     from tests.unit.storage.test_compaction import windows, write_in_pieces
 
@@ -311,7 +309,7 @@ def test_compaction_in_a_bucket(s3_server: S3Server, tmp_path: Path) -> None:
     assert len(keys) == 2 and all(is_compacted_file(k.rsplit("/", 1)[1]) for k in keys)
     for hour, frame in zip(HOURS[:2], before, strict=True):
         pd.testing.assert_frame_equal(windows(remote, hour), frame)
-    assert pending_hours(remote) == []
+    assert pending_now(remote) == []
 
 
 def test_state_read_while_its_writer_replaces_it(s3_server: S3Server) -> None:
@@ -321,13 +319,12 @@ def test_state_read_while_its_writer_replaces_it(s3_server: S3Server) -> None:
     of that ETag, fails when a new object lands in between)."""
     import threading
 
-    from fleetwatch.aggregate.progress import TopicState, load_topic_state, save_topic_state
-    from fleetwatch.storage.checkpoints import Checkpoint, CheckpointStore
+    from fleetwatch.storage.checkpoints import Checkpoint, CheckpointStore, TopicState
 
-    layout = DataLayout(parse_location(f"{s3_server.bucket()}/data"))
-    store = CheckpointStore(layout.aggregation_state("telemetry"))
+    layout = DataLayout.open(f"{s3_server.bucket()}/data")
+    store = CheckpointStore(layout.store, "telemetry")
     store.save(0, Checkpoint(0, 0, 0, 0))
-    save_topic_state(layout, "telemetry", TopicState(1))
+    store.save_topic_state(TopicState(1))
     stop = threading.Event()
 
     def replace_them() -> None:
@@ -335,7 +332,7 @@ def test_state_read_while_its_writer_replaces_it(s3_server: S3Server) -> None:
         while not stop.is_set():
             offset += 1
             store.save(0, Checkpoint(0, offset, offset, offset))
-            save_topic_state(layout, "telemetry", TopicState(1 + offset % 2))
+            store.save_topic_state(TopicState(1 + offset % 2))
 
     writer = threading.Thread(target=replace_them)
     writer.start()
@@ -345,7 +342,7 @@ def test_state_read_while_its_writer_replaces_it(s3_server: S3Server) -> None:
             checkpoint = store.load(0)
             assert checkpoint is not None
             offsets.append(checkpoint.next_offset)
-            state = load_topic_state(layout, "telemetry")
+            state = store.load_topic_state()
             assert state is not None and state.partitions in (1, 2)
     finally:
         stop.set()

@@ -106,7 +106,7 @@ def escapes(tmp: Path) -> list[str]:
 
 
 def test_forty_escapes_are_refused_or_harmless(data: Path, tmp_path: Path) -> None:
-    layout = DataLayout(data)
+    layout = DataLayout.open(data)
     attempts = escapes(tmp_path)
     assert len(attempts) >= 40
     before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob("*") if p.is_file()}
@@ -128,7 +128,7 @@ def test_forty_escapes_are_refused_or_harmless(data: Path, tmp_path: Path) -> No
 
 
 def test_the_data_folder_and_its_tables_stay_readable(data: Path) -> None:
-    layout = DataLayout(data)
+    layout = DataLayout.open(data)
     [tables] = query(layout, "SHOW TABLES")
     names = {row[0] for row in tables.rows}
     assert {"runs", "scores", "device_runs", "anomalies", "aggregates", "late"} <= names
@@ -136,9 +136,8 @@ def test_the_data_folder_and_its_tables_stay_readable(data: Path) -> None:
     assert [row[0] for row in described.rows][:3] == ["run_id", "device_id", "window_start"]
     [count] = query(layout, "SELECT count(*) FROM aggregates")
     assert count.rows[0][0] > 0
-    [direct] = query(
-        layout, f"SELECT count(*) FROM read_parquet('{layout.dataset_files('aggregates')[0]}')"
-    )
+    first_file = layout.store.local_path(layout.dataset_files("aggregates")[0].key)
+    [direct] = query(layout, f"SELECT count(*) FROM read_parquet('{first_file}')")
     assert direct.rows[0][0] > 0  # the data folder's own files, read directly: allowed
     first, second = query(layout, "SELECT 1 AS a; SELECT 2 AS b")
     assert (first.rows, second.rows) == ([(1,)], [(2,)])
@@ -147,11 +146,11 @@ def test_the_data_folder_and_its_tables_stay_readable(data: Path) -> None:
 def test_a_folder_without_a_database_is_queried_without_creating_one(tmp_path: Path) -> None:
     root = tmp_path / "data"
     write_windows(root, synthetic_windows(hours=1))
-    [runs] = query(DataLayout(root), "SELECT count(*) FROM runs")
+    [runs] = query(DataLayout.open(root), "SELECT count(*) FROM runs")
     assert runs.rows == [(0,)]
     assert not (root / "fleetwatch.duckdb").exists()
     with pytest.raises(FleetwatchError, match="does not exist"):
-        query(DataLayout(tmp_path / "mistyped"), "SELECT 1")
+        query(DataLayout.open(tmp_path / "mistyped"), "SELECT 1")
     assert not (tmp_path / "mistyped").exists()
 
 
@@ -167,7 +166,7 @@ def test_a_read_only_data_folder_is_queried(data: Path, tmp_path: Path) -> None:
         copy = disk / "data"
         shutil.copytree(data, copy)
         remount_read_only(disk)
-        [runs] = query(DataLayout(copy), "SELECT count(*) FROM runs")
+        [runs] = query(DataLayout.open(copy), "SELECT count(*) FROM runs")
         assert runs.rows[0][0] >= 1
         report = status(settings_for(copy))
         assert len(report["last_runs"]) >= 1

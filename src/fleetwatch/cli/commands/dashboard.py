@@ -6,13 +6,12 @@ import argparse
 
 from fleetwatch.cli.parser import Command
 from fleetwatch.config import Settings
-from fleetwatch.storage.layout import DataLayout, require_data_dir
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from fleetwatch.dashboard.app import serve
 
-    require_data_dir(DataLayout.of(settings))
+    settings.layout.require()
     serve(settings, settings.dashboard.host, settings.dashboard.port)
     return 0
 

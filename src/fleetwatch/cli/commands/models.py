@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 from typing import Any
 
@@ -28,10 +29,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from fleetwatch.output import emit_record, emit_table
     from fleetwatch.scoring.pack import ModelPack, refresh_quietly
     from fleetwatch.scoring.registry import ModelRegistry
-    from fleetwatch.storage.layout import DataLayout
 
-    layout = DataLayout.of(settings)
-    registry = ModelRegistry(layout.models)
+    layout = settings.layout
+    registry = ModelRegistry(layout.store, layout.state)
     action = args.action
     if action == "list":
         columns = [
@@ -105,6 +105,10 @@ def _set_threshold(registry: Any, device: str, args: argparse.Namespace) -> None
     check_current(model)
     current = Calibration.from_manifest(model.manifest["calibration"])
     if args.value is not None:
+        if not math.isfinite(args.value):
+            raise FleetwatchError(
+                f"--value {args.value}: a threshold must be a finite score (e.g. -4.5)"
+            )
         calibration = Calibration(
             args.value, current.tail_scale, current.target_far, "set by hand", current.held_out
         )
@@ -127,13 +131,12 @@ def _compare(
 ) -> tuple[dict[str, Any], list[dict[str, Any]]]:
     """How the version in shadow's anomalies differ from the active version's, over the
     windows it scored."""
-    from fleetwatch.ingest.telemetry import is_valid_name
     from fleetwatch.storage.duck import connect, has_table
-    from fleetwatch.storage.layout import DataLayout
+    from fleetwatch.telemetry import is_valid_name
 
     if not is_valid_name(device):
         raise FleetwatchError(f"device id {device!r} is not 1-64 of [A-Za-z0-9_.-]")
-    layout = DataLayout.of(settings)
+    layout = settings.layout
     if not layout.database.exists():
         raise FleetwatchError(f"no scores yet in {layout.database}: run `fleetwatch score` first")
     with connect(layout.database, read_only=True) as connection:

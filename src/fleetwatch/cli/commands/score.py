@@ -57,6 +57,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from fleetwatch.scheduler.service import CatchUp, score_hours
 
     empty: list[datetime] = []
+    settings.layout.require()
+    settings.layout.use()  # held until the process ends: a demo cannot empty it meanwhile
     if args.missed:
         results = CatchUp(settings)()
     else:
@@ -78,7 +80,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             " ..." if len(empty) > 5 else ""
         )
         raise NothingToScoreError(
-            f"no aggregates for {hours} in {settings.data_dir / 'aggregates'}: nothing was "
+            f"no aggregates for {hours} in {settings.layout.store.describe('aggregates')}: "
+            "nothing was "
             "scored (check --data-dir and the hours)"
         )
     for hour in empty:

@@ -13,9 +13,8 @@ from fleetwatch.output import emit_table, json_value
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from fleetwatch.storage.duck import query, table_schema
-    from fleetwatch.storage.layout import DataLayout
 
-    layout = DataLayout.of(settings)
+    layout = settings.layout
     timeout = settings.score.lock_timeout
     if args.schema:
         results = table_schema(layout, timeout)

@@ -26,10 +26,11 @@ MODEL_SETTINGS = (
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from fleetwatch.scoring.ranges import FirstPart, data_span, first_ranges, read_ranges
     from fleetwatch.scoring.train import TrainSummary, train, train_ranges
-    from fleetwatch.storage.layout import DataLayout, require_data_dir
 
     options = settings.train
-    layout = DataLayout.of(settings)
+    layout = settings.layout
+    layout.require()
+    layout.use()  # held until the process ends: a demo cannot empty it meanwhile
     if options.ranges is not None:
         ranges = read_ranges(options.ranges)
         if options.devices:
@@ -37,12 +38,12 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         summary = train_ranges(settings, ranges)
     elif options.first is not None:
         first = FirstPart.parse(options.first)
-        require_data_dir(layout)
+        layout.require()
         span = data_span(layout)
         if span is None:
             raise FleetwatchError(
-                f"no aggregates in {layout.aggregates}: run `fleetwatch aggregate` or "
-                "`fleetwatch import --backfill` first"
+                f"no aggregates in {layout.store.describe('aggregates')}: run "
+                "`fleetwatch aggregate` or `fleetwatch import --backfill` first"
             )
         since, until = options.since or span[0], options.until or span[1]
         window_ms = round(settings.aggregate.window * 1000)

@@ -33,16 +33,12 @@ import numpy.typing as npt
 if TYPE_CHECKING:  # scikit-learn takes a second to import; scoring never needs it
     from sklearn.pipeline import Pipeline
 
+from fleetwatch.scoring.kinds.window import COVERAGE, SPREAD_FLOOR, apply_window_transform
+
+__all__ = ["COVERAGE", "SPREAD_FLOOR", "apply_window_transform"]
+
 FloatMatrix = npt.NDArray[np.float64]
 
-#: A spread ``s`` becomes ``log(s + SPREAD_FLOOR * typical)``: on a log scale a sensor stuck at
-#: one value (spread 0) is far from its usual noise, while a spread that is merely small stays
-#: close; the floor keeps a sensor that often repeats its value (a coarse sensor) from putting
-#: every such window at minus infinity.
-SPREAD_FLOOR = 0.001
-#: A reading count ``c`` becomes ``COVERAGE * c / typical``: with the usual count constant in
-#: training, a sensor missing from a window is as unusual as a 10-sigma deviation.
-COVERAGE = 10.0
 #: Weight of each shape statistic (spread, min, max) against a level's 1: together as heavy.
 SHAPE_WEIGHT = 1.0 / np.sqrt(3.0)
 _ROLES = {
@@ -68,21 +64,6 @@ def feature_weights(names: list[str]) -> np.ndarray:
     return np.array(
         [1.0 if feature_role(n) in ("level", "coverage") else SHAPE_WEIGHT for n in names]
     )
-
-
-def apply_window_transform(
-    windows: np.ndarray,
-    log_columns: np.ndarray,
-    log_offsets: np.ndarray,
-    coverage_columns: np.ndarray,
-    coverage_scale: np.ndarray,
-) -> None:
-    """In place, over the last axis of ``windows``: spreads to ``log(s + offset)``, counts
-    times their scale; NaN stays NaN. Offsets and scales broadcast against ``windows``."""
-    if len(log_columns):
-        windows[..., log_columns] = np.log(np.maximum(windows[..., log_columns], 0.0) + log_offsets)
-    if len(coverage_columns):
-        windows[..., coverage_columns] *= coverage_scale
 
 
 def extended_from_decision(decision: np.ndarray, rho: float) -> np.ndarray:

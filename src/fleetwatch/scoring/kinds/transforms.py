@@ -13,7 +13,7 @@ from typing import Any
 import numpy as np
 from sklearn.base import BaseEstimator, TransformerMixin
 
-from fleetwatch.scoring.kinds.svm import COVERAGE, SPREAD_FLOOR, apply_window_transform
+from fleetwatch.scoring.kinds.window import COVERAGE, SPREAD_FLOOR, apply_window_transform
 
 
 class WindowTransform(TransformerMixin, BaseEstimator):  # type: ignore[misc]

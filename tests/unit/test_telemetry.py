@@ -4,7 +4,7 @@ import json
 
 import pytest
 
-from fleetwatch.ingest.telemetry import (
+from fleetwatch.telemetry import (
     MAX_MESSAGE_BYTES,
     InvalidMessage,
     encode_message,

@@ -1,0 +1,1 @@
+"""Per-device anomaly models: features, training, the registry, scoring runs."""

@@ -1,0 +1,89 @@
+"""The fault suite: every guarantee of docs/guarantees.md broken on purpose (kill -9 and SIGSTOP
+at seeded random points of real `fleetwatch` processes, on a local folder and on an S3 bucket),
+the end state compared with an answer computed independently. ``pytest -m faults`` (CI runs
+it). A new feature adds its guarantee's test here.
+
+Kill points are either a moment (a seeded random delay) or a named point of the code
+(:mod:`fleetwatch.faults`, armed through ``FLEETWATCH_FAULTS``): a named point reaches the few
+milliseconds where a crash hurts most, every run."""
+
+from __future__ import annotations
+
+import io
+import os
+import random
+import subprocess
+import sys
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import pytest
+
+from tests.conftest import S3Server
+
+#: Every run is reproducible from this seed (a test adds its own offset); CI may change it.
+SEED = int(os.environ.get("FLEETWATCH_FAULT_SEED", "20261205"))
+
+
+@dataclass(frozen=True)
+class Backend:
+    """Where a test's data directory lives, and how the test reads it back without fleetwatch."""
+
+    name: str
+    data_dir: str  # a folder or an s3:// URL
+    local_dir: Path  # this machine's folder (the data directory itself when it is local)
+    env: dict[str, str]
+    s3: S3Server | None = None
+
+    def files(self, dataset: str) -> dict[str, bytes]:
+        """Every data file of a dataset (hidden names left out), read with plain s3fs / open."""
+        if self.s3 is None:
+            root = Path(self.data_dir) / dataset
+            return {
+                str(path.relative_to(root)): path.read_bytes()
+                for path in sorted(root.rglob("*.parquet"))
+                if not any(part.startswith(".") for part in path.relative_to(root).parts)
+            }
+        fs: Any = self.s3.filesystem()
+        prefix = f"{self.data_dir.removeprefix('s3://')}/{dataset}/"
+        return {
+            key[len(prefix) :]: fs.cat_file(key)
+            for key in sorted(fs.find(prefix))
+            if key.endswith(".parquet") and "/." not in key[len(prefix) - 1 :]
+        }
+
+    def frame(self, dataset: str) -> pd.DataFrame:
+        frames = [pd.read_parquet(io.BytesIO(data)) for data in self.files(dataset).values()]
+        return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+@pytest.fixture(params=["local", "s3"])
+def backend(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Backend]:
+    if request.param == "local":
+        folder = tmp_path / "data"
+        yield Backend("local", str(folder), folder, {"FLEETWATCH_DATA_DIR": str(folder)})
+        return
+    s3: S3Server = request.getfixturevalue("s3_server")
+    url = f"{s3.bucket()}/fleet"
+    machine = tmp_path / "machine"
+    env = {**s3.env, "FLEETWATCH_DATA_DIR": url, "FLEETWATCH_LOCAL_DIR": str(machine)}
+    yield Backend("s3", url, machine, env, s3)
+
+
+def rng_for(test: str, backend: str) -> random.Random:
+    return random.Random(f"{SEED}-{test}-{backend}")
+
+
+def fleetwatch(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[bytes]:
+    """A real `fleetwatch` process, its output appended to ``log``."""
+    base = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWATCH_")}
+    with log.open("ab") as handle:
+        return subprocess.Popen(
+            [sys.executable, "-m", "fleetwatch", *args],
+            env={**base, **env},
+            stdout=handle,
+            stderr=handle,
+        )
