@@ -51,6 +51,23 @@ CREATE TABLE IF NOT EXISTS alerts (
 SINKS = ("webhook", "jsonl")
 
 
+def check_webhook_url(url: str) -> None:
+    """An http(s) URL with a host, or nothing: else one line at start (the URL is a secret: it
+    is not shown), not an error at every tick."""
+    if not url:
+        return
+    from urllib.parse import urlsplit
+
+    from fleetwatch.errors import ConfigError
+
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(
+            "--webhook-url is not an http:// or https:// URL with a host (it is not shown: it "
+            "may hold a token)"
+        )
+
+
 class Alerter:
     """Records and delivers alerts for one data folder (see the module docstring)."""
 

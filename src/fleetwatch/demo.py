@@ -141,6 +141,7 @@ def run_demo(settings: Settings) -> int:
     deadline = started + options.timeout
     stop = threading.Event()
     processes: list[subprocess.Popen[bytes]] = []
+    simulator: threading.Thread | None = None
     broker = EmbeddedBroker(settings.broker.host, 0)
     previous = signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM cleans up like Ctrl-C
     try:
@@ -200,10 +201,14 @@ def run_demo(settings: Settings) -> int:
             f"{options.train_for / 3600:g} h are anomaly-free for training"
         )
         outcome: dict[str, Any] = {}
-        simulator = threading.Thread(
-            target=lambda: outcome.update(summary=simulate(simulator_settings, stop=stop)),
-            daemon=True,
-        )
+
+        def run_simulator() -> None:
+            try:
+                outcome["summary"] = simulate(simulator_settings, stop=stop)
+            except Exception as exc:  # said once by the demo, never a thread's traceback
+                outcome["error"] = exc
+
+        simulator = threading.Thread(target=run_simulator, daemon=True)
         simulator.start()
 
         _wait_closed(settings, train_until, deadline, "the training hours to close")
@@ -230,6 +235,8 @@ def run_demo(settings: Settings) -> int:
                 raise FleetwatchError("the demo ran out of time before every hour was scored")
             time.sleep(options.tick)
         simulator.join(30)
+        if "error" in outcome:
+            raise FleetwatchError(f"the simulator stopped: {outcome['error']}")
 
         report = evaluate(
             settings, spec_from_settings(simulator_settings, options.seed), train_until, end
@@ -292,6 +299,8 @@ def run_demo(settings: Settings) -> int:
         return 130
     finally:
         stop.set()
+        if simulator is not None:
+            simulator.join(30)  # its producer flushed and closed before the broker goes
         for process in processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)

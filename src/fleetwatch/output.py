@@ -16,13 +16,23 @@ if TYPE_CHECKING:  # rich takes 0.05 s to import: only when a bar is shown
     from rich.progress import Progress
 
 
+#: NaN and the infinities, which JSON has no number for, as the strings Python, pandas and
+#: JavaScript read back (``float("NaN")``, ``float("-Infinity")``): never null, which is NULL.
+NOT_FINITE = {"nan": "NaN", "inf": "Infinity", "-inf": "-Infinity"}
+
+
 def json_value(value: Any) -> Any:
     """A value as JSON carries it exactly: times as ISO-8601, a float as its shortest exact
-    form, a decimal as a number; NaN and infinities (not JSON) as null."""
+    form, a decimal as a number; NaN and infinities as ``"NaN"``, ``"Infinity"``,
+    ``"-Infinity"`` (null is NULL only).
+
+    >>> [json_value(v) for v in (1.5, float("nan"), float("-inf"), None)]
+    [1.5, 'NaN', '-Infinity', None]
+    """
     if isinstance(value, bool) or value is None or isinstance(value, int | str):
         return value
     if isinstance(value, float):
-        return value if math.isfinite(value) else None
+        return value if math.isfinite(value) else NOT_FINITE[repr(value)]
     if isinstance(value, Decimal):
         return int(value) if value == value.to_integral_value() else float(value)
     if isinstance(value, Mapping):

@@ -21,6 +21,9 @@ from typing import Any, Final, Literal
 #: Device ids and sensor names end up in file paths and SQL, so they are held to a safe alphabet.
 NAME_PATTERN: Final = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 MAX_MESSAGE_BYTES: Final = 64 * 1024
+#: Sensors a message may carry: a device's model, its explanations and its dashboard page cost
+#: memory in proportion to its sensors, so one message cannot make that cost unbounded.
+MAX_SENSORS: Final = 500
 #: Event times outside this range are "absurd": a clock that was never set, or a unit mix-up.
 MIN_EVENT_MS: Final = int(datetime(2000, 1, 1, tzinfo=UTC).timestamp() * 1000)
 MAX_EVENT_MS: Final = int(datetime(2100, 1, 1, tzinfo=UTC).timestamp() * 1000)
@@ -37,6 +40,7 @@ InvalidReason = Literal[
     "absurd_timestamp",
     "bad_readings",
     "empty_readings",
+    "too_many_sensors",
     "bad_sensor_name",
     "non_numeric",
     "non_finite",
@@ -174,6 +178,10 @@ def _parse(value: bytes | None, key: bytes | None) -> Telemetry:
         raise InvalidMessage("bad_readings", f"readings is a {type(readings).__name__}")
     if not readings:
         raise InvalidMessage("empty_readings", "readings is empty")
+    if len(readings) > MAX_SENSORS:
+        raise InvalidMessage(
+            "too_many_sensors", f"{len(readings)} readings > {MAX_SENSORS} sensors a message"
+        )
     values: dict[str, float] = {}
     for sensor, reading in readings.items():
         if not is_valid_name(sensor):

@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import io
 import json
+import math
 import subprocess
 import sys
 from pathlib import Path
@@ -109,8 +110,19 @@ def test_machine_formats_parse_back_exactly(trained: Settings) -> None:
     assert parsed["text"] == 'a,b"c'
     several = fleetwatch_cli("sql", "SELECT 1 AS a; SELECT 2 AS b", "--format", "json", *data)
     assert [json.loads(line) for line in several.stdout.splitlines()] == [[{"a": 1}], [{"b": 2}]]
+    special = "SELECT 'NaN'::DOUBLE AS n, '-inf'::DOUBLE AS i, NULL::DOUBLE AS z"
+    [values] = json.loads(fleetwatch_cli("sql", special, "--format", "json", *data).stdout)
+    assert values == {"n": "NaN", "i": "-Infinity", "z": None}  # NULL is not NaN (issue 24)
+    [cells] = list(csv.DictReader(io.StringIO(
+        fleetwatch_cli("sql", special, "--format", "csv", *data).stdout
+    )))  # fmt: skip
+    assert math.isnan(float(cells["n"])) and float(cells["i"]) == -math.inf and cells["z"] == ""
     status = fleetwatch_cli("status", "--format", "csv", *data)
-    rows = list(csv.DictReader(io.StringIO(status.stdout)))  # nothing but the CSV
+    facts, pending, runs = status.stdout.split("\n\n")  # three tables, a blank line apart
+    [fact] = list(csv.DictReader(io.StringIO(facts)))
+    assert fact["scheduler_running"] == "False" and int(fact["hours_pending"]) >= 0
+    assert len(list(csv.DictReader(io.StringIO(pending)))) == int(fact["hours_pending"]) == 2
+    rows = list(csv.DictReader(io.StringIO(runs)))
     assert rows and rows[0]["status"] == "succeeded" and int(rows[0]["devices_scored"]) == 8
     report = json.loads(fleetwatch_cli("status", "--format", "json", *data).stdout)
     assert report["scheduler"] == {"running": False} and report["last_runs"]

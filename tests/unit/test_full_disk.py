@@ -88,3 +88,28 @@ def test_aggregation_on_a_full_disk_stops_that_partition_without_a_checkpoint(
         after = (disk / "data" / "state" / "aggregate" / "telemetry" / "p0000.json").read_text()
         assert after == saved  # nothing vouched for what could not be written
         assert not list((disk / "data").rglob(".*.tmp"))
+
+
+def test_writing_commands_on_a_read_only_data_folder_are_one_line(
+    scored_folder: Path, tmp_path: Path
+) -> None:
+    """Issue 24: `score` there was an OSError traceback (its lock), `aggregate` another (Faust's
+    state folder). Each writing command says the folder is read-only in one line."""
+    from tests.conftest import fleetwatch_cli, remount_read_only
+
+    with small_disk(tmp_path / "disk", "16m") as disk:
+        data = disk / "data"
+        shutil.copytree(scored_folder, data)
+        remount_read_only(disk)
+        for arguments in (
+            ["score", "--hour", "2026-11-22T01"],
+            ["score", "--missed"],
+            ["train", "--since", "2026-11-22T00", "--until", "2026-11-22T02"],
+            ["schedule", "--every", "1s"],
+            ["aggregate", "--bootstrap-servers", "127.0.0.1:9", "--timeout", "1s"],
+        ):
+            run = fleetwatch_cli(*arguments, "--data-dir", str(data), timeout=60)
+            assert run.returncode in (1, 2), (arguments, run.stderr)
+            assert "Traceback" not in run.stderr, (arguments, run.stderr)
+            [line] = run.stderr.strip().splitlines()
+            assert "read-only" in line.lower() or "127.0.0.1:9" in line, (arguments, line)

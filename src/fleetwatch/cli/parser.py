@@ -174,13 +174,64 @@ def build_parser(commands: Sequence[Command], version: str) -> Parser:
     return parser
 
 
+#: Flags whose values are secrets wherever they are given (a command that has no such flag
+#: still must not echo one back in "unrecognized arguments").
+SECRET_FLAGS = ("--sasl-password", "--webhook-url")
+_NEGATIVE = re.compile(r"-\d")
+
+
 def parse(parser: Parser, arguments: Sequence[str]) -> argparse.Namespace:
     """Parse; an unknown flag is reported by its command's parser, which knows the flags the
-    suggestion is drawn from."""
-    args, extra = parser.parse_known_args(arguments)
-    if extra:
-        parser.subcommands[args.command_name].error(f"unrecognized arguments: {' '.join(extra)}")
+    suggestion is drawn from. A value that starts like a negative number (``--task-timeout
+    -5s``) is the flag's value, so that its own check says what is wrong with it; a secret's
+    value never appears in an error."""
+    tokens = _joined_values(list(arguments))
+    secrets = _secret_values(tokens)
+    try:
+        args, extra = parser.parse_known_args(tokens)
+        if extra:
+            parser.subcommands[args.command_name].error(
+                f"unrecognized arguments: {' '.join(extra)}"
+            )
+    except UsageError as exc:
+        message = str(exc)
+        for secret in sorted(secrets, key=len, reverse=True):
+            message = message.replace(secret, "********")
+        raise UsageError(message) from None
     return args
+
+
+def _joined_values(tokens: list[str]) -> list[str]:
+    """``--flag -5s`` as ``--flag=-5s`` (argparse would take ``-5s`` for a flag)."""
+    joined: list[str] = []
+    index = 0
+    while index < len(tokens):
+        token = tokens[index]
+        following = tokens[index + 1] if index + 1 < len(tokens) else None
+        if (
+            token.startswith("--")
+            and "=" not in token
+            and following is not None
+            and _NEGATIVE.match(following)
+        ):
+            joined.append(f"{token}={following}")
+            index += 2
+            continue
+        joined.append(token)
+        index += 1
+    return joined
+
+
+def _secret_values(tokens: list[str]) -> list[str]:
+    found = []
+    for index, token in enumerate(tokens):
+        name, equals, value = token.partition("=")
+        if name in SECRET_FLAGS:
+            if equals and value:
+                found.append(value)
+            elif index + 1 < len(tokens) and tokens[index + 1]:
+                found.append(tokens[index + 1])
+    return found
 
 
 def overrides(args: argparse.Namespace) -> dict[str, dict[str, Any]]:

@@ -103,8 +103,15 @@ def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
             document = tomllib.load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist (check --config)") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML: {exc}") from None
+    except IsADirectoryError:
+        raise ConfigError(
+            f"config file {path} is a folder, not a TOML file (check --config)"
+        ) from None
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise ConfigError(f"{path}: not valid TOML ({reason}); check --config") from None
+    except OSError as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc.strerror}") from None
     layered: dict[str, dict[str, Any]] = {"": {}}
     top_names = [i.name for i in describe("")]
     for key, value in document.items():

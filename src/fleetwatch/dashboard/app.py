@@ -8,6 +8,7 @@ every parameter is checked before it reaches a query: device ids as everywhere, 
 
 from __future__ import annotations
 
+import errno
 import math
 import os
 from datetime import datetime
@@ -39,6 +40,9 @@ SECURITY_HEADERS = {
     "Referrer-Policy": "no-referrer",
 }
 #: Heatmap colours: failed, silent, no model, then the share of anomalous windows (0 -> 1).
+#: "No anomaly" is a pale green, unlike the white of a cell that was not scored.
+NO_ANOMALY = "#d9f0d3"
+NOT_SCORED = "#ffffff"
 COLORSCALE = [
     [0.0, "#6a3d9a"],
     [0.166, "#6a3d9a"],
@@ -46,7 +50,7 @@ COLORSCALE = [
     [0.333, "#9e9e9e"],
     [0.334, "#9ecae1"],
     [0.4999, "#9ecae1"],
-    [0.5, "#f7f7f7"],
+    [0.5, NO_ANOMALY],
     [0.52, "#fee8c8"],
     [0.6, "#fdbb84"],
     [0.75, "#e34a33"],
@@ -83,15 +87,20 @@ def _rounded(cells: Any) -> list[list[float | None]]:
 
 
 def fleet_figure(fleet: data.Fleet) -> dict[str, Any]:
+    # a heatmap draws each cell centred on its x: the middle of the hour (or bucket) it is, so
+    # that 17:00 spans 17:00-18:00; the start travels as customdata (for hover and clicks)
+    half = fleet.bucket / 2
+    starts = [[_iso(start) for start in fleet.hours]] * len(fleet.devices)
     return {
         "data": [
             {
                 "type": "heatmap",
                 "z": _rounded(fleet.cells),
-                "x": [_iso(hour) for hour in fleet.hours],
+                "x": [(start + half).strftime("%Y-%m-%dT%H:%M:%S") for start in fleet.hours],
                 "y": fleet.devices,
                 "text": fleet.text.tolist(),
-                "hovertemplate": "%{y} %{x|%m-%d %H}h: %{text}<extra></extra>",
+                "customdata": starts,
+                "hovertemplate": "%{y} %{customdata}: %{text}<extra></extra>",
                 "zmin": -1,
                 "zmax": 1,
                 "colorscale": COLORSCALE,
@@ -105,15 +114,20 @@ def fleet_figure(fleet: data.Fleet) -> dict[str, Any]:
             "margin": {"l": 120, "r": 20, "t": 30, "b": 60},
             "yaxis": {"autorange": "reversed", "type": "category", "automargin": True},
             "xaxis": {"type": "date", "side": "top"},
-            "plot_bgcolor": "#ffffff",
+            "plot_bgcolor": NOT_SCORED,
         },
     }
 
 
 def device_figure(device: data.Device) -> dict[str, Any]:
-    """One row per sensor: the window mean, its min-max band, anomalous windows marked."""
+    """One row per sensor: the window mean, its min-max band (a gap in the data is a gap), and
+    a mark on the sensors that drove each anomalous window (on every sensor when the window has no
+    stored explanation)."""
     sensors = sorted(device.series)
-    anomalous = {a["window_start"] for a in device.anomalies}
+    drivers: dict[Any, set[str] | None] = {}
+    for item in device.anomalies:
+        named = {top["sensor"] for top in item["top_sensors"]}
+        drivers[item["window_start"]] = named or None
     traces: list[dict[str, Any]] = []
     count = max(1, len(sensors))
     layout: dict[str, Any] = {
@@ -155,11 +169,18 @@ def device_figure(device: data.Device) -> dict[str, Any]:
                 "x": x,
                 "y": [_number(v) for v in entry["mean"]],
                 "mode": "lines",
+                "connectgaps": False,
                 "line": {"color": "#1f77b4", "width": 1.5},
                 "hovertemplate": f"{sensor} mean %{{y:.3f}}<br>%{{x}}<extra></extra>",
             }
         )
-        marked = [i for i, start in enumerate(entry["start"]) if start in anomalous]
+        marked = [
+            i
+            for i, start in enumerate(entry["start"])
+            if entry["mean"][i] is not None
+            and start in drivers
+            and (drivers[start] is None or sensor in drivers[start])  # type: ignore[operator]
+        ]
         traces.append(
             {
                 **common,
@@ -211,13 +232,18 @@ def drivers_figure(selected: dict[str, Any]) -> dict[str, Any]:
 
 
 def runs_figure(history: list[dict[str, Any]]) -> dict[str, Any]:
-    colours = {"succeeded": "#2ca02c", "partial": "#ff7f0e", "no_data": "#9e9e9e"}
+    """One bar per run, in the order they started (a category axis: runs that start in the same
+    minute, or the same second, still get a bar each)."""
+    colours = {"succeeded": "#2ca02c", "provisional": "#ff7f0e", "aborted": "#d62728"}
     ordered = list(reversed(history))
     return {
         "data": [
             {
                 "type": "bar",
-                "x": [_iso(r["started_at"]) for r in ordered],
+                "x": [
+                    f"{r['started_at']:%m-%d %H:%M:%S} #{i + 1}" if r["started_at"] else str(i)
+                    for i, r in enumerate(ordered)
+                ],
                 "y": [None if r["ms"] is None else r["ms"] / 1000 for r in ordered],
                 "text": [f"{_iso(r['window_start'])} {r['status']}" for r in ordered],
                 "marker": {"color": [colours.get(r["status"], "#d62728") for r in ordered]},
@@ -228,7 +254,7 @@ def runs_figure(history: list[dict[str, Any]]) -> dict[str, Any]:
             "height": 240,
             "margin": {"l": 60, "r": 20, "t": 10, "b": 40},
             "yaxis": {"title": {"text": "run duration (s)"}},
-            "xaxis": {"type": "date"},
+            "xaxis": {"type": "category", "title": {"text": "run (start time)"}},
         },
     }
 
@@ -254,7 +280,9 @@ class Dashboard:
     def error(self, page: str, message: str, status_code: int) -> HTMLResponse:
         return self.render("error.html", status_code, page=page, message=message)
 
-    async def fleet(self, request: Request) -> Response:
+    # The pages are plain functions: Starlette runs them in its thread pool, so a slow page
+    # never holds the event loop (and /healthz) up.
+    def fleet(self, request: Request) -> Response:
         query = request.query_params
         try:
             since = data.parse_time(query.get("since"), "since")
@@ -264,8 +292,12 @@ class Dashboard:
             if sort not in ("worst", "name"):
                 raise InvalidInputError("sort is worst or name")
             found = data.fleet(self.settings, since, until, contains, sort)
-        except FleetwatchError as exc:
+        except data.TooSlowError as exc:
+            return self.error("fleet", str(exc), 503)
+        except InvalidInputError as exc:
             return self.error("fleet", str(exc), 400)
+        except FleetwatchError as exc:
+            return self.error("fleet", str(exc), 500)
         return self.render(
             "fleet.html",
             page="fleet",
@@ -275,7 +307,7 @@ class Dashboard:
             sort=sort,
         )
 
-    async def device(self, request: Request) -> Response:
+    def device(self, request: Request) -> Response:
         query = request.query_params
         device_id = request.path_params["device_id"]
         try:
@@ -288,6 +320,8 @@ class Dashboard:
                 since = since or around - 2 * HOUR
                 until = until or around + 3 * HOUR
             found = data.device(self.settings, device_id, since, until, anomaly)
+        except data.TooSlowError as exc:
+            return self.error("device", str(exc), 503)
         except InvalidInputError as exc:
             return self.error("device", str(exc), 400)
         except FleetwatchError as exc:
@@ -304,7 +338,7 @@ class Dashboard:
             else drivers_figure(found.selected),
         )
 
-    async def runs(self, request: Request) -> Response:
+    def runs(self, request: Request) -> Response:
         try:
             report = data.runs(self.settings)
         except FleetwatchError as exc:
@@ -368,10 +402,21 @@ def serve(settings: Settings, host: str, port: int) -> None:
     listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         listener.bind((host, port))
-    except OSError as exc:
+    except socket.gaierror as exc:  # a host that does not resolve
         listener.close()
         raise InvalidInputError(
-            f"cannot listen on {host}:{port}: {exc.strerror}; choose another --port"
+            f"cannot listen on {host}:{port}: {exc.strerror}; check --host (127.0.0.1, 0.0.0.0 "
+            "or an address of this machine)"
+        ) from None
+    except OSError as exc:
+        listener.close()
+        advice = (
+            "choose another --port"
+            if exc.errno in (errno.EADDRINUSE, errno.EACCES)
+            else "check --host and --port"
+        )
+        raise InvalidInputError(
+            f"cannot listen on {host}:{port}: {exc.strerror}; {advice}"
         ) from None
     listener.listen(128)
     taken = listener.getsockname()[1]

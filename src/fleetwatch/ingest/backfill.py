@@ -112,6 +112,8 @@ def backfill(
     name = backfill_file_name(identity)
     frame = windows_of(messages, window_ms)
     summary = BackfillSummary(identity)
+    if frame.empty:  # no valid reading: nothing to write (the rejected rows say why)
+        return summary
     hours = frame["window_start"].dt.floor("h")
     planned = []
     for hour, rows in frame.groupby(hours, sort=True):

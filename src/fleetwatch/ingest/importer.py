@@ -26,7 +26,7 @@ import pandas as pd
 
 from fleetwatch.brokers.clients import make_producer
 from fleetwatch.config import Settings
-from fleetwatch.errors import BrokerError, InvalidInputError
+from fleetwatch.errors import BrokerError, InvalidInputError, NothingDoneError, StorageError
 from fleetwatch.ingest.backfill import BackfillSummary, backfill, import_id
 from fleetwatch.output import progress_bar
 from fleetwatch.telemetry import (
@@ -96,9 +96,17 @@ def read_table(path: Path, delimiter: str = "") -> tuple[pd.DataFrame, int]:
         raise InvalidInputError(f"{path}: no such file")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        return pd.read_parquet(path), 1
+        try:
+            return pd.read_parquet(path), 1
+        except (OSError, ValueError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+            reason = str(exc).splitlines()[0][:200]
+            raise InvalidInputError(f"{path}: not a readable Parquet file ({reason})") from None
     if suffix not in (".csv", ".txt", ".tsv"):
         raise InvalidInputError(f"{path}: unknown file type; use .csv or .parquet")
+    if delimiter and len(delimiter) != 1:
+        raise InvalidInputError(
+            f"--delimiter {delimiter!r}: give one character (',', ';', a tab, '|')"
+        )
     if not delimiter:
         with path.open(newline="", encoding="utf-8", errors="replace") as handle:
             sample = handle.read(64 * 1024)
@@ -108,8 +116,11 @@ def read_table(path: Path, delimiter: str = "") -> tuple[pd.DataFrame, int]:
             delimiter = ","
     try:
         frame = pd.read_csv(path, sep=delimiter, dtype=str, keep_default_na=False)
+    except pd.errors.EmptyDataError:
+        raise InvalidInputError(f"{path}: the file is empty: no header, no readings") from None
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
-        raise InvalidInputError(f"{path}: cannot read as CSV: {exc}") from None
+        reason = str(exc).splitlines()[0][:200]
+        raise InvalidInputError(f"{path}: cannot read as CSV: {reason}") from None
     return frame, 2
 
 
@@ -321,7 +332,11 @@ def import_file(settings: Settings, path: Path) -> ImportSummary:
             raise InvalidInputError(
                 f"--assume-timezone {options.assume_timezone!r} is not a time zone (try UTC)"
             ) from None
+    if options.rejects is not None:
+        _check_writable(options.rejects)  # before anything is sent: no rejects lost after
     frame, first_line = read_table(path, options.delimiter)
+    if frame.empty:
+        raise NothingDoneError(f"{path} has no rows (a header at most): nothing to import")
     layout = detect_layout(frame, options.layout)
     summary = ImportSummary(file=str(path), layout=layout, rows=len(frame))
     clock = _Clock(assume)
@@ -410,9 +425,24 @@ def _closed_already(settings: Settings, messages: list[Message]) -> tuple[dateti
     return closed, late
 
 
+def _check_writable(path: Path) -> None:
+    """``--rejects PATH`` can be written (its folder made): else one line, before any work."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a"):
+            pass
+    except OSError as exc:
+        raise InvalidInputError(
+            f"--rejects {path}: cannot write it ({exc.strerror}); give a writable path"
+        ) from None
+
+
 def write_rejects(rejected: list[RejectedRow], path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with path.open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["line", "reason"])
-        writer.writerows((row.line, row.reason) for row in rejected)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("w", newline="") as handle:
+            writer = csv.writer(handle)
+            writer.writerow(["line", "reason"])
+            writer.writerows((row.line, row.reason) for row in rejected)
+    except OSError as exc:
+        raise StorageError(f"cannot write --rejects {path}: {exc.strerror}") from None

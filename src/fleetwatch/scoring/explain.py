@@ -33,6 +33,12 @@ def sensor_groups(features: tuple[str, ...]) -> tuple[list[str], list[np.ndarray
     return list(columns), [np.array(c) for c in columns.values()]
 
 
+#: Reset windows scored in one call at most (sensors x windows x features): memory stays linear
+#: in a device's sensors however many it has (3,000 sensors anomalous for an hour would need a
+#: 20 GB array in one piece).
+CELLS: Final = 4_000_000
+
+
 def explain_many(
     kind: type[ModelKind],
     scorers: list[Any],
@@ -42,34 +48,57 @@ def explain_many(
     flagged: list[np.ndarray],
 ) -> list[list[Explanation]]:
     """Explanations of the ``flagged`` rows of each device's ``windows`` (raw features, as
-    scored), whose ``scores`` they were."""
+    scored), whose ``scores`` they were. The resets of all devices (one per sensor and flagged
+    window) are scored in calls of their kind's ``decide_many``, each of at most
+    :data:`CELLS` values."""
     names, groups = sensor_groups(features)
-    stacks = []
-    for matrix, rows in zip(windows, flagged, strict=True):
-        stack = np.repeat(matrix[rows][None], len(groups), axis=0)  # sensor x window x feature
-        for position, columns in enumerate(groups):
-            stack[position][:, columns] = np.nan
-        stacks.append(stack.reshape(-1, matrix.shape[1]))
-    counts = np.array([len(s) for s in stacks])
-    depth = int(counts.max()) if len(counts) else 0
-    if depth == 0:
-        return [[] for _ in windows]
-    batch = np.full((len(stacks), depth, len(features)), np.nan)
-    for index, stack in enumerate(stacks):
-        batch[index, : len(stack)] = stack
-    reset_scores = kind.decide_many(scorers, batch, counts)
+    width = len(features)
+    resets = [np.full((len(groups), len(rows)), np.nan) for rows in flagged]
+    units = [(d, g) for d, rows in enumerate(flagged) if len(rows) for g in range(len(groups))]
+    batch: list[tuple[int, int]] = []
+    depth = 0
+    for unit in units:
+        size = len(flagged[unit[0]])
+        if batch and (len(batch) + 1) * max(depth, size) * width > CELLS:
+            _reset_scores(kind, scorers, windows, flagged, groups, batch, resets)
+            batch, depth = [], 0
+        batch.append(unit)
+        depth = max(depth, size)
+    if batch:
+        _reset_scores(kind, scorers, windows, flagged, groups, batch, resets)
     result = []
-    for matrix, rows, score, reset in zip(windows, flagged, scores, reset_scores, strict=True):
-        picked = len(rows)
-        resets = reset[: picked * len(groups)].reshape(len(groups), picked)
+    for matrix, rows, score, reset in zip(windows, flagged, scores, resets, strict=True):
         explained = []
-        for i in range(picked):
+        for i in range(len(rows)):
             if np.isfinite(score[rows[i]]):
-                explained.append(_top(names, resets[:, i] - score[rows[i]]))
+                explained.append(_top(names, reset[:, i] - score[rows[i]]))
             else:
-                explained.append(_not_finite(names, groups, resets[:, i], matrix[rows[i]]))
+                explained.append(_not_finite(names, groups, reset[:, i], matrix[rows[i]]))
         result.append(explained)
     return result
+
+
+def _reset_scores(
+    kind: type[ModelKind],
+    scorers: list[Any],
+    windows: list[np.ndarray],
+    flagged: list[np.ndarray],
+    groups: list[np.ndarray],
+    batch: list[tuple[int, int]],
+    resets: list[np.ndarray],
+) -> None:
+    """Score one batch of (device, sensor) resets into ``resets``."""
+    depth = max(len(flagged[d]) for d, _ in batch)
+    stack = np.full((len(batch), depth, windows[batch[0][0]].shape[1]), np.nan)
+    counts = np.empty(len(batch), dtype=np.int64)
+    for index, (d, g) in enumerate(batch):
+        rows = windows[d][flagged[d]]
+        stack[index, : len(rows)] = rows
+        stack[index, : len(rows), groups[g]] = np.nan  # the sensor reset: imputed medians
+        counts[index] = len(rows)
+    values = kind.decide_many([scorers[d] for d, _ in batch], stack, counts)
+    for (d, g), scored, count in zip(batch, values, counts.tolist(), strict=True):
+        resets[d][g] = scored[:count]
 
 
 def _not_finite(

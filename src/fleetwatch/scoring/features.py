@@ -114,6 +114,23 @@ def devices_in_files(store: DataStore, files: Sequence[str]) -> tuple[list[str],
     return sorted(found), rows
 
 
+def sensors_and_window(store: DataStore, files: Sequence[str]) -> tuple[set[str], set[int]]:
+    """The sensor names in ``files`` and the window lengths (ms) their windows have, from the
+    sensor column's dictionary and one row of each file."""
+    sensors: set[str] = set()
+    lengths: set[int] = set()
+    for key in files:
+        parquet = open_file(store, key, read_dictionary=["sensor"])
+        if parquet.metadata.num_rows == 0:
+            continue
+        for chunk in parquet.read(columns=["sensor"]).column(0).chunks:
+            sensors.update(str(v) for v in chunk.dictionary.to_pylist())
+        first = parquet.read_row_group(0, columns=["window_start", "window_end"]).slice(0, 1)
+        start, end = (first.column(name)[0].value for name in ("window_start", "window_end"))
+        lengths.add(int(end) - int(start))
+    return sensors, lengths
+
+
 Piece = tuple[str, int]  # a row group of a Parquet file: the unit a Dask task reads
 
 

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from fleetwatch.config import Settings
-from fleetwatch.errors import InvalidInputError, StorageError
+from fleetwatch.errors import InvalidInputError, NothingDoneError, StorageError
 from fleetwatch.output import progress_bar
 from fleetwatch.scoring.calibration import (
     MIN_FIT,
@@ -37,6 +37,7 @@ from fleetwatch.scoring.features import (
     fleet_slow,
     judge_slow,
     read_cube,
+    sensors_and_window,
     slow_sensors,
 )
 from fleetwatch.scoring.kinds import kind_named, new_model
@@ -188,10 +189,16 @@ def train(
 ) -> TrainSummary:
     """Fit every device with windows in [since, until) (or just ``devices``) on that range."""
     layout = settings.layout
+    if until <= since:
+        raise InvalidInputError(
+            f"--since {since:%Y-%m-%dT%H:%M}Z --until {until:%Y-%m-%dT%H:%M}Z is "
+            f"{'reversed' if until < since else 'empty'}: --until is the end and comes after "
+            "--since"
+        )
     files = [item.key for item in layout.files_between(since, until)]
     present, _ = devices_in_files(layout.store, files)
     if not present:
-        raise InvalidInputError(
+        raise NothingDoneError(
             f"no aggregates between {since:%Y-%m-%dT%H:%M}Z and {until:%Y-%m-%dT%H:%M}Z in "
             f"{layout.store.describe('aggregates')}; run `fleetwatch aggregate` first or pick "
             "another --since/--until"
@@ -201,6 +208,35 @@ def train(
     for device in sorted(set(devices or ()) - set(present)):
         summary.skipped[device] = "no windows in the training range"
     return train_ranges(settings, dict.fromkeys(chosen, (since, until)), summary, activate)
+
+
+def _check_against_the_data(
+    layout: DataLayout,
+    by_range: Mapping[tuple[datetime, datetime], list[str]],
+    window_ms: int,
+    declared: list[str],
+) -> None:
+    """Before any fit: the aggregates' windows are ``--window`` long (a model of 5 s windows
+    fitted on 60 s ones would score nothing right), and a sensor named by ``--slow-sensors``
+    exists in them (a typo would otherwise change nothing, silently)."""
+    since = min(span[0] for span in by_range)
+    until = max(span[1] for span in by_range)
+    files = [item.key for item in layout.files_between(since, until)]
+    sensors, lengths = sensors_and_window(layout.store, files)
+    if lengths and window_ms not in lengths:
+        found = ", ".join(f"{length / 1000:g}s" for length in sorted(lengths))
+        raise InvalidInputError(
+            f"the aggregates in the training range have {found} windows, not --window "
+            f"{window_ms / 1000:g}s: pass --window {found.split(',')[0]}"
+        )
+    if declared not in (["auto"], ["none"]) and sensors:
+        unknown = [name for name in declared if name not in sensors]
+        if len(unknown) == len(declared):
+            raise InvalidInputError(
+                f"--slow-sensors {','.join(unknown)}: no device has such a sensor in the "
+                f"training range (it has {', '.join(sorted(sensors)[:8])}"
+                f"{', ...' if len(sensors) > 8 else ''})"
+            )
 
 
 def declared_slow(names: list[str]) -> list[str]:
@@ -251,6 +287,8 @@ def train_ranges(
     by_range: dict[tuple[datetime, datetime], list[str]] = {}
     for device_id, span in sorted(ranges.items()):
         by_range.setdefault(span, []).append(device_id)
+    if ranges:
+        _check_against_the_data(layout, by_range, window_ms, declared_slow(options.slow_sensors))
     fleet = None
     if parameters["slow_sensors"] == ["auto"] and len(ranges) > 1:
         summary.slow = _fleet_slow(settings, by_range, window_ms, options.min_windows)

@@ -110,6 +110,39 @@ class _DeliveryTracker:
             self.first_error = f"{type(exc).__name__}: {exc}"
 
 
+def check_settings(settings: Settings) -> None:
+    """What the simulator is asked, checked before it connects or sends anything."""
+    from fleetwatch.errors import InvalidInputError
+    from fleetwatch.telemetry import is_valid_name
+
+    sim = settings.simulate
+    example = f"{sim.device_prefix}-{sim.devices:04d}"
+    if not is_valid_name(example):
+        raise InvalidInputError(
+            f"--device-prefix {sim.device_prefix!r} makes device ids like {example!r}, which are "
+            "not 1-64 of [A-Za-z0-9_.-]: use letters, digits, '_', '-', '.'"
+        )
+    if sim.duration is not None and sim.duration * 1000 < max(sim.interval * 1000, 1):
+        raise InvalidInputError(
+            f"--duration {sim.duration:g}s is shorter than one --interval ({sim.interval:g}s): "
+            "nothing would be sent; give a longer one"
+        )
+    if sim.labels is not None:
+        import tempfile
+
+        try:  # a file can be made in its folder (made if need be); the labels come at the end
+            sim.labels.parent.mkdir(parents=True, exist_ok=True)
+            with tempfile.NamedTemporaryFile(dir=sim.labels.parent, prefix=".labels-probe-"):
+                pass
+            if sim.labels.is_dir() or (sim.labels.exists() and not os.access(sim.labels, os.W_OK)):
+                raise PermissionError(13, "not a writable file")
+        except OSError as exc:
+            raise InvalidInputError(
+                f"--labels {sim.labels}: cannot be written ({exc.strerror}); give a writable "
+                "path (the labels are written when the run ends)"
+            ) from None
+
+
 def simulate(
     settings: Settings, *, stop_after_s: float | None = None, stop: threading.Event | None = None
 ) -> SimulationSummary:
@@ -120,6 +153,7 @@ def simulate(
     ``stop_after_s`` bounds the wall-clock time; ``stop`` ends the run from another thread.
     """
     sim = settings.simulate
+    check_settings(settings)  # before anything is sent: nothing to lose afterwards
     seed = sim.seed if sim.seed is not None else int.from_bytes(os.urandom(4), "big")
     spec = spec_from_settings(settings, seed)
     stream = FleetStream(spec)

@@ -211,8 +211,11 @@ def check_read_only(sql: str) -> list[str]:
                     f"{', '.join(sorted(READ_ONLY_PRAGMAS))})"
                 )
         elif kind not in ("SELECT", "EXPLAIN"):
+            # DuckDB files INSTALL under LOAD: name the statement as the user wrote it
+            first = next((word.upper() for word in words if word.strip()), kind)
+            shown = first if first.isalpha() else kind
             raise FleetwatchError(
-                f"fleetwatch sql is read-only: {kind} statements are refused (use SELECT)"
+                f"fleetwatch sql is read-only: {shown} statements are refused (use SELECT)"
             )
         chosen.append(statement.query)
     return chosen

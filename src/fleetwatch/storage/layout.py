@@ -313,11 +313,11 @@ class DataLayout:
         """This process uses the data directory (see :class:`~.locks.FolderUse`): writers hold
         it shared for their lifetime (on this machine's folder; for an object store, the local
         one). A folder that does not exist yet is made."""
+        self.check_writable_folder()
         try:
             self.local.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise storage_error(str(self.local), exc) from None
-        self.check_writable_folder()
         return FolderUse(self.local).share()
 
     def empty_local(self) -> None:
@@ -464,11 +464,15 @@ class DataLayout:
         return list(self.hour_files(floor_hour(hour), listed).files)
 
     def files_between(self, since: datetime, until: datetime) -> list[StoredObject]:
-        """Aggregate files of the hour folders that hold windows starting in [since, until),
-        from one listing per hour."""
-        return [
-            item for files in self.inventory(hours_between(since, until)) for item in files.files
-        ]
+        """Aggregate files of the hour folders that hold windows starting in [since, until):
+        one listing per hour, or one of the whole dataset for a range of more than two days
+        (a century of hours is not listed hour by hour)."""
+        if until - since <= 48 * HOUR:
+            hours = self.inventory(hours_between(since, until))
+        else:
+            first = floor_hour(since)
+            hours = [files for files in self.inventory() if first <= files.hour < until]
+        return [item for files in hours for item in files.files]
 
     def partition_files(
         self, dataset: Dataset, partition: int

@@ -18,6 +18,7 @@ from pathlib import Path
 from types import TracebackType
 
 from fleetwatch.errors import FleetwatchError
+from fleetwatch.storage.store import storage_error
 
 
 class LockedError(FleetwatchError):
@@ -59,8 +60,11 @@ class ProcessLock:
             return "another process"
 
     def acquire(self) -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            descriptor = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:  # a read-only or full data directory: one line, not a traceback
+            raise storage_error(str(self.path), exc) from None
         deadline = time.monotonic() + self.wait
         delay = 0.02
         while True:
@@ -119,7 +123,12 @@ class FolderUse:
 
     def _open(self) -> int:
         if self._descriptor is None:
-            self._descriptor = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+            try:
+                self._descriptor = os.open(self.folder, os.O_RDONLY | os.O_DIRECTORY)
+            except OSError as exc:
+                raise FolderInUseError(
+                    f"cannot open the data folder {self.folder}: {exc.strerror} (check --data-dir)"
+                ) from None
         return self._descriptor
 
     def share(self) -> FolderUse:

@@ -63,20 +63,24 @@ def test_the_fleet_heatmap_is_the_share_of_anomalous_windows(scored: Settings) -
     scores["hour"] = scores["window_start"].dt.floor("h").dt.strftime("%Y-%m-%dT%H:%M")
     share = scores.groupby(["device_id", "hour"])["is_anomaly"].mean()
     assert sorted(heat["y"]) == sorted(DEVICES)  # one row per device
-    assert heat["x"] == [(T0 + i * HOUR).strftime("%Y-%m-%dT%H:%M") for i in range(4)]
+    # each cell is drawn centred on the middle of its hour (17:00 spans 17:00-18:00), and
+    # carries the hour's start (hover, click)
+    starts = [(T0 + i * HOUR).strftime("%Y-%m-%dT%H:%M") for i in range(4)]
+    assert heat["x"] == [(T0 + i * HOUR + HOUR / 2).isoformat()[:19] for i in range(4)]
+    assert all(row == starts for row in heat["customdata"])
     for row, device in enumerate(heat["y"]):
-        for col, hour in enumerate(heat["x"]):
+        for col, hour in enumerate(starts):
             if (device, hour) in share.index:
                 assert heat["z"][row][col] == pytest.approx(share[(device, hour)], abs=5e-4)
             else:  # the silent hour: its own (negative) value, named in the hover text
-                assert device == "pump-05" and hour == heat["x"][3]
+                assert device == "pump-05" and hour == starts[3]
                 assert heat["z"][row][col] < 0 and "silent" in heat["text"][row][col]
     worst = share.groupby(level=0).sum().sort_values(ascending=False)
     assert heat["y"][0] == worst.index[0]  # worst first
     by_name = figure(client.get("/fleet?sort=name").text, "heatmap")["data"][0]
     assert by_name["y"] == sorted(DEVICES)
     only = figure(client.get("/fleet?device=pump-0&since=2026-11-22T02:00").text, "heatmap")
-    assert only["data"][0]["x"] == [(T0 + i * HOUR).strftime("%Y-%m-%dT%H:%M") for i in (2, 3)]
+    assert only["data"][0]["customdata"][0] == starts[2:]
     assert "pump-03" in client.get("/fleet").text  # the worst-devices table links it
     assert 'href="/device/pump-03"' in client.get("/fleet").text
 

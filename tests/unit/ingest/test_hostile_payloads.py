@@ -89,6 +89,7 @@ HOSTILE: list[bytes | None] = [
     doc(readings={"t": [1.0]}),
     doc(readings={"t": {"v": 1.0}}),
     doc(readings={f"s{i}": 1.0 for i in range(20_000)}),  # 64 KiB and more
+    doc(readings={f"s{i}": 1.0 for i in range(3000)}),  # within 64 KiB: too many sensors
     raw('{"device_id": "pump-1", "device_id": "pump-2", "ts": 1795334400000, "readings": 1}'),
     raw('{"device_id": "pump-1"}'),
     raw('{"ts": 1795334400000, "readings": {"t": 1}}'),
@@ -143,3 +144,14 @@ def test_hostile_payloads_among_valid_readings_cost_only_themselves(tmp_path: Pa
     assert sorted(offset for offset, _ in dead) == [2 * i for i in range(len(HOSTILE))]
     windows = read_dir(tmp_path / "aggregates")
     assert windows["count"].sum() == valid and set(windows["mean"]) == {2.0}
+
+
+def test_a_message_of_too_many_sensors_is_dead_lettered_for_it() -> None:
+    """Issue 24, item 6: one message within the size limit carried 3,000 sensors, whose
+    explanations then needed 20 GB. Beyond telemetry.MAX_SENSORS a message is refused."""
+    from fleetwatch.telemetry import MAX_SENSORS
+
+    with pytest.raises(InvalidMessage) as caught:
+        parse_message(doc(readings={f"s{i}": 1.0 for i in range(MAX_SENSORS + 1)}), b"pump-1")
+    assert caught.value.reason == "too_many_sensors"
+    assert len(parse_message(doc(readings={f"s{i}": 1.0 for i in range(MAX_SENSORS)})).readings)

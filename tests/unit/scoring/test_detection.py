@@ -9,6 +9,7 @@ import subprocess
 import sys
 from datetime import timedelta
 from pathlib import Path
+from typing import Any
 
 import duckdb
 import numpy as np
@@ -216,3 +217,42 @@ def test_a_model_of_an_older_fleetwatch_is_refused_with_what_to_do(shifted: Sett
     assert "older fleetwatch" in error and "fleetwatch train" in error
     with pytest.raises(ModelIntegrityError, match="older fleetwatch"):
         registry.with_threshold("pump-02", model.version, Calibration(0, 1, 0, "x", []))
+
+
+def test_explaining_a_wide_device_costs_memory_linear_in_its_sensors(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 24, item 6: 400 sensors of 5 features, 60 anomalous windows: the resets go to the
+    model in calls of at most explain.CELLS values (one piece would be 400 x 60 x 2,000), and
+    the explanations are the ones a single call gives."""
+    from fleetwatch.scoring import explain
+    from fleetwatch.scoring.kinds import DeviceModel
+
+    rng = np.random.default_rng(5)
+    sensors = [f"s{i:03d}" for i in range(400)]
+    names = [f"{s}__{stat}" for s in sensors for stat in ("mean", "std", "min", "max", "count")]
+    train = rng.normal(0, 1, (200, len(names)))
+    from fleetwatch.scoring.kinds import new_model
+
+    model = new_model("device", 0.05, "scale", "rbf")
+    model.fit(train, names)
+    scorer = DeviceModel.scorer(model.arrays())
+    test = rng.normal(0, 1, (60, len(names)))
+    test[:, 5:10] += 8  # s001 drives every window
+    scores = scorer.decision(test)
+    flagged = np.arange(60)
+    largest: list[int] = []
+    real = DeviceModel.decide_many
+
+    def recorded(scorers: Any, windows: np.ndarray, counts: Any) -> Any:
+        largest.append(windows.size)
+        return real(scorers, windows, counts)
+
+    monkeypatch.setattr(DeviceModel, "decide_many", recorded)
+    chunked = explain.explain_many(DeviceModel, [scorer], tuple(names), [test], [scores], [flagged])
+    assert max(largest) <= explain.CELLS and len(largest) > 1
+    monkeypatch.setattr(explain, "CELLS", 10**12)
+    largest.clear()
+    whole = explain.explain_many(DeviceModel, [scorer], tuple(names), [test], [scores], [flagged])
+    assert len(largest) == 1 and chunked == whole
+    assert all(row[0][0] == "s001" for row in chunked[0])

@@ -31,8 +31,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from fleetwatch.scoring.registry import ModelRegistry
 
     layout = settings.layout
+    layout.require()
     registry = ModelRegistry(layout.store, layout.state)
     action = args.action
+    if (action in ("list", "pack") and args.version is not None) or (
+        action == "list" and args.device is not None
+    ):
+        extra = " ".join(v for v in (args.device, args.version) if v)
+        raise FleetwatchError(
+            f"`models {action}` takes no {extra!r}: see `fleetwatch models --help`"
+        )
+    if action != "list" and action != "compare" and args.format == "csv":
+        raise FleetwatchError(
+            f"`models {action}` has no CSV form (a manifest is a document): use --format json"
+        )
     if action == "list":
         columns = [
             "device_id",

@@ -5,13 +5,20 @@ from __future__ import annotations
 import argparse
 
 from fleetwatch.cli.commands.train import MODEL_SETTINGS
-from fleetwatch.cli.parser import Command
+from fleetwatch.cli.parser import Command, UsageError
 from fleetwatch.config import Settings
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
+    from fleetwatch.alerts import check_webhook_url
+    from fleetwatch.config import ScheduleSettings
     from fleetwatch.scheduler.service import run_schedule
 
+    options = settings.schedule
+    cron_given = hasattr(args, "setting:schedule:cron") or options.cron != ScheduleSettings().cron
+    if options.every and cron_given:
+        raise UsageError("give --cron or --every, not both (one of them would be ignored)")
+    check_webhook_url(settings.alerts.webhook_url.reveal())
     return run_schedule(settings)
 
 

@@ -35,6 +35,13 @@ def _time(flag: str, text: str) -> datetime:
 
 def requested_hours(args: argparse.Namespace) -> list[datetime]:
     """The hours ``--hour`` or ``--since/--until`` name (hours starting in [since, until))."""
+    given = [flag for flag, value in (("--hour", args.hour), ("--missed", args.missed)) if value]
+    if args.since or args.until:
+        given.append("--since/--until")
+    if len(given) > 1:
+        raise UsageError(
+            f"give one of --hour, --since/--until and --missed, not {' and '.join(given)}"
+        )
     if args.hour:
         return [_time("--hour", args.hour).replace(minute=0, second=0, microsecond=0)]
     if not (args.since and args.until):
@@ -57,12 +64,13 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     from fleetwatch.scheduler.service import CatchUp, score_hours
 
     empty: list[datetime] = []
+    asked = [] if args.missed else requested_hours(args)
     settings.layout.require()
     settings.layout.use()  # held until the process ends: a demo cannot empty it meanwhile
     if args.missed:
         results = CatchUp(settings)()
     else:
-        results, empty = score_hours(settings, requested_hours(args))
+        results, empty = score_hours(settings, asked)
     if results:
         sys.stdout.write(
             emit_table([r.as_record() for r in results], COLUMNS, settings.score.format)
@@ -88,6 +96,17 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         print(f"fleetwatch score: warning: no aggregates for {hour:%Y-%m-%dT%H}", file=sys.stderr)
     if args.missed and not results:
         print("fleetwatch score: nothing pending", file=sys.stderr)
+    if args.missed and len(results) >= settings.schedule.max_catchup:
+        from fleetwatch.scheduler.service import pending_now
+
+        left = len(pending_now(settings))
+        if left:
+            print(
+                f"fleetwatch score: {left} more closed hours are pending (at most --max-catchup "
+                f"{settings.schedule.max_catchup} a run): run `fleetwatch score --missed` again, "
+                "or raise --max-catchup",
+                file=sys.stderr,
+            )
     return 1 if any(r.status == "aborted" for r in results) else 0
 
 
@@ -102,7 +121,10 @@ def arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--since", help="first hour of a range")
     parser.add_argument("--until", help="end of a range (exclusive)")
     parser.add_argument(
-        "--missed", action="store_true", help="every pending (hour, device) of closed hours"
+        "--missed",
+        action="store_true",
+        help="every pending (hour, device) of closed hours; then their files are compacted "
+        "(--no-compact: not)",
     )
 
 
@@ -117,7 +139,7 @@ COMMAND = Command(
     {
         "": "*",
         "score": "*",
-        "schedule": ("max_catchup",),
+        "schedule": ("max_catchup", "compact"),
         "aggregate": ("window",),
         "kafka": ("telemetry_topic",),
     },

@@ -21,8 +21,9 @@ def stop_on_sigterm() -> None:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from fleetwatch.simulators.publish import simulate
+    from fleetwatch.simulators.publish import check_settings, simulate
 
+    check_settings(settings)  # one line for a bad flag, before the broker is even asked
     stop_on_sigterm()
     summary = simulate(settings)
     emit_record("fleetwatch simulate: summary", summary.as_record(), settings.simulate.format)

@@ -32,8 +32,21 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if fmt == "json":
         print(json.dumps(json_value(report)))
         return 0
-    if fmt == "csv":  # the runs, nothing else: a CSV is one table
-        sys.stdout.write(emit_table(report["last_runs"], COLUMNS, "csv"))
+    if fmt == "csv":  # three tables, a blank line apart (as `sql` prints several results)
+        scheduler = report["scheduler"]
+        facts = {
+            "scheduler_running": bool(scheduler.get("running")),
+            "trigger": scheduler.get("trigger"),
+            "pid": scheduler.get("pid"),
+            "host": scheduler.get("host"),
+            "next_tick": scheduler.get("next_tick"),
+            "closed_through": report["closed_through"],
+            "hours_pending": len(report["pending_hours"]),
+            "devices_pending": report["pending_devices"],
+        }
+        sys.stdout.write(emit_table([facts], list(facts), "csv"))
+        sys.stdout.write("\n" + emit_table(report["pending_hours"], ["hour", "devices"], "csv"))
+        sys.stdout.write("\n" + emit_table(report["last_runs"], COLUMNS, "csv"))
         return 0
     scheduler = report["scheduler"]
     if scheduler.get("running"):

@@ -11,7 +11,7 @@
         plot.on("plotly_click", (event) => {
           const point = event.points[0];
           window.location.href = "/device/" + encodeURIComponent(point.y) +
-            "?around=" + encodeURIComponent(point.x);
+            "?around=" + encodeURIComponent(point.customdata || point.x);
         });
       } else if (target.id === "sensors") {
         plot.on("plotly_click", (event) => {
