@@ -120,6 +120,10 @@ class BatchConsumer(faust_aiokafka.Consumer):
                     await receiver.rewind(left)
                 if mine:
                     await receiver.deliver(mine)
+                # Give the loop back after every batch: with a full fetch buffer nothing
+                # above suspends, and the timers (the log line, the status file, idle
+                # partitions) and the heartbeats would starve for a whole backlog.
+                await asyncio.sleep(0)
         except self.consumer_stopped_errors:
             if app.should_stop:
                 return

@@ -408,6 +408,12 @@ class EvaluateSettings:
         "each device's training part: N readings (400), a duration (400s) or a share (0.3) "
         "(default: the simulator's clean part; files: 0.3)",
     )
+    train_ranges: Path | None = setting(
+        None,
+        "CSV of each device's training range (device_id,since,until, as `train --ranges`); "
+        "its readings from `until` on are the test set",
+        metavar="CSV",
+    )
     keep: Path | None = setting(
         None, "keep the evaluation's data folder here (default: a temporary one)", metavar="DIR"
     )

@@ -21,11 +21,12 @@ from typing import Any
 import numpy as np
 
 from fleetwatch.config import Settings
+from fleetwatch.config.values import format_duration
 from fleetwatch.errors import InvalidInputError, NothingDoneError
 from fleetwatch.evaluation.datasets import Dataset, load
 from fleetwatch.evaluation.metrics import Report, evaluate
 from fleetwatch.ingest.backfill import backfill
-from fleetwatch.scoring.ranges import FirstPart, data_span, first_ranges
+from fleetwatch.scoring.ranges import FirstPart, data_span, first_ranges, read_ranges
 from fleetwatch.storage.layout import DataLayout, floor_hour
 
 #: The training part of a labelled file when ``--train-first`` is not given.
@@ -39,6 +40,7 @@ class Evaluation:
     devices: int
     devices_trained: int
     devices_skipped: dict[str, str]
+    degenerate: dict[str, str]  # devices whose threshold is degenerate -> why
     test_points: int
     unscored_points: int  # test readings of devices without a model, or windows not scored
     rejected_rows: int
@@ -60,6 +62,7 @@ class Evaluation:
             "seconds": round(self.seconds, 1),
             **self.settings,
             "skipped_reasons": self.devices_skipped,
+            "degenerate_reasons": self.degenerate,
         }
 
 
@@ -96,25 +99,40 @@ def _evaluate(settings: Settings, dataset: Dataset, folder: Path, started: float
     backfill(
         layout, dataset.messages, "evaluate", window_ms, settings.aggregate.parquet_compression
     )
+    options = settings.evaluate
+    if options.train_ranges is not None and options.train_first:
+        raise InvalidInputError("--train-first and --train-ranges are exclusive: give one")
     first = (
-        FirstPart.parse(settings.evaluate.train_first)
-        if settings.evaluate.train_first
+        FirstPart.parse(options.train_first)
+        if options.train_first
         else dataset.default_first or DEFAULT_FIRST
     )
     span = data_span(layout)
     if span is None:  # pragma: no cover - backfill wrote the readings
         raise InvalidInputError("no readings were written")
-    ranges = first_ranges(layout, first, span[0], span[1], window_ms)
     devices = dataset.devices
     times = dataset.times
-    test = _test_points(devices, times, ranges, first)
+    if options.train_ranges is not None:
+        ranges = read_ranges(options.train_ranges, "--train-ranges")
+        unknown = sorted(set(ranges) - set(devices.tolist()))
+        if unknown:
+            raise InvalidInputError(
+                f"--train-ranges {options.train_ranges}: {len(unknown)} devices not in the "
+                f"data ({', '.join(unknown[:3])}); the data's devices are named after their "
+                "files (valve1/0.csv -> valve1-0)"
+            )
+        training = f"ranges from {options.train_ranges.name}"
+    else:
+        ranges = first_ranges(layout, first, span[0], span[1], window_ms)
+        training = describe_first(first)
+    test = _test_points(devices, times, ranges, first, by_range=options.train_ranges is not None)
     summary = train_ranges(settings, ranges, TrainSummary())
     for device_id in sorted(set(devices.tolist()) - set(ranges)):
         summary.skipped.setdefault(device_id, "no training windows in its first part")
     if not summary.trained:
         reason = next(iter({**summary.skipped, **summary.failed}.items()), ("-", "-"))
         raise NothingDoneError(
-            f"no device could be trained on its first {first.amount:g} {first.unit} "
+            f"no device could be trained on its {training} "
             f"(first: {reason[0]}: {reason[1]}); give more with --train-first"
         )
     hours = sorted({floor_hour(_at(ts)) for ts in times[test].tolist()})
@@ -127,6 +145,7 @@ def _evaluate(settings: Settings, dataset: Dataset, folder: Path, started: float
         len(set(devices.tolist())),
         len(summary.trained),
         {**summary.skipped, **summary.failed},
+        summary.degenerate,
         int(test.sum()),
         int((test & ~scored).sum()),
         dataset.rejected,
@@ -134,9 +153,11 @@ def _evaluate(settings: Settings, dataset: Dataset, folder: Path, started: float
         time.monotonic() - started,
         {
             "window": settings.aggregate.window,
-            "train_first": f"{first.amount:g} {first.unit}",
+            "train_first": training,
             "target_far": settings.train.target_far,
             "kind": "per_sensor" if settings.train.per_sensor else "device",
+            "models_use": summary.as_record()["models_use"],
+            "threshold_degenerate": len(summary.degenerate),
             "slow_sensors": summary.as_record()["slow_sensors"]
             if settings.train.slow_sensors == ["auto"]
             else ",".join(settings.train.slow_sensors),
@@ -151,15 +172,32 @@ def _at(ts_ms: int) -> Any:
     return datetime.fromtimestamp(ts_ms / 1000, tz=UTC)
 
 
+def describe_first(first: FirstPart) -> str:
+    """How ``--train-first`` reads, for the report.
+
+    >>> [describe_first(FirstPart.parse(t)) for t in ("400", "30d", "0.15")]
+    ['first 400 readings', 'first 30d', 'first 15% of its windows']
+    """
+    if first.unit == "readings":
+        return f"first {first.amount:g} readings"
+    if first.unit == "duration":
+        return f"first {format_duration(first.amount)}"
+    return f"first {first.amount * 100:g}% of its windows"
+
+
 def _test_points(
-    devices: np.ndarray, times: np.ndarray, ranges: dict[str, Any], first: FirstPart
+    devices: np.ndarray,
+    times: np.ndarray,
+    ranges: dict[str, Any],
+    first: FirstPart,
+    by_range: bool = False,
 ) -> np.ndarray:
     """The points after each device's training part: after its first N readings (SKAB's
     protocol), or from the end of its training range on. Devices without a range: none."""
     test = np.zeros(len(devices), dtype=bool)
     for device_id, (_, until) in ranges.items():
         mine = np.flatnonzero(devices == device_id)  # in time order
-        if first.unit == "readings":
+        if first.unit == "readings" and not by_range:
             test[mine[int(first.amount) :]] = True
         else:
             test[mine[times[mine] >= round(until.timestamp() * 1000)]] = True

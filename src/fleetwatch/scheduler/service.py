@@ -213,6 +213,8 @@ class Retrainer:
         )
         for device_id, reason in sorted(summary.shadowed.items()):
             log.warning("%s: %s", device_id, reason)
+        for device_id, reason in sorted(summary.degenerate.items()):
+            log.warning("%s: its threshold is degenerate: %s", device_id, reason)
 
 
 @dataclass

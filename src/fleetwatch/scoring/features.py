@@ -12,6 +12,7 @@ covers every level such a sensor will wander to, but how fast it moves stays com
 
 from __future__ import annotations
 
+import itertools
 import threading
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
@@ -37,6 +38,8 @@ SLOW_FEATURES: Final = ("delta", "std", "count")
 SLOW_RATIO: Final = 0.1
 #: ... judged on at least this many consecutive training windows (fewer: not slow).
 SLOW_MIN_WINDOWS: Final = 10
+#: ... and only when it reports in at least this share of the windows it spans.
+SLOW_MIN_COVERAGE: Final = 0.8
 FloatMatrix = npt.NDArray[np.float64]
 
 
@@ -53,13 +56,33 @@ def feature_names(sensors: list[str], slow: Collection[str] = ()) -> list[str]:
     ]
 
 
-def judge_slow(means: FloatMatrix, sensors: list[str]) -> dict[str, bool]:
+def judge_slow(
+    means: FloatMatrix,
+    sensors: list[str],
+    starts: np.ndarray | None = None,
+    window_ms: int | None = None,
+) -> dict[str, bool]:
     """Whether each sensor's window means (columns of ``means``, rows in time order) are slow
-    (see :data:`SLOW_RATIO`); sensors with too few windows, or constant, are left out."""
+    (see :data:`SLOW_RATIO`); sensors with too few windows, or constant, are left out. A
+    sensor that reports in fewer than :data:`SLOW_MIN_COVERAGE` of the windows (readings
+    further apart than a window) is never slow: its change from one reading to the next spans
+    windows the model does not see, and its level is what it has to say. The windows it spans
+    are counted from ``starts`` (the rows' window starts, epoch ms) and ``window_ms`` when
+    given: windows without any reading are not rows at all."""
     judged = {}
     for index, sensor in enumerate(sensors):
         values = means[:, index]
-        values = values[~np.isnan(values)]
+        present = ~np.isnan(values)
+        if present.any():
+            rows = np.flatnonzero(present)
+            if starts is not None and window_ms:
+                spanned = (int(starts[rows[-1]]) - int(starts[rows[0]])) // window_ms + 1
+            else:
+                spanned = int(rows[-1] - rows[0] + 1)
+            if len(rows) < SLOW_MIN_COVERAGE * spanned:
+                judged[sensor] = False
+                continue
+        values = values[present]
         if len(values) < SLOW_MIN_WINDOWS:
             continue
         variance = float(values.var())
@@ -85,6 +108,8 @@ def slow_sensors(
     sensors: list[str],
     declared: Sequence[str] = ("auto",),
     fleet: Collection[str] | None = None,
+    starts: np.ndarray | None = None,
+    window_ms: int | None = None,
 ) -> list[str]:
     """The sensors of a device to describe by their change: those ``declared``
     (``--slow-sensors`` names; ``none``: no sensor), or with ``auto`` those the devices
@@ -99,7 +124,8 @@ def slow_sensors(
     chosen = set(declared) if list(declared) != ["auto"] else fleet
     if chosen is not None:
         return [sensor for sensor in sensors if sensor in chosen]
-    return [sensor for sensor, slow in judge_slow(means, sensors).items() if slow]
+    judged = judge_slow(means, sensors, starts, window_ms)
+    return [sensor for sensor, slow in judged.items() if slow]
 
 
 def devices_in_files(store: DataStore, files: Sequence[str]) -> tuple[list[str], int]:
@@ -490,16 +516,22 @@ class WindowCube:
     def _previous_means(
         self, devices: list[str], owner: np.ndarray, rows: np.ndarray, sensors: np.ndarray
     ) -> FloatMatrix:
-        """The mean of ``sensors`` in the window before each of ``rows`` (NaN where that
-        window is not in the cube: the first of the range, or a gap)."""
-        begins = np.array([self.rows(d)[0] for d in devices], dtype=np.int64)[owner]
-        previous = np.maximum(rows - 1, 0)
-        there = (rows - 1 >= begins) & (
-            self.row_starts[previous] == self.row_starts[rows] - self.window_ms
-        )
-        cells = self._cells(devices, owner, previous, sensors)
-        cells[~there] = -1
-        return self._read(cells, np.zeros(len(sensors), dtype=np.int64))
+        """The mean of each of ``sensors`` in the latest window before each of ``rows`` that
+        has a reading of it (NaN where there is none in the cube: the sensor's first window of
+        the range). The change is defined at any cadence: a sensor read every 5 minutes with
+        60 s windows changes from one reading to the next, not from an empty window."""
+        cells = self._cells(devices, owner, rows, sensors)
+        previous = np.full(cells.shape, -1, dtype=cells.dtype)
+        bounds = np.flatnonzero(np.diff(owner, prepend=-1, append=-1))  # one run per device
+        for begin, end in itertools.pairwise(bounds):
+            block = cells[begin:end]
+            seen = np.where(block >= 0, np.arange(len(block))[:, None], -1)
+            latest = np.maximum.accumulate(seen, axis=0)  # the latest row with a reading
+            before = np.vstack([np.full((1, block.shape[1]), -1), latest[:-1]])
+            has = before >= 0
+            taken = np.take_along_axis(block, np.maximum(before, 0), axis=0)
+            previous[begin:end] = np.where(has, taken, -1)
+        return self._read(previous, np.zeros(len(sensors), dtype=np.int64))
 
     def matrix(self, device_id: str, names: list[str]) -> DeviceWindows:
         begin, end = self.rows(device_id)

@@ -142,13 +142,17 @@ def _windows(
     return result
 
 
-def read_ranges(path: Path) -> dict[str, Range]:
+def read_ranges(path: Path, flag: str = "--ranges") -> dict[str, Range]:
     """A CSV of ``device_id,since,until`` (a header line; timestamps ISO-8601, UTC if no zone)."""
     try:
         with path.open(newline="") as handle:
             rows = list(csv.DictReader(handle))
     except OSError as exc:
-        raise InvalidInputError(f"--ranges {path}: {exc.strerror or exc}") from None
+        raise InvalidInputError(f"{flag} {path}: {exc.strerror or exc}") from None
+    except (UnicodeDecodeError, csv.Error) as exc:
+        raise InvalidInputError(
+            f"{flag} {path}: not a CSV of device_id,since,until ({exc})"
+        ) from None
     ranges = {}
     for line, row in enumerate(rows, start=2):
         try:
@@ -161,9 +165,9 @@ def read_ranges(path: Path) -> dict[str, Range]:
                 raise ValueError("until is not after since")
         except (ValueError, InvalidInputError) as exc:
             raise InvalidInputError(
-                f"--ranges {path} line {line}: {exc} (expected columns device_id,since,until)"
+                f"{flag} {path} line {line}: {exc} (expected columns device_id,since,until)"
             ) from None
         ranges[device_id] = (since, until)
     if not ranges:
-        raise InvalidInputError(f"--ranges {path}: no ranges (columns device_id,since,until)")
+        raise InvalidInputError(f"{flag} {path}: no ranges (columns device_id,since,until)")
     return ranges

@@ -9,6 +9,7 @@ or a file of ranges. Its threshold comes from the latest part of its range, held
 from __future__ import annotations
 
 import os
+from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
@@ -26,6 +27,7 @@ from fleetwatch.scoring.calibration import (
     allowed_false_alarms,
     calibrate,
     check_split,
+    fitted_scale_of,
     held_out_count,
 )
 from fleetwatch.scoring.executor import DeviceResult, TaskModel
@@ -53,9 +55,19 @@ class TrainSummary:
     skipped: dict[str, str] = field(default_factory=dict)  # device -> reason
     failed: dict[str, str] = field(default_factory=dict)
     shadowed: dict[str, str] = field(default_factory=dict)  # device -> why not activated
+    degenerate: dict[str, str] = field(default_factory=dict)  # device -> why (calibration)
+    uses: Counter[str] = field(default_factory=Counter)  # what models use -> devices
     #: --slow-sensors auto: the sensors the fleet judged slow -> (devices judging it slow,
     #: devices judging it)
     slow: dict[str, tuple[int, int]] = field(default_factory=dict)
+
+    def record(self, device_id: str, fitted: Fitted) -> None:
+        self.trained[device_id] = fitted.version
+        if fitted.shadow_reason is not None:
+            self.shadowed[device_id] = fitted.shadow_reason
+        if fitted.degenerate is not None:
+            self.degenerate[device_id] = fitted.degenerate
+        self.uses[fitted.uses] += 1
 
     def as_record(self) -> dict[str, Any]:
         return {
@@ -63,6 +75,11 @@ class TrainSummary:
             "skipped": len(self.skipped),
             "failed": len(self.failed),
             "kept_in_shadow": len(self.shadowed),
+            "threshold_degenerate": len(self.degenerate),
+            "models_use": "; ".join(
+                f"{uses} ({count} devices)" for uses, count in self.uses.most_common()
+            )
+            or "none",
             "slow_sensors": ", ".join(
                 f"{sensor} ({slow} of {judged} devices)"
                 for sensor, (slow, judged) in self.slow.items()
@@ -71,6 +88,7 @@ class TrainSummary:
             "skipped_reasons": self.skipped,
             "failed_reasons": self.failed,
             "shadow_reasons": self.shadowed,
+            "degenerate_reasons": self.degenerate,
         }
 
 
@@ -101,8 +119,8 @@ def fit_threshold(job: FitJob) -> tuple[Any, Calibration]:
             f"{len(matrix)} training windows: at least {MIN_FIT + held} are needed "
             f"({MIN_FIT} to fit, {held} held out for the threshold)"
         )
-    scores = _provisional_scores(job, len(matrix) - held, len(matrix))
-    calibration = calibrate(scores, options["target_far"])
+    scores, fitted = _provisional_scores(job, len(matrix) - held, len(matrix))
+    calibration = calibrate(scores, options["target_far"], fitted_scale_of(fitted))
     model = _model(job)
     model.fit(matrix, job.names)
     return model, calibration
@@ -113,13 +131,14 @@ def _model(job: FitJob) -> Any:
     return new_model(options["kind"], options["nu"], _gamma(options["gamma"]), options["kernel"])
 
 
-def _provisional_scores(job: FitJob, fitted: int, until: int) -> np.ndarray:
-    """Windows ``fitted:until`` scored by a model of windows ``:fitted``."""
+def _provisional_scores(job: FitJob, fitted: int, until: int) -> tuple[np.ndarray, np.ndarray]:
+    """Windows ``fitted:until`` scored by a model of windows ``:fitted``, and that model's
+    scores of its own windows ``:fitted``."""
     provisional = _model(job)
     provisional.fit(job.matrix[:fitted], job.names)
     scorer = kind_named(job.parameters["kind"]).scorer(provisional.arrays())
-    scores: np.ndarray = scorer.decision(job.matrix[fitted:until])
-    return scores
+    scores: np.ndarray = scorer.decision(job.matrix[:until])
+    return scores[fitted:], scores[:fitted]
 
 
 def held_out_false_alarms(job: FitJob) -> tuple[int, int] | None:
@@ -130,9 +149,8 @@ def held_out_false_alarms(job: FitJob) -> tuple[int, int] | None:
         return None
     checked, calibrating = split
     end = len(job.matrix) - checked
-    calibration = calibrate(
-        _provisional_scores(job, end - calibrating, end), job.parameters["target_far"]
-    )
+    held, fitted = _provisional_scores(job, end - calibrating, end)
+    calibration = calibrate(held, job.parameters["target_far"], fitted_scale_of(fitted))
     fitted = _model(job)
     fitted.fit(job.matrix[: end - calibrating], job.names)
     scorer = kind_named(job.parameters["kind"]).scorer(fitted.arrays())
@@ -140,9 +158,38 @@ def held_out_false_alarms(job: FitJob) -> tuple[int, int] | None:
     return flagged, checked
 
 
-def fit_and_save(job: FitJob) -> tuple[str, str | None]:
-    """Fit and save one device's model, in a worker process: its new version, and why it was
-    kept in shadow instead of activated (None when it was not).
+@dataclass(frozen=True)
+class Fitted:
+    """What training one device did: its new version, why it was kept in shadow instead of
+    activated (None when it was not), why its threshold is degenerate (None when it is not),
+    and what its model uses (:func:`describe_features`)."""
+
+    version: str
+    shadow_reason: str | None
+    degenerate: str | None
+    uses: str
+
+
+def describe_features(names: list[str]) -> str:
+    """What a model's features say about its sensors: their levels (mean, min, max), their
+    changes (a slow sensor's change since its previous reading), their spread and count.
+
+    >>> describe_features(["t__delta", "t__std", "t__count", "p__mean", "p__std", "p__count"])
+    'levels of p; changes of t'
+    """
+    by_sensor: dict[str, set[str]] = {}
+    for name in names:
+        sensor, _, statistic = name.rpartition("__")
+        by_sensor.setdefault(sensor, set()).add(statistic)
+    levels = sorted(s for s, stats in by_sensor.items() if "mean" in stats)
+    changes = sorted(s for s, stats in by_sensor.items() if "delta" in stats)
+    other = sorted(set(by_sensor) - set(levels) - set(changes))
+    parts = [("levels of ", levels), ("changes of ", changes), ("spread/count of ", other)]
+    return "; ".join(label + ", ".join(sensors) for label, sensors in parts if sensors)
+
+
+def fit_and_save(job: FitJob) -> Fitted:
+    """Fit and save one device's model, in a worker process (see :class:`Fitted`).
 
     The worker saves it itself (sha256, manifest, fsync, activation): done in the parent, the
     saving of every device one after the other, and the fitted models pickled back to it,
@@ -172,7 +219,9 @@ def fit_and_save(job: FitJob) -> tuple[str, str | None]:
     )
     if shadow_reason is not None:
         registry.set_shadow(job.device_id, saved.version)
-    return saved.version, shadow_reason
+    return Fitted(
+        saved.version, shadow_reason, calibration.degenerate, describe_features(job.names)
+    )
 
 
 #: Aggregate rows read at once while training: the devices are read in groups of about this
@@ -348,8 +397,10 @@ def judge_devices(
     for device_id in devices:
         if device_id in cube and cube.window_count(device_id) >= min_windows:
             sensors = cube.sensors(device_id)
-            means = cube.matrix(device_id, [f"{s}__mean" for s in sensors]).matrix
-            judged[device_id] = judge_slow(means, sensors)
+            windows = cube.matrix(device_id, [f"{s}__mean" for s in sensors])
+            judged[device_id] = judge_slow(
+                windows.matrix, sensors, windows.window_start, cube.window_ms
+            )
     return judged
 
 
@@ -403,8 +454,11 @@ def prepare_jobs(
             skipped[device_id] = f"{count} windows < --min-windows {setup.min_windows}"
             continue
         sensors = cube.sensors(device_id)
-        means = cube.matrix(device_id, [f"{s}__mean" for s in sensors]).matrix
-        names = feature_names(sensors, slow_sensors(means, sensors, declared, setup.slow))
+        means = cube.matrix(device_id, [f"{s}__mean" for s in sensors])
+        slow = slow_sensors(
+            means.matrix, sensors, declared, setup.slow, means.window_start, cube.window_ms
+        )
+        names = feature_names(sensors, slow)
         matrix = cube.matrix(device_id, names).matrix
         jobs.append(
             FitJob(
@@ -432,10 +486,7 @@ def _fit_and_save(
         advance()
         device_id = futures[future]
         try:
-            version, shadow_reason = future.result()
-            summary.trained[device_id] = version
-            if shadow_reason is not None:
-                summary.shadowed[device_id] = shadow_reason
+            summary.record(device_id, future.result())
         except StorageError:  # a full disk fails every device alike: stop, say it once
             for waiting in futures:
                 waiting.cancel()
@@ -477,8 +528,7 @@ class RemoteFitting:
         }
         for job in jobs:
             try:
-                version, shadow_reason = fit_and_save(job)
-                results[job.device_id] = ("ok", ("trained", version, shadow_reason))
+                results[job.device_id] = ("ok", ("trained", fit_and_save(job)))
             except Exception as exc:  # one device's bad data must not stop the others
                 results[job.device_id] = ("error", f"{type(exc).__name__}: {exc}")
         return results
@@ -544,7 +594,5 @@ def train_on_cluster(
         if outcome[0] == "skipped":
             summary.skipped[device_id] = outcome[1]
         else:
-            summary.trained[device_id] = outcome[1]
-            if outcome[2] is not None:
-                summary.shadowed[device_id] = outcome[2]
+            summary.record(device_id, outcome[1])
     summary.failed.update(errors)

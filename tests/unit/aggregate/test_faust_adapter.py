@@ -55,3 +55,51 @@ def test_a_missing_member_is_a_clear_error(monkeypatch: pytest.MonkeyPatch) -> N
     monkeypatch.delattr(faust_consumer.Consumer, "_commit")
     with pytest.raises(PrivateSurfaceError, match="_commit is gone"):
         check_private_surface()
+
+
+def test_the_drain_loop_lets_the_timers_run_while_a_backlog_streams_in() -> None:
+    """Issue 25: a 69,538-window backfill printed nothing and wrote no status file for 12
+    minutes: with the fetcher's buffer always full, the drain loop never gave the event loop
+    back, so the one-second timer (the log line, the status file, idle partitions) starved."""
+    import asyncio
+    from types import SimpleNamespace
+
+    delivered: list[int] = []
+    ticks_at: list[int] = []
+
+    class Receiver:
+        async def deliver(self, records: object) -> None:
+            delivered.append(1)  # as the aggregator: CPU work, no suspension
+            if len(delivered) >= 200:
+                consumer.should_stop = True
+
+        async def rewind(self, tps: object) -> None:  # pragma: no cover - not called
+            pass
+
+    async def wait_next_records(timeout: float) -> tuple[dict[str, list[int]], None]:
+        return {"tp": [1, 2, 3]}, None  # a full buffer: returns without suspending
+
+    app = SimpleNamespace(receiver=Receiver(), consumer_generation_id=1, should_stop=False)
+    consumer = SimpleNamespace(
+        app=app,
+        should_stop=False,
+        flow_active=True,
+        consumer_stopped_errors=(),
+        _wait_next_records=wait_next_records,
+    )
+
+    async def timer() -> None:
+        while not consumer.should_stop:
+            ticks_at.append(len(delivered))
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        ticking = asyncio.create_task(timer())
+        await asyncio.sleep(0)  # the timer starts
+        drain = BatchConsumer._drain_messages  # noqa: SLF001 - the adapter's own override
+        await drain(consumer, SimpleNamespace(should_stop=False))  # type: ignore[arg-type]
+        await ticking
+
+    asyncio.run(main())
+    assert len(delivered) == 200
+    assert any(0 < at < 200 for at in ticks_at), "the timer never ran while batches streamed"

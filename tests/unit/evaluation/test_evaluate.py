@@ -109,7 +109,7 @@ def test_the_cli_reports_json_and_refuses_bad_input_in_one_line(tmp_path: Path) 
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     report = json.loads(done.stdout)
-    assert report["devices_trained"] == 1 and report["train_first"] == "0.4 share"
+    assert report["devices_trained"] == 1 and report["train_first"] == "first 40% of its windows"
     assert 0 <= report["far_percent"] <= 100 and report["unit"] == "readings"
     bad = subprocess.run(
         [*run, str(tmp_path / "one.csv"), "--label-column", "label"],

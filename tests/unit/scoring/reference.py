@@ -37,7 +37,7 @@ def device_matrix(
     device_id: str, rows: pd.DataFrame, names: list[str], window_ms: int
 ) -> DeviceWindows:
     """The device's windows over exactly ``names`` (absent sensors: NaN, a count of 0; a
-    change without the window before it: NaN)."""
+    change: from the latest earlier window with a reading, NaN without one)."""
     columns = {}
     starts = rows.index.to_numpy(dtype="datetime64[ms]").astype(np.int64)
     for name in names:
@@ -52,9 +52,8 @@ def device_matrix(
             if mean is None:
                 columns[name] = np.full(len(rows), np.nan)
             else:
-                before = pd.Series(mean.to_numpy(dtype=float), index=starts)
-                previous = before.reindex(starts - window_ms).to_numpy()
-                columns[name] = mean.to_numpy(dtype=float) - previous
+                values = pd.Series(mean.to_numpy(dtype=float))
+                columns[name] = (values - values.ffill().shift(1)).to_numpy()
         else:
             column = rows.get(name)
             columns[name] = (

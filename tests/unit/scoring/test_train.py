@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from fleetwatch.scoring.calibration import (
+    MIN_SCALE,
     Calibration,
     calibrate,
     held_out_count,
@@ -53,7 +54,16 @@ def test_the_threshold_comes_from_the_latest_windows_scored_by_a_model_of_the_ea
     assert np.isfinite(held).all() and held_out_count(200) == 40
     tail = math.ceil(40 * 0.3)
     ordered = np.sort(held)
-    start, scale = ordered[tail], np.mean(ordered[tail] - ordered[:tail])
+    # the exponential tail's scale: the mean excess, each counted at most 10 rough scales
+    # (the median's, over ln 2), at least the same on the earlier model's own windows' scores
+
+    def tail_scale(ordered: np.ndarray, tail: int) -> float:
+        excess = ordered[tail] - ordered[:tail]
+        return float(np.minimum(excess, 10 * np.median(excess) / math.log(2)).mean())
+
+    start, scale = ordered[tail], tail_scale(ordered, tail)
+    own = np.sort(earlier.reference_scores(matrix[:160]))
+    scale = max(scale, tail_scale(own, math.ceil(160 * 0.3)), 0.001)
     expected = start - scale * math.log((tail / 40) / 0.001)
     assert calibration.rule == "exponential tail"
     assert calibration.threshold == pytest.approx(expected, abs=1e-8)
@@ -81,15 +91,49 @@ def test_the_tail_rule_and_the_quantile_rule() -> None:
     # at or above the tail's share (6/20) the empirical quantile
     assert calibrate(held, 0.5).threshold == pytest.approx(np.quantile(held, 0.5))
     assert calibrate(held, 0.5).rule == "empirical quantile"
-    # below it: start 6, mean excess of 0..5 below 6 is 3.5, share 0.3
+    # below it: start 6, mean excess of 0..5 below 6 is 3.5 (none beyond 10 rough scales)
     deep = calibrate(held, 0.001)
-    assert deep.rule == "exponential tail" and deep.tail_scale == pytest.approx(3.5)
-    assert deep.threshold == pytest.approx(6 - 3.5 * math.log(0.3 / 0.001))
+    scale = 3.5
+    assert deep.rule == "exponential tail" and deep.tail_scale == pytest.approx(scale)
+    assert deep.threshold == pytest.approx(6 - scale * math.log(0.3 / 0.001))
+    assert deep.degenerate is None
     # the normalised score: 0 at the threshold, -1 per tail scale below it
-    assert deep.normalized(np.array([deep.threshold - 7.0]))[0] == pytest.approx(-2.0)
+    below = deep.normalized(np.array([deep.threshold - 2 * scale]))[0]
+    assert below == pytest.approx(-2.0)
     assert recalibrated(deep, 0.5).threshold == pytest.approx(np.quantile(held, 0.5))
     with pytest.raises(ValueError, match="by hand"):
         recalibrated(Calibration(0.0, 1.0, 0.0, "set by hand", []), 0.01)
+
+
+def test_one_extreme_held_out_window_does_not_carry_the_threshold_away() -> None:
+    """Issue 25: one held-out score of -7,272 pushed a threshold to -1,154 (nothing flagged).
+    The tail's scale is its median excess: one extreme window moves it little."""
+    held = np.random.default_rng(3).normal(0.0, 0.05, 160)
+    clean = calibrate(held, 0.001)
+    held[17] = -7272.0
+    spoiled = calibrate(held, 0.001)
+    assert abs(spoiled.threshold - clean.threshold) < 0.1 * abs(clean.threshold) + 0.05
+    assert spoiled.threshold > -1.0 and spoiled.degenerate is None
+
+
+def test_held_out_windows_without_spread_do_not_make_a_threshold_of_nothing() -> None:
+    """Issue 25: all 160 held-out windows scored 0.000186, the threshold became that value
+    and 4,131 of 4,518 test windows were flagged. The scale falls back to the fitted
+    windows' (or the floor), and the threshold is reported degenerate."""
+    held = np.full(160, 0.000186)
+    alone = calibrate(held, 0.001)
+    assert alone.tail_scale == MIN_SCALE and alone.threshold < 0.000186 - 5 * MIN_SCALE
+    assert alone.degenerate is not None and "all scored alike" in alone.degenerate
+    fitted = calibrate(held, 0.001, fitted_scale=0.2)
+    assert fitted.tail_scale == 0.2 and "fitted windows" in (fitted.degenerate or "")
+    # a test window a rounding away from the held-out ones is not flagged
+    assert fitted.normalized(np.array([0.000186 - 1e-6]))[0] > 0
+    constant = calibrate(np.zeros(40), 0.001, fitted_scale=0.0)
+    assert "any change is flagged" in (constant.degenerate or "")
+    again = recalibrated(fitted, 0.01)
+    assert again.tail_scale == 0.2 and again.degenerate == fitted.degenerate
+    non_finite = calibrate(np.r_[np.zeros(20) + np.arange(20) * 0.1, [np.nan]], 0.001)
+    assert "not finite" in (non_finite.degenerate or "")
 
 
 def test_small_training_sets(tmp_path: Path) -> None:
@@ -111,9 +155,10 @@ def test_the_retraining_check_flags_a_fault_in_the_latest_windows(tmp_path: Path
 
 
 def test_the_worker_saves_and_activates_the_model(tmp_path: Path) -> None:
-    version, shadow = fit_and_save(job(windows(120), tmp_path, "pump-7"))
+    fitted = fit_and_save(job(windows(120), tmp_path, "pump-7"))
     registry = ModelRegistry.of(tmp_path)
-    assert version == "v0001" == registry.active_version("pump-7") and shadow is None
+    assert fitted.version == "v0001" == registry.active_version("pump-7")
+    assert fitted.shadow_reason is None and fitted.degenerate is None
     manifest = registry.describe("pump-7")
     assert manifest["training"]["windows"] == 120 and manifest["features_version"] == 2
     section = manifest["calibration"]
@@ -128,12 +173,14 @@ def test_a_retrained_version_whose_held_out_windows_surprise_it_stays_in_shadow(
     fit_and_save(job(windows(120), tmp_path, "pump-7"))
     faulty = windows(120, seed=1)
     faulty[-3:, NAMES.index("b__mean")] += 25.0  # a fault in the latest training windows
-    version, shadow = fit_and_save(job(faulty, tmp_path, "pump-7", activate="if-calibrated"))
+    fitted = fit_and_save(job(faulty, tmp_path, "pump-7", activate="if-calibrated"))
+    version, shadow = fitted.version, fitted.shadow_reason
     assert version == "v0002" and shadow is not None and "kept in shadow" in shadow
     assert registry.active_version("pump-7") == "v0001"
     in_shadow = registry.shadow("pump-7")
     assert in_shadow is not None and in_shadow.version == "v0002"
     assert registry.shadowed_devices() == {"pump-7"}
     # a clean retraining is activated
-    version, shadow = fit_and_save(job(windows(120, 2), tmp_path, "pump-7", "if-calibrated"))
+    fitted = fit_and_save(job(windows(120, 2), tmp_path, "pump-7", "if-calibrated"))
+    version, shadow = fitted.version, fitted.shadow_reason
     assert shadow is None and registry.active_version("pump-7") == version == "v0003"
