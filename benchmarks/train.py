@@ -106,6 +106,13 @@ def main() -> int:
     parser.add_argument("--workers", type=int, default=os.cpu_count() or 2)
     parser.add_argument("--format", choices=["text", "json"], default="text")
     parser.add_argument("--data-dir", type=Path, help="keep the aggregates here for reuse")
+    parser.add_argument(
+        "--against",
+        type=Path,
+        metavar="SRC",
+        help="also run another fleetwatch's train (its src folder, e.g. a worktree of an "
+        "earlier commit), alternating with this one: an A/B in the same run",
+    )
     args = parser.parse_args()
     data = args.data_dir or Path(tempfile.mkdtemp(prefix="fw-bench-train-"))
     marker = data / f".written-{args.devices}"
@@ -118,8 +125,18 @@ def main() -> int:
         "--since", START.isoformat(), "--until", (START + timedelta(days=1)).isoformat(),
         "--workers", str(args.workers), "--no-progress", "--format", "json",
     ]  # fmt: skip
-    plain, cli = [], []
+    plain, cli, other = [], [], []
     for round_index in range(args.rounds):
+        if args.against is not None:
+            shutil.rmtree(data / "models", ignore_errors=True)
+            shutil.rmtree(data / "state", ignore_errors=True)
+            started = time.perf_counter()
+            subprocess.run(
+                command, check=True, capture_output=True,
+                env={**env, "PYTHONPATH": str(args.against)},
+            )  # fmt: skip
+            other.append(time.perf_counter() - started)
+            print(f"round {round_index + 1}: {args.against}: {other[-1]:.1f}s", file=sys.stderr)
         shutil.rmtree(data / "plain-models", ignore_errors=True)
         started = time.perf_counter()
         subprocess.run(
@@ -147,6 +164,10 @@ def main() -> int:
         "fleetwatch_s": statistics.median(cli),
         "ratio_plain_to_fleetwatch": statistics.median(plain) / statistics.median(cli),
     }
+    if other:
+        result["against"] = str(args.against)
+        result["against_s"] = statistics.median(other)
+        result["ratio_plain_to_against"] = statistics.median(plain) / statistics.median(other)
     if args.format == "json":
         print(json.dumps(result))
         return 0
@@ -160,6 +181,11 @@ def main() -> int:
         f"device; {args.workers} workers, held-out threshold, registry, pack); "
         f"{result['ratio_plain_to_fleetwatch']:.2f}x the plain loop"
     )
+    if other:
+        print(
+            f"against    : {result['against_s']:.1f} s ({args.against}); "
+            f"{result['ratio_plain_to_against']:.2f}x the plain loop"
+        )
     return 0
 
 

@@ -8,6 +8,7 @@ or a file of ranges. Its threshold comes from the latest part of its range, held
 
 from __future__ import annotations
 
+import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
@@ -43,7 +44,7 @@ from fleetwatch.scoring.features import (
     slow_sensors,
 )
 from fleetwatch.scoring.kinds import kind_named, new_model
-from fleetwatch.scoring.pack import ModelPack, refresh_quietly
+from fleetwatch.scoring.pack import ModelPack, PackItem, pack_entry, refresh_quietly
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.storage.layout import DataLayout
 from fleetwatch.storage.store import open_store
@@ -57,12 +58,15 @@ class TrainSummary:
     shadowed: dict[str, str] = field(default_factory=dict)  # device -> why not activated
     degenerate: dict[str, str] = field(default_factory=dict)  # device -> why (calibration)
     uses: Counter[str] = field(default_factory=Counter)  # what models use -> devices
+    packed: list[PackItem] = field(default_factory=list)  # the trained devices' pack entries
     #: --slow-sensors auto: the sensors the fleet judged slow -> (devices judging it slow,
     #: devices judging it)
     slow: dict[str, tuple[int, int]] = field(default_factory=dict)
 
     def record(self, device_id: str, fitted: Fitted) -> None:
         self.trained[device_id] = fitted.version
+        if fitted.packed is not None:
+            self.packed.append(fitted.packed)
         if fitted.shadow_reason is not None:
             self.shadowed[device_id] = fitted.shadow_reason
         if fitted.degenerate is not None:
@@ -90,6 +94,9 @@ class TrainSummary:
             "shadow_reasons": self.shadowed,
             "degenerate_reasons": self.degenerate,
         }
+
+
+log = logging.getLogger(__name__)
 
 
 def _gamma(value: str) -> str | float:
@@ -168,6 +175,7 @@ class Fitted:
     shadow_reason: str | None
     degenerate: str | None
     uses: str
+    packed: PackItem | None = None  # its model pack entry, when it was activated
 
 
 def describe_features(names: list[str]) -> str:
@@ -219,8 +227,15 @@ def fit_and_save(job: FitJob) -> Fitted:
     )
     if shadow_reason is not None:
         registry.set_shadow(job.device_id, saved.version)
+    # its pack entry, made here (in parallel, the files just written still in the page cache)
+    # rather than by the parent re-reading every device's files after the run
+    packed = pack_entry(registry, job.device_id) if job.activate != "no" else None
     return Fitted(
-        saved.version, shadow_reason, calibration.degenerate, describe_features(job.names)
+        saved.version,
+        shadow_reason,
+        calibration.degenerate,
+        describe_features(job.names),
+        packed if packed is not None and packed[1].version == saved.version else None,
     )
 
 
@@ -339,15 +354,18 @@ def train_ranges(
     if ranges:
         _check_against_the_data(layout, by_range, window_ms, declared_slow(options.slow_sensors))
     fleet = None
+    read = CubeReader(layout, window_ms)
     if parameters["slow_sensors"] == ["auto"] and len(ranges) > 1:
-        summary.slow = _fleet_slow(settings, by_range, window_ms, options.min_windows)
+        summary.slow = _fleet_slow(settings, by_range, read, options.min_windows)
         fleet = tuple(summary.slow)
     workers = max(1, min(options.workers or os.cpu_count() or 1, len(ranges) or 1))
     if not executor.shares_memory:
         workers = 1  # the local pool stays idle: the cluster fits
+    elif workers > 1:
+        _import_fitting()  # once, before the workers fork: not once in each of them
     with (
         progress_bar("train", len(ranges), enabled=options.progress) as bar,
-        ProcessPoolExecutor(max_workers=workers) as pool,
+        ProcessPoolExecutor(max_workers=workers, initializer=_worker_start) as pool,
     ):
 
         def advance() -> None:
@@ -362,7 +380,7 @@ def train_ranges(
             if not executor.shares_memory:  # the workers read their devices themselves
                 train_on_cluster(settings, setup, since, until, chosen, summary, advance)
                 continue
-            for part, cube in _cubes(layout, since, until, chosen, window_ms):
+            for part, cube in read(since, until, chosen, keep=False):
                 jobs, skipped = prepare_jobs(cube, part, setup, since, until)
                 del cube
                 for device_id, reason in skipped.items():
@@ -370,21 +388,68 @@ def train_ranges(
                     advance()
                 _fit_and_save(pool, jobs, summary, advance)
     if activate != "no" and summary.trained:  # so that the next scoring run finds them packed
-        refresh_quietly(ModelPack.open(layout.model_pack, registry), summary.trained)
+        pack_quietly(ModelPack.open(layout.model_pack, registry), summary)
     return summary
 
 
-def _cubes(
-    layout: DataLayout, since: datetime, until: datetime, devices: list[str], window_ms: int
-) -> Iterator[tuple[list[str], WindowCube]]:
-    """The windows of ``devices`` in [since, until), read in groups of devices of about
-    :data:`READ_ROWS` rows, from one listing of the hours."""
-    files = [item.key for item in layout.files_between(since, until)]
-    _, rows = devices_in_files(layout.store, files)
-    group = max(1, READ_ROWS * max(len(devices), 1) // max(rows, 1))  # devices per read
-    for start in range(0, len(devices), group):
-        part = devices[start : start + group]
-        yield part, read_cube(layout.store, files, since, until, window_ms, devices=part)
+def pack_quietly(pack: ModelPack, summary: TrainSummary) -> None:
+    """The entries the workers made into the pack, and any trained device without one
+    packed from its files; a pack that cannot be written only makes scoring slower."""
+    try:
+        pack.add(summary.packed)
+    except Exception as exc:  # the pack is a cache: never fail training for it
+        log.warning("model pack not updated (%s); scoring reads the model files instead", exc)
+        return
+    done = {item[0] for item in summary.packed}
+    rest = [device for device in summary.trained if device not in done]
+    if rest:
+        refresh_quietly(pack, rest)
+
+
+def _worker_start() -> None:
+    """Each training process runs one BLAS/OpenMP thread: the processes are the parallelism
+    (two processes of two threads each on two cores fought for them)."""
+    from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
+
+    threadpool_limits(1)
+
+
+def _import_fitting() -> None:
+    """scikit-learn's fitting modules (a second to import), in the parent."""
+    import sklearn.pipeline
+    import sklearn.svm  # noqa: F401
+
+    import fleetwatch.scoring.kinds.transforms  # noqa: F401
+
+
+class CubeReader:
+    """The windows of devices in [since, until), read in groups of devices of about
+    :data:`READ_ROWS` rows, from one listing of the hours. The slow-sensor judgement and the
+    fits read the same windows: when a range's devices fit in one read, the judgement's read
+    is kept for the fits (``keep``) instead of being read twice."""
+
+    def __init__(self, layout: DataLayout, window_ms: int) -> None:
+        self.layout = layout
+        self.window_ms = window_ms
+        self._kept: dict[tuple[datetime, datetime, tuple[str, ...]], WindowCube] = {}
+
+    def __call__(
+        self, since: datetime, until: datetime, devices: list[str], keep: bool
+    ) -> Iterator[tuple[list[str], WindowCube]]:
+        kept = self._kept.pop((since, until, tuple(devices)), None)
+        if kept is not None:
+            yield devices, kept
+            return
+        layout = self.layout
+        files = [item.key for item in layout.files_between(since, until)]
+        _, rows = devices_in_files(layout.store, files)
+        group = max(1, READ_ROWS * max(len(devices), 1) // max(rows, 1))  # devices per read
+        for start in range(0, len(devices), group):
+            part = devices[start : start + group]
+            cube = read_cube(layout.store, files, since, until, self.window_ms, devices=part)
+            if keep and group >= len(devices):
+                self._kept[(since, until, tuple(devices))] = cube
+            yield part, cube
 
 
 def judge_devices(
@@ -407,20 +472,20 @@ def judge_devices(
 def _fleet_slow(
     settings: Settings,
     by_range: Mapping[tuple[datetime, datetime], list[str]],
-    window_ms: int,
+    read: CubeReader,
     min_windows: int,
 ) -> dict[str, tuple[int, int]]:
     """``--slow-sensors auto`` for the devices trained together: each device judges its
     sensors on its own training windows (here, or on the Dask workers), the majority decides
     (:func:`fleetwatch.scoring.features.fleet_slow`). The slow sensors, with their votes
-    (slow, judged). One extra read of the training windows."""
+    (slow, judged). One extra read of the training windows when they do not fit in one read."""
     judged: dict[str, dict[str, bool]] = {}
     executor = executor_for(settings.score)
     for (since, until), devices in by_range.items():
         if not executor.shares_memory:
             judged.update(judge_on_cluster(settings, since, until, devices, min_windows))
             continue
-        for part, cube in _cubes(settings.layout, since, until, devices, window_ms):
+        for part, cube in read(since, until, devices, keep=True):
             judged.update(judge_devices(cube, part, min_windows))
     votes: dict[str, list[bool]] = {}
     for judgement in judged.values():

@@ -156,3 +156,44 @@ def test_models_pack_command(trained: Settings, capsys: pytest.CaptureFixture[st
     record = json.loads(capsys.readouterr().out)
     assert record["packed_now"] == record["in_pack"] == len(DEVICES)
     assert _fresh_entries(trained) == set(DEVICES)
+
+
+def test_training_reads_its_windows_once_and_packs_what_its_workers_made(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 26: the slow-sensor judgement's read is kept for the fits (the windows fit in one
+    read), and the pack is written from the entries the workers made, not by the parent
+    re-reading every device's files."""
+    from fleetwatch.scoring import pack as packing
+    from fleetwatch.scoring import train as training
+    from tests.unit.scoring.conftest import (
+        set_watermark,
+        settings_for,
+        synthetic_windows,
+        write_windows,
+    )
+
+    data = tmp_path / "data"
+    write_windows(data, synthetic_windows())
+    settings = settings_for(data)
+    reads: list[int] = []
+    real_read = training.read_cube
+    monkeypatch.setattr(
+        training, "read_cube", lambda *a, **k: reads.append(1) or real_read(*a, **k)
+    )
+    from_files: list[str] = []
+    real_entry = packing.pack_entry  # what the parent's refresh reads the files with
+
+    def recorded(registry: ModelRegistry, device_id: str):  # type: ignore[no-untyped-def]
+        from_files.append(device_id)
+        return real_entry(registry, device_id)
+
+    monkeypatch.setattr(packing, "pack_entry", recorded)
+    summary = train(settings, T0, T0 + TWO_HOURS)
+    assert len(summary.trained) == len(DEVICES) and summary.slow == {}
+    assert len(reads) == 1  # judged and fitted from one read
+    assert from_files == []  # every entry came from a worker
+    assert len(open_pack(settings)) == len(DEVICES)
+    set_watermark(settings, T0 + pd.Timedelta(hours=3).to_pytimedelta())
+    assert score_hour(settings, HOUR3, progress=False).devices_scored == len(DEVICES)
+    assert_scores_equal_sklearn(settings)

@@ -1,9 +1,10 @@
 """The one-class SVM pipeline both model kinds are made of, and its fast scoring.
 
-A fitted ``WindowTransform -> SimpleImputer(median) -> StandardScaler -> Weights ->
-OneClassSVM`` is exported as plain arrays (:class:`SvmParams`, kept in ``params.bin``) and
-scored from them with vectorised numpy (:class:`SvmScorer`), avoiding scikit-learn's per-call
-overhead across thousands of small models.
+A fitted ``WindowTransform -> MedianImputer -> Standardizer -> Weights -> OneClassSVM``
+(scikit-learn's ``SimpleImputer(median)`` and ``StandardScaler`` in models saved before) is
+exported as plain arrays (:class:`SvmParams`, kept in ``params.bin``) and scored from them
+with vectorised numpy (:class:`SvmScorer`), avoiding scikit-learn's per-call overhead across
+thousands of small models.
 
 **The score.** Far from every support vector, the RBF one-class SVM's decision value
 ``sum_i a_i exp(-gamma |x - sv_i|^2) - rho`` bottoms out at ``-rho``: every window far
@@ -385,18 +386,21 @@ def _numeric_gamma(svm: Any) -> float:
 
 
 def make_pipeline(nu: float, gamma: str | float, kernel: str, names: list[str]) -> Pipeline:
-    from sklearn.impute import SimpleImputer
     from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
     from sklearn.svm import OneClassSVM
 
-    from fleetwatch.scoring.kinds.transforms import Weights, WindowTransform
+    from fleetwatch.scoring.kinds.transforms import (
+        MedianImputer,
+        Standardizer,
+        Weights,
+        WindowTransform,
+    )
 
     return Pipeline(
         [
             ("transform", WindowTransform(tuple(feature_role(n) for n in names))),
-            ("impute", SimpleImputer(strategy="median", keep_empty_features=True)),
-            ("scale", StandardScaler()),
+            ("impute", MedianImputer()),
+            ("scale", Standardizer()),
             ("weights", Weights(tuple(feature_weights(names).tolist()))),
             ("svm", OneClassSVM(nu=nu, gamma=gamma, kernel=kernel)),
         ]
