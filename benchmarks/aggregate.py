@@ -1,8 +1,17 @@
-"""Aggregation throughput against raw aiokafka consumption of the same topic, in one run.
+"""Aggregation throughput against its peers and its ceiling, on the same topic, in one run.
 
     python benchmarks/aggregate.py                        # 1,000 devices x 10 sensors, 500k msgs
-    python benchmarks/aggregate.py --messages 100000 --rounds 5 --format json
+    python benchmarks/aggregate.py --messages 300000 --rounds 5 --peers   # issue 27's comparison
+    python benchmarks/aggregate.py --against /tmp/old/src # also an earlier fleetwatch (A/B)
     python benchmarks/aggregate.py --memory-devices 10000 # also: RSS with 10k x 10 open windows
+
+``--peers`` adds, each round: (d) the ceiling a Python consumer reaches doing the same job
+without any rule: aiokafka, ``orjson.loads`` of every message and plain dict windows (count,
+sum, sum of squares, min, max per device, sensor and window); (e) Quix Streams
+``.tumbling_window(60s).reduce(...)`` over the same JSON (when ``quixstreams`` is installed:
+``pip install quixstreams``); and Faust's public API (``--public-api``, below). It also
+prints the in-process cost per message of decoding (``parse_message``) and of the whole
+processor (decode, rules, windows; no Kafka).
 
 The topic (4 partitions, embedded broker) is loaded once with simulator traffic. Each round then
 measures (a) a bare aiokafka consumer reading every message (messages/s) and (b) a real
@@ -101,6 +110,113 @@ async def raw_consume(bootstrap: str, topic: str, total: int) -> float:
         await consumer.stop()
 
 
+async def ceiling_consume(bootstrap: str, topic: str, total: int) -> float:
+    """(d): aiokafka + orjson + dict windows: the job without its rules."""
+    import orjson
+
+    consumer = AIOKafkaConsumer(
+        bootstrap_servers=bootstrap,
+        enable_auto_commit=False,
+        fetch_max_bytes=16 * 1024 * 1024,
+        max_partition_fetch_bytes=8 * 1024 * 1024,
+    )
+    await consumer.start()
+    windows: dict[tuple[str, str, int], list[float]] = {}
+    try:
+        partitions = [TopicPartition(topic, p) for p in consumer.partitions_for_topic(topic)]
+        consumer.assign(partitions)
+        await consumer.seek_to_beginning(*partitions)
+        seen = 0
+        started = time.perf_counter()
+        while seen < total:
+            batches = await consumer.getmany(timeout_ms=1000, max_records=50_000)
+            for records in batches.values():
+                seen += len(records)
+                for record in records:
+                    message = orjson.loads(record.value)
+                    ts = message["ts"]
+                    start = (ts if isinstance(ts, int) else 0) // 60_000
+                    device = message["device_id"]
+                    for sensor, value in message["readings"].items():
+                        state = windows.get((device, sensor, start))
+                        if state is None:
+                            windows[(device, sensor, start)] = [
+                                1,
+                                value,
+                                value * value,
+                                value,
+                                value,
+                            ]
+                        else:
+                            state[0] += 1
+                            state[1] += value
+                            state[2] += value * value
+                            if value < state[3]:
+                                state[3] = value
+                            if value > state[4]:
+                                state[4] = value
+        return time.perf_counter() - started
+    finally:
+        await consumer.stop()
+
+
+#: (e): Quix Streams, the way its documentation aggregates: a tumbling window's reduce().
+QUIX = """
+import json, sys, time
+from datetime import datetime
+from quixstreams import Application
+
+bootstrap, topic, total, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+# The embedded broker (Tansu) does not report a topic's retention.ms, which Quix Streams reads
+# to derive its window store's changelog settings (unused here: no changelog topics).
+from quixstreams.models.topics.manager import TopicManager
+_derive = TopicManager.derive_topic_config.__func__
+def _derived(cls, topics):
+    for t in topics:
+        t.broker_config.extra_config.setdefault("retention.ms", "-1")
+    return _derive(cls, topics)
+TopicManager.derive_topic_config = classmethod(_derived)
+app = Application(
+    broker_address=bootstrap, consumer_group=f"bench-quix-{time.time_ns()}",
+    auto_offset_reset="earliest", state_dir=out + ".state", use_changelog_topics=False,
+)
+def event_time(value, headers, timestamp, timestamp_type):
+    ts = value["ts"]
+    return ts if isinstance(ts, int) else int(datetime.fromisoformat(ts).timestamp() * 1000)
+source = app.topic(topic, value_deserializer="json", timestamp_extractor=event_time)
+sdf = app.dataframe(source)
+seen = {"n": 0, "first": None}
+def count(value):
+    seen["first"] = seen["first"] or time.time()
+    seen["n"] += 1
+    if seen["n"] >= total:
+        open(out, "w").write(json.dumps({"seconds": time.time() - seen["first"]}))
+        app.stop()
+    return value
+sdf = sdf.apply(count)
+def reduce(state, message):  # per device (the message key) and window: each sensor's stats
+    for sensor, value in message["readings"].items():
+        s = state.get(sensor)
+        if s is None:
+            state[sensor] = [1, value, value * value, value, value]
+        else:
+            s[0] += 1; s[1] += value; s[2] += value * value
+            s[3] = min(s[3], value); s[4] = max(s[4], value)
+    return state
+window = sdf.tumbling_window(60_000)
+sdf = window.reduce(reducer=reduce, initializer=lambda m: reduce({}, m)).final()
+app.run()
+"""
+
+
+def quix(bootstrap: str, topic: str, total: int) -> float | None:
+    try:
+        import quixstreams  # noqa: F401
+    except ImportError:
+        return None
+    return _timed_process(QUIX, bootstrap, topic, total, "Quix Streams")
+
+
 #: (c): Faust's public API, at its fastest: an agent taking batches and only counting them.
 PUBLIC_API = """
 import json, sys, time
@@ -130,10 +246,14 @@ faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
 
 
 def public_api(bootstrap: str, topic: str, total: int) -> float:
-    out = Path(tempfile.mkdtemp(prefix="fw-bench-faust-")) / "result.json"
+    return _timed_process(PUBLIC_API, bootstrap, topic, total, "the Faust agent")
+
+
+def _timed_process(script: str, bootstrap: str, topic: str, total: int, name: str) -> float:
+    out = Path(tempfile.mkdtemp(prefix="fw-bench-peer-")) / "result.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWATCH_")}
     process = subprocess.Popen(
-        [sys.executable, "-c", PUBLIC_API, bootstrap, topic, str(total), str(out)],
+        [sys.executable, "-c", script, bootstrap, topic, str(total), str(out)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -141,7 +261,7 @@ def public_api(bootstrap: str, topic: str, total: int) -> float:
     try:
         while not out.exists():
             if process.poll() is not None and not out.exists():
-                raise RuntimeError(f"the Faust agent exited with {process.returncode}")
+                raise RuntimeError(f"{name} exited with {process.returncode}")
             time.sleep(0.2)
         time.sleep(0.1)
         return float(json.loads(out.read_text())["seconds"])
@@ -158,7 +278,7 @@ def peak_rss_mib(pid: int) -> float:
 
 
 def start_worker(
-    bootstrap: str, topic: str, group: str, idle_timeout: str
+    bootstrap: str, topic: str, group: str, idle_timeout: str, source: Path | None = None
 ) -> tuple[subprocess.Popen[bytes], Path]:
     """A `fleetwatch aggregate` process on a fresh data directory."""
     data = Path(tempfile.mkdtemp(prefix="fw-bench-"))
@@ -173,6 +293,8 @@ def start_worker(
         "FLEETWATCH_AGGREGATE_LOG_INTERVAL": "1s",
         "FLEETWATCH_LOG_LEVEL": "WARNING",
     }
+    if source is not None:  # another fleetwatch (--against)
+        env["PYTHONPATH"] = str(source)
     process = subprocess.Popen(
         [sys.executable, "-m", "fleetwatch", "aggregate"],
         env=env,
@@ -182,8 +304,10 @@ def start_worker(
     return process, data
 
 
-def run_worker(bootstrap: str, topic: str, ends: dict[int, int], group: str) -> dict[str, float]:
-    process, data = start_worker(bootstrap, topic, group, "0.5s")
+def run_worker(
+    bootstrap: str, topic: str, ends: dict[int, int], group: str, source: Path | None = None
+) -> dict[str, float]:
+    process, data = start_worker(bootstrap, topic, group, "0.5s", source)
     store = CheckpointStore(DataLayout.open(data).store, topic)
     try:
         while True:
@@ -200,9 +324,9 @@ def run_worker(bootstrap: str, topic: str, ends: dict[int, int], group: str) -> 
         rss = peak_rss_mib(process.pid)
         process.terminate()
         process.wait(60)
-        status = json.loads(next(store.root.glob("status-*.json")).read_text())
+        status = store.statuses()[0]
         return {
-            "seconds": done - float(status["first_record_at"]),
+            "seconds": done - float(status["first_record_at"]),  # type: ignore[arg-type]
             "rss_mib": rss,
             "readings": float(status["readings"]),
             "messages": float(status["messages"]),
@@ -217,11 +341,11 @@ def open_window_rss(bootstrap: str, devices: int, sensors: int) -> float:
     topic = f"bench-memory-{devices}"
     ends = preload(bootstrap, topic, devices, sensors, devices * 10)
     process, data = start_worker(bootstrap, topic, "bench-memory", "1h")
-    root = data / "state" / "aggregate" / topic
+    store = CheckpointStore(DataLayout.open(data).store, topic)
     total = sum(ends.values())
     try:
         while True:
-            statuses = [json.loads(p.read_text()) for p in root.glob("status-*.json")]
+            statuses = store.statuses()
             if statuses and statuses[0]["messages"] >= total:
                 open_windows = statuses[0]["open_windows"]
                 break
@@ -232,6 +356,48 @@ def open_window_rss(bootstrap: str, devices: int, sensors: int) -> float:
     finally:
         process.kill()
         process.wait()
+
+
+def per_message_costs(devices: int, sensors: int, count: int = 100_000) -> dict[str, float]:
+    """In process, no Kafka: ``parse_message`` and the whole processor, per message (medians
+    of 3; the processor's closed windows are built as frames and handed to a sink that drops
+    them)."""
+    from fleetwatch.aggregate.processor import PartitionProcessor
+    from fleetwatch.aggregate.windows import WindowSpec
+    from fleetwatch.telemetry import parse_message
+
+    stream = FleetStream(
+        FleetSpec(devices=devices, sensors=sensors, start=START, seed=1, anomaly_rate=0.0)
+    )
+    records: list[tuple[int, bytes, bytes, int]] = []
+    for _, batch in stream.ticks(count):
+        records += [(len(records) + i, k, v, -1) for i, (k, v) in enumerate(batch)]
+
+    class Dropped:
+        def write(self, *args: object, **kwargs: object) -> None:
+            pass
+
+    decode, whole = [], []
+    for _ in range(3):
+        started = time.perf_counter()
+        for record in records:
+            parse_message(record[2], record[1])
+        decode.append((time.perf_counter() - started) / len(records))
+        processor = PartitionProcessor(
+            0,
+            WindowSpec(60_000, 30_000),
+            Dropped(),
+            Dropped(),
+            lambda *a: None,  # type: ignore[arg-type]
+        )
+        started = time.perf_counter()
+        for begin in range(0, len(records), 2_000):
+            processor.process(records[begin : begin + 2_000])
+        whole.append((time.perf_counter() - started) / len(records))
+    return {
+        "decode_us_per_message": statistics.median(decode) * 1e6,
+        "processor_us_per_message": statistics.median(whole) * 1e6,
+    }
 
 
 def main() -> int:
@@ -252,7 +418,17 @@ def main() -> int:
     parser.add_argument(
         "--public-api", action="store_true", help="also measure Faust's stream.take() ceiling"
     )
+    parser.add_argument(
+        "--peers",
+        action="store_true",
+        help="also the aiokafka+orjson+dict ceiling, Quix Streams and the Faust agent",
+    )
+    parser.add_argument(
+        "--against", type=Path, metavar="SRC", help="also another fleetwatch's src (A/B)"
+    )
     args = parser.parse_args()
+    args.public_api = args.public_api or args.peers
+    in_process = per_message_costs(args.devices, args.sensors)
 
     with EmbeddedBroker(port=0) as broker:
         bootstrap = broker.bootstrap_servers
@@ -263,9 +439,29 @@ def main() -> int:
         print(
             f"preloaded {total:,} messages in {time.perf_counter() - started:.1f}s", file=sys.stderr
         )
-        raw, worker, public = [], [], []
+        raw, worker, public, ceiling, quixed, other = [], [], [], [], [], []
         for round_index in range(args.rounds):
             raw.append(asyncio.run(raw_consume(bootstrap, topic, total)))
+            if args.peers:
+                ceiling.append(asyncio.run(ceiling_consume(bootstrap, topic, total)))
+                seconds = quix(bootstrap, topic, total)
+                if seconds is not None:
+                    quixed.append(seconds)
+                print(
+                    f"round {round_index + 1}: ceiling {total / ceiling[-1]:,.0f} msg/s"
+                    + (f", Quix Streams {total / seconds:,.0f} msg/s" if seconds else ""),
+                    file=sys.stderr,
+                )
+            if args.against is not None:
+                before = run_worker(
+                    bootstrap, topic, ends, f"bench-against-{round_index}", args.against
+                )
+                other.append(before)
+                print(
+                    f"round {round_index + 1}: {args.against}: "
+                    f"{total / before['seconds']:,.0f} msg/s",
+                    file=sys.stderr,
+                )
             if args.public_api:
                 public.append(public_api(bootstrap, topic, total))
                 print(
@@ -299,6 +495,12 @@ def main() -> int:
         "aggregate_peak_rss_mib": statistics.median(r["rss_mib"] for r in worker),
         "open_windows_peak_rss_mib": memory_rss,
         "faust_take_messages_per_s": total / statistics.median(public) if public else None,
+        "ceiling_messages_per_s": total / statistics.median(ceiling) if ceiling else None,
+        "quix_messages_per_s": total / statistics.median(quixed) if quixed else None,
+        "against_messages_per_s": (
+            total / statistics.median(r["seconds"] for r in other) if other else None
+        ),
+        **in_process,
     }
     if args.format == "json":
         print(json.dumps(result))
@@ -319,6 +521,31 @@ def main() -> int:
                 f"{result['faust_take_messages_per_s'] * args.sensors:,.0f} readings/s (counting "
                 "only: the public API's ceiling)"
             )
+        if ceiling:
+            print(
+                f"ceiling      : {result['ceiling_messages_per_s']:>10,.0f} messages/s "
+                "(aiokafka + orjson + dict windows, no rules); fleetwatch "
+                f"{result['aggregate_messages_per_s'] / result['ceiling_messages_per_s']:.2f} of it"
+            )
+        if quixed:
+            print(
+                f"Quix Streams : {result['quix_messages_per_s']:>10,.0f} messages/s "
+                "(tumbling_window().reduce()); fleetwatch "
+                f"{result['aggregate_messages_per_s'] / result['quix_messages_per_s']:.2f}x"
+            )
+        elif args.peers:
+            print("Quix Streams : not installed (pip install quixstreams)")
+        if other:
+            print(
+                f"against      : {result['against_messages_per_s']:>10,.0f} messages/s "
+                f"({args.against}); fleetwatch "
+                f"{result['aggregate_messages_per_s'] / result['against_messages_per_s']:.2f}x"
+            )
+        print(
+            f"in process   : decode {result['decode_us_per_message']:.1f} us/message, the "
+            f"processor (decode, rules, windows) {result['processor_us_per_message']:.1f} "
+            "us/message"
+        )
         if memory_rss is not None:
             print(
                 f"open windows : {args.memory_devices:,} devices x {args.sensors} sensors, "

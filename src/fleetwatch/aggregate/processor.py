@@ -38,18 +38,9 @@ import numpy as np
 import pandas as pd
 
 from fleetwatch.aggregate.windows import (
-    AGGREGATE_COLUMNS,
-    COUNT,
-    FIRST_OFFSET,
-    LAST_OFFSET,
-    MAX,
-    MEAN,
-    MIN,
+    OpenWindow,
     WindowSpec,
     aggregate_batch,
-    merge_into,
-    new_state,
-    result_std,
 )
 from fleetwatch.errors import FleetwatchError
 from fleetwatch.faults import point
@@ -72,6 +63,9 @@ RawRecord = tuple[Any, ...]
 DeadLetterFn = Callable[[int, bytes | None, bytes | None, InvalidReason, str], None]
 _NO_BOUNDARY = np.iinfo(np.int64).min
 _PAIR_SHIFT = 32
+_WINDOW_MASK = (1 << _PAIR_SHIFT) - 1
+#: (device, its message's sensors) -> their pair ids: emptied when it holds this many.
+SHAPES_LIMIT = 1_000_000
 
 
 @dataclass
@@ -143,12 +137,16 @@ class PartitionProcessor:
         # dead letters were sent and their closed-window readings written already.
         self.replay_until: int | None = checkpoint.next_offset
         self.future_rejected: set[int] = set(checkpoint.future_rejected)
-        self.open: dict[int, dict[tuple[str, str], list[float]]] = {}
+        self.open: dict[int, OpenWindow] = {}  # by window start
         self.open_count = 0
         self.pending_late: list[tuple[str, str, int, float, int, int, int]] = []
         self.counters = PartitionCounters()
+        # Every (device, sensor) pair gets an id; a message's pairs are looked up once per
+        # shape (its device and its sensors, in order), not once per reading.
         self._pair_ids: dict[tuple[str, str], int] = {}
-        self._pairs: list[tuple[str, str]] = []
+        self._pair_devices: list[str] = []
+        self._pair_sensors: list[str] = []
+        self._shapes: dict[tuple[str, tuple[str, ...]], np.ndarray] = {}
         #: This worker's token for the partition, and the checkpoint's version as it last
         #: wrote it: a write over any other version is refused (see :meth:`commit`).
         self.owner = checkpoint.owner
@@ -278,75 +276,82 @@ class PartitionProcessor:
         begin: int,
         end: int,
     ) -> None:
-        codes: list[int] = []
+        """Aggregate messages ``begin:end`` into their open windows, a batch at a time: their
+        readings grouped by (pair, window) with numpy, each window's groups merged with
+        vector operations (:class:`OpenWindow`). Late messages go to the late sink."""
+        ids: list[np.ndarray] = []
         values: list[float] = []
-        reading_offsets: list[int] = []
-        pair_ids = self._pair_ids
+        windows: list[int] = []
+        owners: list[int] = []
+        lengths: list[int] = []
+        shapes = self._shapes
         size = self.spec.size_ms
         for i in range(begin, end):
             message = messages[i]
+            readings = message.readings
             if late[i]:
-                if replaying[i]:
-                    self.counters.replayed_skipped += 1
-                    continue
-                start = int(window_start[i])
-                lateness = int(newest[i] - ts[i])
-                for sensor, value in message.readings.items():
-                    self.pending_late.append(
-                        (
-                            message.device_id,
-                            sensor,
-                            message.ts_ms,
-                            value,
-                            start,
-                            lateness,
-                            offsets[i],
-                        )
-                    )
-                self.counters.late_readings += len(message.readings)
+                self._late(message, offsets[i], int(window_start[i]), int(newest[i] - ts[i]),
+                           bool(replaying[i]))  # fmt: skip
                 continue
-            window_index = int(window_start[i]) // size
-            device = message.device_id
-            for sensor, value in message.readings.items():
-                pair = (device, sensor)
-                pair_id = pair_ids.get(pair)
-                if pair_id is None:
-                    pair_id = pair_ids[pair] = len(self._pairs)
-                    self._pairs.append(pair)
-                codes.append((pair_id << _PAIR_SHIFT) | window_index)
-                values.append(value)
-                reading_offsets.append(offsets[i])
-        if not codes:
+            shape = (message.device_id, tuple(readings))
+            pair_ids = shapes.get(shape)
+            if pair_ids is None:
+                pair_ids = self._shape_ids(shape)
+            ids.append(pair_ids)
+            values.extend(readings.values())
+            windows.append(int(window_start[i]) // size)
+            owners.append(offsets[i])
+            lengths.append(len(pair_ids))
+        if not ids:
             return
+        repeat = np.array(lengths, dtype=np.int64)
+        codes = (np.concatenate(ids) << _PAIR_SHIFT) | np.repeat(
+            np.array(windows, dtype=np.int64), repeat
+        )
         self.counters.readings += len(codes)
         stats = aggregate_batch(
-            np.array(codes, dtype=np.int64),
+            codes,
             np.array(values, dtype=np.float64),
-            np.array(reading_offsets, dtype=np.int64),
+            np.repeat(np.array(owners, dtype=np.int64), repeat),
         )
-        mask = (1 << _PAIR_SHIFT) - 1
-        for code, count, mean, m2, low, high, first, last in zip(
-            stats.codes.tolist(),
-            stats.count.tolist(),
-            stats.mean.tolist(),
-            stats.m2.tolist(),
-            stats.minimum.tolist(),
-            stats.maximum.tolist(),
-            stats.first_offset.tolist(),
-            stats.last_offset.tolist(),
-            strict=True,
-        ):
-            pair = self._pairs[code >> _PAIR_SHIFT]
-            start = (code & mask) * size
+        group_windows = stats.codes & _WINDOW_MASK
+        group_pairs = stats.codes >> _PAIR_SHIFT
+        for window_index in np.unique(group_windows).tolist():
+            chosen = np.flatnonzero(group_windows == window_index)
+            start = window_index * size
             window = self.open.get(start)
             if window is None:
-                window = self.open[start] = {}
-            state = window.get(pair)
-            if state is None:
-                window[pair] = new_state(count, mean, m2, low, high, first, last)
-                self.open_count += 1
-            else:
-                merge_into(state, count, mean, m2, low, high, first, last)
+                window = self.open[start] = OpenWindow()
+            self.open_count += window.merge(group_pairs[chosen], stats, chosen)
+
+    def _shape_ids(self, shape: tuple[str, tuple[str, ...]]) -> np.ndarray:
+        """The pair ids of a message shape (new pairs numbered), remembered."""
+        device, sensors = shape
+        found = []
+        for sensor in sensors:
+            pair = (device, sensor)
+            pair_id = self._pair_ids.get(pair)
+            if pair_id is None:
+                pair_id = self._pair_ids[pair] = len(self._pair_devices)
+                self._pair_devices.append(device)
+                self._pair_sensors.append(sensor)
+            found.append(pair_id)
+        if len(self._shapes) >= SHAPES_LIMIT:
+            self._shapes.clear()
+        ids = self._shapes[shape] = np.array(found, dtype=np.int64)
+        return ids
+
+    def _late(
+        self, message: Telemetry, offset: int, start: int, lateness: int, replaying: bool
+    ) -> None:
+        if replaying:
+            self.counters.replayed_skipped += 1
+            return
+        for sensor, value in message.readings.items():
+            self.pending_late.append(
+                (message.device_id, sensor, message.ts_ms, value, start, lateness, offset)
+            )
+        self.counters.late_readings += len(message.readings)
 
     # ------------------------------------------------------------------ closing
 
@@ -356,28 +361,31 @@ class PartitionProcessor:
         starts = sorted(s for s in self.open if s + size <= boundary)
         if not starts:
             return False
-        rows = []
+        devices = np.array(self._pair_devices, dtype=object)
+        sensors = np.array(self._pair_sensors, dtype=object)
+        parts = []
         for start in starts:
             window = self.open.pop(start)
             self.open_count -= len(window)
-            for (device, sensor), state in window.items():
-                rows.append(
-                    (
-                        device,
-                        sensor,
-                        start,
-                        start + size,
-                        int(state[COUNT]),
-                        state[MEAN],
-                        result_std(state),
-                        state[MIN],
-                        state[MAX],
-                        int(state[FIRST_OFFSET]),
-                        int(state[LAST_OFFSET]),
-                    )
+            parts.append(
+                pd.DataFrame(
+                    {
+                        "device_id": devices[window.pairs],
+                        "sensor": sensors[window.pairs],
+                        "window_start": np.full(len(window), start, dtype=np.int64),
+                        "window_end": np.full(len(window), start + size, dtype=np.int64),
+                        "count": window.count,
+                        "mean": window.mean,
+                        "std": window.std(),
+                        "min": window.minimum,
+                        "max": window.maximum,
+                        "first_offset": window.first,
+                        "last_offset": window.last,
+                    }
                 )
+            )
         frame = _with_utc_ms(
-            pd.DataFrame(rows, columns=[*AGGREGATE_COLUMNS, "first_offset", "last_offset"]),
+            pd.concat(parts, ignore_index=True) if len(parts) > 1 else parts[0],
             ("window_start", "window_end"),
         )
         frame = frame.sort_values(["window_start", "device_id", "sensor"], kind="stable")
@@ -480,11 +488,7 @@ class PartitionProcessor:
     def checkpoint_view(self) -> Checkpoint:
         """The checkpoint of the current state (true on disk once late readings are written)."""
         oldest = min(
-            (
-                int(state[FIRST_OFFSET])
-                for window in self.open.values()
-                for state in window.values()
-            ),
+            (int(window.first.min()) for window in self.open.values() if len(window)),
             default=self.next_offset,
         )
         kept = (

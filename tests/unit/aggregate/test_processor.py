@@ -352,3 +352,52 @@ def test_a_replay_decides_the_wall_clock_rule_as_it_was_decided(tmp_path: Path) 
     clean, crashed = run(tmp_path / "clean", False), run(tmp_path / "crashed", True)
     assert "dev-9" not in set(clean["device_id"])
     pd.testing.assert_frame_equal(clean.reset_index(drop=True), crashed.reset_index(drop=True))
+
+
+def test_an_open_window_merges_batches_as_the_per_pair_rule_does() -> None:
+    """Issue 27: a window's states are arrays merged a batch at a time; every pair's result
+    equals the per-pair rule (``merge_into``) applied in the same order, to the last bit, with
+    pairs arriving in any order, new ones mid-stream, several batches each."""
+    from fleetwatch.aggregate.windows import (
+        COUNT,
+        FIRST_OFFSET,
+        LAST_OFFSET,
+        M2,
+        MAX,
+        MEAN,
+        MIN,
+        OpenWindow,
+        aggregate_batch,
+        merge_into,
+        new_state,
+    )
+
+    rng = np.random.default_rng(11)
+    window = OpenWindow()
+    reference: dict[int, list[float]] = {}
+    offset = 0
+    for _ in range(40):
+        size = int(rng.integers(1, 300))
+        pairs = rng.integers(0, 500, size)
+        values = rng.normal(0, 1e3, size) * rng.choice([1e-6, 1.0, 1e6], size)
+        offsets = np.arange(offset, offset + size)
+        offset += size
+        stats = aggregate_batch(pairs.astype(np.int64), values, offsets)
+        window.merge(stats.codes, stats, slice(None))
+        for i, pair in enumerate(stats.codes.tolist()):
+            row = (
+                int(stats.count[i]), float(stats.mean[i]), float(stats.m2[i]),
+                float(stats.minimum[i]), float(stats.maximum[i]),
+                int(stats.first_offset[i]), int(stats.last_offset[i]),
+            )  # fmt: skip
+            if pair in reference:
+                merge_into(reference[pair], *row)
+            else:
+                reference[pair] = new_state(*row)
+    assert window.pairs.tolist() == sorted(reference)
+    for i, pair in enumerate(window.pairs.tolist()):
+        state = reference[pair]
+        assert window.count[i] == state[COUNT]
+        assert window.mean[i] == state[MEAN] and window.m2[i] == state[M2]
+        assert window.minimum[i] == state[MIN] and window.maximum[i] == state[MAX]
+        assert window.first[i] == state[FIRST_OFFSET] and window.last[i] == state[LAST_OFFSET]

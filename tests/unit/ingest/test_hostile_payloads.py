@@ -155,3 +155,96 @@ def test_a_message_of_too_many_sensors_is_dead_lettered_for_it() -> None:
         parse_message(doc(readings={f"s{i}": 1.0 for i in range(MAX_SENSORS + 1)}), b"pump-1")
     assert caught.value.reason == "too_many_sensors"
     assert len(parse_message(doc(readings={f"s{i}": 1.0 for i in range(MAX_SENSORS)})).readings)
+
+
+def _decided(parse, payload: bytes | None, key: bytes | None = None):  # type: ignore[no-untyped-def]
+    try:
+        message = parse(payload, key)
+    except InvalidMessage as exc:
+        return ("invalid", exc.reason, exc.detail)
+    return ("valid", message.device_id, message.ts_ms, message.readings)
+
+
+def _exact(payload: bytes | None, key: bytes | None = None):  # type: ignore[no-untyped-def]
+    """The rules one at a time, as before the fast path existed (size and tombstone first)."""
+    from fleetwatch import telemetry
+
+    if payload is None:
+        raise InvalidMessage("not_json", "empty message (tombstone)")
+    if len(payload) > telemetry.MAX_MESSAGE_BYTES:
+        raise InvalidMessage("oversized", "")
+    try:
+        return telemetry._parse_exact(payload, key)  # noqa: SLF001 - the reference
+    except InvalidMessage:
+        raise
+    except Exception as exc:
+        raise InvalidMessage("unparseable", f"{type(exc).__name__} while parsing") from None
+
+
+@pytest.mark.parametrize("payload", HOSTILE)
+def test_the_fast_path_decides_every_hostile_payload_as_the_exact_rules_do(
+    payload: bytes | None,
+) -> None:
+    """Issue 27: the decoder's fast path (orjson, remembered names) changes no decision: the
+    same reason and detail for every hostile payload, the same readings for valid ones."""
+    decided = _decided(parse_message, payload)
+    expected = _decided(_exact, payload)
+    if decided[0] == "invalid" and expected[0] == "invalid" and expected[1] == "oversized":
+        assert decided[1] == "oversized"
+    else:
+        assert decided == expected
+
+
+def test_the_fast_path_decides_generated_messages_as_the_exact_rules_do() -> None:
+    """Generated documents: the contract's fields with values of every JSON type, names valid
+    and not, integers within and beyond 64 bits, floats at the edges, NaN and Infinity
+    literals, keys that match and keys that do not."""
+    from hypothesis import given, settings
+    from hypothesis import strategies as st
+
+    names = st.one_of(
+        st.sampled_from(["pump-1", "t", "temp.a", "x" * 64, "x" * 65, "..", "a b", "é", ""]),
+        st.text(max_size=6),
+    )
+    numbers = st.one_of(
+        st.floats(allow_nan=False, allow_infinity=False),
+        st.integers(min_value=-(2**70), max_value=2**70),
+        st.sampled_from([T0, T0 + 0.5, 2**63, -(2**63) - 1, 1e308, -1e308, 5e-324]),
+    )
+    scalars = st.one_of(numbers, st.booleans(), st.none(), names)
+    readings = st.one_of(
+        st.dictionaries(names, st.one_of(numbers, scalars), max_size=4), scalars, st.lists(numbers)
+    )
+    stamps = st.one_of(
+        numbers,
+        st.sampled_from(
+            ["2026-11-22T10:15:03.250Z", "2026-11-22T10:15:03", "2026-11-22T10:15:03+05:30",
+             "1999-12-31T23:59:59Z", "2100-01-01T00:00:00Z", "not a time", "2026-13-01T00:00Z"]
+        ),
+        scalars,
+    )  # fmt: skip
+    anything = st.fixed_dictionaries(
+        {}, optional={"device_id": names, "ts": stamps, "readings": readings, "extra": scalars}
+    )
+    valid_names = st.from_regex(r"[A-Za-z0-9_.-]{1,8}", fullmatch=True)
+    plausible = st.fixed_dictionaries(  # mostly valid: the fast path's own cases
+        {
+            "device_id": valid_names,
+            "ts": st.one_of(
+                st.integers(min_value=T0 - 10**9, max_value=T0 + 10**9),
+                st.sampled_from(["2026-11-22T10:15:03.250Z", "2026-11-22T10:15:03+01:00"]),
+            ),
+            "readings": st.dictionaries(valid_names, numbers, min_size=1, max_size=5),
+        }
+    )
+
+    @settings(max_examples=2000, deadline=None, derandomize=True)
+    @given(st.one_of(anything, plausible), st.sampled_from([None, b"pump-1", b"other"]))
+    def check(document: dict[str, object], key: bytes | None) -> None:
+        payload = json.dumps(document, allow_nan=False).encode()
+        assert _decided(parse_message, payload, key) == _decided(_exact, payload, key)
+        if key is None and document.get("readings"):  # a NaN literal, where json reads it
+            nan = payload.replace(b"}}", b', "zz": NaN}}', 1)
+            assert _decided(parse_message, nan) == _decided(_exact, nan)
+
+    check()
