@@ -16,6 +16,13 @@ between its sink taking it and its mark: at most one repeat per crash (each aler
 - ``jsonl``: one JSON object per line, appended and flushed to disk.
 
 Ids: ``incident:<device>@<first window>`` and ``silent:<device>@<end of its last data>``.
+
+With live scoring (``schedule --live``) an incident is found, and alerted, from provisional
+scores; the final run of its hour agreeing sends nothing more. When that final run no longer
+finds it (late data changed its windows, or it now starts earlier: its id changed), the alert
+gets one follow-up, ``retracted:<device>@<first window>`` (``kind: retracted``, ``refers_to``
+the alert it retracts), once every hour it covered is final; an alert not yet delivered
+anywhere is dropped instead.
 Incidents that ended more than ``max_age`` before the newest scored window are recorded
 without being sent (a first start on a year of history does not page anyone).
 """
@@ -24,6 +31,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -137,6 +145,7 @@ class Alerter:
             now = datetime.now(UTC)
             if has_table(connection, "incidents"):
                 self._record_incidents(connection, now)
+                self._record_retractions(connection, now)
             if self.options.silent and has_table(connection, "device_runs"):
                 self._record_silent(connection, now)
             rows = connection.execute(
@@ -177,6 +186,55 @@ class Alerter:
                 "created_at": now.isoformat(),
             }
             self._insert(connection, payload, now, skipped=end < oldest)
+
+    def _record_retractions(self, connection: Any, now: datetime) -> None:
+        """Alerted incidents that no longer exist once the hours they covered are final."""
+        rows = connection.execute(
+            """
+            SELECT a.alert_id, a.device_id, a.payload,
+                   a.webhook_at IS NOT NULL OR a.jsonl_at IS NOT NULL AS delivered
+            FROM alerts a
+            WHERE a.kind = 'anomaly' AND NOT a.skipped
+              AND NOT EXISTS (SELECT 1 FROM incidents i
+                              WHERE 'incident:' || i.incident_id = a.alert_id)
+              AND NOT EXISTS (SELECT 1 FROM alerts b
+                              WHERE b.alert_id = 'retracted:' || substr(a.alert_id, 10))
+            """
+        ).fetchall()
+        for alert_id, device_id, payload, delivered in rows:
+            original = json.loads(payload)
+            start = datetime.fromisoformat(original["window_start"])
+            end = datetime.fromisoformat(original["window_end"])
+            if not self._final(connection, start, end):
+                continue  # provisional scores may still change: decide when they are final
+            if not delivered:
+                connection.execute(
+                    "UPDATE alerts SET skipped = true WHERE alert_id = ?", [alert_id]
+                )
+                continue
+            retraction = {
+                "alert_id": "retracted:" + alert_id.removeprefix("incident:"),
+                "kind": "retracted",
+                "device_id": device_id,
+                "refers_to": alert_id,
+                "window_start": original["window_start"],
+                "window_end": original["window_end"],
+                "reason": "the final scoring of its hours does not find this incident",
+                "created_at": now.isoformat(),
+            }
+            self._insert(connection, retraction, now, skipped=False)
+
+    @staticmethod
+    def _final(connection: Any, start: datetime, end: datetime) -> bool:
+        """Every hour from ``start``'s to ``end``'s has a succeeded whole-hour run."""
+        first = start.replace(minute=0, second=0, microsecond=0)
+        hours = math.ceil((end - first).total_seconds() / 3600)
+        row = connection.execute(
+            "SELECT count(DISTINCT window_start) FROM runs WHERE scope = 'hour' "
+            "AND status = 'succeeded' AND window_start >= ? AND window_start < ?",
+            [first, end],
+        ).fetchone()
+        return bool(row) and int(row[0]) >= max(hours, 1)
 
     def _record_silent(self, connection: Any, now: datetime) -> None:
         """A device whose latest outcome is ``silent``, since the end of its last hour with

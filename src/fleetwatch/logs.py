@@ -78,6 +78,10 @@ def configure(level: str, secrets: Iterable[str] = ()) -> None:
     # they found the credentials at INFO; their failures reach us as exceptions.
     for noisy in ("botocore", "aiobotocore", "s3fs", "fsspec", "urllib3"):
         logging.getLogger(noisy).setLevel(logging.WARNING)
+    # APScheduler narrates every job start and end (every 2 s with `schedule --live`); the
+    # jobs log what they did themselves.
+    if level != "DEBUG":
+        logging.getLogger("apscheduler.executors").setLevel(logging.WARNING)
     register_secrets(
         os.environ[name] for name in _STORE_CREDENTIALS if len(os.environ.get(name, "")) >= 4
     )

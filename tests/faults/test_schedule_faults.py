@@ -218,3 +218,88 @@ def test_score_killed_with_its_hour_computed_records_nothing_and_a_rerun_is_the_
     got = stored(database)
     want = answer[answer["window_start"].between(hour, hour + timedelta(minutes=59))]
     pd.testing.assert_frame_equal(got, want.reset_index(drop=True))
+
+
+def test_live_scheduler_killed_mid_tick_never_duplicates_or_loses_a_window(
+    backend: Backend, tmp_path: Path
+) -> None:
+    """Issue 28: `schedule --live` killed with windows scored and nothing recorded (the live
+    runs and the hourly ones alike), after a sink took an alert, and at a random moment: every
+    window of the open hour is scored once, with the clean scores; every incident alerted, at
+    most one repeat per kill; then the hour closes and its final run replaces the live scores,
+    and sends nothing again."""
+    settings, answer = prepared(backend, tmp_path)
+    open_hour = T0 + timedelta(hours=HOURS - 1)
+    set_watermark(settings, open_hour + timedelta(minutes=30))  # the last hour is open
+    rng = rng_for("live-kill", backend.name)
+    log = tmp_path / "schedule.log"
+    jsonl = tmp_path / "alerts.jsonl"
+    flags = ("--live", "--live-every", "1s", "--jsonl", str(jsonl), "--no-silent",
+             "--max-age", "3650d")  # fmt: skip
+    crashes = 0
+    points = [f"score.computed:{n}" for n in sorted(rng.sample(range(1, 5), 2))]
+    points += [f"alerts.delivered:{rng.randrange(1, 6)}", "moment"]
+    for point in points:
+        process = schedule(backend, log, "" if point == "moment" else point, *flags)
+        if point == "moment":
+            time.sleep(rng.uniform(1.0, 4.0))
+            process.kill()
+        crashes += finished(process) == -signal.SIGKILL
+    assert crashes >= 3, log.read_text()[-3000:]
+    database = backend.local_dir / "fleetwatch.duckdb"
+    expected = expected_incidents(answer, timedelta(minutes=5))
+
+    def sent() -> list[dict[str, Any]]:
+        if not jsonl.exists():
+            return []
+        return [json.loads(line) for line in jsonl.read_text().splitlines() if line.strip()]
+
+    def live_scored() -> bool:
+        try:
+            with duckdb.connect(str(database), read_only=True) as db:
+                count = db.execute(
+                    "SELECT count(*) FROM scores WHERE window_start >= ?", [open_hour]
+                ).fetchone()
+        except duckdb.Error:
+            return False
+        want = answer[answer["window_start"] >= pd.Timestamp(open_hour)]
+        everything = count is not None and count[0] == len(want)
+        alerted = len({a["alert_id"] for a in sent()}) >= len(expected)
+        return everything and alerted and len(whole_runs(database)) >= HOURS - 1
+
+    process = schedule(backend, log, "", *flags)
+    try:
+        wait_for(live_scored, 120, "the open hour scored live, the closed ones final", log)
+        time.sleep(2)  # more live ticks: nothing new to read, nothing stored twice
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    alerts = sent()
+    ids = Counter(a["alert_id"] for a in alerts)
+    got_alerts = {(a["device_id"], pd.Timestamp(a["window_start"])) for a in alerts}
+    assert got_alerts == {(device, pd.Timestamp(start)) for device, start in expected}
+    assert sum(ids.values()) - len(ids) <= crashes, ids  # at most one repeat per crash
+    got = stored(database)
+    assert not got.duplicated(["device_id", "window_start"]).any()
+    pd.testing.assert_frame_equal(got, answer)  # the clean scores, row for row
+    with duckdb.connect(str(database), read_only=True) as db:
+        scopes = db.execute(
+            "SELECT DISTINCT r.scope FROM scores s JOIN runs r USING (run_id) "
+            "WHERE s.window_start >= ?",
+            [open_hour],
+        ).fetchall()
+    assert scopes == [("live",)]
+    assert whole_runs(database) == Counter({T0 + timedelta(hours=h): 1 for h in range(HOURS - 1)})
+    # the hour closes: its final run replaces the live scores, the same numbers; the incidents
+    # it finds are those alerted live: nothing is sent again
+    set_watermark(settings, open_hour + timedelta(hours=1, minutes=1))
+    process = schedule(backend, log, "", *flags)
+    try:
+        wait_for(lambda: len(whole_runs(database)) >= HOURS, 120, "the last hour final", log)
+        time.sleep(2)  # a few more ticks and alert passes
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(60) == 0
+    assert whole_runs(database) == Counter({T0 + timedelta(hours=h): 1 for h in range(HOURS)})
+    pd.testing.assert_frame_equal(stored(database), answer)
+    assert sent() == alerts

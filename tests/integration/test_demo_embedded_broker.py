@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import time
 from pathlib import Path
 
 import duckdb
+import pandas as pd
 import pytest
 
 from tests.conftest import fleetwatch_cli, wait_for
@@ -78,11 +80,22 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     out = result.stdout
     assert "hours scored        4" in out and "in 4 runs" in out and "precision" in out
     assert "fleetwatch sql --data-dir" in out
+    # the time to alert per fault kind: each kind's line names how many of its faults alerted
+    assert "time to alert" in out
+    labels = pd.read_parquet(data / "labels.parquet")  # injected after the clean hours only
+    for kind, faults in labels.groupby("kind"):
+        assert re.search(rf"  {kind}\s+\d+/{len(faults)} alerted", out), (kind, out)
     with duckdb.connect(str(data / "fleetwatch.duckdb"), read_only=True) as db:
         runs = db.execute(
-            "SELECT hour(window_start), status, devices_scored, devices_failed FROM runs ORDER BY 1"
+            "SELECT hour(window_start), status, devices_scored, devices_failed FROM runs "
+            "WHERE scope <> 'live' ORDER BY 1"
         ).fetchall()
+        live = db.execute(
+            "SELECT count(*), count(*) FILTER (WHERE status <> 'provisional') FROM runs "
+            "WHERE scope = 'live'"
+        ).fetchone()
         anomalies = db.execute("SELECT count(*) FROM anomalies").fetchone()
+    print("live runs", live)
     scored_hours = [r for r in runs if r[1] == "succeeded"]
     assert len(runs) == len(scored_hours) == 4  # 2 training hours + 2 scored hours, each once
     assert all(r[2] == 8 and r[3] == 0 for r in runs)
@@ -93,7 +106,7 @@ def test_demo_end_to_end(tmp_path: Path) -> None:
     query = fleetwatch_cli(
         "sql", "--data-dir", str(data), "SELECT count(*) AS n FROM runs", "--format", "json"
     )
-    assert json.loads(query.stdout) == [{"n": 4}]
+    assert json.loads(query.stdout) == [{"n": 4 + live[0]}]
 
 
 def test_demo_ctrl_c_stops_everything(tmp_path: Path) -> None:

@@ -330,6 +330,17 @@ class ScheduleSettings:
     compact: bool = setting(
         True, "after scoring, merge each closed hour's aggregate files into one"
     )
+    live: bool = setting(
+        False,
+        "also score every window as soon as the aggregation closes it (provisional, replaced "
+        "by the final run of its hour); alerts come minutes, not an hour, after a fault",
+    )
+    live_every: float = setting(
+        10.0,
+        "with --live: look for newly closed windows this often",
+        kind="duration",
+        minimum=0.5,
+    )
 
 
 @dataclass(frozen=True)

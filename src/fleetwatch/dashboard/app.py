@@ -26,6 +26,7 @@ from starlette.routing import Route
 from fleetwatch.config import Settings
 from fleetwatch.dashboard import data
 from fleetwatch.errors import FleetwatchError, InvalidInputError
+from fleetwatch.scheduler.status import live_line
 from fleetwatch.storage.layout import HOUR
 
 HERE = Path(__file__).parent
@@ -43,6 +44,7 @@ SECURITY_HEADERS = {
 #: "No anomaly" is a pale green, unlike the white of a cell that was not scored.
 NO_ANOMALY = "#d9f0d3"
 NOT_SCORED = "#ffffff"
+PROVISIONAL = "#1f78b4"  # the dashed outline of a column not final yet
 COLORSCALE = [
     [0.0, "#6a3d9a"],
     [0.166, "#6a3d9a"],
@@ -91,6 +93,22 @@ def fleet_figure(fleet: data.Fleet) -> dict[str, Any]:
     # that 17:00 spans 17:00-18:00; the start travels as customdata (for hover and clicks)
     half = fleet.bucket / 2
     starts = [[_iso(start) for start in fleet.hours]] * len(fleet.devices)
+    # provisional columns (an hour scored live or early, not final yet): a dashed outline
+    shapes = [
+        {
+            "type": "rect",
+            "xref": "x",
+            "yref": "paper",
+            "x0": start.strftime("%Y-%m-%dT%H:%M:%S"),
+            "x1": (start + fleet.bucket).strftime("%Y-%m-%dT%H:%M:%S"),
+            "y0": 0,
+            "y1": 1,
+            "line": {"color": PROVISIONAL, "width": 2, "dash": "dash"},
+            "name": "provisional",
+        }
+        for start, open_ in zip(fleet.hours, fleet.provisional, strict=False)
+        if open_
+    ]
     return {
         "data": [
             {
@@ -115,6 +133,7 @@ def fleet_figure(fleet: data.Fleet) -> dict[str, Any]:
             "yaxis": {"autorange": "reversed", "type": "category", "automargin": True},
             "xaxis": {"type": "date", "side": "top"},
             "plot_bgcolor": NOT_SCORED,
+            "shapes": shapes,
         },
     }
 
@@ -271,6 +290,7 @@ class Dashboard:
             lstrip_blocks=True,
         )
         self.templates.filters["iso"] = _iso
+        self.templates.filters["live"] = live_line
 
     def render(self, name: str, status_code: int = 200, **context: Any) -> HTMLResponse:
         context.setdefault("data_dir", str(self.settings.data_dir))

@@ -73,6 +73,8 @@ class Fleet:
     totals: dict[str, int] = field(default_factory=dict)
     bucket: timedelta = timedelta(hours=1)  # what a column covers
     matching: int = 0  # devices that match the filter (the rows show at most MAX_ROWS)
+    provisional: list[bool] = field(default_factory=list)  # per column: an hour not yet final
+    live: dict[str, Any] | None = None  # the live scheduler's last tick (``schedule --live``)
 
 
 def _scored_span(connection: Any) -> tuple[datetime, datetime] | None:
@@ -132,7 +134,18 @@ def fleet(
             "SELECT window_start, status, devices_scored, devices_failed, devices_silent, "
             "devices_without_model, started_at FROM runs ORDER BY started_at DESC LIMIT 5"
         ).fetchall()
+        # columns whose scores are provisional: an hour scored (live or early) but not final
+        open_columns = db.execute(
+            "SELECT DISTINCT (epoch_ms(window_start) - ?) // ? FROM runs "
+            "WHERE window_start >= ? AND window_start < ? GROUP BY window_start "
+            "HAVING bool_or(status = 'provisional') AND NOT bool_or(status = 'succeeded')",
+            [base_ms, bucket_ms, since, until],
+        ).fetchall()
     width = math.ceil(hours / step)
+    provisional = [False] * width
+    for (col,) in open_columns:
+        if 0 <= int(col) < width:
+            provisional[int(col)] = True
     columns_start = [since + i * step * HOUR for i in range(width)]
     scored_ids = np.asarray(shares["device_id"], dtype=object)
     anomalous = np.asarray(shares["anomalous"], dtype=np.int64)
@@ -165,6 +178,8 @@ def fleet(
         if row >= 0 and 0 <= col < width and not text[row, col]:  # scored data wins
             cells[row, col] = values[outcome]
             text[row, col] = outcome.replace("_", " ")
+    for col in (c for c in range(width) if provisional[c]):
+        text[:, col] = [f"{t} (provisional)" if t else t for t in text[:, col]]
     worst = [
         {
             "device_id": names[i],
@@ -186,9 +201,13 @@ def fleet(
         for row in runs
     ]
     devices = [names[i] for i in order]
+    from fleetwatch.scheduler.status import scheduler
+
+    running = scheduler(settings)
     return Fleet(
         since, until, columns_start, devices, cells, text, worst, recent,
-        bucket=step * HOUR, matching=len(names),
+        bucket=step * HOUR, matching=len(names), provisional=provisional,
+        live=running if running.get("live") else None,
     )  # fmt: skip
 
 

@@ -323,6 +323,28 @@ def _run_schedule(settings: Settings, install_signals: bool) -> int:
         if alerts is not None:
             alerts.poke()  # delivered in its own thread: a slow webhook never holds scoring
 
+    live_state: dict[str, Any] = {}
+
+    def live() -> None:
+        from fleetwatch.scoring.live import live_tick
+
+        try:
+            done = live_tick(Scoring.of(settings), lambda: scoring_lock(settings))
+        except FleetwatchError as exc:
+            log.error("this live tick did not complete: %s; the next one tries again", exc)
+            return
+        live_state.update(
+            last_live_tick=done.at.isoformat(),
+            live_windows=done.windows,
+            **(
+                {"live_lag_s": round(done.lag_s, 1), "live_lag_max_s": round(done.lag_max_s, 1)}
+                if done.lag_s is not None and done.lag_max_s is not None
+                else {}
+            ),
+        )
+        if alerts is not None and done.runs:
+            alerts.poke()
+
     scheduler = BackgroundScheduler(timezone=UTC)
     trigger = make_trigger(settings)
     started = datetime.now(UTC)
@@ -336,6 +358,15 @@ def _run_schedule(settings: Settings, install_signals: bool) -> int:
         misfire_grace_time=int(options.misfire_grace),
         next_run_time=datetime.now(UTC),
     )
+    if options.live:
+        scheduler.add_job(
+            live,
+            IntervalTrigger(seconds=options.live_every, timezone=UTC),
+            id="live",
+            max_instances=1,
+            coalesce=True,
+            next_run_time=datetime.now(UTC),
+        )
     if options.retrain_every:
         scheduler.add_job(
             Retrainer(settings),
@@ -359,14 +390,15 @@ def _run_schedule(settings: Settings, install_signals: bool) -> int:
     scheduler.start()
     job = scheduler.get_job("score")
     log.info("scheduler started; next tick %s", job.next_run_time if job else None)
-    shown = None
+    shown: tuple[Any, ...] | None = None
     try:
         while not stopped.wait(0.5):
             job = scheduler.get_job("score")
             upcoming = job.next_run_time if job else None
-            if upcoming != shown:  # what `fleetwatch status` shows of this scheduler
-                write_state(settings, started, upcoming)
-                shown = upcoming
+            now_shown = (upcoming, live_state.get("last_live_tick"))
+            if now_shown != shown:  # what `fleetwatch status` shows of this scheduler
+                write_state(settings, started, upcoming, live_state if options.live else None)
+                shown = now_shown
     finally:
         scheduler.shutdown(wait=True)  # waits for a running job: the current hour completes
         if alerts is not None:
@@ -377,12 +409,18 @@ def _run_schedule(settings: Settings, install_signals: bool) -> int:
 
 def describe_trigger(settings: Settings) -> str:
     options = settings.schedule
-    if options.every:
-        return f"every {options.every:g}s"
-    return f"cron {options.cron!r} (UTC)"
+    described = f"every {options.every:g}s" if options.every else f"cron {options.cron!r} (UTC)"
+    if options.live:
+        described += f"; live every {options.live_every:g}s"
+    return described
 
 
-def write_state(settings: Settings, started: datetime, next_run: datetime | None) -> None:
+def write_state(
+    settings: Settings,
+    started: datetime,
+    next_run: datetime | None,
+    live: dict[str, Any] | None = None,
+) -> None:
     """What ``fleetwatch status`` shows of the running scheduler."""
     import json
     import os
@@ -397,6 +435,7 @@ def write_state(settings: Settings, started: datetime, next_run: datetime | None
         "trigger": describe_trigger(settings),
         "last_tick": datetime.now(UTC).isoformat(),
         "next_tick": None if next_run is None else next_run.astimezone(UTC).isoformat(),
+        **({"live": True, **live} if live is not None else {}),
     }
     write_text_atomically(settings.layout.scheduler_state, json.dumps(state))
 

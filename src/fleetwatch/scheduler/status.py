@@ -6,7 +6,7 @@ Read-only: it never creates or changes anything in the data directory.
 from __future__ import annotations
 
 import json
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from fleetwatch.aggregate.progress import closed_through
@@ -24,6 +24,21 @@ def scheduler(settings: Settings) -> dict[str, Any]:
     except (OSError, ValueError):
         state = {}
     return {"running": True, **state}
+
+
+def live_line(scheduler: dict[str, Any]) -> str:
+    """The live ticks as a person reads them: how long ago, how much, how late."""
+    last = scheduler.get("last_live_tick")
+    if not last:
+        return "on, no tick yet"
+    ago = (datetime.now(UTC) - datetime.fromisoformat(last)).total_seconds()
+    line = f"last tick {ago:.0f} s ago, {scheduler.get('live_windows', 0)} windows scored"
+    if scheduler.get("live_lag_s") is not None:
+        line += (
+            f"; window close to score {scheduler['live_lag_s']:g} s "
+            f"(max {scheduler.get('live_lag_max_s', '?')} s)"
+        )
+    return line
 
 
 def last_runs(settings: Settings, limit: int = 10) -> list[dict[str, Any]]:

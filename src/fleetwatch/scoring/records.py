@@ -28,11 +28,17 @@ def write_run(
     shadow_scores: pa.Table | None = None,
     incident_gap: float = 300.0,
     lock_timeout: float = 30.0,
+    live_files: list[str] | None = None,
 ) -> None:
     """Record a run, in one transaction. With ``scores``, replace the hour's scores (and
     ``shadow_scores``): all of them, or with ``devices`` only those devices', and rebuild the
     incidents they touch. With ``hour_devices``, record them as the devices with data in the
-    hour (for ``run["files_signature"]``)."""
+    hour (for ``run["files_signature"]``).
+
+    A live run (``live_files``: the files it read) replaces only the scores of the windows it
+    scored, (device, window) by (device, window), and records its files as read: the next
+    live run of the hour reads only files published since, and a window is never stored
+    twice however the runs and the final one interleave (see :mod:`fleetwatch.scoring.live`)."""
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
@@ -42,7 +48,9 @@ def write_run(
         connection.execute("BEGIN TRANSACTION")
         try:
             hour = [run["window_start"], run["window_end"]]
-            if scores is not None:
+            if scores is not None and live_files is not None:
+                _replace_windows(connection, scores, shadow_scores)
+            elif scores is not None:
                 if devices is not None:
                     connection.register("run_devices", _device_table(devices))
                 for table in ("scores", "shadow_scores"):
@@ -66,14 +74,14 @@ def write_run(
                     "score_normalized, top_sensors FROM new_scores"
                 )
                 connection.unregister("new_scores")
-                if shadow_scores is not None and shadow_scores.num_rows:
-                    connection.register("new_shadow", shadow_scores)
-                    connection.execute(
-                        "INSERT INTO shadow_scores SELECT run_id, device_id, window_start, "
-                        "window_end, score, score_normalized, is_anomaly, model_version "
-                        "FROM new_shadow"
-                    )
-                    connection.unregister("new_shadow")
+            if scores is not None and shadow_scores is not None and shadow_scores.num_rows:
+                connection.register("new_shadow", shadow_scores)
+                connection.execute(
+                    "INSERT INTO shadow_scores SELECT run_id, device_id, window_start, "
+                    "window_end, score, score_normalized, is_anomaly, model_version "
+                    "FROM new_shadow"
+                )
+                connection.unregister("new_shadow")
             if hour_devices is not None:
                 connection.execute(
                     "DELETE FROM hour_devices WHERE window_start >= ? AND window_start < ?", hour
@@ -84,6 +92,15 @@ def write_run(
                     [run["window_start"], run["files_signature"]],
                 )
                 connection.unregister("with_data")
+            if live_files is not None and scores is not None:
+                connection.execute(
+                    "INSERT INTO live_files SELECT ?, unnest(?::VARCHAR[])",
+                    [run["window_start"], live_files],
+                )
+                connection.execute(  # an hour older than this is final: forget its files
+                    "DELETE FROM live_files WHERE window_start < ?",
+                    [run["window_start"] - timedelta(hours=3)],
+                )
             connection.register("new_outcomes", outcomes)
             connection.execute(
                 "INSERT INTO device_runs SELECT run_id, device_id, outcome, error, "
@@ -113,6 +130,27 @@ def write_run(
             with contextlib.suppress(duckdb.Error):
                 connection.execute("ROLLBACK")
             raise
+
+
+def _replace_windows(connection: Any, scores: pa.Table, shadow_scores: pa.Table | None) -> None:
+    """The rows of ``scores`` in place of any stored for their (device, window)."""
+    for table, rows in (("scores", scores), ("shadow_scores", shadow_scores)):
+        if rows is None or not rows.num_rows:
+            continue
+        connection.register("replacing", rows.select(["device_id", "window_start"]))
+        connection.execute(
+            f"DELETE FROM {table} t USING replacing r "  # noqa: S608 - fixed table names
+            "WHERE t.device_id = r.device_id AND t.window_start = r.window_start"
+        )
+        connection.unregister("replacing")
+    connection.register("new_scores", scores)
+    connection.execute(
+        "INSERT INTO scores (run_id, device_id, window_start, window_end, score, "
+        "is_anomaly, model_version, score_normalized, top_sensors) SELECT run_id, "
+        "device_id, window_start, window_end, score, is_anomaly, model_version, "
+        "score_normalized, top_sensors FROM new_scores"
+    )
+    connection.unregister("new_scores")
 
 
 def _device_table(devices: list[str]) -> pa.Table:

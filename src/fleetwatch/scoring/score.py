@@ -128,6 +128,7 @@ def score_hour(
     hook: DeviceHook | None = None,
     progress: bool = True,
     files: HourFiles | None = None,
+    live: bool = False,
 ) -> RunResult:
     """Score the hour starting at ``hour`` (UTC) and record the run; see the module docstring.
 
@@ -137,6 +138,10 @@ def score_hour(
     exactly those are read, and their signature is what the run records. An hour that is not
     closed yet is scored too, as a ``provisional`` run: its pairs stay pending, and are scored
     again once it is closed. Raises :class:`NoDataError` for an hour without any aggregates.
+
+    ``live``: ``files`` are the files of an open hour published since its last live run; their
+    windows are scored and stored in place of any stored for the same (device, window), as a
+    ``provisional`` run of scope ``live`` (see :mod:`fleetwatch.scoring.live`).
     """
     scoring = Scoring.of(setup)
     options = scoring.options
@@ -155,8 +160,8 @@ def score_hour(
                 "the hour)"
             )
         files = found[0]
-    closed = is_closed(files, scoring.watermark())
-    whole = devices is None
+    closed = is_closed(files, scoring.watermark()) and not live
+    whole = devices is None and not live
     executor = scoring.executor
 
     registry = scoring.registry
@@ -262,7 +267,7 @@ def score_hour(
         "devices_silent": len(silent),
         "rows_scored": rows_scored,
         "error": error,
-        "scope": "hour" if whole else "devices",
+        "scope": "live" if live else "hour" if whole else "devices",
         "files_signature": files.signature,
     }
     outcome_table = pa.table(
@@ -283,11 +288,12 @@ def score_hour(
         run,
         stored,
         outcome_table,
-        devices=None if whole else sorted(devices or ()),
+        devices=None if whole else sorted(to_score if live else devices or ()),
         hour_devices=sorted(with_data) if whole and status == "succeeded" else None,
         shadow_scores=shadow_stored,
         incident_gap=options.incident_gap,
         lock_timeout=options.lock_timeout,
+        live_files=files.keys if live else None,
     )
     if unpacked and pack is not None:  # read from their files (new, re-activated, or edited
         # by hand); a Dask worker never uses this machine's pack

@@ -63,6 +63,9 @@ CREATE TABLE IF NOT EXISTS device_runs (
 CREATE TABLE IF NOT EXISTS hour_devices (   -- devices with data in an hour, as last scored
     window_start TIMESTAMPTZ, files_signature VARCHAR, device_id VARCHAR
 );
+CREATE TABLE IF NOT EXISTS live_files (     -- files of open hours a live run has scored
+    window_start TIMESTAMPTZ, key VARCHAR
+);
 CREATE OR REPLACE VIEW anomalies AS SELECT * FROM scores WHERE is_anomaly;
 CREATE OR REPLACE VIEW device_status AS
     SELECT d.*, r.window_start, r.window_end, r.started_at
@@ -73,7 +76,7 @@ CREATE OR REPLACE VIEW device_status AS
 #: Increased whenever SCHEMA changes: a database that records an older version is given SCHEMA
 #: again (its statements only add what is missing). Run at every connection instead, its
 #: CREATE OR REPLACE VIEWs took 30 ms of each run.
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 
 
 def create_schema(connection: Any) -> None:

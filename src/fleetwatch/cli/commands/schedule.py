@@ -30,6 +30,8 @@ COMMAND = Command(
     fleetwatch schedule --cron "*/15 * * * *" --max-catchup 24
     fleetwatch schedule --every 10s            # fast cadence for tests and demos
     fleetwatch schedule --train-first 2h       # train new devices on their first 2 h
+    fleetwatch schedule --live --jsonl alerts.jsonl   # score each window as it closes: alerts in
+                                               # about a window and a grace after a fault
     fleetwatch schedule --retrain-every 7d --retrain-window 2d
     fleetwatch schedule --metrics-port 9108 --webhook-url https://hooks.example/fleet \\
         --jsonl alerts.jsonl                  # Prometheus metrics; alerts per incident
@@ -48,6 +50,8 @@ COMMAND = Command(
             "metrics_port",
             "metrics_host",
             "compact",
+            "live",
+            "live_every",
         ),
         "alerts": "*",
         "train": MODEL_SETTINGS,

@@ -25,7 +25,7 @@ COLUMNS = [
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from fleetwatch.scheduler.status import status
+    from fleetwatch.scheduler.status import live_line, status
 
     report = status(settings)
     fmt = settings.schedule.format
@@ -40,6 +40,9 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             "pid": scheduler.get("pid"),
             "host": scheduler.get("host"),
             "next_tick": scheduler.get("next_tick"),
+            "live": bool(scheduler.get("live")),
+            "last_live_tick": scheduler.get("last_live_tick"),
+            "live_lag_s": scheduler.get("live_lag_s"),
             "closed_through": report["closed_through"],
             "hours_pending": len(report["pending_hours"]),
             "devices_pending": report["pending_devices"],
@@ -55,6 +58,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
             f"{scheduler.get('pid', '?')} on {scheduler.get('host', '?')}), next tick "
             f"{scheduler.get('next_tick')}"
         )
+        if scheduler.get("live"):
+            print(f"live scoring    {live_line(scheduler)}")
     else:
         print("scheduler       not running")
     print(f"closed through  {report['closed_through'] or 'nothing closed yet'}")
