@@ -19,7 +19,7 @@ from typing import Any
 
 import numpy as np
 
-from fleetwatch.config import Settings
+from fleetwatch.config import ScoreSettings, Settings, TrainSettings
 from fleetwatch.errors import InvalidInputError, NothingDoneError, StorageError
 from fleetwatch.output import progress_bar
 from fleetwatch.scoring.calibration import (
@@ -31,7 +31,7 @@ from fleetwatch.scoring.calibration import (
     fitted_scale_of,
     held_out_count,
 )
-from fleetwatch.scoring.executor import DeviceResult, TaskModel
+from fleetwatch.scoring.executor import DeviceResult, Executor, TaskModel
 from fleetwatch.scoring.executors import executor_for
 from fleetwatch.scoring.features import (
     WindowCube,
@@ -244,15 +244,44 @@ def fit_and_save(job: FitJob) -> Fitted:
 READ_ROWS = 8_000_000
 
 
+@dataclass(frozen=True)
+class Training:
+    """What training needs: the data directory, ``[train]``, the window length, and where
+    tasks run (``[score]``'s executor and task limits, shared with scoring)."""
+
+    layout: DataLayout
+    options: TrainSettings
+    window_ms: int
+    tasks: ScoreSettings
+    executor: Executor = field(default=None)  # type: ignore[assignment]
+
+    def __post_init__(self) -> None:
+        if self.executor is None:
+            object.__setattr__(self, "executor", executor_for(self.tasks))
+
+    @classmethod
+    def of(cls, settings: Settings | Training) -> Training:
+        if isinstance(settings, Training):
+            return settings
+        return cls(
+            settings.layout,
+            settings.train,
+            round(settings.aggregate.window * 1000),
+            settings.score,
+            executor_for(settings.score),
+        )
+
+
 def train(
-    settings: Settings,
+    setup: Settings | Training,
     since: datetime,
     until: datetime,
     devices: list[str] | None = None,
     activate: str | None = None,
 ) -> TrainSummary:
     """Fit every device with windows in [since, until) (or just ``devices``) on that range."""
-    layout = settings.layout
+    training = Training.of(setup)
+    layout = training.layout
     if until <= since:
         raise InvalidInputError(
             f"--since {since:%Y-%m-%dT%H:%M}Z --until {until:%Y-%m-%dT%H:%M}Z is "
@@ -271,7 +300,7 @@ def train(
     summary = TrainSummary()
     for device in sorted(set(devices or ()) - set(present)):
         summary.skipped[device] = "no windows in the training range"
-    return train_ranges(settings, dict.fromkeys(chosen, (since, until)), summary, activate)
+    return train_ranges(training, dict.fromkeys(chosen, (since, until)), summary, activate)
 
 
 def _check_against_the_data(
@@ -323,7 +352,7 @@ def declared_slow(names: list[str]) -> list[str]:
 
 
 def train_ranges(
-    settings: Settings,
+    setup: Settings | Training,
     ranges: Mapping[str, tuple[datetime, datetime]],
     summary: TrainSummary | None = None,
     activate: str | None = None,
@@ -331,13 +360,14 @@ def train_ranges(
     """Fit each device of ``ranges`` on its own range of windows [since, until).
 
     ``activate``: "yes", "no" or "if-calibrated" (default: ``--activate``'s yes or no)."""
-    options = settings.train
+    training = Training.of(setup)
+    options = training.options
     summary = summary or TrainSummary()
     kind = "per_sensor" if options.per_sensor else "device"
-    layout = settings.layout
+    layout = training.layout
     registry = ModelRegistry(layout.store, layout.state)
-    executor = executor_for(settings.score)
-    window_ms = int(settings.aggregate.window * 1000)
+    executor = training.executor
+    window_ms = training.window_ms
     activate = activate or ("yes" if options.activate else "no")
     parameters = {
         "kind": kind,
@@ -356,7 +386,7 @@ def train_ranges(
     fleet = None
     read = CubeReader(layout, window_ms)
     if parameters["slow_sensors"] == ["auto"] and len(ranges) > 1:
-        summary.slow = _fleet_slow(settings, by_range, read, options.min_windows)
+        summary.slow = _fleet_slow(training, by_range, read, options.min_windows)
         fleet = tuple(summary.slow)
     workers = max(1, min(options.workers or os.cpu_count() or 1, len(ranges) or 1))
     if not executor.shares_memory:
@@ -372,16 +402,16 @@ def train_ranges(
             if bar is not None:
                 bar.update(bar.task_ids[0], advance=1)
 
-        setup = FitSetup(
+        fitting = FitSetup(
             parameters, layout.location, activate, options.min_windows, window_ms,
             layout.location, fleet,
         )  # fmt: skip
         for (since, until), chosen in by_range.items():
             if not executor.shares_memory:  # the workers read their devices themselves
-                train_on_cluster(settings, setup, since, until, chosen, summary, advance)
+                train_on_cluster(training, fitting, since, until, chosen, summary, advance)
                 continue
             for part, cube in read(since, until, chosen, keep=False):
-                jobs, skipped = prepare_jobs(cube, part, setup, since, until)
+                jobs, skipped = prepare_jobs(cube, part, fitting, since, until)
                 del cube
                 for device_id, reason in skipped.items():
                     summary.skipped[device_id] = reason
@@ -470,7 +500,7 @@ def judge_devices(
 
 
 def _fleet_slow(
-    settings: Settings,
+    training: Training,
     by_range: Mapping[tuple[datetime, datetime], list[str]],
     read: CubeReader,
     min_windows: int,
@@ -480,10 +510,9 @@ def _fleet_slow(
     (:func:`fleetwatch.scoring.features.fleet_slow`). The slow sensors, with their votes
     (slow, judged). One extra read of the training windows when they do not fit in one read."""
     judged: dict[str, dict[str, bool]] = {}
-    executor = executor_for(settings.score)
     for (since, until), devices in by_range.items():
-        if not executor.shares_memory:
-            judged.update(judge_on_cluster(settings, since, until, devices, min_windows))
+        if not training.executor.shares_memory:
+            judged.update(judge_on_cluster(training, since, until, devices, min_windows))
             continue
         for part, cube in read(since, until, devices, keep=True):
             judged.update(judge_devices(cube, part, min_windows))
@@ -564,8 +593,7 @@ def _fit_and_save(
 TRAIN_TASK_TIMEOUT = 600.0
 
 
-def _cluster_model(settings: Settings) -> TaskModel:
-    options = settings.score
+def _cluster_model(options: ScoreSettings) -> TaskModel:
     return TaskModel(
         options.mini_batch_size, max(TRAIN_TASK_TIMEOUT, options.task_timeout), options.max_retries
     )
@@ -621,18 +649,17 @@ class RemoteJudging:
 
 
 def judge_on_cluster(
-    settings: Settings, since: datetime, until: datetime, devices: list[str], min_windows: int
+    training: Training, since: datetime, until: datetime, devices: list[str], min_windows: int
 ) -> dict[str, dict[str, bool]]:
     """:class:`RemoteJudging` for ``devices`` on the cluster: each device's judgement (a
     device whose task failed does not judge; its fit will fail the same way, reported)."""
-    window_ms = int(settings.aggregate.window * 1000)
-    work = RemoteJudging(settings.layout.location, since, until, window_ms, min_windows)
-    results, _, _ = executor_for(settings.score).run(devices, work, _cluster_model(settings))
+    work = RemoteJudging(training.layout.location, since, until, training.window_ms, min_windows)
+    results, _, _ = training.executor.run(devices, work, _cluster_model(training.tasks))
     return {device: judged for device, judged in results.items() if judged}
 
 
 def train_on_cluster(
-    settings: Settings,
+    training: Training,
     setup: FitSetup,
     since: datetime,
     until: datetime,
@@ -651,8 +678,8 @@ def train_on_cluster(
             advance()
         done = count
 
-    results, errors, _ = executor_for(settings.score).run(
-        devices, RemoteFitting(setup, since, until), _cluster_model(settings),
+    results, errors, _ = training.executor.run(
+        devices, RemoteFitting(setup, since, until), _cluster_model(training.tasks),
         on_progress=progress,
     )  # fmt: skip
     for device_id, outcome in results.items():
