@@ -88,7 +88,7 @@ def train_one(args: tuple[int, str]) -> str:
     job = FitJob(
         f"dev-{device:05d}", matrix, NAMES, PARAMETERS, root, HOUR - timedelta(days=1), HOUR, "yes"
     )
-    return fit_and_save(job)[0]
+    return fit_and_save(job).version
 
 
 def write_hour(data: Path, devices: int) -> dict[str, np.ndarray]:
@@ -201,6 +201,9 @@ if off == "pack":  # every model from its registry files, as without a pack
 elif off == "explanations":  # anomalies stored without their top sensors
     import fleetwatch.scoring.score as score
     score.explain_many = lambda kind, scorers, *a: [[] for _ in scorers]
+elif off == "parts":  # the whole hour read at once, whatever its size (before issue 26)
+    import fleetwatch.scoring.score as score
+    score.READ_ROWS = 1 << 62
 from fleetwatch.cli import run
 
 @atexit.register
@@ -213,7 +216,7 @@ def report():
 
 run(sys.argv[1:])
 """
-VARIANTS = ("pack", "explanations")
+VARIANTS = ("pack", "explanations", "parts")
 
 
 def run_cli(command: list[str], env: dict[str, str]) -> tuple[float, dict[str, float], Any]:
@@ -308,6 +311,7 @@ def main() -> int:
             ]  # fmt: skip
     script, phases, memory, cli, rss = [], [], [], [], []
     variants: dict[str, list[float]] = {v: [] for v in (VARIANTS if args.variants else ())}
+    variants_rss: dict[str, list[float]] = {v: [] for v in ("", *variants)}
     default: list[float] = []  # the default again, among the variants
     reference: dict[str, np.ndarray] = {}
     anomalies = 0
@@ -343,8 +347,9 @@ def main() -> int:
             order = ["", *variants]
             order = order[round_index % len(order) :] + order[: round_index % len(order)]
             for variant in order:
-                seconds = run_cli(command, {**env, "FW_BENCH_OFF": variant})[0]
+                seconds, peak, _ = run_cli(command, {**env, "FW_BENCH_OFF": variant})
                 (variants[variant] if variant else default).append(seconds)
+                variants_rss[variant].append(peak["self"])
         print(
             f"round {round_index + 1}: script {script[-1]:.2f}s, in memory {memory[-1]:.2f}s, "
             f"fleetwatch {cli[-1]:.2f}s"
@@ -386,6 +391,11 @@ def main() -> int:
         "peak_rss_mib_score_process": max(r["self"] for r in rss),
         "peak_rss_mib_largest_worker": max(r["children"] for r in rss),
         **{f"fleetwatch_without_{v}_s": median(t) for v, t in variants.items()},
+        **{
+            f"peak_rss_mib_without_{v}" if v else "peak_rss_mib_among_variants": max(p)
+            for v, p in variants_rss.items()
+            if p
+        },
     }
     if default:
         result["fleetwatch_among_variants_s"] = median(default)
@@ -439,10 +449,16 @@ def main() -> int:
     )
     if default:
         base = result["fleetwatch_among_variants_s"]
-        print(f"A/B        : fleetwatch {base:.2f} s among the variants (rotated, warm)")
+        print(
+            f"A/B        : fleetwatch {base:.2f} s among the variants (rotated, warm), peak "
+            f"RSS {result['peak_rss_mib_among_variants']:,.0f} MiB"
+        )
         for variant in variants:
             seconds = result[f"fleetwatch_without_{variant}_s"]
-            print(f"  without {variant:<15}: {seconds:.2f} s ({seconds / base - 1:+.1%})")
+            print(
+                f"  without {variant:<15}: {seconds:.2f} s ({seconds / base - 1:+.1%}), peak RSS "
+                f"{result[f'peak_rss_mib_without_{variant}']:,.0f} MiB"
+            )
     print(f"agreement  : max |score - sklearn| = {worst:.2e}")
     print(
         f"peak RSS   : {result['peak_rss_mib_score_process']:,.0f} MiB (fleetwatch score), "

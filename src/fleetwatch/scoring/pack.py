@@ -193,6 +193,12 @@ class ModelPack:
             tried += 1
         return tried
 
+    def forget(self, devices: Iterable[str]) -> None:
+        """Let go of the models ``preload`` loaded for ``devices`` (scoring an hour in parts:
+        one part's models at a time)."""
+        for device_id in devices:
+            self._preloaded.pop(device_id, None)
+
     def load(self, device_id: str) -> ActiveModel | None:
         """The device's active model from the pack, or None when the pack does not hold it as
         the registry has it now (the caller then reads the registry's files)."""

@@ -20,8 +20,9 @@ import threading
 import uuid
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -33,10 +34,10 @@ from fleetwatch.config import ScoreSettings, Settings
 from fleetwatch.errors import FleetwatchError
 from fleetwatch.faults import point
 from fleetwatch.output import progress_bar
-from fleetwatch.scoring.executor import DeviceResult, Executor
+from fleetwatch.scoring.executor import DeviceResult, Executor, TaskModel
 from fleetwatch.scoring.executors import executor_for, task_model
 from fleetwatch.scoring.explain import Explanation, explain_many
-from fleetwatch.scoring.features import WindowCube, device_pieces, read_cube
+from fleetwatch.scoring.features import WindowCube, device_pieces, devices_in_files, read_cube
 from fleetwatch.scoring.kinds import ModelKind
 from fleetwatch.scoring.pack import (
     ActiveModel,
@@ -50,6 +51,7 @@ from fleetwatch.scoring.records import write_run
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.storage import columns
 from fleetwatch.storage.layout import HOUR, DataLayout, HourFiles, floor_hour
+from fleetwatch.storage.parquet import read_metadata
 from fleetwatch.storage.store import DataStore, open_store
 
 log = logging.getLogger(__name__)
@@ -165,6 +167,7 @@ def score_hour(
     executor = scoring.executor
 
     registry = scoring.registry
+    parts: list[list[str]] | None = None
     if not executor.shares_memory:
         # The workers read the windows; this process only learns which devices the hour has
         # (one dictionary-encoded column) and gets each device's window starts back.
@@ -173,11 +176,16 @@ def score_hour(
         with_data = set(where) if devices is None else set(where) & set(devices)
         with_model_folder = registry.model_devices()
         pack = None
-    else:
+    elif (parts := _device_parts(layout.store, files.keys, devices)) is None:
         cube, with_model_folder, pack = _read_hour(
             layout, registry, files, window_start, window_ms, devices
         )
         with_data = set(cube.devices)
+    else:  # more than READ_ROWS rows: read and score the hour a part of its devices at a time
+        cube = None
+        with_data = {device for part in parts for device in part}
+        with_model_folder = registry.model_devices()
+        pack = ModelPack(layout.model_pack, registry)
     to_score = sorted(with_data & with_model_folder)
     without_folder = sorted(with_data - with_model_folder)
     silent = (
@@ -197,8 +205,15 @@ def score_hour(
         on_progress = None
         if bar is not None:
             on_progress = lambda done: bar.update(bar.task_ids[0], completed=done)  # noqa: E731
-        if executor.shares_memory:
+        if executor.shares_memory and cube is not None:
             results, errors, aborted = executor.run(to_score, work, model, on_progress=on_progress)
+        elif executor.shares_memory:
+            assert pack is not None and parts is not None
+            parted = PartedScoring(layout.store, files.keys, window_start, window_ms, registry,
+                                   pack, hook, shadowed)  # fmt: skip
+            results, errors, aborted = parted.run(
+                executor, [sorted(set(p) & set(to_score)) for p in parts], model, on_progress
+            )
         else:
             remote = RemoteScoring(
                 layout.store, window_start, window_end, window_ms, frozenset(shadowed), hook,
@@ -312,6 +327,104 @@ def score_hour(
         anomalies,
         error,
     )
+
+
+def _offset(report: Callable[[int], None], done: int, count: int) -> None:
+    report(done + count)
+
+
+#: An hour of more aggregate rows than this is read and scored a part of its devices at a time
+#: (each part about this many rows): the scoring process's memory stays bounded whatever the
+#: fleet's size (about 0.5 GB for a part of 4M rows).
+READ_ROWS = 4_000_000
+
+
+def _device_parts(
+    store: DataStore, keys: Sequence[str], devices: Sequence[str] | None
+) -> list[list[str]] | None:
+    """None when the hour's files hold at most :data:`READ_ROWS` rows (read whole, as one
+    cube); else its devices (or those of ``devices`` it has) in parts of about that many rows.
+    The row count comes from the files' footers; the devices from their dictionary-encoded
+    device column."""
+    rows = sum(read_metadata(store, key).num_rows for key in keys)
+    if rows <= READ_ROWS:
+        return None
+    present, _ = devices_in_files(store, keys)
+    if devices is not None:
+        present = sorted(set(present) & set(devices))
+    size = max(1, READ_ROWS * max(len(present), 1) // rows)  # devices per part
+    return [present[i : i + size] for i in range(0, len(present), size)]
+
+
+@dataclass
+class PartedScoring:
+    """An hour too large to read whole, scored a part of its devices at a time: each part's
+    windows read (one cube the forked workers share), its devices scored, and the cube let go
+    before the next part is read. The results carry their window starts, as from a cluster."""
+
+    store: DataStore
+    keys: Sequence[str]
+    window_start: datetime
+    window_ms: int
+    registry: ModelRegistry
+    pack: ModelPack
+    hook: DeviceHook | None
+    shadowed: set[str]
+
+    def run(
+        self,
+        executor: Executor,
+        parts: list[list[str]],
+        model: TaskModel,
+        on_progress: Callable[[int], None] | None,
+    ) -> tuple[dict[str, Any], dict[str, str], bool]:
+        results: dict[str, Any] = {}
+        errors: dict[str, str] = {}
+        try:
+            self.pack.open_segments()
+        except Exception as exc:  # the pack is a cache: the workers read the model files instead
+            log.warning("model pack not used (%s)", exc)
+        for part in (p for p in parts if p):
+            # as for a whole hour: the part's models are loaded (checked) from the pack while
+            # its windows are read, and the forked workers inherit them
+            read = threading.Event()
+            with ThreadPoolExecutor(1) as thread:
+                preloading = thread.submit(self.pack.preload, part, read)
+                try:
+                    cube = read_cube(
+                        self.store, self.keys, self.window_start, self.window_start + HOUR,
+                        self.window_ms, devices=part,
+                    )  # fmt: skip
+                finally:
+                    read.set()
+                    preloading.result()
+            done = len(results) + len(errors)
+
+            def work(chosen: list[str], cube: WindowCube = cube) -> dict[str, DeviceResult]:
+                return score_devices(
+                    self.registry, self.pack, cube, chosen, self.hook, self.shadowed
+                )
+
+            left = model.error_threshold
+            if left >= 0:  # failures count over the whole run, not per part
+                left = max(0, left - len(errors))
+            found, failed, aborted = executor.run(
+                part, work, replace(model, error_threshold=left),
+                on_progress=None if on_progress is None else partial(_offset, on_progress, done),
+            )  # fmt: skip
+            for device_id, payload in found.items():
+                if payload is not None:  # the starts travel with the result
+                    starts = cube.row_starts[slice(*cube.rows(device_id))].tobytes()
+                    for scored in (payload[0], payload[2]):
+                        if scored is not None:
+                            scored.starts = starts
+            results.update(found)
+            errors.update(failed)
+            del cube
+            self.pack.forget(part)
+            if aborted:
+                return results, errors, True
+        return results, errors, False
 
 
 def _active_or_none(registry: ModelRegistry, device_id: str) -> str | None:

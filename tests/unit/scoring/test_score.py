@@ -449,3 +449,55 @@ def test_a_threshold_that_is_not_finite_is_refused(trained: Settings, value: str
     )  # fmt: skip
     assert code == 2
     assert ModelRegistry.of(trained.data_dir).active_version("pump-01") == before
+
+
+def test_an_hour_larger_than_one_read_is_scored_in_parts_with_the_same_rows(
+    trained: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 26: an hour of more rows than ``READ_ROWS`` is read and scored a part of its
+    devices at a time (the scoring process never holds the whole hour): the stored rows are
+    scikit-learn's, and the run's record is the one a whole read gives."""
+    import fleetwatch.scoring.score as score_module
+
+    whole = score_hour(trained, HOUR3, progress=False)
+    once = db(trained, "SELECT device_id, window_start, score, is_anomaly, top_sensors "
+              "FROM scores ORDER BY 1, 2")  # fmt: skip
+    read: list[list[str] | None] = []
+    original = score_module.read_cube
+
+    def counted(*args: Any, **kwargs: Any) -> Any:
+        read.append(kwargs.get("devices"))
+        return original(*args, **kwargs)
+
+    monkeypatch.setattr(score_module, "read_cube", counted)
+    rows = len(DEVICES) * 60 * 3  # 3 sensors a device: the smallest parts hold 2 devices
+    monkeypatch.setattr(score_module, "READ_ROWS", rows // 3)
+    parted = score_hour(trained, HOUR3, progress=False)
+    assert len(read) >= 3 and all(part and len(part) < len(DEVICES) for part in read)
+    assert sorted(d for part in read for d in part or ()) == sorted(DEVICES)  # each once
+    again = db(trained, "SELECT device_id, window_start, score, is_anomaly, top_sensors "
+               "FROM scores ORDER BY 1, 2")  # fmt: skip
+    assert again == once
+    assert_scores_equal_sklearn(trained)
+    fields = ("status", "devices_total", "devices_scored", "devices_failed", "rows_scored",
+              "anomalies")  # fmt: skip
+    assert [getattr(parted, f) for f in fields] == [getattr(whole, f) for f in fields]
+
+
+def test_the_error_threshold_counts_failures_over_every_part(
+    trained: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import fleetwatch.scoring.score as score_module
+
+    monkeypatch.setattr(score_module, "READ_ROWS", len(DEVICES) * 60 * 3 // 3)
+    good = score_hour(trained, HOUR3, progress=False)
+    failing = sorted(DEVICES)[::2]  # one failure in each part: more than 1 in all
+    settings = settings_for(trained.data_dir, error_threshold=1, max_retries=0)
+
+    def hook(device_id: str) -> None:
+        if device_id in failing:
+            raise RuntimeError("model exploded")
+
+    result = score_hour(settings, HOUR3, hook=hook, progress=False)
+    assert result.status == "aborted" and "error-threshold" in (result.error or "")
+    assert db(settings, "SELECT DISTINCT run_id FROM scores") == [(good.run_id,)]
