@@ -92,7 +92,9 @@ def test_every_page_draws_in_chromium_and_a_cell_opens_its_device(tmp_path: Path
 
             page.goto(f"{url}/runs")
             page.wait_for_selector("#durations[data-ready='1']", timeout=30_000)
-            assert page.locator("#history tbody tr").count() == 4  # 2 training + 2 scored hours
+            scopes = page.locator("#history tbody tr td:nth-child(3)").all_inner_texts()
+            assert scopes.count("hour") == 4  # 2 training + 2 scored hours, each once
+            assert set(scopes) <= {"hour", "live"}  # and the demo's live runs
             page.screenshot(path=str(shots / "runs.png"), full_page=True)
             browser.close()
         assert errors == []
