@@ -31,7 +31,7 @@ import pyarrow as pa
 
 from fleetwatch.aggregate.progress import closed_through
 from fleetwatch.config import ScoreSettings, Settings
-from fleetwatch.errors import FleetwatchError
+from fleetwatch.errors import FleetwatchError, InvalidInputError
 from fleetwatch.faults import point
 from fleetwatch.output import progress_bar
 from fleetwatch.scoring.executor import DeviceResult, Executor, TaskModel
@@ -51,7 +51,7 @@ from fleetwatch.scoring.records import write_run
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.storage import columns
 from fleetwatch.storage.layout import HOUR, DataLayout, HourFiles, floor_hour
-from fleetwatch.storage.parquet import read_metadata
+from fleetwatch.storage.parquet import open_file, read_metadata
 from fleetwatch.storage.store import DataStore, open_store
 
 log = logging.getLogger(__name__)
@@ -162,6 +162,7 @@ def score_hour(
                 "the hour)"
             )
         files = found[0]
+    _check_window(layout.store, files.keys, window_ms)
     closed = is_closed(files, scoring.watermark()) and not live
     whole = devices is None and not live
     executor = scoring.executor
@@ -327,6 +328,23 @@ def score_hour(
         anomalies,
         error,
     )
+
+
+def _check_window(store: DataStore, keys: Sequence[str], window_ms: int) -> None:
+    """The hour's windows are ``--window`` long (one row of its first file tells): windows of
+    10 s scored as 60 s ones would be merged into the wrong grid, silently."""
+    for key in keys[:1]:
+        parquet = open_file(store, key)
+        if parquet.metadata.num_rows == 0:
+            return
+        first = parquet.read_row_group(0, columns=["window_start", "window_end"]).slice(0, 1)
+        start, end = (int(first.column(name)[0].value) for name in ("window_start", "window_end"))
+        if end - start != window_ms:
+            raise InvalidInputError(
+                f"the aggregates of this hour have {(end - start) / 1000:g}s windows, not "
+                f"--window {window_ms / 1000:g}s: pass --window {(end - start) / 1000:g}s "
+                "(or set window under [aggregate], as for the aggregation)"
+            )
 
 
 def _offset(report: Callable[[int], None], done: int, count: int) -> None:

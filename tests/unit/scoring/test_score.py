@@ -501,3 +501,17 @@ def test_the_error_threshold_counts_failures_over_every_part(
     result = score_hour(settings, HOUR3, hook=hook, progress=False)
     assert result.status == "aborted" and "error-threshold" in (result.error or "")
     assert db(settings, "SELECT DISTINCT run_id FROM scores") == [(good.run_id,)]
+
+
+def test_an_hour_of_other_windows_than_window_is_refused_and_nothing_recorded(
+    trained: Settings,
+) -> None:
+    """Windows of 60 s scored as 10 s ones (a configuration that differs from the
+    aggregation's) would land in the wrong grid: one line that names the fix, no run."""
+    other = dataclasses.replace(
+        trained, aggregate=dataclasses.replace(trained.aggregate, window=10.0)
+    )
+    with pytest.raises(FleetwatchError, match=r"60s windows, not --window 10s: pass --window 60s"):
+        score_hour(other, HOUR3, progress=False)
+    database = DataLayout.open(trained.data_dir).database
+    assert not database.exists() or db(trained, "SELECT count(*) FROM runs") == [(0,)]
