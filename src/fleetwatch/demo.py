@@ -81,11 +81,15 @@ def _say(message: str) -> None:
     print(f"[demo] {message}", flush=True)
 
 
-def _wait_closed(settings: Settings, until: datetime, deadline: float, why: str) -> None:
+def _wait_closed(
+    settings: Settings, until: datetime, deadline: float, why: str, outcome: dict[str, Any]
+) -> None:
     while True:
         closed = closed_through(settings.layout, settings.kafka.telemetry_topic)
         if closed is not None and closed >= until:
             return
+        if "error" in outcome:  # the simulator died: nothing more will close
+            raise FleetwatchError(f"the simulator stopped: {outcome['error']}")
         if time.monotonic() > deadline:
             raise FleetwatchError(f"timed out waiting for {why} (closed through {closed})")
         time.sleep(0.5)
@@ -320,7 +324,7 @@ def run_demo(settings: Settings) -> int:
         simulator_started = time.time()
         simulator.start()
 
-        _wait_closed(settings, train_until, deadline, "the training hours to close")
+        _wait_closed(settings, train_until, deadline, "the training hours to close", outcome)
         summary = train(
             replace(settings, train=replace(settings.train, progress=False)), start, train_until
         )

@@ -88,7 +88,7 @@ class SimulateSettings:
     )
     messages: int | None = setting(None, "stop after this many messages", minimum=1)
     seed: int | None = setting(
-        None, "random seed: same seed and flags, same bytes (default: random)"
+        None, "random seed: same seed and flags, same bytes (default: random)", minimum=0
     )
     anomaly_rate: float = setting(
         0.5, "injected anomalies per device per simulated hour", minimum=0
@@ -367,7 +367,7 @@ class DemoSettings:
         minimum=0,
     )
     drift: float = setting(0.0, "drift scale of the demo fleet", minimum=0)
-    seed: int = setting(7, "random seed")
+    seed: int = setting(7, "random seed", minimum=0)
     tick: float = setting(2.0, "scheduler cadence during the demo", kind="duration", minimum=0.1)
     timeout: float = setting(600.0, "give up after this long", kind="duration", minimum=10)
     keep_running: bool = setting(False, "keep streaming and scoring until Ctrl-C")
