@@ -255,6 +255,7 @@ def test_two_workers_split_the_partitions_without_duplicates(
     assert {codec_of(path) for path in files} == {"SNAPPY"}, "the default codec"
 
 
+@pytest.mark.scenario  # ~12-16 s: CI runs it with -m scenario
 def test_a_silent_device_gets_its_last_window_closed(settings: Settings, tmp_path: Path) -> None:
     data = tmp_path / "data"
     worker = start_worker(

@@ -135,6 +135,7 @@ def test_no_message_stops_aggregation_or_takes_its_neighbours(
     assert read_parquet_dir(data / "aggregates")["count"].sum() == 2 * 20
 
 
+@pytest.mark.scenario  # ~12-16 s: CI runs it with -m scenario
 def test_a_message_from_2099_does_not_make_the_others_late(
     settings: Settings, tmp_path: Path
 ) -> None:

@@ -201,6 +201,7 @@ def scrape_or_none(port: int, name: str) -> float | None:
         return None
 
 
+@pytest.mark.scenario  # ~12-16 s: CI runs it with -m scenario
 def test_a_failing_webhook_is_retried_logged_and_never_holds_scoring(
     data: Path, webhook: Webhook, tmp_path: Path
 ) -> None:

@@ -175,6 +175,7 @@ def test_missing_file_and_wrong_type_are_one_line_errors(
     assert wrong.returncode == 2 and "use .csv or .parquet" in wrong.stderr
 
 
+@pytest.mark.scenario  # ~12-16 s: CI runs it with -m scenario
 def test_a_history_file_into_a_live_pipeline_goes_through_backfill_not_the_late_sink(
     settings: Settings, tmp_path: Path
 ) -> None:

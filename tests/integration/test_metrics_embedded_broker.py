@@ -26,6 +26,7 @@ from tests.integration.test_aggregate_trust_embedded_broker import T0, readings,
 pytestmark = pytest.mark.integration
 
 
+@pytest.mark.scenario  # ~12-16 s: CI runs it with -m scenario
 def test_the_metrics_count_what_was_sent_and_written(settings: Settings, tmp_path: Path) -> None:
     data, log, port = tmp_path / "data", tmp_path / "worker.log", free_port()
     good = [*readings("dev-1", T0, 90), *readings("dev-2", T0, 90)]  # 2 readings each

@@ -27,7 +27,14 @@ COMMANDS: list[list[str]] = [
 ]
 
 
-@pytest.mark.parametrize("source", ["flag", "environment", "toml"])
+@pytest.mark.parametrize(
+    "source",
+    [
+        pytest.param("flag", marks=pytest.mark.scenario),  # ~9 s each: CI runs them as
+        "environment",  # scenarios; the environment one stays in the main suite
+        pytest.param("toml", marks=pytest.mark.scenario),
+    ],
+)
 def test_no_command_writes_the_password_at_debug(
     source: str, settings: Settings, tmp_path: Path
 ) -> None:
