@@ -134,7 +134,9 @@ def test_the_compose_services_score_complete_hours(tmp_path: Path) -> None:
         assert count == per_device[(pd.Timestamp(hour).tz_convert("UTC"), device)], (hour, device)
     assert silent == []  # every device reported in every hour
     # the restarted simulator went on after its last event, not from the wall clock's "now"
-    # hours behind (a window the idle timeout closed meanwhile may get a few late readings)
+    # hours behind: late readings, if any, are within a window (60 s) of the first run's last
+    # event (its last readings, in flight while the idle timeout closed their window; CI saw
+    # readings 8 s before it) or after it, never hours before
     summaries = [
         line.split()[1]
         for line in (logs / "simulator.log").read_text().splitlines()
@@ -142,5 +144,6 @@ def test_the_compose_services_score_complete_hours(tmp_path: Path) -> None:
     ]
     first_run_last = pd.Timestamp(summaries[0])
     late = read_parquet_dir(data / "late")
-    assert late.empty or late["ts"].min() > first_run_last, (first_run_last, late["ts"].min())
+    earliest = first_run_last - pd.Timedelta(seconds=60)
+    assert late.empty or late["ts"].min() > earliest, (first_run_last, late["ts"].min())
     assert (data / "labels.parquet").exists()
