@@ -433,8 +433,10 @@ def run_demo(settings: Settings) -> int:
         return 130
     finally:
         stop.set()
-        if simulator is not None:
-            simulator.join(30)  # its producer flushed and closed before the broker goes
+        # its producer flushed and closed before the broker goes (unless Ctrl-C came before
+        # it started: a thread never started cannot be joined)
+        if simulator is not None and simulator.ident is not None:
+            simulator.join(30)
         for process in processes:
             if process.poll() is None:
                 process.send_signal(signal.SIGTERM)

@@ -53,6 +53,22 @@ def test_bad_setting_is_one_line_naming_the_flag(capsys: pytest.CaptureFixture[s
     assert err.strip() == "fleetwatch simulate: error: --devices=zero: 'zero' is not a whole number"
 
 
+@pytest.mark.parametrize("value", [",,,", " , "])
+def test_a_list_of_nothing_is_refused_not_taken_for_the_default(
+    value: str, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``--slow-sensors ,,,`` would have meant no slow sensor, ``--devices ,`` every device."""
+    assert main(["train", "--slow-sensors", value]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err == (
+        f"fleetwatch train: error: --slow-sensors={value}: {value!r} names nothing: give "
+        "comma-separated names"
+    )
+    monkeypatch.setenv("FLEETWATCH_TRAIN_DEVICES", value)
+    assert main(["train"]) == 2
+    assert "names nothing" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize(
     ("argv", "suggestion"),
     [

@@ -231,6 +231,13 @@ class TrainSettings:
     gamma: str = setting("scale", "RBF/poly/sigmoid gamma: scale, auto or a number")
     kernel: Literal["rbf", "linear", "poly", "sigmoid"] = setting("rbf", "SVM kernel")
     per_sensor: bool = setting(False, "one univariate model per (device, sensor) instead")
+    model_kind: Literal["device", "covariance", "auto"] = setting(
+        "device",
+        "a device's model: device (one one-class SVM over all its features), covariance "
+        "(Hotelling's T-squared over the same features, a shrunk covariance), or auto "
+        "(covariance for a device of two sensors or more, device for one); --per-sensor "
+        "overrides it",
+    )
     first: str | None = setting(
         None,
         "train each device on its own first part of the range: N readings (400), a duration "

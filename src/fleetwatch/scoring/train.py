@@ -196,6 +196,14 @@ def describe_features(names: list[str]) -> str:
     return "; ".join(label + ", ".join(sensors) for label, sensors in parts if sensors)
 
 
+def _uses(job: FitJob) -> str:
+    """What the model uses; for a kind other than the default, which kind (with ``--model-kind
+    auto``, the summary then counts the devices of each)."""
+    uses = describe_features(job.names)
+    kind = job.parameters["kind"]
+    return uses if kind == "device" else f"{kind}: {uses}"
+
+
 def fit_and_save(job: FitJob) -> Fitted:
     """Fit and save one device's model, in a worker process (see :class:`Fitted`).
 
@@ -234,7 +242,7 @@ def fit_and_save(job: FitJob) -> Fitted:
         saved.version,
         shadow_reason,
         calibration.degenerate,
-        describe_features(job.names),
+        _uses(job),
         packed if packed is not None and packed[1].version == saved.version else None,
     )
 
@@ -363,7 +371,7 @@ def train_ranges(
     training = Training.of(setup)
     options = training.options
     summary = summary or TrainSummary()
-    kind = "per_sensor" if options.per_sensor else "device"
+    kind = "per_sensor" if options.per_sensor else options.model_kind
     layout = training.layout
     registry = ModelRegistry(layout.store, layout.state)
     executor = training.executor
@@ -554,12 +562,15 @@ def prepare_jobs(
         )
         names = feature_names(sensors, slow)
         matrix = cube.matrix(device_id, names).matrix
+        parameters = setup.parameters
+        if parameters.get("kind") == "auto":
+            parameters = {**parameters, "kind": auto_kind(sensors)}
         jobs.append(
             FitJob(
                 device_id,
                 matrix,
                 names,
-                setup.parameters,
+                parameters,
                 setup.registry,
                 since,
                 until,
@@ -567,6 +578,16 @@ def prepare_jobs(
             )
         )
     return jobs, skipped
+
+
+def auto_kind(sensors: list[str]) -> str:
+    """``--model-kind auto``: Hotelling's T² where there are correlations between sensors to
+    watch, the one-class SVM for a single sensor's statistics (docs/detection.md).
+
+    >>> auto_kind(["temperature"]), auto_kind(["temperature", "pressure"])
+    ('device', 'covariance')
+    """
+    return "covariance" if len(sensors) >= 2 else "device"
 
 
 def _fit_and_save(

@@ -20,7 +20,7 @@ import pytest
 from fleetwatch.config import Settings
 from fleetwatch.errors import FleetwatchError
 from fleetwatch.scheduler.service import pending_now
-from fleetwatch.scoring.kinds import DeviceModel, PerSensorModel
+from fleetwatch.scoring.kinds import DeviceModel, kind_named
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.scoring.score import score_hour
 from fleetwatch.scoring.train import train
@@ -41,12 +41,8 @@ def reference_scores(model: Any, matrix: np.ndarray) -> np.ndarray:
     """scikit-learn's own decision function (from model.joblib), on the scores' scale (NaN
     where it is at its floor)."""
     estimator = ModelRegistry.of(model.path.parents[2]).load_estimator(model)
-    if model.manifest["kind"] == "per_sensor":
-        reference: Any = PerSensorModel()
-        reference.pipelines = estimator
-    else:
-        reference = DeviceModel()
-        reference.pipeline = estimator
+    reference = kind_named(model.manifest["kind"])()
+    reference.restore(estimator)
     return np.asarray(reference.reference_scores(matrix))
 
 
@@ -74,9 +70,15 @@ def test_scores_equal_sklearn_on_the_same_features(trained: Settings) -> None:
     result = score_hour(trained, HOUR3, progress=False)
     assert result.status == "succeeded" and result.devices_scored == len(DEVICES)
     assert_scores_equal_sklearn(trained)
-    # the anomalies are the windows scikit-learn scores below each model's own threshold
-    frame = read_windows(trained.data_dir, HOUR3, HOUR3 + pd.Timedelta(hours=1).to_pytimedelta())
-    registry = ModelRegistry.of(trained.data_dir)
+    expected = expected_anomalies(trained)
+    flagged = db(trained, "SELECT device_id, epoch_ms(window_start) FROM anomalies")
+    assert set(flagged) == expected and result.anomalies == len(expected) > 0
+
+
+def expected_anomalies(settings: Settings) -> set[tuple[str, int]]:
+    """The windows of the third hour scikit-learn scores below each model's own threshold."""
+    frame = read_windows(settings.data_dir, HOUR3, HOUR3 + pd.Timedelta(hours=1).to_pytimedelta())
+    registry = ModelRegistry.of(settings.data_dir)
     expected = set()
     for device_id, rows in pivot_by_device(frame).items():
         model = registry.active(device_id)
@@ -85,18 +87,27 @@ def test_scores_equal_sklearn_on_the_same_features(trained: Settings) -> None:
         scores = reference_scores(model, matrix.matrix)
         below = np.isnan(scores) | (scores < model.manifest["threshold"])
         expected |= {(device_id, int(start)) for start in matrix.window_start[below]}
-    flagged = db(trained, "SELECT device_id, epoch_ms(window_start) FROM anomalies")
-    assert set(flagged) == expected and result.anomalies == len(expected) > 0
+    return expected
 
 
 def test_a_fleet_of_mixed_model_kinds(trained: Settings) -> None:
-    """Per-sensor models are scored next to single-pipeline ones, each like scikit-learn."""
-    per_sensor = dataclasses.replace(
-        trained, train=dataclasses.replace(trained.train, per_sensor=True)
-    )
-    train(per_sensor, T0, T0 + pd.Timedelta(hours=2).to_pytimedelta(), ["pump-01", "pump-02"])
+    """Per-sensor and covariance models are scored next to single-pipeline ones, each like
+    scikit-learn (its own estimator from model.joblib)."""
+    until = T0 + pd.Timedelta(hours=2).to_pytimedelta()
+    for devices, options in (
+        (["pump-01", "pump-02"], {"per_sensor": True}),
+        (["pump-03", "pump-04"], {"model_kind": "covariance"}),
+        (["pump-05"], {"model_kind": "auto"}),  # three sensors: covariance
+    ):
+        chosen = dataclasses.replace(trained, train=dataclasses.replace(trained.train, **options))
+        train(chosen, T0, until, devices)
     registry = ModelRegistry.of(trained.data_dir)
-    assert registry.active("pump-01").manifest["kind"] == "per_sensor"  # type: ignore[union-attr]
+    kinds = {d: registry.active(d).manifest["kind"] for d in DEVICES}  # type: ignore[union-attr]
+    assert kinds == {
+        "pump-00": "device", "pump-01": "per_sensor", "pump-02": "per_sensor",
+        "pump-03": "covariance", "pump-04": "covariance", "pump-05": "covariance",
+        "pump-06": "device", "pump-07": "device",
+    }  # fmt: skip
     result = score_hour(trained, HOUR3, progress=False)
     assert result.devices_scored == len(DEVICES) and result.devices_failed == 0
     assert_scores_equal_sklearn(trained)
@@ -515,3 +526,35 @@ def test_an_hour_of_other_windows_than_window_is_refused_and_nothing_recorded(
         score_hour(other, HOUR3, progress=False)
     database = DataLayout.open(trained.data_dir).database
     assert not database.exists() or db(trained, "SELECT count(*) FROM runs") == [(0,)]
+
+
+def test_auto_model_kind_follows_the_sensor_count(tmp_path: Path) -> None:
+    """``--model-kind auto``: Hotelling's T² for a device of several sensors, the one-class
+    SVM for a single sensor; each scored like scikit-learn, and a covariance model flags the
+    level shift of pump-03 and the dropout of pump-07 (the windows scikit-learn's own
+    Mahalanobis distance puts beyond the threshold)."""
+    from tests.unit.scoring.conftest import set_watermark, synthetic_windows, write_windows
+
+    frame = synthetic_windows()
+    alone = (frame["device_id"] == "pump-00") & (frame["sensor"] != "pressure")
+    write_windows(tmp_path / "data", frame[~alone].reset_index(drop=True))
+    settings = settings_for(tmp_path / "data")
+    settings = dataclasses.replace(
+        settings, train=dataclasses.replace(settings.train, model_kind="auto")
+    )
+    summary = train(settings, T0, T0 + pd.Timedelta(hours=2).to_pytimedelta(), DEVICES)
+    assert sorted(summary.trained) == DEVICES
+    registry = ModelRegistry.of(settings.data_dir)
+    kinds = {d: registry.active(d).manifest["kind"] for d in DEVICES}  # type: ignore[union-attr]
+    assert kinds == {"pump-00": "device", **{d: "covariance" for d in DEVICES[1:]}}
+    set_watermark(settings, T0 + pd.Timedelta(hours=3).to_pytimedelta())
+    result = score_hour(settings, HOUR3, progress=False)
+    assert result.devices_scored == len(DEVICES) and result.devices_failed == 0
+    assert_scores_equal_sklearn(settings)
+    expected = expected_anomalies(settings)
+    flagged = db(settings, "SELECT device_id, epoch_ms(window_start) FROM anomalies")
+    assert set(flagged) == expected
+    assert {"pump-03", "pump-07"} <= {device for device, _ in expected}
+    # explained as the SVM's anomalies are: the dropout's first sensor is the silent one
+    sql = "SELECT DISTINCT top_sensors[1].sensor FROM anomalies WHERE device_id = 'pump-07'"
+    assert db(settings, sql) == [("vibration",)]

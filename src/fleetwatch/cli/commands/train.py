@@ -16,6 +16,7 @@ MODEL_SETTINGS = (
     "gamma",
     "kernel",
     "per_sensor",
+    "model_kind",
     "min_windows",
     "target_far",
     "slow_sensors",

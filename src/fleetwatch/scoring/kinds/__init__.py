@@ -4,10 +4,13 @@ from __future__ import annotations
 
 from fleetwatch.errors import FleetwatchError
 from fleetwatch.scoring.kinds.base import ModelKind, Scorer
+from fleetwatch.scoring.kinds.covariance import CovarianceModel
 from fleetwatch.scoring.kinds.device import DeviceModel
 from fleetwatch.scoring.kinds.per_sensor import PerSensorModel
 
-KINDS: dict[str, type[ModelKind]] = {kind.name: kind for kind in (DeviceModel, PerSensorModel)}
+KINDS: dict[str, type[ModelKind]] = {
+    kind.name: kind for kind in (DeviceModel, PerSensorModel, CovarianceModel)
+}
 
 
 class UnknownKindError(FleetwatchError):
@@ -29,6 +32,7 @@ def new_model(name: str, nu: float, gamma: str | float, kernel: str) -> ModelKin
 
 __all__ = [
     "KINDS",
+    "CovarianceModel",
     "DeviceModel",
     "ModelKind",
     "PerSensorModel",

@@ -53,6 +53,10 @@ class ModelKind(ABC):
         """The fitted scikit-learn object(s), kept as ``model.joblib`` (the reference)."""
 
     @abstractmethod
+    def restore(self, estimator: Any) -> None:
+        """Become the model whose :meth:`estimator` ``estimator`` is (``model.joblib``)."""
+
+    @abstractmethod
     def arrays(self) -> dict[str, np.ndarray]:
         """The fitted parameters, kept as ``params.bin`` (loaded without pickle)."""
 

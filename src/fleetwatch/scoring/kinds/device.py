@@ -39,6 +39,9 @@ class DeviceModel(ModelKind):
     def estimator(self) -> object:
         return self.pipeline
 
+    def restore(self, estimator: Any) -> None:
+        self.pipeline = estimator
+
     def arrays(self) -> dict[str, np.ndarray]:
         return SvmParams.from_pipeline(self.pipeline).to_arrays()
 

@@ -51,6 +51,9 @@ class PerSensorModel(ModelKind):
     def estimator(self) -> object:
         return self.pipelines
 
+    def restore(self, estimator: Any) -> None:
+        self.pipelines = estimator
+
     def arrays(self) -> dict[str, np.ndarray]:
         arrays: dict[str, np.ndarray] = {"sensors": np.array(sorted(self.pipelines))}
         for sensor, (columns, pipeline) in self.pipelines.items():

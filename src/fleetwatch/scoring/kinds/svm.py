@@ -25,8 +25,9 @@ compared on a log scale and reading counts as a share of the typical count
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -307,12 +308,7 @@ def decide(models: list[SvmScorer], windows: np.ndarray, counts: np.ndarray) -> 
     windows x features, NaN where missing; overwritten). Transforming, imputing, scaling, the
     windows' norms and their extension run once for all the devices (a few whole-array passes
     instead of several small calls per device); each kernel is the device's own."""
-    _transform(models, windows)
-    missing = np.isnan(windows)
-    if missing.any():
-        np.copyto(windows, np.stack([m.fill for m in models])[:, None, :], where=missing)
-    windows -= np.stack([m.mean for m in models])[:, None, :]
-    windows /= np.stack([m.scale for m in models])[:, None, :]
+    standardize(models, windows)
     norms = np.einsum("dwf,dwf->dw", windows, windows)
     gammas = np.array([m.gamma for m in models])
     # Models of one fleet use the same columns: one extended copy of their windows
@@ -333,7 +329,38 @@ def decide(models: list[SvmScorer], windows: np.ndarray, counts: np.ndarray) -> 
     return results
 
 
-def _transform(models: list[SvmScorer], windows: np.ndarray) -> None:
+def standardize(models: Sequence[Standardized], windows: np.ndarray) -> None:
+    """Each device's windows transformed, imputed, scaled and weighted, in place (``windows``:
+    devices x windows x features, NaN where missing)."""
+    _transform(models, windows)
+    missing = np.isnan(windows)
+    if missing.any():
+        np.copyto(windows, np.stack([m.fill for m in models])[:, None, :], where=missing)
+    windows -= np.stack([m.mean for m in models])[:, None, :]
+    windows /= np.stack([m.scale for m in models])[:, None, :]
+
+
+class Standardized(Protocol):
+    """What :func:`standardize` reads of a scorer: the fitted window transform, imputer and
+    scaler (the scale divided by the feature's weight)."""
+
+    @property
+    def fill(self) -> np.ndarray: ...
+    @property
+    def mean(self) -> np.ndarray: ...
+    @property
+    def scale(self) -> np.ndarray: ...
+    @property
+    def log_columns(self) -> np.ndarray: ...
+    @property
+    def log_offsets(self) -> np.ndarray: ...
+    @property
+    def coverage_columns(self) -> np.ndarray: ...
+    @property
+    def coverage_scale(self) -> np.ndarray: ...
+
+
+def _transform(models: Sequence[Standardized], windows: np.ndarray) -> None:
     """Each device's window transform, in place (devices of one feature list share their
     columns: then one pass for all of them)."""
     first = models[0]
@@ -389,6 +416,14 @@ def make_pipeline(nu: float, gamma: str | float, kernel: str, names: list[str]) 
     from sklearn.pipeline import Pipeline
     from sklearn.svm import OneClassSVM
 
+    steps = make_standardizer(names).steps
+    return Pipeline([*steps, ("svm", OneClassSVM(nu=nu, gamma=gamma, kernel=kernel))])
+
+
+def make_standardizer(names: list[str]) -> Pipeline:
+    """The steps before a model: window transform, imputer, scaler, feature weights."""
+    from sklearn.pipeline import Pipeline
+
     from fleetwatch.scoring.kinds.transforms import (
         MedianImputer,
         Standardizer,
@@ -402,7 +437,6 @@ def make_pipeline(nu: float, gamma: str | float, kernel: str, names: list[str]) 
             ("impute", MedianImputer()),
             ("scale", Standardizer()),
             ("weights", Weights(tuple(feature_weights(names).tolist()))),
-            ("svm", OneClassSVM(nu=nu, gamma=gamma, kernel=kernel)),
         ]
     )
 
