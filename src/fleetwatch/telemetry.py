@@ -15,9 +15,8 @@ import json
 import math
 import re
 from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import Any, Final, Literal
+from typing import Any, Final, Literal, NamedTuple
 
 import orjson
 
@@ -61,9 +60,11 @@ class InvalidMessage(ValueError):
         self.detail = detail
 
 
-@dataclass(frozen=True, slots=True)
-class Telemetry:
-    """One valid message: a device's readings at one event time (epoch milliseconds, UTC)."""
+class Telemetry(NamedTuple):
+    """One valid message: a device's readings at one event time (epoch milliseconds, UTC).
+
+    A NamedTuple: one is made per message on the aggregation's hot path, in half the time of
+    a frozen dataclass."""
 
     device_id: str
     ts_ms: int
@@ -218,7 +219,10 @@ def _parse_valid(value: bytes, key: bytes | None) -> Telemetry | None:
             return None
     else:
         return None
-    if not _known((device_id, *readings)):
+    known = _KNOWN_NAMES
+    if not (device_id in known and known.issuperset(readings)) and not _known(
+        (device_id, *readings)
+    ):
         return None
     kinds = set(map(type, readings.values()))
     if kinds != {float}:

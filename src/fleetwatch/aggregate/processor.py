@@ -178,10 +178,10 @@ class PartitionProcessor:
         limit = self.future_limit_ms
         now_ms = round(self.clock() * 1000)
         newest = self.max_event  # the partition's newest reading so far, this batch included
+        replay_until = self.replay_until
+        clock_limit = now_ms + (limit or 0)
         for record in records[start:]:
             offset, key, value = record[0], record[1], record[2]
-            self.next_offset = offset + 1
-            self.counters.messages += 1
             try:
                 message = parse_message(value, key)
                 produced = record[3] if len(record) > 3 else None
@@ -196,7 +196,13 @@ class PartitionProcessor:
                         f"ts {format_ts(message.ts_ms)} is more than {limit // 1000}s ahead "
                         f"of the record's timestamp {format_ts(produced)}",
                     )
-                if limit is not None and self._ahead_of_the_clock(offset, message, now_ms, newest):
+                if (
+                    limit is not None
+                    # (the method only when it matters: a reading ahead of the clock, or a
+                    # replayed record, whose decision was recorded when first read)
+                    and (message.ts_ms > clock_limit or replay_until is not None)
+                    and self._ahead_of_the_clock(offset, message, now_ms, newest)
+                ):
                     raise InvalidMessage(
                         "future_timestamp",
                         f"ts {format_ts(message.ts_ms)} is more than {limit // 1000}s ahead of "
@@ -210,6 +216,9 @@ class PartitionProcessor:
                 self.counters.dead_lettered[exc.reason] += 1
                 if self.replay_until is None or offset >= self.replay_until:
                     self.dead_letter(offset, key, value, exc.reason, exc.detail)
+        if start < len(records):
+            self.next_offset = records[-1][0] + 1
+            self.counters.messages += len(records) - start
         if not messages:
             return False
         return self._window(offsets, messages)
