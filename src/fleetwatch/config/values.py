@@ -113,7 +113,7 @@ def coerce(raw: Any, annotation: Any, meta: Mapping[str, Any]) -> Any:
     elif kind == "list":
         items = raw if isinstance(raw, list) else str(raw).split(",")
         value = [str(item).strip() for item in items if str(item).strip()]
-        if not value and items and not isinstance(raw, list) and str(raw).strip():
+        if not value and not isinstance(raw, list) and str(raw).strip():
             # ",,," names nothing: a slip, not the default (an empty value is the default)
             raise ValueError(f"{raw!r} names nothing: give comma-separated names")
     elif origin is Literal:
