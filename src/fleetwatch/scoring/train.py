@@ -12,7 +12,7 @@ import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping
-from concurrent.futures import ProcessPoolExecutor, as_completed
+from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
@@ -414,6 +414,7 @@ def train_ranges(
             parameters, layout.location, activate, options.min_windows, window_ms,
             layout.location, fleet,
         )  # fmt: skip
+        fitting_now = Fitting(pool, summary, advance)
         for (since, until), chosen in by_range.items():
             if not executor.shares_memory:  # the workers read their devices themselves
                 train_on_cluster(training, fitting, since, until, chosen, summary, advance)
@@ -424,7 +425,9 @@ def train_ranges(
                 for device_id, reason in skipped.items():
                     summary.skipped[device_id] = reason
                     advance()
-                _fit_and_save(pool, jobs, summary, advance)
+                # the workers fit this group while the next one is read (one group ahead)
+                fitting_now.submit(jobs, keep=1)
+        fitting_now.submit([], keep=0)
     if activate != "no" and summary.trained:  # so that the next scoring run finds them packed
         pack_quietly(ModelPack.open(layout.model_pack, registry), summary)
     return summary
@@ -463,30 +466,38 @@ def _import_fitting() -> None:
 class CubeReader:
     """The windows of devices in [since, until), read in groups of devices of about
     :data:`READ_ROWS` rows, from one listing of the hours. The slow-sensor judgement and the
-    fits read the same windows: when a range's devices fit in one read, the judgement's read
-    is kept for the fits (``keep``) instead of being read twice."""
+    fits read the same windows: the judgement's last read (all of them when a range's devices
+    fit in one) is kept for the fits (``keep``), which take it first, instead of reading it
+    twice while the workers wait."""
 
     def __init__(self, layout: DataLayout, window_ms: int) -> None:
         self.layout = layout
         self.window_ms = window_ms
-        self._kept: dict[tuple[datetime, datetime, tuple[str, ...]], WindowCube] = {}
+        self._kept: dict[tuple[datetime, datetime, tuple[str, ...]], tuple[list[str], WindowCube]]
+        self._kept = {}
 
     def __call__(
         self, since: datetime, until: datetime, devices: list[str], keep: bool
     ) -> Iterator[tuple[list[str], WindowCube]]:
         kept = self._kept.pop((since, until, tuple(devices)), None)
+        done: list[str] | None = None  # the devices of the kept read
         if kept is not None:
-            yield devices, kept
-            return
+            done = kept[0]
+            yield kept
+            del kept  # the caller's to free
+            if done == devices:
+                return
         layout = self.layout
         files = [item.key for item in layout.files_between(since, until)]
         _, rows = devices_in_files(layout.store, files)
         group = max(1, READ_ROWS * max(len(devices), 1) // max(rows, 1))  # devices per read
         for start in range(0, len(devices), group):
             part = devices[start : start + group]
+            if part == done:
+                continue
             cube = read_cube(layout.store, files, since, until, self.window_ms, devices=part)
-            if keep and group >= len(devices):
-                self._kept[(since, until, tuple(devices))] = cube
+            if keep and start + group >= len(devices):
+                self._kept[(since, until, tuple(devices))] = (part, cube)
             yield part, cube
 
 
@@ -590,24 +601,41 @@ def auto_kind(sensors: list[str]) -> str:
     return "covariance" if len(sensors) >= 2 else "device"
 
 
-def _fit_and_save(
-    pool: ProcessPoolExecutor,
-    jobs: list[FitJob],
-    summary: TrainSummary,
-    advance: Callable[[], None],
-) -> None:
-    futures = {pool.submit(fit_and_save, job): job.device_id for job in jobs}
-    for future in as_completed(futures):
-        advance()
-        device_id = futures[future]
-        try:
-            summary.record(device_id, future.result())
-        except StorageError:  # a full disk fails every device alike: stop, say it once
-            for waiting in futures:
-                waiting.cancel()
-            raise
-        except Exception as exc:  # one device's bad data must not stop the others
-            summary.failed[device_id] = f"{type(exc).__name__}: {exc}"
+class Fitting:
+    """Groups of fit jobs in the local pool, their results recorded in the summary. Reading a
+    group of devices' windows takes the parent seconds: submitted one group ahead, the workers
+    fit the group before while it reads (``docs/performance.md``, training)."""
+
+    def __init__(
+        self, pool: ProcessPoolExecutor, summary: TrainSummary, advance: Callable[[], None]
+    ) -> None:
+        self.pool = pool
+        self.summary = summary
+        self.advance = advance
+        self.groups: list[dict[Future[Fitted], str]] = []
+
+    def submit(self, jobs: list[FitJob], keep: int) -> None:
+        """Submit ``jobs`` as a group, then wait until at most ``keep`` groups are unfinished
+        (the newest: the workers run them in order)."""
+        if jobs:
+            self.groups.append({self.pool.submit(fit_and_save, job): job.device_id for job in jobs})
+        while len(self.groups) > keep:
+            self._collect(self.groups[0])
+            self.groups.pop(0)
+
+    def _collect(self, futures: dict[Future[Fitted], str]) -> None:
+        for future in as_completed(futures):
+            self.advance()
+            device_id = futures[future]
+            try:
+                self.summary.record(device_id, future.result())
+            except StorageError:  # a full disk fails every device alike: stop, say it once
+                for group in self.groups:
+                    for waiting in group:
+                        waiting.cancel()
+                raise
+            except Exception as exc:  # one device's bad data must not stop the others
+                self.summary.failed[device_id] = f"{type(exc).__name__}: {exc}"
 
 
 #: A training task fits many devices: its timeout is at least this long.

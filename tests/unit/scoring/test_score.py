@@ -377,13 +377,26 @@ def test_training_in_device_groups_fits_the_same_models(
 ) -> None:
     """Reading the training range a few devices at a time (bounded memory for big fleets)
     fits exactly the models of one read: same parameters, byte for byte."""
+    import fleetwatch.scoring.features as features
     import fleetwatch.scoring.train as training
 
     registry = ModelRegistry.of(trained.data_dir)
     whole = {d: registry.active(d).manifest["sha256"]["params.bin"] for d in DEVICES}  # type: ignore[union-attr]
     monkeypatch.setattr(training, "READ_ROWS", 1000)  # about two devices per read
+    reads: list[tuple[str, ...]] = []
+
+    def read_cube(*args: Any, devices: list[str], **kwargs: Any) -> Any:
+        reads.append(tuple(devices))
+        return features.read_cube(*args, devices=devices, **kwargs)
+
+    monkeypatch.setattr(training, "read_cube", read_cube)
     summary = train(trained, T0, T0 + pd.Timedelta(hours=2).to_pytimedelta())
     assert sorted(summary.trained) == DEVICES and not summary.failed
+    # the slow-sensor judgement reads every group once; the fits read them again, but the
+    # judgement's last read is kept for them: 2 x groups - 1 reads, no group read 3 times
+    groups = set(reads)
+    assert len(groups) >= 2 and len(reads) == 2 * len(groups) - 1
+    assert sorted(d for group in groups for d in group) == DEVICES
     grouped = {d: registry.active(d).manifest["sha256"]["params.bin"] for d in DEVICES}  # type: ignore[union-attr]
     assert grouped == whole
     assert {registry.active_version(d) for d in DEVICES} == {"v0002"}
