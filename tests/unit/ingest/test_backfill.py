@@ -150,3 +150,37 @@ def test_windows_that_exist_already_are_refused_not_doubled(
     assert "exist already" in line
     hours = DataLayout.open(data).inventory()
     assert len(hours) == 1 and len(hours[0].files) == 1
+
+
+def test_an_hour_backfilled_a_part_at_a_time_is_checked_against_the_windows_it_overlaps(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The clash check reads the hour's earlier files only in the new file's time span: files
+    of the same hour that follow one another are accepted, and one that overlaps an earlier
+    file is refused with the exact count of the windows both hold (2 devices x 2 minutes)."""
+    data = tmp_path / "data"
+    start = datetime(2026, 11, 23, 10, tzinfo=UTC)
+
+    def part(name: str, first_minute: int, minutes: int) -> int:
+        stamps = pd.date_range(start + timedelta(minutes=first_minute), periods=minutes * 2,
+                               freq="30s")  # fmt: skip
+        frame = pd.concat(
+            pd.DataFrame({"timestamp": stamps, "device_id": device, "temp": 20.0 + index})
+            for index, device in enumerate(["pump-1", "pump-2"])
+        )
+        path = tmp_path / f"{name}.parquet"
+        frame.to_parquet(path)
+        return main(
+            ["import", str(path), "--backfill", "--layout", "wide", "--data-dir", str(data)]
+        )
+
+    assert part("a", 0, 20) == 0 and part("b", 20, 20) == 0  # one after the other: accepted
+    capsys.readouterr()
+    assert part("c", 38, 10) == 2  # minutes 38 and 39 are b's
+    [line] = capsys.readouterr().err.strip().splitlines()
+    assert "error: 4 windows of this file in 2026-11-23T10:00Z exist already" in line
+    assert part("d", 40, 20) == 0
+    [hour] = DataLayout.open(data).inventory()
+    windows = read_parquet_dir(data / "aggregates")
+    assert len(hour.files) == 3 and len(windows) == 2 * 60
+    assert not windows.duplicated(["device_id", "sensor", "window_start"]).any()
