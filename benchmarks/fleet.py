@@ -66,29 +66,6 @@ def report():
 run(sys.argv[1:])
 """
 
-#: The plain training loop (benchmarks/train.py's), over the training hours only.
-PLAIN_TRAIN = """
-import sys
-from pathlib import Path
-import joblib, pandas as pd
-from sklearn.impute import SimpleImputer
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
-from sklearn.svm import OneClassSVM
-
-data, out, until = Path(sys.argv[1]), Path(sys.argv[2]), pd.Timestamp(sys.argv[3])
-frame = pd.read_parquet(data / "aggregates", filters=[("window_start", "<", until)])
-wide = frame.pivot_table(index=["device_id", "window_start"], columns="sensor",
-                         values=["mean", "std", "min", "max"], aggfunc="first")
-out.mkdir(parents=True, exist_ok=True)
-for device, rows in wide.groupby(level=0):
-    model = make_pipeline(SimpleImputer(strategy="median"), StandardScaler(),
-                          OneClassSVM(nu=0.01, gamma="scale"))
-    model.fit(rows.to_numpy())
-    joblib.dump(model, out / f"{device}.joblib")
-"""
-
-
 #: ``fleetwatch import`` holds a file's rows as Python messages (~1.4 KB a wide row): files of
 #: at most about this many rows keep it near 1.7 GB.
 ROWS_PER_FILE = 1_200_000
@@ -232,6 +209,7 @@ def main() -> int:
     if not args.no_baselines:
         sys.path.insert(0, str(Path(__file__).parent))
         from score import SCRIPT  # benchmarks/score.py's scheduled script
+        from train import PLAIN as PLAIN_TRAIN  # benchmarks/train.py's loop
 
         baselines["train"] = script(
             PLAIN_TRAIN, [str(data), str(work / "plain-models"), until.isoformat()], env

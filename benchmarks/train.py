@@ -51,7 +51,8 @@ from sklearn.preprocessing import StandardScaler
 from sklearn.svm import OneClassSVM
 
 data, out = Path(sys.argv[1]), Path(sys.argv[2])
-frame = pd.read_parquet(data / "aggregates")
+until = [("window_start", "<", pd.Timestamp(sys.argv[3]))] if len(sys.argv) > 3 else None
+frame = pd.read_parquet(data / "aggregates", filters=until)  # benchmarks/fleet.py: its 2 hours
 wide = frame.pivot_table(index=["device_id", "window_start"], columns="sensor",
                          values=["mean", "std", "min", "max"], aggfunc="first")
 out.mkdir(parents=True, exist_ok=True)
