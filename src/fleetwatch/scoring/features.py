@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import itertools
 import threading
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Collection, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Final
@@ -183,6 +183,16 @@ def device_pieces(
                         if not holders or holders[-1] != index:
                             holders.append(index)
     return pieces, {device: tuple(indices) for device, indices in found.items()}
+
+
+def pieces_of(
+    pieces: Sequence[Piece], where: Mapping[str, tuple[int, ...]], devices: Iterable[str]
+) -> list[Piece]:
+    """The row groups among ``pieces`` that hold rows of ``devices`` (``where``, as
+    :func:`device_pieces` gives it), in file order: what a part of a fleet reads. In files
+    sorted by device (as ``import --backfill`` writes them) a part of neighbouring devices
+    reads its share of the hour, not all of it."""
+    return [pieces[i] for i in sorted({i for device in devices for i in where.get(device, ())})]
 
 
 def read_cube(

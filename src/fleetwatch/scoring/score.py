@@ -37,7 +37,7 @@ from fleetwatch.output import progress_bar
 from fleetwatch.scoring.executor import DeviceResult, Executor, TaskModel
 from fleetwatch.scoring.executors import executor_for, task_model
 from fleetwatch.scoring.explain import Explanation, explain_many
-from fleetwatch.scoring.features import WindowCube, device_pieces, devices_in_files, read_cube
+from fleetwatch.scoring.features import Piece, WindowCube, device_pieces, pieces_of, read_cube
 from fleetwatch.scoring.kinds import ModelKind
 from fleetwatch.scoring.pack import (
     ActiveModel,
@@ -168,7 +168,7 @@ def score_hour(
     executor = scoring.executor
 
     registry = scoring.registry
-    parts: list[list[str]] | None = None
+    parts: list[tuple[list[str], list[Piece]]] | None = None
     if not executor.shares_memory:
         # The workers read the windows; this process only learns which devices the hour has
         # (one dictionary-encoded column) and gets each device's window starts back.
@@ -184,7 +184,7 @@ def score_hour(
         with_data = set(cube.devices)
     else:  # more than READ_ROWS rows: read and score the hour a part of its devices at a time
         cube = None
-        with_data = {device for part in parts for device in part}
+        with_data = {device for part, _ in parts for device in part}
         with_model_folder = registry.model_devices()
         pack = ModelPack(layout.model_pack, registry)
     to_score = sorted(with_data & with_model_folder)
@@ -210,11 +210,13 @@ def score_hour(
             results, errors, aborted = executor.run(to_score, work, model, on_progress=on_progress)
         elif executor.shares_memory:
             assert pack is not None and parts is not None
-            parted = PartedScoring(layout.store, files.keys, window_start, window_ms, registry,
-                                   pack, hook, shadowed)  # fmt: skip
+            parted = PartedScoring(layout.store, window_start, window_ms, registry, pack, hook,
+                                   shadowed)  # fmt: skip
+            chosen = set(to_score)
             results, errors, aborted = parted.run(
-                executor, [sorted(set(p) & set(to_score)) for p in parts], model, on_progress
-            )
+                executor, [(sorted(set(p) & chosen), pieces) for p, pieces in parts], model,
+                on_progress,
+            )  # fmt: skip
         else:
             remote = RemoteScoring(
                 layout.store, window_start, window_end, window_ms, frozenset(shadowed), hook,
@@ -359,29 +361,30 @@ READ_ROWS = 4_000_000
 
 def _device_parts(
     store: DataStore, keys: Sequence[str], devices: Sequence[str] | None
-) -> list[list[str]] | None:
+) -> list[tuple[list[str], list[Piece]]] | None:
     """None when the hour's files hold at most :data:`READ_ROWS` rows (read whole, as one
-    cube); else its devices (or those of ``devices`` it has) in parts of about that many rows.
-    The row count comes from the files' footers; the devices from their dictionary-encoded
-    device column."""
+    cube); else its devices (or those of ``devices`` it has) in parts of about that many rows,
+    in order, each with the row groups that hold its devices' rows (what it reads). The row
+    count comes from the files' footers; the devices from their dictionary-encoded device
+    column."""
     rows = sum(read_metadata(store, key).num_rows for key in keys)
     if rows <= READ_ROWS:
         return None
-    present, _ = devices_in_files(store, keys)
-    if devices is not None:
-        present = sorted(set(present) & set(devices))
+    pieces, where = device_pieces(store, keys)
+    present = sorted(where if devices is None else set(where) & set(devices))
     size = max(1, READ_ROWS * max(len(present), 1) // rows)  # devices per part
-    return [present[i : i + size] for i in range(0, len(present), size)]
+    parts = [present[i : i + size] for i in range(0, len(present), size)]
+    return [(part, pieces_of(pieces, where, part)) for part in parts]
 
 
 @dataclass
 class PartedScoring:
     """An hour too large to read whole, scored a part of its devices at a time: each part's
-    windows read (one cube the forked workers share), its devices scored, and the cube let go
-    before the next part is read. The results carry their window starts, as from a cluster."""
+    windows read from the row groups that hold them (one cube the forked workers share), its
+    devices scored, and the cube let go before the next part is read. The results carry their
+    window starts, as from a cluster."""
 
     store: DataStore
-    keys: Sequence[str]
     window_start: datetime
     window_ms: int
     registry: ModelRegistry
@@ -392,7 +395,7 @@ class PartedScoring:
     def run(
         self,
         executor: Executor,
-        parts: list[list[str]],
+        parts: list[tuple[list[str], list[Piece]]],
         model: TaskModel,
         on_progress: Callable[[int], None] | None,
     ) -> tuple[dict[str, Any], dict[str, str], bool]:
@@ -402,7 +405,7 @@ class PartedScoring:
             self.pack.open_segments()
         except Exception as exc:  # the pack is a cache: the workers read the model files instead
             log.warning("model pack not used (%s)", exc)
-        for part in (p for p in parts if p):
+        for part, pieces in (p for p in parts if p[0]):
             # as for a whole hour: the part's models are loaded (checked) from the pack while
             # its windows are read, and the forked workers inherit them
             read = threading.Event()
@@ -410,7 +413,7 @@ class PartedScoring:
                 preloading = thread.submit(self.pack.preload, part, read)
                 try:
                     cube = read_cube(
-                        self.store, self.keys, self.window_start, self.window_start + HOUR,
+                        self.store, pieces, self.window_start, self.window_start + HOUR,
                         self.window_ms, devices=part,
                     )  # fmt: skip
                 finally:

@@ -35,10 +35,12 @@ from fleetwatch.scoring.executor import DeviceResult, Executor, TaskModel
 from fleetwatch.scoring.executors import executor_for
 from fleetwatch.scoring.features import (
     WindowCube,
+    device_pieces,
     devices_in_files,
     feature_names,
     fleet_slow,
     judge_slow,
+    pieces_of,
     read_cube,
     sensors_and_window,
     slow_sensors,
@@ -47,6 +49,7 @@ from fleetwatch.scoring.kinds import kind_named, new_model
 from fleetwatch.scoring.pack import ModelPack, PackItem, pack_entry, refresh_quietly
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.storage.layout import DataLayout
+from fleetwatch.storage.parquet import read_metadata
 from fleetwatch.storage.store import open_store
 
 
@@ -489,13 +492,16 @@ class CubeReader:
                 return
         layout = self.layout
         files = [item.key for item in layout.files_between(since, until)]
-        _, rows = devices_in_files(layout.store, files)
+        rows = sum(read_metadata(layout.store, key).num_rows for key in files)
         group = max(1, READ_ROWS * max(len(devices), 1) // max(rows, 1))  # devices per read
+        # in groups, each reads the row groups that hold its devices (not every file whole)
+        where = None if group >= len(devices) else device_pieces(layout.store, files)
         for start in range(0, len(devices), group):
             part = devices[start : start + group]
             if part == done:
                 continue
-            cube = read_cube(layout.store, files, since, until, self.window_ms, devices=part)
+            chosen = files if where is None else pieces_of(*where, part)
+            cube = read_cube(layout.store, chosen, since, until, self.window_ms, devices=part)
             if keep and start + group >= len(devices):
                 self._kept[(since, until, tuple(devices))] = (part, cube)
             yield part, cube

@@ -88,10 +88,14 @@ def table_bytes(
 
 
 def write_table(
-    store: DataStore, key: str, table: pa.Table, compression: str = DEFAULT_COMPRESSION
+    store: DataStore,
+    key: str,
+    table: pa.Table,
+    compression: str = DEFAULT_COMPRESSION,
+    row_group_size: int | None = None,
 ) -> None:
     """Write ``table`` to ``key`` so that readers see all of it or nothing."""
-    store.write(key, table_bytes(table, compression))
+    store.write(key, table_bytes(table, compression, row_group_size=row_group_size))
 
 
 #: A file written under a staged name, and the name it is published under.

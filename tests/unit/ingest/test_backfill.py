@@ -3,6 +3,7 @@ trained and scored like live data (before, they went to the late sink)."""
 
 from __future__ import annotations
 
+import itertools
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -86,6 +87,38 @@ def test_a_historical_file_becomes_exact_aggregates_once(
     assert not (data / "late").exists()
     files = sorted(p.name for p in (data / "aggregates").rglob("*.parquet"))
     assert len(files) == 3 and len(set(files)) == 1 and files[0].startswith("b-")
+
+
+def test_backfill_files_hold_their_devices_in_order_in_row_groups(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 26 item 3: a backfill file is sorted by device, in row groups of
+    ``GROUP_ROWS``, so that a part of a fleet (scoring, training) reads only the row groups
+    of its devices: each row group's devices come after the previous group's, never
+    interleaved, and each device's windows are in time order."""
+    import pyarrow.parquet as pq
+
+    import fleetwatch.ingest.backfill as backfill_module
+
+    monkeypatch.setattr(backfill_module, "GROUP_ROWS", 100)
+    source = tmp_path / "sensor_data.csv"
+    azure_csv(source)
+    data = tmp_path / "data"
+    args = ["import", str(source), "--backfill", "--assume-timezone", "UTC", "--data-dir",
+            str(data)]  # fmt: skip
+    assert main(args) == 0
+    for path in sorted((data / "aggregates").rglob("*.parquet")):
+        parquet = pq.ParquetFile(path)
+        assert parquet.metadata.num_row_groups > 1
+        assert all(parquet.metadata.row_group(g).num_rows <= 100
+                   for g in range(parquet.metadata.num_row_groups))  # fmt: skip
+        groups = [parquet.read_row_group(g).to_pandas()
+                  for g in range(parquet.metadata.num_row_groups)]  # fmt: skip
+        for before, after in itertools.pairwise(groups):
+            assert before["device_id"].max() <= after["device_id"].min()
+        frame = pd.concat(groups)
+        key = list(zip(frame["device_id"], frame["window_start"], frame["sensor"], strict=True))
+        assert key == sorted(key)
 
 
 def test_backfilled_hours_are_closed_trained_and_scored(tmp_path: Path) -> None:

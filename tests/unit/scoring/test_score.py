@@ -405,6 +405,52 @@ def test_training_in_device_groups_fits_the_same_models(
     assert summary.skipped == {"nope": "no windows in the training range"}
 
 
+def test_training_in_device_groups_reads_only_the_row_groups_of_each_group(
+    trained: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 26 item 3, in training: a group of devices reads the row groups that hold them.
+    Files sorted by device in small row groups: each read is about its devices' rows, not
+    the whole range (before, every read was the whole range); the models are the same."""
+    import pyarrow.parquet as pq
+
+    import fleetwatch.scoring.features as features
+    import fleetwatch.scoring.train as training
+    from fleetwatch.storage.layout import DataLayout
+
+    registry = ModelRegistry.of(trained.data_dir)
+    whole = {d: registry.active(d).manifest["sha256"]["params.bin"] for d in DEVICES}  # type: ignore[union-attr]
+    layout = DataLayout.open(trained.data_dir)
+    until = T0 + pd.Timedelta(hours=2).to_pytimedelta()
+    files = [Path(trained.data_dir) / item.key for item in layout.files_between(T0, until)]
+    group_rows = 60
+    for path in files:
+        table = pq.read_table(path).sort_by([("device_id", "ascending"),
+                                             ("window_start", "ascending")])  # fmt: skip
+        pq.write_table(table, path, row_group_size=group_rows)
+    monkeypatch.setattr(training, "READ_ROWS", 1000)  # about two devices per read
+    reads: list[tuple[int, int]] = []  # (rows read, rows of its devices)
+
+    def read_cube(store: Any, chosen: Any, *args: Any, devices: list[str], **kwargs: Any) -> Any:
+        pieces = [(p, None) if isinstance(p, str) else p for p in chosen]
+        read = 0
+        for key, group in pieces:
+            metadata = pq.ParquetFile(Path(trained.data_dir) / key).metadata
+            read += metadata.num_rows if group is None else metadata.row_group(group).num_rows
+        own = sum(pq.read_table(path, filters=[("device_id", "in", devices)]).num_rows
+                  for path in files)  # fmt: skip
+        reads.append((read, own))
+        return features.read_cube(store, chosen, *args, devices=devices, **kwargs)
+
+    monkeypatch.setattr(training, "read_cube", read_cube)
+    summary = train(trained, T0, until)
+    assert sorted(summary.trained) == DEVICES and not summary.failed
+    assert len(reads) >= 3
+    for read, own in reads:  # at most a row group a file shared with a neighbouring group
+        assert own <= read <= own + 2 * len(files) * group_rows
+    grouped = {d: registry.active(d).manifest["sha256"]["params.bin"] for d in DEVICES}  # type: ignore[union-attr]
+    assert grouped == whole
+
+
 def test_a_tampered_manifest_fails_its_device_instead_of_flagging_everything(
     trained: Settings,
 ) -> None:
@@ -506,6 +552,54 @@ def test_an_hour_larger_than_one_read_is_scored_in_parts_with_the_same_rows(
     fields = ("status", "devices_total", "devices_scored", "devices_failed", "rows_scored",
               "anomalies")  # fmt: skip
     assert [getattr(parted, f) for f in fields] == [getattr(whole, f) for f in fields]
+
+
+def test_each_part_of_an_hour_reads_only_the_row_groups_of_its_devices(
+    trained: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Issue 26 item 3: a part reads the row groups that hold its devices (found from the
+    device column), not every file of the hour with the other devices' rows thrown away. With
+    files sorted by device (as ``import --backfill`` writes them), the parts together read the
+    hour about once; before, each part read all of it. The scores are scikit-learn's."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    import fleetwatch.scoring.score as score_module
+    from fleetwatch.storage.layout import DataLayout
+
+    layout = DataLayout.open(trained.data_dir)
+    hour = layout.hour_data("aggregates", HOUR3)
+    group_rows = 60  # a device's hour is 180 rows: three row groups a device
+    for item in hour:  # the same files, their rows sorted by device, in small row groups
+        path = Path(trained.data_dir) / item.key
+        table = pq.read_table(path)
+        table = table.sort_by([("device_id", "ascending"), ("window_start", "ascending")])
+        pq.write_table(pa.Table.from_batches(table.to_batches(), table.schema), path,
+                       row_group_size=group_rows)  # fmt: skip
+    whole_rows = sum(pq.ParquetFile(Path(trained.data_dir) / item.key).metadata.num_rows
+                     for item in hour)  # fmt: skip
+    read_rows: list[int] = []
+    reads = 0
+    original = score_module.read_cube
+
+    def counted(store: Any, files: Any, *args: Any, **kwargs: Any) -> Any:
+        nonlocal reads
+        reads += 1
+        for item in files:
+            metadata = pq.ParquetFile(Path(trained.data_dir) / (
+                item if isinstance(item, str) else item[0])).metadata  # fmt: skip
+            read_rows.append(metadata.num_rows if isinstance(item, str)
+                             else metadata.row_group(item[1]).num_rows)  # fmt: skip
+        return original(store, files, *args, **kwargs)
+
+    monkeypatch.setattr(score_module, "read_cube", counted)
+    monkeypatch.setattr(score_module, "READ_ROWS", whole_rows // 3)
+    result = score_hour(trained, HOUR3, progress=False)
+    assert result.status == "succeeded" and result.devices_scored == len(DEVICES)
+    # at most one row group a file shared by two neighbouring parts
+    assert reads >= 3
+    assert whole_rows <= sum(read_rows) <= whole_rows + reads * len(hour) * group_rows
+    assert_scores_equal_sklearn(trained)
 
 
 def test_the_error_threshold_counts_failures_over_every_part(
