@@ -44,6 +44,8 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from launch import launcher  # benchmarks/launch.py
+
 START = datetime(2026, 11, 23, tzinfo=UTC)
 SENSORS = ("s0", "s1", "s2", "s3")
 EVERY_S = 30
@@ -51,20 +53,7 @@ TRAIN_HOURS = 2
 WORKERS = os.cpu_count() or 2
 
 #: Runs the CLI as ``fleetwatch ...`` does; reports its peak RSS and its children's on stderr.
-LAUNCHER = """
-import atexit, json, resource, sys
-from fleetwatch.cli import run
-
-@atexit.register
-def report():
-    # VmHWM, not ru_maxrss: after fork + exec, ru_maxrss still counts the benchmark process
-    status = open("/proc/self/status").read().splitlines()
-    peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
-    children = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(json.dumps({"self_mib": peak / 1024, "child_mib": children / 1024}), file=sys.stderr)
-
-run(sys.argv[1:])
-"""
+LAUNCHER = launcher()
 
 #: ``fleetwatch import`` holds a file's rows as Python messages (~1.4 KB a wide row): files of
 #: at most about this many rows keep it near 1.7 GB.

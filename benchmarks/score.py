@@ -55,6 +55,7 @@ from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.scoring.train import FitJob, fit_and_save
 from fleetwatch.storage.layout import DataLayout
 from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, write_table
+from launch import launcher  # benchmarks/launch.py
 
 HOUR = datetime(2026, 11, 22, 10, tzinfo=UTC)
 SENSORS = [f"s{i:02d}" for i in range(10)]
@@ -190,8 +191,8 @@ def in_memory_loop(
 
 #: Runs the CLI as ``fleetwatch ...`` does and reports its peak RSS (and its workers') on stderr.
 #: ``FW_BENCH_OFF`` turns one piece of scoring's machinery off, here only, for the A/B.
-LAUNCHER = """
-import atexit, json, os, resource, sys
+LAUNCHER = launcher("""
+import os
 off = os.environ.get("FW_BENCH_OFF", "")
 if off == "pack":  # every model from its registry files, as without a pack
     import fleetwatch.scoring.pack as pack, fleetwatch.scoring.score as score
@@ -204,18 +205,7 @@ elif off == "explanations":  # anomalies stored without their top sensors
 elif off == "parts":  # the whole hour read at once, whatever its size (before issue 26)
     import fleetwatch.scoring.score as score
     score.READ_ROWS = 1 << 62
-from fleetwatch.cli import run
-
-@atexit.register
-def report():
-    # VmHWM, not ru_maxrss: after fork + exec, ru_maxrss still counts the benchmark process
-    status = open("/proc/self/status").read().splitlines()
-    peak = next(int(line.split()[1]) for line in status if line.startswith("VmHWM"))
-    workers = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
-    print(json.dumps({"self": peak / 1024, "children": workers / 1024}), file=sys.stderr)
-
-run(sys.argv[1:])
-"""
+""")
 VARIANTS = ("pack", "explanations", "parts")
 
 
@@ -349,7 +339,7 @@ def main() -> int:
             for variant in order:
                 seconds, peak, _ = run_cli(command, {**env, "FW_BENCH_OFF": variant})
                 (variants[variant] if variant else default).append(seconds)
-                variants_rss[variant].append(peak["self"])
+                variants_rss[variant].append(peak["self_mib"])
         print(
             f"round {round_index + 1}: script {script[-1]:.2f}s, in memory {memory[-1]:.2f}s, "
             f"fleetwatch {cli[-1]:.2f}s"
@@ -388,8 +378,8 @@ def main() -> int:
         "anomalous_windows": anomalies,
         "max_abs_difference_to_sklearn": worst,
         "fleetwatch_bytecode_compiled": bool(bytecode),
-        "peak_rss_mib_score_process": max(r["self"] for r in rss),
-        "peak_rss_mib_largest_worker": max(r["children"] for r in rss),
+        "peak_rss_mib_score_process": max(r["self_mib"] for r in rss),
+        "peak_rss_mib_largest_worker": max(r["child_mib"] for r in rss),
         **{f"fleetwatch_without_{v}_s": median(t) for v, t in variants.items()},
         **{
             f"peak_rss_mib_without_{v}" if v else "peak_rss_mib_among_variants": max(p)

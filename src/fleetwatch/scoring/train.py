@@ -413,24 +413,24 @@ def train_ranges(
             if bar is not None:
                 bar.update(bar.task_ids[0], advance=1)
 
-        fitting = FitSetup(
+        fit_setup = FitSetup(
             parameters, layout.location, activate, options.min_windows, window_ms,
             layout.location, fleet,
         )  # fmt: skip
-        fitting_now = Fitting(pool, summary, advance)
+        fitting = Fitting(pool, summary, advance)
         for (since, until), chosen in by_range.items():
             if not executor.shares_memory:  # the workers read their devices themselves
-                train_on_cluster(training, fitting, since, until, chosen, summary, advance)
+                train_on_cluster(training, fit_setup, since, until, chosen, summary, advance)
                 continue
             for part, cube in read(since, until, chosen, keep=False):
-                jobs, skipped = prepare_jobs(cube, part, fitting, since, until)
+                jobs, skipped = prepare_jobs(cube, part, fit_setup, since, until)
                 del cube
                 for device_id, reason in skipped.items():
                     summary.skipped[device_id] = reason
                     advance()
                 # the workers fit this group while the next one is read (one group ahead)
-                fitting_now.submit(jobs, keep=1)
-        fitting_now.submit([], keep=0)
+                fitting.submit(jobs, ahead=1)
+        fitting.finish()
     if activate != "no" and summary.trained:  # so that the next scoring run finds them packed
         pack_quietly(ModelPack.open(layout.model_pack, registry), summary)
     return summary
@@ -466,6 +466,10 @@ def _import_fitting() -> None:
     import fleetwatch.scoring.kinds.transforms  # noqa: F401
 
 
+#: A training range and its devices: (since, until, devices).
+_Range = tuple[datetime, datetime, tuple[str, ...]]
+
+
 class CubeReader:
     """The windows of devices in [since, until), read in groups of devices of about
     :data:`READ_ROWS` rows, from one listing of the hours. The slow-sensor judgement and the
@@ -476,8 +480,7 @@ class CubeReader:
     def __init__(self, layout: DataLayout, window_ms: int) -> None:
         self.layout = layout
         self.window_ms = window_ms
-        self._kept: dict[tuple[datetime, datetime, tuple[str, ...]], tuple[list[str], WindowCube]]
-        self._kept = {}
+        self._kept: dict[_Range, tuple[list[str], WindowCube]] = {}
 
     def __call__(
         self, since: datetime, until: datetime, devices: list[str], keep: bool
@@ -620,14 +623,18 @@ class Fitting:
         self.advance = advance
         self.groups: list[dict[Future[Fitted], str]] = []
 
-    def submit(self, jobs: list[FitJob], keep: int) -> None:
-        """Submit ``jobs`` as a group, then wait until at most ``keep`` groups are unfinished
+    def submit(self, jobs: list[FitJob], ahead: int) -> None:
+        """Submit ``jobs`` as a group, then wait until at most ``ahead`` groups are unfinished
         (the newest: the workers run them in order)."""
         if jobs:
             self.groups.append({self.pool.submit(fit_and_save, job): job.device_id for job in jobs})
-        while len(self.groups) > keep:
+        while len(self.groups) > ahead:
             self._collect(self.groups[0])
             self.groups.pop(0)
+
+    def finish(self) -> None:
+        """Wait for every group submitted, their results recorded."""
+        self.submit([], ahead=0)
 
     def _collect(self, futures: dict[Future[Fitted], str]) -> None:
         for future in as_completed(futures):
