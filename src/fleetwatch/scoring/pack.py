@@ -195,9 +195,15 @@ class ModelPack:
 
     def forget(self, devices: Iterable[str]) -> None:
         """Let go of the models ``preload`` loaded for ``devices`` (scoring an hour in parts:
-        one part's models at a time)."""
+        one part's models at a time), and of the pack's pages this process has read: they stay
+        in the page cache (the next access reads them from there), but no longer count in its
+        memory (at 100,000 devices the pack is ~630 MB, which the parts would otherwise read
+        into the scoring process one part at a time)."""
         for device_id in devices:
             self._preloaded.pop(device_id, None)
+        if hasattr(mmap, "MADV_DONTNEED"):  # Linux, macOS
+            for mapped in self._maps.values():
+                mapped.madvise(mmap.MADV_DONTNEED)
 
     def load(self, device_id: str) -> ActiveModel | None:
         """The device's active model from the pack, or None when the pack does not hold it as

@@ -253,10 +253,11 @@ def score_hour(
             outcomes.append((device_id, "failed", reason, _active_or_none(registry, device_id), 0))
     outcomes += [(device_id, "no_model", None, None, 0) for device_id in sorted(without_model)]
     outcomes += [(d, "silent", None, registry.active_version(d), 0) for d in silent]
-
+    failed = len(to_score) - len(results)
+    del results  # the scores are in `scored` and `shadow` now, which the tables consume
+    devices_scored = len(scored)
     scores, flagged_column = _score_table(run_id, window_ms, scored, cube)
     rows_scored = scores.num_rows
-    failed = len(to_score) - len(results)
     anomalies = int(flagged_column.sum())
     error = None
     if aborted:
@@ -279,7 +280,7 @@ def score_hour(
         "finished_at": datetime.now(UTC),
         "status": status,
         "devices_total": len(with_data) + len(silent),
-        "devices_scored": len(scored),
+        "devices_scored": devices_scored,
         "devices_failed": failed,
         "devices_without_model": len(without_model),
         "devices_silent": len(silent),
@@ -322,7 +323,7 @@ def score_hour(
         status,
         run["scope"],
         run["devices_total"],
-        len(scored),
+        devices_scored,
         failed,
         len(without_model),
         len(silent),
@@ -355,8 +356,9 @@ def _offset(report: Callable[[int], None], done: int, count: int) -> None:
 
 #: An hour of more aggregate rows than this is read and scored a part of its devices at a time
 #: (each part about this many rows): the scoring process's memory stays bounded whatever the
-#: fleet's size (about 0.5 GB for a part of 4M rows).
-READ_ROWS = 4_000_000
+#: fleet's size (a part of 2 M rows adds ~250 MB while it is read; an hour of 100,000 devices
+#: peaks at ~0.9 GB in all, docs/scale.md).
+READ_ROWS = 2_000_000
 
 
 def _device_parts(
@@ -761,15 +763,20 @@ def _score_table(
 ) -> tuple[pa.Table, np.ndarray]:
     """The ``scores`` rows of the scored devices, built column-wise (no per-row objects), and
     which of them are anomalies (below their model's threshold). Window starts come from the
-    cube, or (``cube`` None: scored on Dask) from each result."""
+    cube, or (``cube`` None: scored on Dask) from each result. ``scored`` is emptied: its
+    bytes are in the table now (an hour of 100,000 devices: ~150 MB less while it is written).
+    """
     values = np.frombuffer(b"".join(s.raw for _, s in scored), dtype=np.float64)
     counts = np.array([s.windows for _, s in scored], dtype=np.int64)
-    owner = np.repeat(np.arange(len(scored)), counts)
-    thresholds = np.repeat([s.threshold for _, s in scored], counts)
-    scales = np.repeat([s.tail_scale for _, s in scored], counts)
+    owner = np.repeat(np.arange(len(scored), dtype=np.int32), counts)
+    # in place, a row-long array at a time: 6 M rows at 100,000 devices
+    thresholds = np.array([s.threshold for _, s in scored], dtype=np.float64)[owner]
     flagged = is_anomalous(values, thresholds)
     with np.errstate(invalid="ignore"):
-        normalized = np.where(np.isfinite(values), (values - thresholds) / scales, -np.inf)
+        normalized = values - thresholds
+        del thresholds
+        normalized /= np.array([s.tail_scale for _, s in scored], dtype=np.float64)[owner]
+        normalized[~np.isfinite(values)] = -np.inf
     starts = np.concatenate(
         [
             cube.row_starts[slice(*cube.rows(d))]
@@ -793,6 +800,7 @@ def _score_table(
             "top_sensors": _top_sensors(scored, counts),
         }
     )
+    scored.clear()
     return table, flagged
 
 

@@ -40,7 +40,8 @@ def strings(values: Sequence[str | None]) -> pa.Array:
 
 
 def dictionary(codes: np.ndarray, values: Sequence[str]) -> pa.Array:
-    """A dictionary-encoded string column: ``values[codes[i]]`` per row."""
+    """A dictionary-encoded string column: ``values[codes[i]]`` per row (int32 ``codes`` are
+    shared, not copied)."""
     return pa.DictionaryArray.from_arrays(
-        numeric(codes.astype(np.int32), pa.int32()), strings(values)
+        numeric(codes.astype(np.int32, copy=False), pa.int32()), strings(values)
     )
