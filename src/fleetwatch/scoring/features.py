@@ -185,6 +185,18 @@ def device_pieces(
     return pieces, {device: tuple(indices) for device, indices in found.items()}
 
 
+def by_pieces(where: Mapping[str, tuple[int, ...]], devices: Iterable[str]) -> list[str]:
+    """``devices`` in the order of the row groups that hold them (``where``, as
+    :func:`device_pieces` gives it), then of their ids: devices whose rows share row groups
+    come together (a range of a backfill file, sorted by device; a Kafka partition's live
+    files), so that a part of neighbours in this order reads few row groups.
+
+    >>> by_pieces({"a": (1, 3), "b": (0, 2), "c": (1, 3), "d": (0, 2)}, "abcd")
+    ['b', 'd', 'a', 'c']
+    """
+    return sorted(devices, key=lambda device: (where.get(device, ()), device))
+
+
 def pieces_of(
     pieces: Sequence[Piece], where: Mapping[str, tuple[int, ...]], devices: Iterable[str]
 ) -> list[Piece]:

@@ -37,7 +37,14 @@ from fleetwatch.output import progress_bar
 from fleetwatch.scoring.executor import DeviceResult, Executor, TaskModel
 from fleetwatch.scoring.executors import executor_for, task_model
 from fleetwatch.scoring.explain import Explanation, explain_many
-from fleetwatch.scoring.features import Piece, WindowCube, device_pieces, pieces_of, read_cube
+from fleetwatch.scoring.features import (
+    Piece,
+    WindowCube,
+    by_pieces,
+    device_pieces,
+    pieces_of,
+    read_cube,
+)
 from fleetwatch.scoring.kinds import ModelKind
 from fleetwatch.scoring.pack import (
     ActiveModel,
@@ -366,14 +373,15 @@ def _device_parts(
 ) -> list[tuple[list[str], list[Piece]]] | None:
     """None when the hour's files hold at most :data:`READ_ROWS` rows (read whole, as one
     cube); else its devices (or those of ``devices`` it has) in parts of about that many rows,
-    in order, each with the row groups that hold its devices' rows (what it reads). The row
+    each with the row groups that hold its devices' rows (what it reads; devices that share
+    row groups go together: :func:`~fleetwatch.scoring.features.by_pieces`). The row
     count comes from the files' footers; the devices from their dictionary-encoded device
     column."""
     rows = sum(read_metadata(store, key).num_rows for key in keys)
     if rows <= READ_ROWS:
         return None
     pieces, where = device_pieces(store, keys)
-    present = sorted(where if devices is None else set(where) & set(devices))
+    present = by_pieces(where, where if devices is None else set(where) & set(devices))
     size = max(1, READ_ROWS * max(len(present), 1) // rows)  # devices per part
     parts = [present[i : i + size] for i in range(0, len(present), size)]
     return [(part, pieces_of(pieces, where, part)) for part in parts]

@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import os
 from collections import Counter
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,7 +34,9 @@ from fleetwatch.scoring.calibration import (
 from fleetwatch.scoring.executor import DeviceResult, Executor, TaskModel
 from fleetwatch.scoring.executors import executor_for
 from fleetwatch.scoring.features import (
+    Piece,
     WindowCube,
+    by_pieces,
     device_pieces,
     devices_in_files,
     feature_names,
@@ -485,28 +487,35 @@ class CubeReader:
     def __call__(
         self, since: datetime, until: datetime, devices: list[str], keep: bool
     ) -> Iterator[tuple[list[str], WindowCube]]:
-        kept = self._kept.pop((since, until, tuple(devices)), None)
-        done: list[str] | None = None  # the devices of the kept read
+        key = (since, until, tuple(devices))
+        kept = self._kept.pop(key, None)
+        done: set[str] = set()  # the devices of the kept read: each device is read once here
         if kept is not None:
-            done = kept[0]
+            done = set(kept[0])
             yield kept
             del kept  # the caller's to free
-            if done == devices:
+            if done.issuperset(devices):
                 return
         layout = self.layout
         files = [item.key for item in layout.files_between(since, until)]
         rows = sum(read_metadata(layout.store, key).num_rows for key in files)
         group = max(1, READ_ROWS * max(len(devices), 1) // max(rows, 1))  # devices per read
-        # in groups, each reads the row groups that hold its devices (not every file whole)
-        where = None if group >= len(devices) else device_pieces(layout.store, files)
+        chosen: Sequence[str] | list[Piece] = files
+        where = None
+        if group < len(devices):
+            # in groups of devices whose rows share row groups, each read of only the row
+            # groups that hold its devices (not every file whole)
+            pieces, where = device_pieces(layout.store, files)
+            devices = by_pieces(where, devices)
         for start in range(0, len(devices), group):
-            part = devices[start : start + group]
-            if part == done:
+            part = [device for device in devices[start : start + group] if device not in done]
+            if not part:
                 continue
-            chosen = files if where is None else pieces_of(*where, part)
+            if where is not None:
+                chosen = pieces_of(pieces, where, part)
             cube = read_cube(layout.store, chosen, since, until, self.window_ms, devices=part)
             if keep and start + group >= len(devices):
-                self._kept[(since, until, tuple(devices))] = (part, cube)
+                self._kept[key] = (part, cube)
             yield part, cube
 
 

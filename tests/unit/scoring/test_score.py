@@ -602,6 +602,48 @@ def test_each_part_of_an_hour_reads_only_the_row_groups_of_its_devices(
     assert_scores_equal_sklearn(trained)
 
 
+def test_parts_of_an_hour_in_kafka_partitions_files_follow_the_partitions(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The aggregator writes each Kafka partition's windows in files of their own, and a
+    partition's devices are not neighbours by id (the key's hash spreads them). An hour in
+    parts keeps a partition's devices together, so each part reads its partition's files: the
+    hour about once in all, not once a part. The scores are scikit-learn's."""
+    import pyarrow.parquet as pq
+
+    import fleetwatch.scoring.score as score_module
+    from fleetwatch.storage.parquet import PartitionedParquetSink, publish_staged
+    from tests.unit.scoring.conftest import set_watermark, synthetic_windows
+
+    frame = synthetic_windows()
+    data = tmp_path / "data"
+    sink = PartitionedParquetSink(DataLayout.open(data), "aggregates")
+    for partition in (0, 1):  # even devices in one, odd in the other
+        chosen = [d for i, d in enumerate(DEVICES) if i % 2 == partition]
+        sink.write(frame[frame["device_id"].isin(chosen)], partition, "window_start")
+    publish_staged(sink)
+    settings = settings_for(data)
+    train(settings, T0, HOUR3)
+    set_watermark(settings, HOUR3 + pd.Timedelta(hours=1).to_pytimedelta())
+    hour = DataLayout.open(data).hour_data("aggregates", HOUR3)
+    assert len(hour) == 2
+    whole_rows = sum(pq.ParquetFile(data / item.key).metadata.num_rows for item in hour)
+    read_rows: list[int] = []
+    original = score_module.read_cube
+
+    def counted(store: Any, files: Any, *args: Any, **kwargs: Any) -> Any:
+        for key, group in files:
+            read_rows.append(pq.ParquetFile(data / key).metadata.row_group(group).num_rows)
+        return original(store, files, *args, **kwargs)
+
+    monkeypatch.setattr(score_module, "read_cube", counted)
+    monkeypatch.setattr(score_module, "READ_ROWS", whole_rows // 2)
+    result = score_hour(settings, HOUR3, progress=False)
+    assert result.status == "succeeded" and result.devices_scored == len(DEVICES)
+    assert sum(read_rows) == whole_rows  # each partition's file read once
+    assert_scores_equal_sklearn(settings)
+
+
 def test_the_error_threshold_counts_failures_over_every_part(
     trained: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
