@@ -487,8 +487,8 @@ class CubeReader:
     def __call__(
         self, since: datetime, until: datetime, devices: list[str], keep: bool
     ) -> Iterator[tuple[list[str], WindowCube]]:
-        key = (since, until, tuple(devices))
-        kept = self._kept.pop(key, None)
+        asked = (since, until, tuple(devices))
+        kept = self._kept.pop(asked, None)
         done: set[str] = set()  # the devices of the kept read: each device is read once here
         if kept is not None:
             done = set(kept[0])
@@ -515,7 +515,7 @@ class CubeReader:
                 chosen = pieces_of(pieces, where, part)
             cube = read_cube(layout.store, chosen, since, until, self.window_ms, devices=part)
             if keep and start + group >= len(devices):
-                self._kept[key] = (part, cube)
+                self._kept[asked] = (part, cube)
             yield part, cube
 
 

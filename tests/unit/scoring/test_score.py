@@ -405,6 +405,32 @@ def test_training_in_device_groups_fits_the_same_models(
     assert summary.skipped == {"nope": "no windows in the training range"}
 
 
+def test_the_fits_read_each_device_once_when_files_arrived_after_the_judgement(
+    trained: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The slow-sensor judgement's last group is kept for the fits. Files that arrive between
+    the two reads (live data) change the row count, so the fits' groups are not the
+    judgement's: a device of the kept group must not be read (fitted, saved) again."""
+    import fleetwatch.scoring.train as training
+    from fleetwatch.storage.parquet import PartitionedParquetSink, publish_staged
+    from tests.unit.scoring.conftest import synthetic_windows
+
+    monkeypatch.setattr(training, "READ_ROWS", 1000)  # about two devices per read
+    layout = DataLayout.open(trained.data_dir)
+    read = training.CubeReader(layout, 60_000)
+    until = T0 + pd.Timedelta(hours=2).to_pytimedelta()
+    judged = [part for part, _ in read(T0, until, DEVICES, keep=True)]
+    assert sorted(d for part in judged for d in part) == DEVICES
+    others = synthetic_windows(hours=2, seed=1)  # other devices' windows, in another file
+    others["device_id"] = "other-" + others["device_id"]
+    sink = PartitionedParquetSink(layout, "aggregates")
+    sink.write(others, 1, "window_start")
+    publish_staged(sink)
+    fitted = [part for part, _ in read(T0, until, DEVICES, keep=False)]
+    assert len(fitted) > len(judged)  # smaller groups now
+    assert sorted(d for part in fitted for d in part) == DEVICES  # each device once
+
+
 def test_training_in_device_groups_reads_only_the_row_groups_of_each_group(
     trained: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
