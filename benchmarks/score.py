@@ -203,8 +203,7 @@ elif off == "explanations":  # anomalies stored without their top sensors
     import fleetwatch.scoring.score as score
     score.explain_many = lambda kind, scorers, *a: [[] for _ in scorers]
 elif off == "parts":  # the whole hour read at once, whatever its size (before issue 26)
-    import fleetwatch.scoring.score as score
-    score.READ_ROWS = 1 << 62
+    os.environ["FLEETWATCH_SCORE_PART_ROWS"] = str(1 << 62)
 """)
 VARIANTS = ("pack", "explanations", "parts")
 

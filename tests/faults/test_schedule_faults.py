@@ -214,16 +214,21 @@ def test_kills_mid_alert_delivery_repeat_at_most_one_alert_each(
     assert sum(ids.values()) - len(ids) <= crashes, ids  # at most one repeat per crash
 
 
+@pytest.mark.parametrize("part_rows", [None, 500], ids=["whole", "in-parts"])
 def test_score_killed_with_its_hour_computed_records_nothing_and_a_rerun_is_the_clean_one(
-    backend: Backend, tmp_path: Path
+    backend: Backend, tmp_path: Path, part_rows: int | None
 ) -> None:
     """`fleetwatch score --hour` killed after scoring every device and before recording: the
-    database has no trace of the run (one transaction); the rerun's rows are a clean run's."""
+    database has no trace of the run (one transaction); the rerun's rows are a clean run's.
+    The same when the hour is scored a part of its devices at a time (``--part-rows``; an hour
+    here is 1,440 rows: three parts)."""
     _, answer = prepared(backend, tmp_path)
     rng = rng_for("score-kill", backend.name)
     hour = T0 + timedelta(hours=rng.randrange(HOURS))
     log = tmp_path / "score.log"
-    arguments = ("score", "--hour", hour.isoformat(), "--workers", "2")
+    arguments: tuple[str, ...] = ("score", "--hour", hour.isoformat(), "--workers", "2")
+    if part_rows is not None:
+        arguments += ("--part-rows", str(part_rows))
     killed = fleetwatch(*arguments, env={**backend.env, "FLEETWATCH_FAULTS": "score.computed:1"},
                         log=log)  # fmt: skip
     assert killed.wait(120) == -signal.SIGKILL

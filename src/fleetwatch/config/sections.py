@@ -283,6 +283,12 @@ class ScoreSettings:
         -1, "abort the run when more devices than this fail (-1 = never)", minimum=-1
     )
     output: Literal["anomalies", "all"] = setting("all", "store every score, or only the anomalies")
+    part_rows: int = setting(
+        2_000_000,
+        "score an hour of more aggregate rows than this a part of its devices at a time, each "
+        "part about this many rows (bounds memory: ~250 MB a part of 2 M rows)",
+        minimum=1,
+    )
     executor: Literal["local", "dask"] = setting(
         "local", "where tasks run: forked processes here, or a Dask cluster (--dask-scheduler)"
     )

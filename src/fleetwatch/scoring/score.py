@@ -184,12 +184,12 @@ def score_hour(
         with_data = set(where) if devices is None else set(where) & set(devices)
         with_model_folder = registry.model_devices()
         pack = None
-    elif (parts := _device_parts(layout.store, files.keys, devices)) is None:
+    elif (parts := _device_parts(layout.store, files.keys, devices, options.part_rows)) is None:
         cube, with_model_folder, pack = _read_hour(
             layout, registry, files, window_start, window_ms, devices
         )
         with_data = set(cube.devices)
-    else:  # more than READ_ROWS rows: read and score the hour a part of its devices at a time
+    else:  # more than part_rows rows: read and score the hour a part of its devices at a time
         cube = None
         with_data = {device for part, _ in parts for device in part}
         with_model_folder = registry.model_devices()
@@ -361,28 +361,24 @@ def _offset(report: Callable[[int], None], done: int, count: int) -> None:
     report(done + count)
 
 
-#: An hour of more aggregate rows than this is read and scored a part of its devices at a time
-#: (each part about this many rows): the scoring process's memory stays bounded whatever the
-#: fleet's size (a part of 2 M rows adds ~250 MB while it is read; an hour of 100,000 devices
-#: peaks at ~0.9 GB in all, docs/scale.md).
-READ_ROWS = 2_000_000
-
-
 def _device_parts(
-    store: DataStore, keys: Sequence[str], devices: Sequence[str] | None
+    store: DataStore, keys: Sequence[str], devices: Sequence[str] | None, part_rows: int
 ) -> list[tuple[list[str], list[Piece]]] | None:
-    """None when the hour's files hold at most :data:`READ_ROWS` rows (read whole, as one
-    cube); else its devices (or those of ``devices`` it has) in parts of about that many rows,
+    """None when the hour's files hold at most ``part_rows`` rows (read whole, as one cube);
+    else its devices (or those of ``devices`` it has) in parts of about that many rows, so that
+    the scoring process's memory stays bounded whatever the fleet's size (``[score]
+    part_rows``: a part of 2 M rows adds ~250 MB while it is read; an hour of 100,000 devices
+    peaks at ~0.9 GB in all, docs/scale.md),
     each with the row groups that hold its devices' rows (what it reads; devices that share
     row groups go together: :func:`~fleetwatch.scoring.features.by_pieces`). The row
     count comes from the files' footers; the devices from their dictionary-encoded device
     column."""
     rows = sum(read_metadata(store, key).num_rows for key in keys)
-    if rows <= READ_ROWS:
+    if rows <= part_rows:
         return None
     pieces, where = device_pieces(store, keys)
     present = by_pieces(where, where if devices is None else set(where) & set(devices))
-    size = max(1, READ_ROWS * max(len(present), 1) // rows)  # devices per part
+    size = max(1, part_rows * max(len(present), 1) // rows)  # devices per part
     parts = [present[i : i + size] for i in range(0, len(present), size)]
     return [(part, pieces_of(pieces, where, part)) for part in parts]
 

@@ -46,6 +46,11 @@ def reference_scores(model: Any, matrix: np.ndarray) -> np.ndarray:
     return np.asarray(reference.reference_scores(matrix))
 
 
+def in_parts(settings: Settings, rows: int) -> Settings:
+    """``settings`` with ``[score] part_rows`` set: hours of more rows are scored in parts."""
+    return dataclasses.replace(settings, score=dataclasses.replace(settings.score, part_rows=rows))
+
+
 def assert_scores_equal_sklearn(settings: Settings, skip: frozenset[str] = frozenset()) -> None:
     """Every stored score equals scikit-learn's own decision function (from model.joblib)
     wherever that is not at its floor; the others are below every threshold."""
@@ -550,7 +555,7 @@ def test_a_threshold_that_is_not_finite_is_refused(trained: Settings, value: str
 def test_an_hour_larger_than_one_read_is_scored_in_parts_with_the_same_rows(
     trained: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Issue 26: an hour of more rows than ``READ_ROWS`` is read and scored a part of its
+    """Issue 26: an hour of more rows than ``[score] part_rows`` is read and scored a part of its
     devices at a time (the scoring process never holds the whole hour): the stored rows are
     scikit-learn's, and the run's record is the one a whole read gives."""
     import fleetwatch.scoring.score as score_module
@@ -567,8 +572,7 @@ def test_an_hour_larger_than_one_read_is_scored_in_parts_with_the_same_rows(
 
     monkeypatch.setattr(score_module, "read_cube", counted)
     rows = len(DEVICES) * 60 * 3  # 3 sensors a device: the smallest parts hold 2 devices
-    monkeypatch.setattr(score_module, "READ_ROWS", rows // 3)
-    parted = score_hour(trained, HOUR3, progress=False)
+    parted = score_hour(in_parts(trained, rows // 3), HOUR3, progress=False)
     assert len(read) >= 3 and all(part and len(part) < len(DEVICES) for part in read)
     assert sorted(d for part in read for d in part or ()) == sorted(DEVICES)  # each once
     again = db(trained, "SELECT device_id, window_start, score, is_anomaly, top_sensors "
@@ -619,8 +623,7 @@ def test_each_part_of_an_hour_reads_only_the_row_groups_of_its_devices(
         return original(store, files, *args, **kwargs)
 
     monkeypatch.setattr(score_module, "read_cube", counted)
-    monkeypatch.setattr(score_module, "READ_ROWS", whole_rows // 3)
-    result = score_hour(trained, HOUR3, progress=False)
+    result = score_hour(in_parts(trained, whole_rows // 3), HOUR3, progress=False)
     assert result.status == "succeeded" and result.devices_scored == len(DEVICES)
     # at most one row group a file shared by two neighbouring parts
     assert reads >= 3
@@ -663,22 +666,19 @@ def test_parts_of_an_hour_in_kafka_partitions_files_follow_the_partitions(
         return original(store, files, *args, **kwargs)
 
     monkeypatch.setattr(score_module, "read_cube", counted)
-    monkeypatch.setattr(score_module, "READ_ROWS", whole_rows // 2)
-    result = score_hour(settings, HOUR3, progress=False)
+    result = score_hour(in_parts(settings, whole_rows // 2), HOUR3, progress=False)
     assert result.status == "succeeded" and result.devices_scored == len(DEVICES)
     assert sum(read_rows) == whole_rows  # each partition's file read once
     assert_scores_equal_sklearn(settings)
 
 
 def test_the_error_threshold_counts_failures_over_every_part(
-    trained: Settings, monkeypatch: pytest.MonkeyPatch
+    trained: Settings,
 ) -> None:
-    import fleetwatch.scoring.score as score_module
-
-    monkeypatch.setattr(score_module, "READ_ROWS", len(DEVICES) * 60 * 3 // 3)
-    good = score_hour(trained, HOUR3, progress=False)
+    rows = len(DEVICES) * 60 * 3 // 3
+    good = score_hour(in_parts(trained, rows), HOUR3, progress=False)
     failing = sorted(DEVICES)[::2]  # one failure in each part: more than 1 in all
-    settings = settings_for(trained.data_dir, error_threshold=1, max_retries=0)
+    settings = settings_for(trained.data_dir, error_threshold=1, max_retries=0, part_rows=rows)
 
     def hook(device_id: str) -> None:
         if device_id in failing:
