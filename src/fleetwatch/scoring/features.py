@@ -207,6 +207,24 @@ def pieces_of(
     return [pieces[i] for i in sorted({i for device in devices for i in where.get(device, ())})]
 
 
+def in_parts(
+    pieces: Sequence[Piece],
+    where: Mapping[str, tuple[int, ...]],
+    devices: Iterable[str],
+    rows: int,
+    part_rows: int,
+) -> list[tuple[list[str], list[Piece]]]:
+    """``devices`` (of files of ``rows`` rows in all, whose row groups are ``pieces`` and
+    ``where``, as :func:`device_pieces` gives them) in parts of about ``part_rows`` rows, each
+    with the row groups it reads: devices that share row groups go together
+    (:func:`by_pieces`). How scoring reads an hour, and training its range, when they do not
+    fit in one read."""
+    ordered = by_pieces(where, devices)
+    size = max(1, part_rows * max(len(ordered), 1) // max(rows, 1))  # devices per part
+    parts = (ordered[start : start + size] for start in range(0, len(ordered), size))
+    return [(part, pieces_of(pieces, where, part)) for part in parts]
+
+
 def read_cube(
     store: DataStore,
     files: Sequence[str] | Collection[Piece],

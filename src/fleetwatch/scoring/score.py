@@ -40,9 +40,8 @@ from fleetwatch.scoring.explain import Explanation, explain_many
 from fleetwatch.scoring.features import (
     Piece,
     WindowCube,
-    by_pieces,
     device_pieces,
-    pieces_of,
+    in_parts,
     read_cube,
 )
 from fleetwatch.scoring.kinds import ModelKind
@@ -365,22 +364,18 @@ def _device_parts(
     store: DataStore, keys: Sequence[str], devices: Sequence[str] | None, part_rows: int
 ) -> list[tuple[list[str], list[Piece]]] | None:
     """None when the hour's files hold at most ``part_rows`` rows (read whole, as one cube);
-    else its devices (or those of ``devices`` it has) in parts of about that many rows, so that
-    the scoring process's memory stays bounded whatever the fleet's size (``[score]
-    part_rows``: a part of 2 M rows adds ~250 MB while it is read; an hour of 100,000 devices
-    peaks at ~0.9 GB in all, docs/scale.md),
-    each with the row groups that hold its devices' rows (what it reads; devices that share
-    row groups go together: :func:`~fleetwatch.scoring.features.by_pieces`). The row
-    count comes from the files' footers; the devices from their dictionary-encoded device
-    column."""
+    else its devices (or those of ``devices`` it has) in parts of about that many rows, each
+    with the row groups it reads (:func:`~fleetwatch.scoring.features.in_parts`), so that the
+    scoring process's memory stays bounded whatever the fleet's size (a part of 2 M rows adds
+    ~250 MB while it is read; an hour of 100,000 devices peaks at ~0.9 GB, docs/scale.md).
+    The row count comes from the files' footers; the devices from their dictionary-encoded
+    device column."""
     rows = sum(read_metadata(store, key).num_rows for key in keys)
     if rows <= part_rows:
         return None
     pieces, where = device_pieces(store, keys)
-    present = by_pieces(where, where if devices is None else set(where) & set(devices))
-    size = max(1, part_rows * max(len(present), 1) // rows)  # devices per part
-    parts = [present[i : i + size] for i in range(0, len(present), size)]
-    return [(part, pieces_of(pieces, where, part)) for part in parts]
+    present = where if devices is None else set(where) & set(devices)
+    return in_parts(pieces, where, present, rows, part_rows)
 
 
 @dataclass

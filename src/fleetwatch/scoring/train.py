@@ -36,13 +36,12 @@ from fleetwatch.scoring.executors import executor_for
 from fleetwatch.scoring.features import (
     Piece,
     WindowCube,
-    by_pieces,
     device_pieces,
     devices_in_files,
     feature_names,
     fleet_slow,
+    in_parts,
     judge_slow,
-    pieces_of,
     read_cube,
     sensors_and_window,
     slow_sensors,
@@ -499,22 +498,15 @@ class CubeReader:
         layout = self.layout
         files = [item.key for item in layout.files_between(since, until)]
         rows = sum(read_metadata(layout.store, key).num_rows for key in files)
-        group = max(1, READ_ROWS * max(len(devices), 1) // max(rows, 1))  # devices per read
-        chosen: Sequence[str] | list[Piece] = files
-        where = None
-        if group < len(devices):
-            # in groups of devices whose rows share row groups, each read of only the row
-            # groups that hold its devices (not every file whole)
-            pieces, where = device_pieces(layout.store, files)
-            devices = by_pieces(where, devices)
-        for start in range(0, len(devices), group):
-            part = [device for device in devices[start : start + group] if device not in done]
+        groups: list[tuple[list[str], Sequence[str] | list[Piece]]] = [(devices, files)]
+        if rows > READ_ROWS:  # each group reads the row groups of its devices only
+            groups = list(in_parts(*device_pieces(layout.store, files), devices, rows, READ_ROWS))
+        for index, (group, chosen) in enumerate(groups):
+            part = [device for device in group if device not in done]
             if not part:
                 continue
-            if where is not None:
-                chosen = pieces_of(pieces, where, part)
             cube = read_cube(layout.store, chosen, since, until, self.window_ms, devices=part)
-            if keep and start + group >= len(devices):
+            if keep and index == len(groups) - 1:
                 self._kept[asked] = (part, cube)
             yield part, cube
 
