@@ -11,7 +11,8 @@ Parquet. Then, per round:
     ``joblib.dump`` of each model (no held-out threshold, no registry, no checks);
 (b) ``fleetwatch train --since ... --until ...`` as a command with ``--workers`` processes:
     the cube read from Parquet, a held-out threshold per device, models saved through the
-    registry (sha256, manifest, fsync'ed, activated) and packed.
+    registry (sha256 and manifest per device; a run object and a journal record per group of
+    devices, activated) and packed.
 
 Printed: medians, the ratio a/b, and the per-device cost of each.
 """
@@ -98,6 +99,16 @@ def write_day(data: Path, devices: int) -> None:
         write_table(DataLayout.open(data).store, key, table)
 
 
+def model_store(data: Path, devices: int) -> dict[str, float]:
+    """The registry's files after a training run, and its bytes a device (as listed, and as
+    allocated on disk: small files take a whole block each)."""
+    files = [p for p in (data / "models").rglob("*") if p.is_file()]
+    listed = sum(p.stat().st_size for p in files)
+    allocated = sum(p.stat().st_blocks * 512 for p in files)
+    return {"files": len(files), "bytes_a_device": listed / devices,
+            "disk_bytes_a_device": allocated / devices}  # fmt: skip
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -137,6 +148,7 @@ def main() -> int:
                 env={**env, "PYTHONPATH": str(args.against)},
             )  # fmt: skip
             other.append(time.perf_counter() - started)
+            other_store = model_store(data, args.devices)
             print(f"round {round_index + 1}: {args.against}: {other[-1]:.1f}s", file=sys.stderr)
         shutil.rmtree(data / "plain-models", ignore_errors=True)
         started = time.perf_counter()
@@ -153,6 +165,7 @@ def main() -> int:
         cli.append(time.perf_counter() - started)
         summary = json.loads(done.stdout)
         assert summary["trained"] == args.devices, summary
+        store = model_store(data, args.devices)
         print(
             f"round {round_index + 1}: plain loop {plain[-1]:.1f}s, fleetwatch {cli[-1]:.1f}s",
             file=sys.stderr,
@@ -164,8 +177,10 @@ def main() -> int:
         "plain_loop_s": statistics.median(plain),
         "fleetwatch_s": statistics.median(cli),
         "ratio_plain_to_fleetwatch": statistics.median(plain) / statistics.median(cli),
+        "model_store": store,
     }
     if other:
+        result["against_model_store"] = other_store
         result["against"] = str(args.against)
         result["against_s"] = statistics.median(other)
         result["ratio_plain_to_against"] = statistics.median(plain) / statistics.median(other)
@@ -182,10 +197,16 @@ def main() -> int:
         f"device; {args.workers} workers, held-out threshold, registry, pack); "
         f"{result['ratio_plain_to_fleetwatch']:.2f}x the plain loop"
     )
+    print(
+        f"models     : {store['files']} files, {store['bytes_a_device'] / 1024:.1f} KiB a device "
+        f"({store['disk_bytes_a_device'] / 1024:.1f} KiB allocated on disk)"
+    )
     if other:
         print(
             f"against    : {result['against_s']:.1f} s ({args.against}); "
-            f"{result['ratio_plain_to_against']:.2f}x the plain loop"
+            f"{result['ratio_plain_to_against']:.2f}x the plain loop; models "
+            f"{other_store['files']} files, {other_store['bytes_a_device'] / 1024:.1f} KiB a "
+            f"device ({other_store['disk_bytes_a_device'] / 1024:.1f} KiB on disk)"
         )
     return 0
 

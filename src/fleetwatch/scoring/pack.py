@@ -216,15 +216,10 @@ class ModelPack:
         entry = self._entries.get(device_id)
         if entry is None:
             return None
-        files = self.registry.files
         try:
-            raw = files.read_pointer(self.registry.check_device(device_id), ACTIVE)
-            words = raw.decode().split() if raw is not None else []
-            if not words or words[0] != entry.version:
-                return None
-            if (
-                files.file_version(device_id, entry.version, PARAMS) != entry.params
-                or files.file_version(device_id, entry.version, MANIFEST) != entry.manifest
+            if signatures(self.registry, device_id, entry.version) != (
+                entry.manifest,
+                entry.params,
             ):
                 return None
         except (OSError, UnicodeDecodeError, FleetwatchError):
@@ -357,6 +352,31 @@ class ModelPack:
         self._read_segment(name)
 
 
+def signatures(
+    registry: ModelRegistry, device_id: str, version: str
+) -> tuple[Signature, Signature] | None:
+    """What a pack entry of ``device_id``'s ``version`` must carry to be used: None unless it
+    is the active version. A version of a run object: the object's store version (a replaced
+    object misses: its rows are read and checked again) and the manifest digest the journal
+    published it with; a version folder: the store's versions of its manifest and parameters."""
+    source = registry.active_source(registry.check_device(device_id))
+    if source is not None:
+        active, digest, run = source
+        if active != version:
+            return None
+        if run is not None:
+            return f"{run}@{registry.runs.store_version(run)}", digest
+    else:  # a registry before the journal: its ACTIVE file
+        raw = registry.files.read_pointer(device_id, ACTIVE)
+        words = raw.decode().split() if raw is not None else []
+        if not words or words[0] != version:
+            return None
+    files = registry.files
+    manifest = files.file_version(device_id, version, MANIFEST)
+    params = files.file_version(device_id, version, PARAMS)
+    return None if manifest is None or params is None else (manifest, params)
+
+
 def pack_entry(registry: ModelRegistry, device_id: str) -> PackItem | None:
     """The pack entry of ``device_id``'s active model, from its checked files; None when they
     do not check out (scoring then reads the files and reports why)."""
@@ -364,39 +384,47 @@ def pack_entry(registry: ModelRegistry, device_id: str) -> PackItem | None:
         version = registry.active_version(device_id)
         if version is None or not is_valid_name(version):
             return None
-        files = registry.files
-        # versions before contents: a file changed after this no longer matches them
-        manifest_signature = files.file_version(device_id, version, MANIFEST)
-        params_signature = files.file_version(device_id, version, PARAMS)
-        if manifest_signature is None or params_signature is None:
+        # signatures before contents: a version changed after this no longer matches them
+        signed = signatures(registry, device_id, version)
+        if signed is None:
             return None
-        model = registry.active(device_id)  # the manifest checked against ACTIVE
+        model = registry.active(device_id)  # the manifest checked against its digest
         if model is None or model.version != version:
             return None
         check_current(model)
-        manifest = model.manifest
-        kind = KINDS.get(manifest["kind"])
-        if kind is None:
-            return None  # scoring reads the files and reports why
         blob = registry.read_params(model)  # sha256-checked
-        arrays = ParamsLayout(manifest["params"]).arrays(blob)
-        numeric, strings, blob = pack_arrays(kind.packed(arrays))
-        layout = ParamsLayout({"layout": numeric, "strings": strings})
-        entry = _Entry(
-            version,
-            manifest_signature,
-            params_signature,
-            zlib.crc32(blob),
-            kind,
-            tuple(manifest["features"]),
-            layout,
-            *calibrated(manifest),
-            "",
-            0,
-            len(blob),
-        )
+        arrays = ParamsLayout(model.manifest["params"]).arrays(blob)
+        return entry_of(device_id, version, model.manifest, arrays, signed)
     except (OSError, ValueError, KeyError, TypeError, FleetwatchError):
         return None
+
+
+def entry_of(
+    device_id: str,
+    version: str,
+    manifest: dict[str, Any],
+    arrays: dict[str, Any],
+    signed: tuple[Signature, Signature],
+) -> PackItem | None:
+    """A pack entry of a model's checked parameters (None for a kind this fleetwatch lacks:
+    scoring reads the files and reports why)."""
+    kind = KINDS.get(manifest["kind"])
+    if kind is None:
+        return None
+    numeric, strings, blob = pack_arrays(kind.packed(arrays))
+    layout = ParamsLayout({"layout": numeric, "strings": strings})
+    entry = _Entry(
+        version,
+        *signed,
+        zlib.crc32(blob),
+        kind,
+        tuple(manifest["features"]),
+        layout,
+        *calibrated(manifest),
+        "",
+        0,
+        len(blob),
+    )
     return device_id, entry, blob
 
 

@@ -2,10 +2,16 @@
 
 A version holds ``model.joblib`` (the fitted scikit-learn objects), ``params.bin`` (the same
 parameters as one raw little-endian float64 blob, laid out in the manifest, loaded without
-pickle in microseconds) and ``manifest.json`` (sha256 of both files, feature names, training
-range, hyper-parameters, library versions). Nothing is loaded before its sha256 matches the
-manifest: a tampered file fails its device, never runs. Where each object lives is
-:mod:`fleetwatch.storage.models`'s.
+pickle in microseconds) and its manifest (sha256 of both, feature names, training range,
+hyper-parameters, library versions). Nothing is loaded before its sha256 matches the manifest,
+and the manifest the digest recorded when it was published or activated: a tampered version
+fails its device, never runs.
+
+Versions are rows of run objects, and what is active or in shadow is the journal's
+(:mod:`fleetwatch.scoring.journal`). A registry written before the columnar store (a folder
+per version, ``ACTIVE``, ``SHADOW``, ``history.json``: :mod:`fleetwatch.storage.models`) is
+read as it is: its versions stay versions, its pointers hold until the journal says otherwise
+for that device, and every change is written to the journal.
 """
 
 from __future__ import annotations
@@ -16,8 +22,7 @@ import json
 import logging
 import math
 import platform
-import tempfile
-from collections.abc import Callable
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -26,10 +31,20 @@ from typing import Any
 import numpy as np
 
 from fleetwatch.errors import FleetwatchError, InvalidInputError
+from fleetwatch.faults import point
 from fleetwatch.scoring.calibration import Calibration
+from fleetwatch.scoring.journal import (
+    COLUMN_OF,
+    DeviceState,
+    Journal,
+    Op,
+    Row,
+    RunObjects,
+    new_run_name,
+    run_bytes,
+)
 from fleetwatch.scoring.kinds import ModelKind
 from fleetwatch.storage.layout import DataLayout
-from fleetwatch.storage.locks import ProcessLock
 from fleetwatch.storage.models import (
     ACTIVE,
     ESTIMATOR,
@@ -38,7 +53,6 @@ from fleetwatch.storage.models import (
     PARAMS,
     SHADOW,
     ModelFiles,
-    VersionTakenError,
 )
 from fleetwatch.storage.store import DataStore
 from fleetwatch.telemetry import is_valid_name
@@ -115,7 +129,8 @@ class ModelVersion:
     version: str
     location: str  # the version's folder, for messages
     manifest: dict[str, Any]
-    local: Path | None = None  # the folder on this machine (None in an object store)
+    local: Path | None = None  # the folder on this machine (None in an object store, a run)
+    run: str | None = None  # the run object holding it (None: a version folder)
 
     @property
     def path(self) -> Path:
@@ -129,31 +144,77 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+#: What a published version becomes: the active one, the one in shadow, or just kept.
+Mode = str  # "activate" | "shadow" | "keep"
+
+
+def model_row(
+    device_id: str,
+    model: ModelKind,
+    features: list[str],
+    trained_from: datetime,
+    trained_until: datetime,
+    windows: int,
+    parameters: dict[str, Any],
+    calibration: Calibration | None = None,
+) -> Row:
+    """A fitted model as a run object's row (its version is given when it is published)."""
+    import joblib
+    import sklearn
+
+    calibration = calibration or Calibration(0.0, 1.0, 0.0, "set by hand", [])
+    buffer = io.BytesIO()
+    joblib.dump(model.estimator(), buffer)
+    layout, strings, blob = pack_arrays(model.arrays())
+    files = {ESTIMATOR: buffer.getvalue(), PARAMS: blob}
+    manifest = {
+        "device_id": device_id,
+        "kind": model.name,
+        "sha256": {name: sha256_hex(data) for name, data in files.items()},
+        "params": {"layout": layout, "strings": strings},
+        "features": features,
+        "training": {
+            "from": trained_from.isoformat(),
+            "until": trained_until.isoformat(),
+            "windows": windows,
+        },
+        "parameters": parameters,
+        "features_version": FEATURES_VERSION,
+        "threshold": calibration.threshold,
+        "calibration": calibration.as_manifest(),
+        "created_at": datetime.now(UTC).isoformat(),
+        "libraries": {
+            "python": platform.python_version(),
+            "scikit-learn": sklearn.__version__,
+            "numpy": np.__version__,
+            "joblib": joblib.__version__,
+        },
+    }
+    return Row(device_id, json.dumps(manifest, separators=(",", ":")).encode(), files)
+
+
 class ModelRegistry:
     """Every device's model versions in one data directory."""
 
-    def __init__(self, store: DataStore, lock_dir: Path | None = None) -> None:
+    def __init__(self, store: DataStore, lock_dir: Path | None = None, live: bool = True) -> None:
+        """``live``: each read sees the changes other processes made since (one listing of
+        the journal); False: the journal as read once, the view of a scoring or training
+        run (reads of 100,000 devices make no listing each)."""
         self.files = ModelFiles(store)
         self.store = store
         self.lock_dir = lock_dir
+        self.journal = Journal(self.files, live)
+        self.runs = RunObjects(self.files)
+        self._folders: set[str] | None = None  # devices with a version folder (listed once)
 
     @classmethod
-    def of(cls, location: str | Path | DataLayout) -> ModelRegistry:
+    def of(cls, location: str | Path | DataLayout, live: bool = True) -> ModelRegistry:
         """The registry of a data directory (its folder, URL or layout)."""
         layout = location if isinstance(location, DataLayout) else DataLayout.open(location)
-        return cls(layout.store, layout.state)
-
-    def _lock(self) -> ProcessLock:
-        """Serialises changes to ``SHADOWS`` on this machine (changes to one registry come
-        from one machine at a time)."""
-        if self.lock_dir is None:
-            folder = Path(tempfile.gettempdir())
-            digest = hashlib.sha256(self.store.location.encode()).hexdigest()[:16]
-            return ProcessLock(folder / f"fleetwatch-shadows-{digest}.lock", "shadow list", 30.0)
-        return ProcessLock(self.lock_dir / "shadows.lock", "shadow list", wait=30.0)
+        return cls(layout.store, layout.state, live)
 
     def device_dir(self, device_id: str) -> Path:
-        """A device's folder on this machine's file system (a local data directory)."""
+        """A device's version folder on this machine (a registry before the columnar store)."""
         folder = self.store.local_path(self.files.device_key(self.check_device(device_id)))
         if folder is None:
             raise FleetwatchError(f"{self.store.location} is not on this machine's file system")
@@ -164,6 +225,14 @@ class ModelRegistry:
         if not is_valid_name(device_id):
             raise InvalidInputError(f"device id {device_id!r} is not 1-64 of [A-Za-z0-9_.-]")
         return device_id
+
+    def _state(self, device_id: str) -> DeviceState | None:
+        return self.journal.devices().get(device_id)
+
+    def _folder_devices(self) -> set[str]:
+        if self._folders is None:
+            self._folders = {name for name in self.files.devices() if is_valid_name(name)}
+        return self._folders
 
     # ------------------------------------------------------------------ writing
 
@@ -179,78 +248,46 @@ class ModelRegistry:
         activate: bool = True,
         calibration: Calibration | None = None,
     ) -> ModelVersion:
-        import joblib
-        import sklearn
+        """One device's new version (training publishes its devices together: :meth:`publish`)."""
+        row = model_row(
+            device_id, model, features, trained_from, trained_until, windows, parameters,
+            calibration,
+        )  # fmt: skip
+        _, versions = self.publish([row], {device_id: "activate" if activate else "keep"})
+        return self.get(device_id, versions[device_id])
 
-        calibration = calibration or Calibration(0.0, 1.0, 0.0, "set by hand", [])
-        buffer = io.BytesIO()
-        joblib.dump(model.estimator(), buffer)
-        layout, strings, blob = pack_arrays(model.arrays())
-        files = {ESTIMATOR: buffer.getvalue(), PARAMS: blob}
+    def publish(self, rows: Sequence[Row], modes: Mapping[str, Mode]) -> tuple[str, dict[str, str]]:
+        """``rows`` as one run object, then one journal record making each row its device's
+        next version, activated, put in shadow or kept as ``modes`` says (default: activated).
+        Returns the run object's name and each device's new version."""
+        devices = [self.check_device(row.device_id) for row in rows]
+        if len(set(devices)) != len(devices):
+            raise InvalidInputError("a run object holds one version of each device")
+        if not rows:
+            return "", {}
+        run = new_run_name()
+        self.files.write_run(run, run_bytes(rows))
+        point("registry.run_written")  # the fault suite: a run object no record publishes
+        assigned: dict[str, str] = {}
 
-        def manifest(version: str) -> dict[str, Any]:
-            return {
-                "device_id": device_id,
-                "version": version,
-                "kind": model.name,
-                "sha256": {name: sha256_hex(data) for name, data in files.items()},
-                "params": {"layout": layout, "strings": strings},
-                "features": features,
-                "training": {
-                    "from": trained_from.isoformat(),
-                    "until": trained_until.isoformat(),
-                    "windows": windows,
-                },
-                "parameters": parameters,
-                "features_version": FEATURES_VERSION,
-                "threshold": calibration.threshold,
-                "calibration": calibration.as_manifest(),
-                "created_at": datetime.now(UTC).isoformat(),
-                "libraries": {
-                    "python": platform.python_version(),
-                    "scikit-learn": sklearn.__version__,
-                    "numpy": np.__version__,
-                    "joblib": joblib.__version__,
-                },
-            }
+        def build(state: dict[str, DeviceState]) -> list[Op]:
+            ops: list[Op] = []
+            for row in rows:
+                known = state.get(row.device_id) or DeviceState()
+                taken = self._version_names(row.device_id, known)
+                number = 1 + max((int(v[1:]) for v in taken if v[1:].isdigit()), default=0)
+                version = assigned[row.device_id] = f"v{number:04d}"
+                ops.append(["save", row.device_id, version, run, row.digest])
+                mode = modes.get(row.device_id, "activate")
+                if mode == "activate":
+                    ops.append(["activate", row.device_id, version, row.digest])
+                elif mode == "shadow":
+                    ops.append(["shadow", row.device_id, version, row.digest])
+            return ops
 
-        return self._write_version(device_id, files, manifest, activate)
-
-    def _write_version(
-        self,
-        device_id: str,
-        files: dict[str, bytes],
-        manifest: Callable[[str], dict[str, Any]],
-        activate: bool,
-    ) -> ModelVersion:
-        """A new version of ``files`` and its manifest (see
-        :meth:`fleetwatch.storage.models.ModelFiles.publish`), activated if asked."""
-        self.check_device(device_id)
-        for _ in range(20):
-            number = 1 + max((int(v[1:]) for v in self._version_names(device_id)), default=0)
-            version = f"v{number:04d}"
-            document = manifest(version)
-            try:
-                self.files.publish(
-                    device_id, version, files, json.dumps(document, indent=2).encode()
-                )
-            except VersionTakenError:
-                continue
-            break
-        else:
-            raise FleetwatchError(f"{device_id}: could not claim a new model version number")
-        if activate:
-            self.activate(device_id, version)
-        return self._version(device_id, version, document)
-
-    def _version(self, device_id: str, version: str, manifest: dict[str, Any]) -> ModelVersion:
-        return ModelVersion(
-            device_id,
-            version,
-            self.files.describe(device_id, version),
-            manifest,
-            self.files.local_path(device_id, version),
-        )
+        self.journal.append(build)
+        point("registry.published")
+        return run, assigned
 
     def with_threshold(
         self, device_id: str, version: str, calibration: Calibration, activate: bool = True
@@ -264,35 +301,31 @@ class ModelRegistry:
         source = self.get(device_id, version)
         check_current(source)
         files = {name: self.verified(source, name) for name in MODEL_FILES}
-
-        def manifest(new: str) -> dict[str, Any]:
-            return {
-                **source.manifest,
-                "version": new,
-                "threshold": calibration.threshold,
-                "calibration": calibration.as_manifest(),
-                "derived_from": version,
-                "created_at": datetime.now(UTC).isoformat(),
-            }
-
-        return self._write_version(device_id, files, manifest, activate)
+        manifest = {
+            **source.manifest,
+            "threshold": calibration.threshold,
+            "calibration": calibration.as_manifest(),
+            "derived_from": version,
+            "created_at": datetime.now(UTC).isoformat(),
+        }
+        manifest.pop("version", None)
+        row = Row(device_id, json.dumps(manifest, separators=(",", ":")).encode(), files)
+        _, versions = self.publish([row], {device_id: "activate" if activate else "keep"})
+        return self.get(device_id, versions[device_id])
 
     def activate(self, device_id: str, version: str) -> None:
         self.check_device(device_id)
         if version not in self._version_names(device_id):
             raise InvalidInputError(f"{device_id} has no model version {version}")
-        history = self.history(device_id)
-        history.append(version)
-        digest = self._manifest_digest(device_id, version)
-        self.files.write_history(device_id, json.dumps(history))
         # the manifest's digest beside the version: a manifest changed afterwards (its
         # threshold, its features) is refused like a changed model file
-        self.files.write_pointer(device_id, ACTIVE, f"{version} sha256={digest}\n")
-        shadow = self._pointer(device_id, SHADOW)
-        if shadow is not None and shadow[0] == version:  # promoted by hand
-            self.clear_shadow(device_id)
+        digest = self._manifest_digest(device_id, version)
+        self.journal.append(lambda _: [["activate", device_id, version, digest]])
 
     def _manifest_digest(self, device_id: str, version: str) -> str:
+        state = self._state(device_id)
+        if state is not None and version in state.versions:
+            return state.versions[version][1]
         try:
             raw = self.files.read(device_id, version, MANIFEST)
         except FileNotFoundError:  # a folder a writer left without its manifest
@@ -300,11 +333,7 @@ class ModelRegistry:
         return sha256_hex(raw)
 
     def set_shadow(self, device_id: str, version: str) -> None:
-        """Score ``version`` next to the active one (recorded, never alerting).
-
-        ``<device>/SHADOW`` says which version (and its manifest's sha256); the registry's
-        ``SHADOWS`` lists the devices that have one, so that a scoring run reads one file to
-        know them (a device in ``SHADOWS`` without ``SHADOW`` is simply not shadow-scored)."""
+        """Score ``version`` next to the active one (recorded, never alerting)."""
         self.check_device(device_id)
         if version not in self._version_names(device_id):
             raise InvalidInputError(f"{device_id} has no model version {version}")
@@ -312,38 +341,40 @@ class ModelRegistry:
             raise InvalidInputError(f"{device_id}: {version} is the active version already")
         check_current(self.get(device_id, version))
         digest = self._manifest_digest(device_id, version)
-        self.files.write_pointer(device_id, SHADOW, f"{version} sha256={digest}\n")
-        with self._lock():
-            self._write_shadows(self.shadowed_devices() | {device_id})
+        self.journal.append(lambda _: [["shadow", device_id, version, digest]])
 
     def clear_shadow(self, device_id: str) -> str | None:
         """Stop shadow scoring; the version that was in shadow, if any."""
-        pointer = self._pointer(device_id, SHADOW)
+        pointer = self._shadow_pointer(self.check_device(device_id))
         if pointer is None:
             return None
-        with self._lock():
-            self._write_shadows(self.shadowed_devices() - {device_id})
-        self.files.remove_pointer(device_id, SHADOW)
+        self.journal.append(lambda _: [["unshadow", device_id]])
         return pointer[0]
 
     def shadowed_devices(self) -> set[str]:
-        """The devices listed as having a version in shadow."""
-        raw = self.files.read_shadows()
-        if raw is None:
-            return set()
-        try:
-            listed = json.loads(raw)
-        except ValueError:
-            log.warning("%s is unreadable: no version is shadow-scored", "the registry's SHADOWS")
-            return set()
-        return {d for d in listed if isinstance(d, str) and is_valid_name(d)}
+        """The devices with a version in shadow."""
+        devices = self.journal.devices()
+        listed: set[str] = set()
+        raw = self.files.read_shadows()  # a registry before the journal: its SHADOWS
+        if raw is not None:
+            try:
+                listed = {d for d in json.loads(raw) if isinstance(d, str) and is_valid_name(d)}
+            except ValueError:
+                log.warning("the registry's SHADOWS is unreadable: its versions are not scored")
+        kept = {d for d in listed if d not in devices or not devices[d].shadow_set}
+        return kept | {d for d, state in devices.items() if state.shadow is not None}
 
-    def _write_shadows(self, devices: set[str]) -> None:
-        self.files.write_shadows(json.dumps(sorted(devices)))
+    def _shadow_pointer(self, device_id: str) -> tuple[str, str | None] | None:
+        state = self._state(device_id)
+        if state is not None and state.damaged:
+            raise ModelIntegrityError(f"{device_id}: {state.damaged}")
+        if state is not None and state.shadow_set:
+            return state.shadow
+        return self._pointer(device_id, SHADOW)
 
     def shadow(self, device_id: str) -> ModelVersion | None:
-        """The version in shadow, its manifest checked against the digest in ``SHADOW``."""
-        pointer = self._pointer(device_id, SHADOW)
+        """The version in shadow, its manifest checked against the digest recorded for it."""
+        pointer = self._shadow_pointer(self.check_device(device_id))
         return None if pointer is None else self.get(device_id, *pointer)
 
     def promote(self, device_id: str) -> str:
@@ -353,7 +384,7 @@ class ModelRegistry:
             raise InvalidInputError(
                 f"{device_id} has no version in shadow (models activate ID VERSION --shadow)"
             )
-        self.activate(device_id, in_shadow.version)  # clears SHADOW
+        self.activate(device_id, in_shadow.version)  # clears the shadow
         return in_shadow.version
 
     def rollback(self, device_id: str) -> str:
@@ -368,25 +399,52 @@ class ModelRegistry:
 
     # ------------------------------------------------------------------ reading
 
-    def _version_names(self, device_id: str) -> list[str]:
-        return sorted(self.files.versions(self.check_device(device_id)))
+    def _version_names(self, device_id: str, state: DeviceState | None = None) -> list[str]:
+        """Every version number taken: published ones, and folders a writer before the
+        journal left without a manifest (never reused)."""
+        self.check_device(device_id)
+        state = state or self._state(device_id)
+        names = set(state.versions) if state is not None else set()
+        if device_id in self._folder_devices():
+            names.update(self.files.versions(device_id))
+        return sorted(names)
 
     def history(self, device_id: str) -> list[str]:
+        """The versions activated, oldest first."""
         raw = self.files.read_history(self.check_device(device_id))
-        if raw is None:
-            return []
-        value: list[str] = json.loads(raw)
-        return value
+        older: list[str] = json.loads(raw) if raw is not None else []
+        state = self._state(device_id)
+        return older + ([v for v, _ in state.activated] if state is not None else [])
 
     def devices(self) -> list[str]:
         return sorted(self.model_devices())
 
     def pointer(self, device_id: str) -> tuple[str, str | None] | None:
-        """``ACTIVE``: the active version and the sha256 of its manifest at activation (None
-        for an ``ACTIVE`` written by an older fleetwatch), or None without one."""
+        """The active version and the sha256 of its manifest when it was activated (None for
+        an ``ACTIVE`` written by an older fleetwatch), or None without one."""
+        state = self._state(self.check_device(device_id))
+        if state is not None and state.damaged:
+            raise ModelIntegrityError(f"{device_id}: {state.damaged}")
+        if state is not None and state.activated:
+            return state.activated[-1]
         return self._pointer(device_id, ACTIVE)
 
+    def active_source(self, device_id: str) -> tuple[str, str, str | None] | None:
+        """``(version, manifest digest, run object)`` of the active version when the journal
+        says which it is (the run None for a version folder); None when a folder's ``ACTIVE``
+        does (a registry before the journal)."""
+        state = self._state(device_id)
+        if state is None or not state.activated:
+            return None
+        if state.damaged:
+            raise ModelIntegrityError(f"{device_id}: {state.damaged}")
+        version, digest = state.activated[-1]
+        saved = state.versions.get(version)
+        return version, digest, saved[0] if saved is not None else None
+
     def _pointer(self, device_id: str, name: Any) -> tuple[str, str | None] | None:
+        if device_id not in self._folder_devices():
+            return None
         raw = self.files.read_pointer(self.check_device(device_id), name)
         if raw is None:
             return None
@@ -401,8 +459,11 @@ class ModelRegistry:
         return None if pointer is None else pointer[0]
 
     def model_devices(self) -> set[str]:
-        """Devices that have a model folder (active or not); a directory listing only."""
-        return {name for name in self.files.devices() if is_valid_name(name)}
+        """Devices with a model (active or not): the journal's and the version folders'."""
+        if self.journal.live:
+            self._folders = None  # listed again
+        journal = {d for d, state in self.journal.devices().items() if state.versions}
+        return journal | self._folder_devices()
 
     def versions(self, device_id: str) -> list[ModelVersion]:
         """Every published version (a folder without a manifest, left by a writer that
@@ -416,10 +477,14 @@ class ModelRegistry:
         return found
 
     def get(self, device_id: str, version: str, digest: str | None = None) -> ModelVersion:
-        """A version's manifest; with ``digest``, only if the manifest still has that sha256."""
+        """A version's manifest; with ``digest``, only if the manifest still has that sha256
+        (a version of a run object: always checked against the digest it was published with)."""
         self.check_device(device_id)
         if not is_valid_name(version):
             raise InvalidInputError(f"model version {version!r} is not 1-64 of [A-Za-z0-9_.-]")
+        state = self._state(device_id)
+        if state is not None and version in state.versions:
+            return self._from_run(device_id, version, *state.versions[version], digest)
         try:
             raw = self.files.read(device_id, version, MANIFEST)
         except FileNotFoundError:
@@ -430,10 +495,42 @@ class ModelRegistry:
                 "it was activated (tampered or corrupt); it was not used. Retrain, roll back, "
                 "or activate it again if the change was yours"
             )
-        return self._version(device_id, version, json.loads(raw))
+        return ModelVersion(
+            device_id,
+            version,
+            self.files.describe(device_id, version),
+            json.loads(raw),
+            self.files.local_path(device_id, version),
+        )
+
+    def _from_run(
+        self, device_id: str, version: str, run: str, published: str, digest: str | None
+    ) -> ModelVersion:
+        where = f"{self.store.describe(self.files.run_key(run))} ({device_id})"
+        try:
+            row = self.runs.row(run, device_id)
+        except FileNotFoundError:
+            raise ModelIntegrityError(
+                f"{device_id} {version}: its run object {where} is missing or unreadable; "
+                "retrain or roll back"
+            ) from None
+        if sha256_hex(row["manifest"]) != published:
+            raise ModelIntegrityError(
+                f"{device_id} {version}: manifest.json does not match the sha256 recorded when "
+                f"it was published ({where}: tampered or corrupt); it was not used. Retrain or "
+                "roll back"
+            )
+        if digest is not None and digest != published:
+            raise ModelIntegrityError(
+                f"{device_id} {version}: manifest.json does not match the sha256 recorded when "
+                "it was activated (the journal is inconsistent); it was not used"
+            )
+        manifest = json.loads(row["manifest"])
+        manifest["version"] = version
+        return ModelVersion(device_id, version, where, manifest, None, run)
 
     def active(self, device_id: str) -> ModelVersion | None:
-        """The active version, its manifest checked against the digest in ``ACTIVE``."""
+        """The active version, its manifest checked against the digest it was activated with."""
         pointer = self.pointer(device_id)
         return None if pointer is None else self.get(device_id, *pointer)
 
@@ -442,7 +539,7 @@ class ModelRegistry:
         rows = []
         for device_id in self.devices():
             active = self.active(device_id)
-            shadow = self._pointer(device_id, SHADOW)
+            shadow = self._shadow_pointer(device_id)
             rows.append(
                 {
                     "device_id": device_id,
@@ -464,12 +561,13 @@ class ModelRegistry:
         model = self.get(device_id, version)
         for name in MODEL_FILES:
             self.verified(model, name)
-        shadow = self._pointer(device_id, SHADOW)
+        shadow = self._shadow_pointer(device_id)
         return {
             **model.manifest,
             "active": version == self.active_version(device_id),
             "shadow": shadow is not None and version == shadow[0],
             "sha256_verified": True,
+            "stored_in": model.location,
         }
 
     def verified(self, model: ModelVersion, file_name: str) -> bytes:
@@ -481,7 +579,10 @@ class ModelRegistry:
                 "by an older fleetwatch); retrain it with `fleetwatch train`"
             )
         try:
-            data = self.files.read(model.device_id, model.version, file_name)
+            if model.run is not None:
+                data = self.runs.row(model.run, model.device_id)[COLUMN_OF[file_name]]
+            else:
+                data = self.files.read(model.device_id, model.version, file_name)
         except FileNotFoundError:
             raise ModelIntegrityError(
                 f"{model.device_id} {model.version}: {file_name} is missing; retrain or roll back"

@@ -122,7 +122,7 @@ class Scoring:
 
     @property
     def registry(self) -> ModelRegistry:
-        return ModelRegistry(self.layout.store, self.layout.state)
+        return ModelRegistry(self.layout.store, self.layout.state, live=False)
 
     def watermark(self) -> datetime | None:
         return closed_through(self.layout, self.topic)
@@ -503,7 +503,7 @@ class RemoteScoring:
 
     def __call__(self, devices: list[str]) -> dict[str, DeviceResult]:
         store = open_store(self.store.location)
-        registry = ModelRegistry(store)
+        registry = ModelRegistry(store, live=False)
         indices = sorted({i for device in devices for i in self.where.get(device, ())})
         chosen = [self.pieces[i] for i in indices]
         cube = read_cube(

@@ -8,12 +8,13 @@ or a file of ranges. Its threshold comes from the latest part of its range, held
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 from collections import Counter
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future, ProcessPoolExecutor, as_completed
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -46,12 +47,13 @@ from fleetwatch.scoring.features import (
     sensors_and_window,
     slow_sensors,
 )
+from fleetwatch.scoring.journal import Row
 from fleetwatch.scoring.kinds import kind_named, new_model
-from fleetwatch.scoring.pack import ModelPack, PackItem, pack_entry, refresh_quietly
-from fleetwatch.scoring.registry import ModelRegistry
+from fleetwatch.scoring.pack import ModelPack, PackItem, entry_of, refresh_quietly
+from fleetwatch.scoring.registry import Mode, ModelRegistry, ParamsLayout, model_row
 from fleetwatch.storage.layout import DataLayout
+from fleetwatch.storage.models import PARAMS
 from fleetwatch.storage.parquet import read_metadata
-from fleetwatch.storage.store import open_store
 
 
 @dataclass
@@ -171,15 +173,17 @@ def held_out_false_alarms(job: FitJob) -> tuple[int, int] | None:
 
 @dataclass(frozen=True)
 class Fitted:
-    """What training one device did: its new version, why it was kept in shadow instead of
-    activated (None when it was not), why its threshold is degenerate (None when it is not),
-    and what its model uses (:func:`describe_features`)."""
+    """What training one device did: its new version ("" until published), why it was kept
+    in shadow instead of activated (None when it was not), why its threshold is degenerate
+    (None when it is not), and what its model uses (:func:`describe_features`)."""
 
     version: str
     shadow_reason: str | None
     degenerate: str | None
     uses: str
-    packed: PackItem | None = None  # its model pack entry, when it was activated
+    packed: PackItem | None = None  # its model pack entry, when it is activated
+    row: Row | None = None  # the model as its run object's row, until published
+    mode: Mode = "activate"
 
 
 def describe_features(names: list[str]) -> str:
@@ -208,12 +212,10 @@ def _uses(job: FitJob) -> str:
     return uses if kind == "device" else f"{kind}: {uses}"
 
 
-def fit_and_save(job: FitJob) -> Fitted:
-    """Fit and save one device's model, in a worker process (see :class:`Fitted`).
-
-    The worker saves it itself (sha256, manifest, fsync, activation): done in the parent, the
-    saving of every device one after the other, and the fitted models pickled back to it,
-    took most of the time a parallel training saved."""
+def fit_one(job: FitJob) -> Fitted:
+    """Fit one device's model, in a worker process: the result carries it as a run object's
+    row (its bytes, manifest and sha256 made here, in parallel) and its model pack entry;
+    :func:`publish` saves a group's rows as one object."""
     model, calibration = fit_threshold(job)
     shadow_reason = None
     if job.activate == "if-calibrated":
@@ -224,31 +226,37 @@ def fit_and_save(job: FitJob) -> Fitted:
                 f"earlier ones (target false-alarm rate {calibration.target_far:g}): kept in "
                 "shadow"
             )
-    registry = ModelRegistry(open_store(job.registry))
-    saved = registry.save(
-        job.device_id,
-        model,
-        job.names,
-        job.since,
-        job.until,
-        len(job.matrix),
-        job.parameters,
-        activate=job.activate == "yes"
-        or (job.activate == "if-calibrated" and shadow_reason is None),
-        calibration=calibration,
-    )
+    row = model_row(
+        job.device_id, model, job.names, job.since, job.until, len(job.matrix), job.parameters,
+        calibration,
+    )  # fmt: skip
+    mode: Mode = "keep"
     if shadow_reason is not None:
-        registry.set_shadow(job.device_id, saved.version)
-    # its pack entry, made here (in parallel, the files just written still in the page cache)
-    # rather than by the parent re-reading every device's files after the run
-    packed = pack_entry(registry, job.device_id) if job.activate != "no" else None
-    return Fitted(
-        saved.version,
-        shadow_reason,
-        calibration.degenerate,
-        _uses(job),
-        packed if packed is not None and packed[1].version == saved.version else None,
-    )
+        mode = "shadow"
+    elif job.activate in ("yes", "if-calibrated"):
+        mode = "activate"
+    packed = None
+    if mode == "activate":  # its pack entry: version and run object filled in when published
+        manifest = json.loads(row.manifest)
+        arrays = ParamsLayout(manifest["params"]).arrays(row.files[PARAMS])
+        packed = entry_of(job.device_id, "", manifest, arrays, ("", row.digest))
+    return Fitted("", shadow_reason, calibration.degenerate, _uses(job), packed, row, mode)
+
+
+def publish(registry: ModelRegistry, fitted: Mapping[str, Fitted]) -> dict[str, Fitted]:
+    """Save fitted models as one run object published by one journal record; each result
+    with its version and its pack entry complete."""
+    rows = [f.row for f in fitted.values() if f.row is not None]
+    run, versions = registry.publish(rows, {d: f.mode for d, f in fitted.items()})
+    signature = f"{run}@{registry.runs.store_version(run)}"
+    done = {}
+    for device_id, result in fitted.items():
+        packed = result.packed
+        if packed is not None:
+            entry = packed[1]._replace(version=versions[device_id], manifest=signature)
+            packed = (device_id, entry, packed[2])
+        done[device_id] = replace(result, version=versions[device_id], packed=packed, row=None)
+    return done
 
 
 #: Aggregate rows read at once while training: the devices are read in groups of about this
@@ -377,7 +385,7 @@ def train_ranges(
     summary = summary or TrainSummary()
     kind = "per_sensor" if options.per_sensor else options.model_kind
     layout = training.layout
-    registry = ModelRegistry(layout.store, layout.state)
+    registry = ModelRegistry(layout.store, layout.state, live=False)
     executor = training.executor
     window_ms = training.window_ms
     activate = activate or ("yes" if options.activate else "no")
@@ -418,7 +426,7 @@ def train_ranges(
             parameters, layout.location, activate, options.min_windows, window_ms,
             layout.location, fleet,
         )  # fmt: skip
-        fitting = Fitting(pool, summary, advance)
+        fitting = Fitting(pool, summary, advance, registry)
         for (since, until), chosen in by_range.items():
             if not executor.shares_memory:  # the workers read their devices themselves
                 train_on_cluster(training, fit_setup, since, until, chosen, summary, advance)
@@ -617,18 +625,23 @@ class Fitting:
     fit the group before while it reads (``docs/performance.md``, training)."""
 
     def __init__(
-        self, pool: ProcessPoolExecutor, summary: TrainSummary, advance: Callable[[], None]
+        self,
+        pool: ProcessPoolExecutor,
+        summary: TrainSummary,
+        advance: Callable[[], None],
+        registry: ModelRegistry,
     ) -> None:
         self.pool = pool
         self.summary = summary
         self.advance = advance
+        self.registry = registry
         self.groups: list[dict[Future[Fitted], str]] = []
 
     def submit(self, jobs: list[FitJob], ahead: int) -> None:
         """Submit ``jobs`` as a group, then wait until at most ``ahead`` groups are unfinished
         (the newest: the workers run them in order)."""
         if jobs:
-            self.groups.append({self.pool.submit(fit_and_save, job): job.device_id for job in jobs})
+            self.groups.append({self.pool.submit(fit_one, job): job.device_id for job in jobs})
         while len(self.groups) > ahead:
             self._collect(self.groups[0])
             self.groups.pop(0)
@@ -638,18 +651,26 @@ class Fitting:
         self.submit([], ahead=0)
 
     def _collect(self, futures: dict[Future[Fitted], str]) -> None:
+        """A group's results, published together (one run object, one journal record)."""
+        fitted: dict[str, Fitted] = {}
         for future in as_completed(futures):
             self.advance()
             device_id = futures[future]
             try:
-                self.summary.record(device_id, future.result())
-            except StorageError:  # a full disk fails every device alike: stop, say it once
-                for group in self.groups:
-                    for waiting in group:
-                        waiting.cancel()
-                raise
+                fitted[device_id] = future.result()
             except Exception as exc:  # one device's bad data must not stop the others
                 self.summary.failed[device_id] = f"{type(exc).__name__}: {exc}"
+        if not fitted:
+            return
+        try:
+            published = publish(self.registry, fitted)
+        except StorageError:  # a full disk fails every device alike: stop, say it once
+            for group in self.groups:
+                for waiting in group:
+                    waiting.cancel()
+            raise
+        for device_id, result in sorted(published.items()):
+            self.summary.record(device_id, result)
 
 
 #: A training task fits many devices: its timeout is at least this long.
@@ -664,8 +685,8 @@ def _cluster_model(options: ScoreSettings) -> TaskModel:
 
 @dataclass(frozen=True)
 class RemoteFitting:
-    """Fit some devices on a cluster worker: their windows read there, each model saved there
-    through the registry (as a local training worker saves it)."""
+    """Fit some devices on a cluster worker: their windows read there, the models sent back
+    as run object rows, published by the client (as a local training worker's)."""
 
     setup: FitSetup
     since: datetime
@@ -684,7 +705,7 @@ class RemoteFitting:
         }
         for job in jobs:
             try:
-                results[job.device_id] = ("ok", ("trained", fit_and_save(job)))
+                results[job.device_id] = ("ok", ("trained", fit_one(job)))
             except Exception as exc:  # one device's bad data must not stop the others
                 results[job.device_id] = ("error", f"{type(exc).__name__}: {exc}")
         return results
@@ -731,8 +752,8 @@ def train_on_cluster(
     advance: Callable[[], None],
 ) -> None:
     """Fit ``devices`` on [since, until) on the cluster, into ``summary``. A task that dies
-    or times out is split and run again; a device it had already saved then gets one more
-    version (versions never change; the newest is active)."""
+    or times out is split and run again; the devices are published once, by the client,
+    when every task is done."""
     done = 0
 
     def progress(count: int) -> None:
@@ -745,9 +766,14 @@ def train_on_cluster(
         devices, RemoteFitting(setup, since, until), _cluster_model(training.tasks),
         on_progress=progress,
     )  # fmt: skip
+    fitted = {}
     for device_id, outcome in results.items():
         if outcome[0] == "skipped":
             summary.skipped[device_id] = outcome[1]
         else:
-            summary.record(device_id, outcome[1])
+            fitted[device_id] = outcome[1]
+    if fitted:
+        registry = ModelRegistry(training.layout.store, training.layout.state, live=False)
+        for device_id, result in sorted(publish(registry, fitted).items()):
+            summary.record(device_id, result)
     summary.failed.update(errors)

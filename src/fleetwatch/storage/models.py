@@ -2,6 +2,10 @@
 
 ::
 
+    models/runs/<run>.parquet                       a group of devices' versions, a row each
+    models/journal/<seq>.json                       a change of the registry (create-only)
+    models/journal/S<seq>.json                      the state after record <seq>
+
     models/SHADOWS                                  the devices with a version in shadow
     models/<device_id>/ACTIVE                       "v0003 sha256=<manifest digest>"
     models/<device_id>/SHADOW                       the same, for the version in shadow
@@ -10,21 +14,25 @@
     models/<device_id>/<version>/{model.joblib, params.bin}
     models/<device_id>/<version>/manifest.json      written last: what makes it a version
 
+Versions are rows of run objects, and every change (a version published, activated, put in
+or out of shadow) is a record of the journal. The last seven lines are what a fleetwatch
+before the columnar store wrote (a folder per version): they are read as they are, never
+written.
+
 What the files mean (digests, activation, shadows) is :mod:`fleetwatch.scoring.registry`'s;
 this module only reads and writes them through the store, which checks every key.
 """
 
 from __future__ import annotations
 
-import contextlib
-from collections.abc import Mapping
 from pathlib import Path
 from typing import Final, Literal
 
-from fleetwatch.errors import StorageError
-from fleetwatch.storage.store import ConflictError, DataStore, join
+from fleetwatch.storage.store import DataStore, join
 
 ROOT: Final = "models"
+RUNS: Final = "models/runs"
+JOURNAL: Final = "models/journal"
 MANIFEST: Final = "manifest.json"
 #: A version's model files, by the names its manifest's digests use.
 ESTIMATOR: Final = "model.joblib"  # the scikit-learn objects (pickled: checked before loading)
@@ -33,10 +41,6 @@ MODEL_FILES: Final = (ESTIMATOR, PARAMS)
 Pointer = Literal["ACTIVE", "SHADOW"]
 ACTIVE: Final = "ACTIVE"
 SHADOW: Final = "SHADOW"
-
-
-class VersionTakenError(StorageError):
-    """Another writer claimed this version number first."""
 
 
 class ModelFiles:
@@ -76,36 +80,8 @@ class ModelFiles:
         ]
 
     def devices(self) -> list[str]:
-        """The names of the folders under ``models/`` (the caller checks them as ids)."""
-        return self.store.folders(ROOT)
-
-    def publish(
-        self, device_id: str, version: str, files: Mapping[str, bytes], manifest: bytes
-    ) -> None:
-        """A new version: claimed (one writer per number: :class:`VersionTakenError` for the
-        second), its files written, its manifest last. A version without a manifest (its
-        writer died) is not a version for the registry, and is never reused."""
-        claim = self.version_key(device_id, version, ".claim")
-        written: list[str] = []
-        try:
-            try:
-                self.store.write_if(claim, b"", None)
-            except ConflictError:
-                raise VersionTakenError(
-                    f"{device_id} {version} is taken by another writer"
-                ) from None
-            written.append(claim)
-            for name, data in files.items():
-                written.append(self.version_key(device_id, version, name))
-                self.store.write(written[-1], data)
-            self.store.write(self.version_key(device_id, version, MANIFEST), manifest)
-        except VersionTakenError:
-            raise
-        except BaseException:  # a full disk: leave no half version behind (best effort)
-            with contextlib.suppress(Exception):
-                self.store.delete(written)
-                self.store.remove_empty_folder(self.version_key(device_id, version))
-            raise
+        """The names of the device folders under ``models/`` (the caller checks them as ids)."""
+        return [name for name in self.store.folders(ROOT) if name not in ("runs", "journal")]
 
     # ------------------------------------------------------------------ pointers
 
@@ -115,20 +91,11 @@ class ModelFiles:
         except FileNotFoundError:
             return None
 
-    def write_pointer(self, device_id: str, name: Pointer, text: str) -> None:
-        self.store.write(join(ROOT, device_id, name), text.encode())
-
-    def remove_pointer(self, device_id: str, name: Pointer) -> None:
-        self.store.delete([join(ROOT, device_id, name)])
-
     def read_history(self, device_id: str) -> bytes | None:
         try:
             return self.store.read(join(ROOT, device_id, "history.json"))
         except FileNotFoundError:
             return None
-
-    def write_history(self, device_id: str, text: str) -> None:
-        self.store.write(join(ROOT, device_id, "history.json"), text.encode())
 
     def read_shadows(self) -> bytes | None:
         try:
@@ -136,5 +103,35 @@ class ModelFiles:
         except FileNotFoundError:
             return None
 
-    def write_shadows(self, text: str) -> None:
-        self.store.write(join(ROOT, "SHADOWS"), text.encode())
+    # ------------------------------------------------------------------ runs and journal
+
+    @staticmethod
+    def run_key(name: str) -> str:
+        return join(RUNS, f"{name}.parquet")
+
+    def write_run(self, name: str, content: bytes) -> None:
+        """A run object (written whole, once: nothing refers to it before the journal does)."""
+        self.store.write(self.run_key(name), content)
+
+    def journal_names(self) -> list[str]:
+        """The journal's objects: records ``<seq>`` and snapshots ``S<seq>`` (the state after
+        record ``<seq>``), as named, unsorted."""
+        return [
+            item.name[: -len(".json")]
+            for item in self.store.listing(JOURNAL)
+            if item.name.endswith(".json") and not item.name.startswith(".")
+        ]
+
+    def read_journal(self, name: str) -> bytes:
+        return self.store.read(join(JOURNAL, f"{name}.json"))
+
+    def append_journal(self, sequence: int, content: bytes) -> None:
+        """Record ``sequence``, only if there is none (the store's create-only write:
+        :class:`ConflictError` for the second writer of a number)."""
+        self.store.write_if(join(JOURNAL, f"{sequence:012d}.json"), content, None)
+
+    def write_snapshot(self, sequence: int, content: bytes) -> None:
+        self.store.write(join(JOURNAL, f"S{sequence:012d}.json"), content)
+
+    def delete_journal(self, names: list[str]) -> None:
+        self.store.delete([join(JOURNAL, f"{name}.json") for name in names])

@@ -24,7 +24,7 @@ from fleetwatch.scheduler.service import CatchUp, next_tick
 from fleetwatch.scoring.pending import PendingHour
 from fleetwatch.scoring.score import RunResult, score_hour
 from fleetwatch.storage.checkpoints import Checkpoint, CheckpointStore
-from tests.unit.scoring.conftest import T0, set_watermark
+from tests.unit.scoring.conftest import DEVICES, T0, set_watermark
 
 HOUR = timedelta(hours=1)
 
@@ -123,8 +123,9 @@ def test_a_device_trained_later_is_scored_for_the_hours_it_missed(trained: Setti
     from fleetwatch.scoring.registry import ModelRegistry
     from fleetwatch.scoring.train import train
 
-    registry = ModelRegistry.of(trained.data_dir)
-    shutil.rmtree(registry.device_dir("pump-05"))  # as if it had never been trained
+    shutil.rmtree(trained.data_dir / "models")  # pump-05 as if it had never been trained
+    train(trained, T0, T0 + 2 * HOUR, [d for d in DEVICES if d != "pump-05"])
+    assert ModelRegistry.of(trained.data_dir).active_version("pump-05") is None
     set_watermark(trained, T0 + 3 * HOUR)
     assert len(CatchUp(trained)()) == 3
     assert status(trained)["pending_hours"] == []
@@ -146,11 +147,11 @@ def test_a_device_trained_later_is_scored_for_the_hours_it_missed(trained: Setti
 def test_a_failing_model_is_retried_only_once_it_changes(trained: Settings) -> None:
     from fleetwatch.scoring.registry import ModelRegistry
     from fleetwatch.scoring.train import train
+    from tests.unit.scoring.tamper import rewrite_row
 
     model = ModelRegistry.of(trained.data_dir).active("pump-02")
     assert model is not None
-    with (model.path / "params.bin").open("ab") as handle:
-        handle.write(b"tampered")
+    rewrite_row(trained.data_dir, model, params=lambda blob: blob + b"tampered")
     set_watermark(trained, T0 + 3 * HOUR)
     assert [r.devices_failed for r in CatchUp(trained)()] == [1, 1, 1]
     assert CatchUp(trained)() == []  # not retried with the same broken model

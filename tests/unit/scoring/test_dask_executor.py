@@ -18,9 +18,11 @@ import pytest
 
 from fleetwatch.config import Settings
 from fleetwatch.errors import FleetwatchError
+from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.scoring.score import score_hour
 from fleetwatch.storage.layout import DataLayout
 from tests.unit.scoring.conftest import T0
+from tests.unit.scoring.tamper import rewrite_row
 
 distributed = pytest.importorskip("distributed", reason="pip install -e '.[dev]' brings Dask")
 HOURS = [T0 + timedelta(hours=h) for h in range(3)]
@@ -114,9 +116,9 @@ def test_a_worker_killed_mid_run_costs_nothing(
 
 def test_a_bad_model_fails_its_device_only(trained: Settings, cluster: str, tmp_path: Path) -> None:
     dask = on_dask(trained, cluster, tmp_path / "dask")
-    registry = dask.data_dir / "models"
-    [model_file] = list((registry / "pump-02").glob("*/params.bin"))
-    model_file.write_bytes(b"tampered")
+    model = ModelRegistry.of(dask.data_dir).active("pump-02")
+    assert model is not None
+    rewrite_row(dask.data_dir, model, params=lambda _: b"tampered")
     result = score_hour(dask, HOURS[2], progress=False)
     assert result.devices_failed == 1 and result.devices_scored == 7
     [failed] = [o for o in outcomes(dask) if o[2] == "failed"]
@@ -139,7 +141,6 @@ def test_training_on_dask_makes_the_local_models(
 ) -> None:
     """The same devices fitted on the cluster (each worker reading its devices' windows):
     the same parameters, byte for byte, and the same thresholds."""
-    import json
 
     from fleetwatch.scoring.train import train
     from tests.unit.scoring.conftest import DEVICES
@@ -148,12 +149,14 @@ def test_training_on_dask_makes_the_local_models(
     shutil.rmtree(dask.data_dir / "models")
     summary = train(dask, T0, T0 + timedelta(hours=2), DEVICES)
     assert sorted(summary.trained) == DEVICES and not summary.failed
+    assert len(list((dask.data_dir / "models" / "runs").glob("*.parquet"))) == 1
+    local, remote = ModelRegistry.of(trained.data_dir), ModelRegistry.of(dask.data_dir)
     for device in DEVICES:
-        [local] = list(((trained.data_dir / "models") / device).glob("v*"))
-        [remote] = list(((dask.data_dir / "models") / device).glob("v*"))
-        assert (local / "params.bin").read_bytes() == (remote / "params.bin").read_bytes()
-        mine, theirs = (json.loads((d / "manifest.json").read_text()) for d in (local, remote))
-        assert mine["threshold"] == theirs["threshold"] and mine["features"] == theirs["features"]
+        mine, theirs = local.active(device), remote.active(device)
+        assert mine is not None and theirs is not None
+        assert local.read_params(mine) == remote.read_params(theirs)
+        assert mine.manifest["threshold"] == theirs.manifest["threshold"]
+        assert mine.manifest["features"] == theirs.manifest["features"]
     for hour in HOURS:  # and they score alike
         score_hour(trained, hour, progress=False)
         score_hour(dask, hour, progress=False)
@@ -175,8 +178,10 @@ def test_the_fleet_judges_slow_sensors_on_the_workers(
         score = replace(trained.score, executor=executor, dask_scheduler=cluster)
         settings = replace(trained, data_dir=data_dir, score=score)
         summaries[executor] = train(settings, T0, T0 + timedelta(minutes=45), DEVICES)
+        registry = ModelRegistry.of(data_dir)
         for device in DEVICES:
-            [version] = list(((data_dir / "models") / device).glob("v*"))
-            features = (version / "manifest.json").read_text()
+            model = registry.active(device)
+            assert model is not None and len(registry.versions(device)) == 1
+            features = model.manifest["features"]
             assert "temperature__delta" in features and "pressure__mean" in features
     assert summaries["local"].slow == summaries["dask"].slow == {"temperature": (5, 8)}

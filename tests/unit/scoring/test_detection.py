@@ -30,6 +30,7 @@ from tests.unit.scoring.conftest import (
     synthetic_windows,
     write_windows,
 )
+from tests.unit.scoring.tamper import republish
 
 HOUR = timedelta(hours=1)
 
@@ -207,16 +208,13 @@ def test_a_model_of_an_older_fleetwatch_is_refused_with_what_to_do(shifted: Sett
     registry = ModelRegistry.of(shifted.data_dir)
     model = registry.active("pump-02")
     assert model is not None
-    manifest = {**model.manifest}
-    del manifest["features_version"]
-    (model.path / "manifest.json").write_text(json.dumps(manifest))
-    registry.activate("pump-02", model.version)  # the edit was "ours": the digest is renewed
+    version = republish(shifted.data_dir, model, lambda manifest: manifest.pop("features_version"))
     shutil.rmtree(DataLayout.open(shifted.data_dir).model_pack, ignore_errors=True)
     score_hour(shifted, T0 + 2 * HOUR, progress=False)
     error = db(shifted, "SELECT error FROM device_runs WHERE device_id = 'pump-02'")[0][0]
     assert "older fleetwatch" in error and "fleetwatch train" in error
     with pytest.raises(ModelIntegrityError, match="older fleetwatch"):
-        registry.with_threshold("pump-02", model.version, Calibration(0, 1, 0, "x", []))
+        registry.with_threshold("pump-02", version, Calibration(0, 1, 0, "x", []))
 
 
 def test_explaining_a_wide_device_costs_memory_linear_in_its_sensors(

@@ -17,6 +17,7 @@ from fleetwatch.scoring.kinds import KINDS, DeviceModel, kind_named, new_model
 from fleetwatch.scoring.kinds.svm import SvmParams, decide
 from fleetwatch.scoring.pack import ModelPack
 from fleetwatch.scoring.registry import ModelIntegrityError, ModelRegistry
+from tests.unit.scoring.tamper import rewrite_row
 
 NAMES = feature_names(["a", "b", "c"], slow=["c"])
 WHEN = datetime(2026, 11, 22, tzinfo=UTC)
@@ -139,8 +140,9 @@ def test_a_tampered_file_is_never_loaded(
     model = new_model(kind, 0.05, "scale", "rbf")
     model.fit(data(4, 100), NAMES)
     saved = registry.save("pump-1", model, NAMES, WHEN, WHEN, 100, {})
-    with (saved.path / file_name).open("ab") as handle:
-        handle.write(b"\x00evil")
+    column = {"model.joblib": "estimator", "params.bin": "params"}[file_name]
+    rewrite_row(tmp_path, saved, **{column: lambda blob: blob + b"\x00evil"})
+    registry = ModelRegistry.of(tmp_path)  # not the rows it has read
     loads: list[object] = []
     monkeypatch.setattr(joblib, "load", lambda *a, **k: loads.append(a))
     monkeypatch.setattr(registry_module, "unpack_arrays", lambda *a, **k: loads.append(a))

@@ -18,6 +18,7 @@ from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.scoring.score import score_hour
 from fleetwatch.scoring.train import train
 from tests.unit.scoring.conftest import DEVICES, T0
+from tests.unit.scoring.tamper import append_record, run_path
 from tests.unit.scoring.test_score import HOUR3, assert_scores_equal_sklearn, db
 
 TWO_HOURS = pd.Timedelta(hours=2).to_pytimedelta()
@@ -94,8 +95,9 @@ def test_an_activated_version_is_scored_at_once_then_packed(
 ) -> None:
     train(trained, T0, T0 + TWO_HOURS, ["pump-01", "pump-02"])  # v0002, active and packed
     registry = ModelRegistry.of(trained.data_dir)
-    registry.activate("pump-01", "v0001")  # ACTIVE replaced by rename
-    (registry.device_dir("pump-02") / "ACTIVE").write_text("v0001")  # edited in place
+    registry.activate("pump-01", "v0001")
+    digest = registry.journal.devices()["pump-02"].versions["v0001"][1]
+    append_record(trained.data_dir, [["activate", "pump-02", "v0001", digest]])  # by hand
     score_hour(trained, HOUR3, progress=False)
     assert sorted(read_from_files.read_text().split()) == ["pump-01", "pump-02"]
     versions = dict(db(trained, "SELECT device_id, model_version FROM device_runs"))
@@ -110,14 +112,17 @@ def test_an_activated_version_is_scored_at_once_then_packed(
 def test_a_tampered_file_fails_its_device_although_the_pack_holds_a_good_copy(
     trained: Settings,
 ) -> None:
-    model = ModelRegistry.of(trained.data_dir).active("pump-04")
+    registry = ModelRegistry.of(trained.data_dir)
+    model = registry.active("pump-04")
     assert model is not None
-    params = model.path / "params.bin"
-    blob = bytearray(params.read_bytes())
-    blob[100] ^= 0xFF  # same size, same inode: only the modification time tells
-    params.write_bytes(bytes(blob))
+    path = run_path(trained.data_dir, model)
+    stored = bytearray(path.read_bytes())
+    at = stored.find(registry.read_params(model))  # its parameters' bytes, stored plain
+    assert at > 0
+    stored[at + 100] ^= 0xFF  # in place: same size, same inode, one device's bytes
+    path.write_bytes(bytes(stored))
     result = score_hour(trained, HOUR3, progress=False)
-    assert result.devices_failed == 1
+    assert result.devices_failed == 1 and result.devices_scored == len(DEVICES) - 1
     error = db(trained, "SELECT error FROM device_runs WHERE device_id = 'pump-04'")[0][0]
     assert "does not match the sha256" in error
     assert "pump-04" not in _fresh_entries(trained)

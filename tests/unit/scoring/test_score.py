@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -28,6 +29,7 @@ from fleetwatch.storage.duck import query
 from fleetwatch.storage.layout import DataLayout
 from tests.unit.scoring.conftest import DEVICES, T0, settings_for
 from tests.unit.scoring.reference import device_matrix, pivot_by_device, read_windows
+from tests.unit.scoring.tamper import append_record, edit_manifest, republish, rewrite_row
 
 HOUR3 = T0 + pd.Timedelta(hours=2).to_pytimedelta()
 
@@ -37,10 +39,10 @@ def db(settings: Settings, sql: str) -> list[tuple]:
         return c.execute(sql).fetchall()
 
 
-def reference_scores(model: Any, matrix: np.ndarray) -> np.ndarray:
+def reference_scores(registry: ModelRegistry, model: Any, matrix: np.ndarray) -> np.ndarray:
     """scikit-learn's own decision function (from model.joblib), on the scores' scale (NaN
     where it is at its floor)."""
-    estimator = ModelRegistry.of(model.path.parents[2]).load_estimator(model)
+    estimator = registry.load_estimator(model)
     reference = kind_named(model.manifest["kind"])()
     reference.restore(estimator)
     return np.asarray(reference.reference_scores(matrix))
@@ -62,7 +64,7 @@ def assert_scores_equal_sklearn(settings: Settings, skip: frozenset[str] = froze
         model = registry.active(device_id)
         assert model is not None
         matrix = device_matrix(device_id, rows, model.manifest["features"], 60_000).matrix
-        expected = reference_scores(model, matrix)
+        expected = reference_scores(registry, model, matrix)
         sql = "SELECT score FROM scores WHERE device_id = ? ORDER BY window_start"
         with duckdb.connect(str(settings.data_dir / "fleetwatch.duckdb"), read_only=True) as c:
             got = np.array([r[0] for r in c.execute(sql, [device_id]).fetchall()])
@@ -89,7 +91,7 @@ def expected_anomalies(settings: Settings) -> set[tuple[str, int]]:
         model = registry.active(device_id)
         assert model is not None
         matrix = device_matrix(device_id, rows, model.manifest["features"], 60_000)
-        scores = reference_scores(model, matrix.matrix)
+        scores = reference_scores(registry, model, matrix.matrix)
         below = np.isnan(scores) | (scores < model.manifest["threshold"])
         expected |= {(device_id, int(start)) for start in matrix.window_start[below]}
     return expected
@@ -139,11 +141,9 @@ def test_output_anomalies_stores_only_the_anomalies(trained: Settings) -> None:
 
 
 def test_no_model_and_silent_devices(trained: Settings) -> None:
+    shutil.rmtree(trained.data_dir / "models")  # pump-05: data, never trained
+    train(trained, T0, HOUR3, [d for d in DEVICES if d != "pump-05"])
     registry = ModelRegistry.of(trained.data_dir)
-    (registry.device_dir("pump-05") / "ACTIVE").unlink()  # data, no active model
-    from tests.unit.scoring.conftest import synthetic_windows, write_windows
-
-    del write_windows, synthetic_windows
     silent_model = registry.active("pump-06")
     assert silent_model is not None
     frame = read_windows(trained.data_dir, HOUR3, HOUR3 + pd.Timedelta(hours=1).to_pytimedelta())
@@ -172,8 +172,8 @@ def test_no_model_and_silent_devices(trained: Settings) -> None:
 
 def test_a_tampered_model_fails_its_device_only(trained: Settings) -> None:
     model = ModelRegistry.of(trained.data_dir).active("pump-02")
-    with (model.path / "params.bin").open("ab") as handle:
-        handle.write(b"tampered")
+    assert model is not None
+    rewrite_row(trained.data_dir, model, params=lambda blob: blob + b"tampered")
     result = score_hour(trained, HOUR3, progress=False)
     assert result.devices_failed == 1 and result.devices_scored == len(DEVICES) - 1
     error = db(trained, "SELECT error FROM device_runs WHERE device_id = 'pump-02'")[0][0]
@@ -210,23 +210,23 @@ def test_a_malformed_model_fails_only_its_device_among_those_scored_with_it(
 def test_an_active_file_pointing_outside_its_device_fails_that_device(
     trained: Settings,
 ) -> None:
-    registry = ModelRegistry.of(trained.data_dir)
-    (registry.device_dir("pump-03") / "ACTIVE").write_text("../pump-00/v0001")
+    append_record(trained.data_dir, [["activate", "pump-03", "../pump-00/v0001", "0" * 64]])
     result = score_hour(trained, HOUR3, progress=False)
     assert result.devices_failed == 1 and result.devices_scored == len(DEVICES) - 1
     error = db(trained, "SELECT error FROM device_runs WHERE device_id = 'pump-03'")[0][0]
-    assert "is not 1-64" in error
+    assert "is not 1-64" in error and "activate a version to mend it" in error
+    ModelRegistry.of(trained.data_dir).activate("pump-03", "v0001")
+    assert score_hour(trained, HOUR3, progress=False).devices_failed == 0
 
 
 def test_a_model_that_raises(trained: Settings) -> None:
     model = ModelRegistry.of(trained.data_dir).active("pump-01")
-    manifest = model.manifest
-    manifest["features"] = manifest["features"][:-2]  # now the matrix has the wrong width
-    import json
+    assert model is not None
 
-    (model.path / "manifest.json").write_text(json.dumps(manifest))
-    # activated again, as by someone who meant it: the manifest's digest is recorded anew
-    ModelRegistry.of(trained.data_dir).activate("pump-01", model.version)
+    def narrower(manifest: dict[str, Any]) -> None:  # now the matrix has the wrong width
+        manifest["features"] = manifest["features"][:-2]
+
+    republish(trained.data_dir, model, narrower)  # as by someone who meant it
     result = score_hour(trained, HOUR3, progress=False)
     assert result.devices_failed == 1
     error = db(trained, "SELECT error FROM device_runs WHERE device_id = 'pump-01'")[0][0]
@@ -486,12 +486,13 @@ def test_a_tampered_manifest_fails_its_device_instead_of_flagging_everything(
     trained: Settings,
 ) -> None:
     """Before: a manifest threshold edited to 1e9 made every window an anomaly, no error."""
-    import json
-
     model = ModelRegistry.of(trained.data_dir).active("pump-04")
     assert model is not None
-    manifest = {**model.manifest, "threshold": 1e9}
-    (model.path / "manifest.json").write_text(json.dumps(manifest))
+
+    def threshold(manifest: dict[str, Any]) -> None:
+        manifest["threshold"] = 1e9
+
+    rewrite_row(trained.data_dir, model, manifest=edit_manifest(threshold))
     result = score_hour(trained, HOUR3, progress=False)
     assert result.devices_failed == 1 and result.devices_scored == len(DEVICES) - 1
     error = db(trained, "SELECT error FROM device_runs WHERE device_id = 'pump-04'")[0][0]

@@ -20,7 +20,14 @@ from fleetwatch.scoring.calibration import (
 from fleetwatch.scoring.features import feature_names
 from fleetwatch.scoring.kinds import DeviceModel
 from fleetwatch.scoring.registry import ModelRegistry
-from fleetwatch.scoring.train import FitJob, fit_and_save, fit_threshold, held_out_false_alarms
+from fleetwatch.scoring.train import (
+    FitJob,
+    Fitted,
+    fit_one,
+    fit_threshold,
+    held_out_false_alarms,
+    publish,
+)
 
 NAMES = feature_names(["a", "b"])
 WHEN = datetime(2026, 11, 22, tzinfo=UTC)
@@ -154,6 +161,11 @@ def test_the_retraining_check_flags_a_fault_in_the_latest_windows(tmp_path: Path
     assert held_out_false_alarms(job(windows(19), tmp_path)) is None  # too few to check
 
 
+def fit_and_save(fit: FitJob) -> Fitted:
+    """A worker's fit, published as training's parent publishes a group."""
+    return publish(ModelRegistry.of(fit.registry), {fit.device_id: fit_one(fit)})[fit.device_id]
+
+
 def test_the_worker_saves_and_activates_the_model(tmp_path: Path) -> None:
     fitted = fit_and_save(job(windows(120), tmp_path, "pump-7"))
     registry = ModelRegistry.of(tmp_path)
@@ -169,13 +181,13 @@ def test_the_worker_saves_and_activates_the_model(tmp_path: Path) -> None:
 def test_a_retrained_version_whose_held_out_windows_surprise_it_stays_in_shadow(
     tmp_path: Path,
 ) -> None:
-    registry = ModelRegistry.of(tmp_path)
     fit_and_save(job(windows(120), tmp_path, "pump-7"))
     faulty = windows(120, seed=1)
     faulty[-3:, NAMES.index("b__mean")] += 25.0  # a fault in the latest training windows
     fitted = fit_and_save(job(faulty, tmp_path, "pump-7", activate="if-calibrated"))
     version, shadow = fitted.version, fitted.shadow_reason
     assert version == "v0002" and shadow is not None and "kept in shadow" in shadow
+    registry = ModelRegistry.of(tmp_path)  # a registry reads the journal once: read it again
     assert registry.active_version("pump-7") == "v0001"
     in_shadow = registry.shadow("pump-7")
     assert in_shadow is not None and in_shadow.version == "v0002"
@@ -183,4 +195,5 @@ def test_a_retrained_version_whose_held_out_windows_surprise_it_stays_in_shadow(
     # a clean retraining is activated
     fitted = fit_and_save(job(windows(120, 2), tmp_path, "pump-7", "if-calibrated"))
     version, shadow = fitted.version, fitted.shadow_reason
+    registry = ModelRegistry.of(tmp_path)
     assert shadow is None and registry.active_version("pump-7") == version == "v0003"

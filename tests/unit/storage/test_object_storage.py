@@ -43,6 +43,7 @@ from tests.unit.scoring.conftest import (
     synthetic_windows,
     write_windows,
 )
+from tests.unit.scoring.tamper import rewritten
 
 HOURS = [T0 + timedelta(hours=h) for h in range(3)]
 
@@ -99,9 +100,13 @@ def test_pipeline_on_s3_equals_the_local_folder(s3_server: S3Server, tmp_path: P
     pd.testing.assert_frame_equal(local_rows, remote_rows)
 
     stored_objects = objects(s3_server, url)
+    runs = [key for key in stored_objects if key.startswith("/models/")]
+    assert len([key for key in runs if key.startswith("/models/runs/")]) == 1  # one object
+    mine, theirs = ModelRegistry.of(local.data_dir), ModelRegistry(remote.layout.store)
     for device in DEVICES:
-        [local_params] = (local.data_dir / "models" / device).glob("v*/params.bin")
-        assert stored_objects[f"/models/{device}/v0001/params.bin"] == local_params.read_bytes()
+        local_model, remote_model = mine.active(device), theirs.active(device)
+        assert local_model is not None and remote_model is not None
+        assert mine.read_params(local_model) == theirs.read_params(remote_model)
     assert not any(key.endswith(".duckdb") for key in stored_objects)  # DuckDB stays local
     assert (tmp_path / "machine" / "fleetwatch.duckdb").is_file()
 
@@ -147,9 +152,10 @@ def test_a_crash_between_data_and_checkpoint_replays_to_the_same_objects(
 def test_a_model_version_cut_off_half_way_is_not_a_version(
     s3_server: S3Server, tmp_path: Path
 ) -> None:
-    """In a bucket a version's files are written in place, its manifest last: one without a
-    manifest (the writer died) is ignored and the next version takes a new number; a changed
-    params.bin is refused as on a local disk."""
+    """In a bucket: a version folder without a manifest (left by a writer of a fleetwatch
+    before the journal that died) is ignored and its number never reused; a run object no
+    journal record publishes (its writer died before) holds no version; a changed row is
+    refused as on a local disk, for its device only."""
     frame = synthetic_windows()
     remote = s3_settings(f"{s3_server.bucket()}/fleet", tmp_path / "machine")
     write_windows(remote.data_dir, frame)
@@ -166,12 +172,16 @@ def test_a_model_version_cut_off_half_way_is_not_a_version(
     train(remote, T0, T0 + timedelta(hours=2), ["pump-01"])
     assert registry.active_version("pump-01") == "v0003"
     assert [v.version for v in registry.versions("pump-01")] == ["v0001", "v0003"]
+    [published] = fs.ls(f"{bucket_path}/models/runs")[:1]
+    fs.pipe_file(f"{bucket_path}/models/runs/unpublished.parquet", fs.cat_file(published))
+    assert [v.version for v in registry.versions("pump-01")] == ["v0001", "v0003"]
     registry.activate("pump-01", "v0001")
     model = registry.active("pump-01")
-    assert model is not None
-    fs.pipe_file(f"{bucket_path}/models/pump-01/v0001/params.bin", b"tampered")
+    assert model is not None and model.run is not None
+    key = f"{bucket_path}/models/runs/{model.run}.parquet"
+    fs.pipe_file(key, rewritten(fs.cat_file(key), "pump-01", params=lambda _: b"tampered"))
     with pytest.raises(ModelIntegrityError, match=r"params\.bin"):
-        registry.load_params(model)
+        ModelRegistry(remote.layout.store).load_params(model)
     result = score_hour(remote, HOURS[2], progress=False)
     assert result.devices_failed == 1
 

@@ -1,0 +1,335 @@
+"""The columnar model store: run objects hold the versions, a journal says what is active.
+
+A training run writes its devices' models as rows of one Parquet object per group of devices
+(``models/runs/<run>.parquet``: ``device_id``, ``manifest``, ``params``, ``estimator``), then
+publishes them with one journal record: each row becomes the device's next version, activated
+or put in shadow as asked. Activation, shadow, promotion and rollback are journal records too,
+so a training run of any number of devices writes O(1) objects, not a folder per device.
+
+- **Integrity per device.** A record names each version's run object and the sha256 of its row's
+  manifest, which holds the sha256 of the row's parameters and estimator: a changed row fails
+  its own device when it is read, never the others of its run.
+- **One writer per record.** Records are ``models/journal/<seq>.json``, made with the store's
+  create-only write: of two writers of the same number, the second re-reads the journal and
+  tries the next (its versions numbered again from what it now finds). A run object that no
+  record names (its writer died before publishing) is not a version of anything.
+- **Reading it back.** The state is the replay of the records, from the newest snapshot
+  (``S<seq>.json``: the state after record ``seq``, written every ``SNAPSHOT_EVERY`` records;
+  the records it covers are deleted one snapshot later, so a reader that listed them still
+  finds them).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from fleetwatch.errors import FleetwatchError
+from fleetwatch.storage.models import ESTIMATOR, PARAMS, ModelFiles
+from fleetwatch.storage.parquet import open_file
+from fleetwatch.storage.store import ConflictError
+from fleetwatch.telemetry import is_valid_name
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+#: A snapshot of the state is written when this many records follow the newest one.
+SNAPSHOT_EVERY = 32
+#: Rows per row group of a run object: reading one device reads its group only.
+ROWS_PER_GROUP = 256
+Op = list[Any]  # ["save", device, version, run, digest] | ["activate", device, version, digest]
+# | ["shadow", device, version, digest] | ["unshadow", device]
+
+
+class JournalError(FleetwatchError):
+    """The journal cannot be read (a damaged record or snapshot)."""
+
+
+@dataclass(frozen=True)
+class Row:
+    """One device's model as a run object holds it: its manifest (without a version: the
+    journal record that publishes it gives it one) and its files' bytes."""
+
+    device_id: str
+    manifest: bytes  # JSON
+    files: dict[str, bytes]  # by the names its manifest's digests use (PARAMS, ESTIMATOR)
+
+    @property
+    def digest(self) -> str:
+        return hashlib.sha256(self.manifest).hexdigest()
+
+
+@dataclass
+class DeviceState:
+    """What the journal says of one device (beside any folder a fleetwatch before it wrote)."""
+
+    versions: dict[str, tuple[str, str]] = field(default_factory=dict)  # version: (run, digest)
+    activated: list[tuple[str, str]] = field(default_factory=list)  # (version, digest), in order
+    shadow: tuple[str, str] | None = None
+    shadow_set: bool = False  # the journal has said whether it has one (else its folder says)
+    damaged: str | None = None  # why the journal's word on it cannot be used (until activated)
+
+    def as_json(self) -> dict[str, Any]:
+        document: dict[str, Any] = {"v": self.versions, "a": self.activated}
+        if self.shadow_set:
+            document["s"] = self.shadow
+        if self.damaged:
+            document["x"] = self.damaged
+        return document
+
+    @classmethod
+    def from_json(cls, document: dict[str, Any]) -> DeviceState:
+        state = cls(
+            {str(v): (str(r), str(d)) for v, (r, d) in document["v"].items()},
+            [(str(v), str(d)) for v, d in document["a"]],
+        )
+        if "s" in document:
+            state.shadow_set = True
+            state.shadow = None if document["s"] is None else tuple(document["s"])
+        state.damaged = document.get("x")
+        return state
+
+
+KINDS = {"save": 5, "activate": 4, "shadow": 4, "unshadow": 2}  # change: its length
+
+
+def apply(devices: dict[str, DeviceState], ops: Sequence[Op]) -> None:
+    """Replay ``ops`` onto ``devices``. A change naming an invalid version or run (a hand-made
+    record) damages its device alone: it fails, with why, until a version is activated."""
+    for op in ops:
+        device = op[1] if isinstance(op, list) and len(op) > 1 else None
+        if not (isinstance(device, str) and is_valid_name(device)):
+            log.warning("the model registry's journal names no valid device in %r: ignored", op)
+            continue
+        state = devices.setdefault(device, DeviceState())
+        kind = op[0]
+        names = op[2:4] if kind == "save" else op[2:3]
+        if KINDS.get(kind) != len(op) or not all(
+            isinstance(n, str) and is_valid_name(n) for n in names
+        ):
+            state.damaged = (
+                f"the registry's journal holds {op!r} for it (a version or run that is not 1-64 "
+                "of [A-Za-z0-9_.-], or an unknown change); activate a version to mend it"
+            )
+            continue
+        if kind == "save":
+            state.versions[op[2]] = (op[3], str(op[4]))
+        elif kind == "activate":
+            state.activated.append((op[2], str(op[3])))
+            state.damaged = None
+            if state.shadow is not None and state.shadow[0] == op[2]:
+                state.shadow = None
+        elif kind == "shadow":
+            state.shadow, state.shadow_set = (op[2], str(op[3])), True
+        else:  # unshadow
+            state.shadow, state.shadow_set = None, True
+
+
+class Journal:
+    """The registry's journal of one data directory. ``live``: every read first lists the
+    journal and applies records written since (one listing); otherwise it is read once, then
+    kept up to date with this process's own records only (a scoring run's fixed view of
+    100,000 devices: no listing per device)."""
+
+    def __init__(self, files: ModelFiles, live: bool = True) -> None:
+        self.files = files
+        self.live = live
+        self._devices: dict[str, DeviceState] | None = None
+        self._sequence = 0
+        self._snapshot = 0  # the sequence of the newest snapshot read
+        self._records: list[int] = []  # records after it
+
+    def devices(self) -> dict[str, DeviceState]:
+        if self._devices is None:
+            self.reload()
+        elif self.live:
+            self._catch_up()
+        assert self._devices is not None
+        return self._devices
+
+    def _catch_up(self) -> None:
+        """Apply the records written since the last read (a newer snapshot: read again)."""
+        names = self.files.journal_names()
+        snapshots = [int(n[1:]) for n in names if n[:1] == "S" and n[1:].isdigit()]
+        if snapshots and max(snapshots) > self._sequence:  # records it covers may be gone
+            self.reload()
+            return
+        newer = sorted(int(n) for n in names if n.isdigit() and int(n) > self._sequence)
+        try:
+            for seq in newer:
+                apply(self._devices or {}, self._read(f"{seq:012d}")["ops"])
+                self._sequence = seq
+                self._records.append(seq)
+        except (FileNotFoundError, KeyError, TypeError, ValueError):
+            self.reload()
+
+    def reload(self) -> None:
+        for _ in range(10):  # a compaction deleting what was just listed: list again
+            names = self.files.journal_names()
+            snapshots = sorted(int(n[1:]) for n in names if n[:1] == "S" and n[1:].isdigit())
+            records = sorted(int(n) for n in names if n.isdigit())
+            base = snapshots[-1] if snapshots else 0
+            try:
+                devices: dict[str, DeviceState] = {}
+                if base:
+                    document = self._read(f"S{base:012d}")
+                    devices = {d: DeviceState.from_json(s) for d, s in document["devices"].items()}
+                later = [seq for seq in records if seq > base]
+                for seq in later:
+                    apply(devices, self._read(f"{seq:012d}")["ops"])
+            except FileNotFoundError:
+                continue
+            except (KeyError, TypeError, ValueError) as exc:
+                raise JournalError(
+                    f"the model registry's journal in {self.files.describe('journal')} is "
+                    f"damaged ({type(exc).__name__}: {exc}); restore it from a backup"
+                ) from exc
+            self._devices, self._snapshot, self._records = devices, base, later
+            self._sequence = max([base, *records])
+            return
+        raise JournalError("the model registry's journal kept changing while it was read")
+
+    def _read(self, name: str) -> dict[str, Any]:
+        document: dict[str, Any] = json.loads(self.files.read_journal(name))
+        if document.get("format") != FORMAT:
+            raise ValueError(f"{name}: format {document.get('format')!r}, not {FORMAT}")
+        return document
+
+    def append(self, build: Callable[[dict[str, DeviceState]], list[Op]]) -> list[Op]:
+        """Record the changes ``build`` makes of the state as it is now; with another writer
+        first, read its records and build again. Returns what was recorded."""
+        for _ in range(100):
+            devices = self.devices()
+            ops = build(devices)
+            if not ops:
+                return ops
+            document = {"format": FORMAT, "ops": ops, "at": datetime.now(UTC).isoformat()}
+            sequence = self._sequence + 1
+            try:
+                self.files.append_journal(sequence, json.dumps(document).encode())
+            except ConflictError:
+                self.reload()
+                continue
+            apply(devices, ops)
+            self._sequence = sequence
+            self._records.append(sequence)
+            if len(self._records) >= SNAPSHOT_EVERY:
+                self._write_snapshot()
+            return ops
+        raise FleetwatchError("the model registry's journal: too many writers at once")
+
+    def _write_snapshot(self) -> None:
+        """The state after the newest record; the records the previous snapshot covered (and
+        older snapshots) go: readers of this one no longer need them."""
+        devices = self.devices()
+        document = {
+            "format": FORMAT,
+            "devices": {d: s.as_json() for d, s in devices.items()},
+        }
+        try:
+            self.files.write_snapshot(self._sequence, json.dumps(document).encode())
+            old = [
+                n
+                for n in self.files.journal_names()
+                if (n.isdigit() and int(n) <= self._snapshot)
+                or (n[:1] == "S" and n[1:].isdigit() and int(n[1:]) < self._snapshot)
+            ]
+            self.files.delete_journal(old)
+        except Exception as exc:  # only makes later reads longer
+            log.warning("model registry journal: snapshot not written (%s)", exc)
+            return
+        self._snapshot, self._records = self._sequence, []
+
+
+def new_run_name() -> str:
+    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+
+
+RUN_SCHEMA = pa.schema(
+    [
+        ("device_id", pa.string()),
+        ("manifest", pa.binary()),
+        ("params", pa.binary()),
+        ("estimator", pa.binary()),
+    ]
+)
+COLUMN_OF = {PARAMS: "params", ESTIMATOR: "estimator"}
+
+
+def run_bytes(rows: Sequence[Row]) -> bytes:
+    """Rows as a run object: sorted by device, in small row groups. The ids and manifests
+    compress well (zstd); the parameters and estimators are stored plain, each value apart
+    (no dictionary): damage to one device's bytes fails that device alone."""
+    ordered = sorted(rows, key=lambda row: row.device_id)
+    table = pa.table(
+        {
+            "device_id": [row.device_id for row in ordered],
+            "manifest": [row.manifest for row in ordered],
+            "params": [row.files[PARAMS] for row in ordered],
+            "estimator": [row.files[ESTIMATOR] for row in ordered],
+        },
+        schema=RUN_SCHEMA,
+    )
+    sink = pa.BufferOutputStream()
+    pq.write_table(
+        table,
+        sink,
+        compression={
+            "device_id": "zstd",
+            "manifest": "zstd",
+            "params": "none",
+            "estimator": "none",
+        },
+        use_dictionary=["device_id"],
+        row_group_size=ROWS_PER_GROUP,
+    )
+    return bytes(sink.getvalue())
+
+
+class RunObjects:
+    """Rows of run objects, read one row group at a time (the last one kept)."""
+
+    def __init__(self, files: ModelFiles) -> None:
+        self.files = files
+        self._opened: dict[str, tuple[pq.ParquetFile, dict[str, tuple[int, int]]]] = {}
+        self._group: tuple[str, int, pa.Table] | None = None
+        self._versions: dict[str, str | None] = {}
+
+    def store_version(self, run: str) -> str | None:
+        """The store's version of a run object (changes if it is replaced), once per run."""
+        if run not in self._versions:
+            self._versions[run] = self.files.store.version(self.files.run_key(run))
+        return self._versions[run]
+
+    def row(self, run: str, device_id: str) -> dict[str, bytes]:
+        """A device's row of a run object (``FileNotFoundError`` when it has none)."""
+        if run not in self._opened:
+            try:
+                handle = open_file(self.files.store, self.files.run_key(run))
+            except (OSError, pa.ArrowInvalid) as exc:
+                raise FileNotFoundError(f"run object {run}: {exc}") from exc
+            where: dict[str, tuple[int, int]] = {}
+            for group in range(handle.num_row_groups):
+                ids = handle.read_row_group(group, columns=["device_id"]).column(0)
+                for index, name in enumerate(ids.to_pylist()):
+                    where[name] = (group, index)
+            self._opened[run] = (handle, where)
+        handle, where = self._opened[run]
+        if device_id not in where:
+            raise FileNotFoundError(f"run object {run} has no row of {device_id}")
+        group, index = where[device_id]
+        if self._group is None or self._group[:2] != (run, group):
+            self._group = (run, group, handle.read_row_group(group))
+        table = self._group[2]
+        return {
+            name: table.column(name)[index].as_py() for name in ("manifest", "params", "estimator")
+        }

@@ -1,0 +1,212 @@
+"""The columnar model store (issue 26, item 2): a training run writes a few objects, not a folder
+per device; versions, activation, shadows, rollback and history keep working through the
+journal; each device's integrity holds alone; two writers never take the same version; a run
+object no record publishes is no version; a registry of version folders is read as it is."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import threading
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from fleetwatch.scoring import journal as journal_module
+from fleetwatch.scoring.kinds import new_model
+from fleetwatch.scoring.pack import ModelPack, pack_entry
+from fleetwatch.scoring.registry import ModelIntegrityError, ModelRegistry, model_row
+from fleetwatch.scoring.score import score_hour
+from fleetwatch.scoring.train import train
+from fleetwatch.storage.models import ModelFiles
+from tests.unit.scoring.conftest import DEVICES, T0, settings_for, synthetic_windows, write_windows
+from tests.unit.scoring.tamper import rewrite_row
+from tests.unit.scoring.test_kinds import NAMES, WHEN, data
+from tests.unit.scoring.test_score import HOUR3, assert_scores_equal_sklearn
+
+TWO_HOURS = pd.Timedelta(hours=2).to_pytimedelta()
+
+
+def fitted(seed: int = 0):  # type: ignore[no-untyped-def]
+    model = new_model("device", 0.05, "scale", "rbf")
+    model.fit(data(seed, 100), NAMES)
+    return model
+
+
+def stored_files(root: Path) -> list[Path]:
+    return sorted(p for p in (root / "models").rglob("*") if p.is_file())
+
+
+def test_a_training_run_writes_one_object_and_one_record_whatever_its_devices(
+    tmp_path: Path,
+) -> None:
+    """Before: 6 files a device (3 of them fsync'ed per version), 600,002 files at 100k."""
+    counts = {}
+    for fleet in (2, 8):
+        data_dir = tmp_path / f"fleet{fleet}"
+        write_windows(data_dir, synthetic_windows())
+        summary = train(settings_for(data_dir), T0, T0 + TWO_HOURS, DEVICES[:fleet])
+        assert sorted(summary.trained) == DEVICES[:fleet]
+        files = stored_files(data_dir)
+        counts[fleet] = len(files)
+        names = {p.relative_to(data_dir / "models").parts[0] for p in files}
+        assert names == {"runs", "journal"}  # no device folder
+    assert counts == {2: 2, 8: 2}  # one run object, one journal record
+
+
+def test_activation_shadow_promotion_rollback_and_history(tmp_path: Path) -> None:
+    registry = ModelRegistry.of(tmp_path)
+    first = registry.save("pump-1", fitted(0), NAMES, WHEN, WHEN, 100, {})
+    second = registry.save("pump-1", fitted(1), NAMES, WHEN, WHEN, 100, {}, activate=False)
+    assert (first.version, second.version) == ("v0001", "v0002")
+    assert registry.active_version("pump-1") == "v0001"
+    registry.set_shadow("pump-1", "v0002")
+    assert registry.shadowed_devices() == {"pump-1"}
+    assert registry.promote("pump-1") == "v0002" and registry.shadow("pump-1") is None
+    assert registry.rollback("pump-1") == "v0001"
+    assert registry.history("pump-1") == ["v0001", "v0002", "v0001"]
+    again = ModelRegistry.of(tmp_path)  # read back by another process
+    assert again.history("pump-1") == ["v0001", "v0002", "v0001"]
+    assert again.active_version("pump-1") == "v0001" and not again.shadowed_devices()
+    assert [v.version for v in again.versions("pump-1")] == ["v0001", "v0002"]
+    # each version's parameters are its own model's
+    for version, seed in (("v0001", 0), ("v0002", 1)):
+        _, arrays = again.load_params(again.get("pump-1", version))
+        np.testing.assert_array_equal(arrays["sv"], fitted(seed).arrays()["sv"])
+    described = again.describe("pump-1")
+    assert described["version"] == "v0001" and described["sha256_verified"]
+
+
+def test_a_changed_row_fails_its_device_alone(tmp_path: Path) -> None:
+    registry = ModelRegistry.of(tmp_path)
+    rows = [model_row(d, fitted(i), NAMES, WHEN, WHEN, 100, {}) for i, d in enumerate("abc")]
+    registry.publish(rows, {})
+    model = registry.active("b")
+    assert model is not None
+    rewrite_row(tmp_path, model, estimator=lambda blob: blob[:-1] + b"\x00")
+    fresh = ModelRegistry.of(tmp_path)
+    for device in "ac":
+        fresh.describe(device)  # both files check out
+    with pytest.raises(ModelIntegrityError, match=r"model\.joblib does not match"):
+        fresh.describe("b")
+
+
+def test_two_writers_at_once_never_take_the_same_version(tmp_path: Path) -> None:
+    """Four threads, five saves each, of one device: the create-only journal record makes each
+    version number one writer's; a writer that lost re-reads and takes the next."""
+    errors: list[BaseException] = []
+
+    def saves(seed: int) -> None:
+        try:
+            registry = ModelRegistry.of(tmp_path, live=False)
+            for _ in range(5):
+                registry.save("pump-1", fitted(seed), NAMES, WHEN, WHEN, 100, {})
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=saves, args=(seed,)) for seed in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert not errors
+    registry = ModelRegistry.of(tmp_path)
+    versions = registry.versions("pump-1")
+    assert [v.version for v in versions] == [f"v{n:04d}" for n in range(1, 21)]
+    assert len({v.run for v in versions}) == 20 and len(registry.history("pump-1")) == 20
+    for version in versions:
+        registry.load_params(version)
+
+
+def test_a_run_object_no_record_publishes_is_no_version(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    registry = ModelRegistry.of(tmp_path)
+    registry.save("pump-1", fitted(0), NAMES, WHEN, WHEN, 100, {})
+
+    def dies(*_: object) -> None:
+        raise KeyboardInterrupt  # as a writer killed between its run object and its record
+
+    monkeypatch.setattr(ModelFiles, "append_journal", dies)
+    with pytest.raises(KeyboardInterrupt):
+        registry.save("pump-1", fitted(1), NAMES, WHEN, WHEN, 100, {})
+    monkeypatch.undo()
+    assert len(list((tmp_path / "models" / "runs").glob("*.parquet"))) == 2
+    fresh = ModelRegistry.of(tmp_path)
+    assert [v.version for v in fresh.versions("pump-1")] == ["v0001"]
+    assert fresh.save("pump-1", fitted(2), NAMES, WHEN, WHEN, 100, {}).version == "v0002"
+
+
+def test_snapshots_keep_the_state_and_bound_the_journal(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(journal_module, "SNAPSHOT_EVERY", 4)
+    registry = ModelRegistry.of(tmp_path)
+    registry.save("pump-1", fitted(0), NAMES, WHEN, WHEN, 100, {})
+    registry.save("pump-1", fitted(1), NAMES, WHEN, WHEN, 100, {})
+    reader = ModelRegistry.of(tmp_path)  # a live reader that read early
+    assert reader.active_version("pump-1") == "v0002"
+    for _ in range(15):
+        registry.rollback("pump-1")
+    folder = tmp_path / "models" / "journal"
+    assert len(list(folder.glob("*.json"))) <= 2 * 4 + 1
+    history = ["v0001", "v0002"] + ["v0001", "v0002"] * 7 + ["v0001"]
+    assert registry.history("pump-1") == history
+    assert ModelRegistry.of(tmp_path).history("pump-1") == history  # from the snapshot
+    assert reader.history("pump-1") == history  # caught up across deleted records
+    assert reader.active_version("pump-1") == "v0001"
+
+
+def old_version(root: Path, device: str, version: str, seed: int) -> str:
+    """A version folder as a fleetwatch before the journal wrote it; its manifest's sha256."""
+    row = model_row(device, fitted(seed), NAMES, WHEN, WHEN, 100, {})
+    manifest = json.loads(row.manifest) | {"version": version}
+    folder = root / "models" / device / version
+    folder.mkdir(parents=True)
+    for name, content in row.files.items():
+        (folder / name).write_bytes(content)
+    raw = json.dumps(manifest, indent=2).encode()
+    (folder / "manifest.json").write_bytes(raw)
+    return hashlib.sha256(raw).hexdigest()
+
+
+def test_a_registry_of_version_folders_is_read_as_it_is(tmp_path: Path) -> None:
+    digest = old_version(tmp_path, "pump-1", "v0001", 0)
+    (tmp_path / "models" / "pump-1" / "ACTIVE").write_text(f"v0001 sha256={digest}\n")
+    (tmp_path / "models" / "pump-1" / "history.json").write_text('["v0001"]')
+    before = stored_files(tmp_path)
+    registry = ModelRegistry.of(tmp_path)
+    assert registry.active_version("pump-1") == "v0001" and registry.devices() == ["pump-1"]
+    pack = ModelPack.open(tmp_path / "pack", registry)
+    assert pack_entry(registry, "pump-1") is not None and pack.refresh() == 1
+    assert pack.load("pump-1") is not None
+    assert registry.save("pump-1", fitted(1), NAMES, WHEN, WHEN, 100, {}).version == "v0002"
+    assert registry.rollback("pump-1") == "v0001"  # the folder's version, through the journal
+    assert registry.history("pump-1") == ["v0001", "v0002", "v0001"]
+    reopened = ModelPack.open(tmp_path / "pack", ModelRegistry.of(tmp_path))
+    loaded = reopened.load("pump-1")
+    assert loaded is not None and loaded.version == "v0001"
+    folder_files = [p for p in stored_files(tmp_path) if "pump-1" in p.parts]
+    assert folder_files == before  # the folder is only read
+    (tmp_path / "models" / "pump-1" / "v0001" / "params.bin").write_bytes(b"tampered")
+    fresh = ModelRegistry.of(tmp_path)
+    with pytest.raises(ModelIntegrityError, match=r"params\.bin"):
+        fresh.load_params(fresh.get("pump-1", "v0001"))
+
+
+def test_scoring_a_fleet_from_its_run_objects_without_a_pack(tmp_path: Path) -> None:
+    """With no pack the models are read from their rows (a row group at a time) and score
+    as scikit-learn does; devices trained in two runs are read from both objects."""
+    data_dir = tmp_path / "data"
+    write_windows(data_dir, synthetic_windows())
+    settings = settings_for(data_dir)
+    train(settings, T0, T0 + TWO_HOURS, DEVICES[:4])
+    train(settings, T0, T0 + TWO_HOURS, DEVICES[4:])
+    assert len(list((data_dir / "models" / "runs").glob("*.parquet"))) == 2
+    for path in settings.layout.model_pack.iterdir():
+        path.unlink()
+    result = score_hour(settings, HOUR3, progress=False)
+    assert result.devices_scored == len(DEVICES) and result.devices_failed == 0
+    assert_scores_equal_sklearn(settings)
