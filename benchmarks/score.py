@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import argparse
 import compileall
+import dataclasses
 import json
 import os
 import shutil
@@ -49,11 +50,13 @@ import pyarrow as pa
 
 import fleetwatch
 from fleetwatch.scoring.features import feature_names
+from fleetwatch.scoring.journal import Row
 from fleetwatch.scoring.kinds.svm import extended_from_decision
 from fleetwatch.scoring.pack import ModelPack
 from fleetwatch.scoring.registry import ModelRegistry
-from fleetwatch.scoring.train import FitJob, fit_and_save
+from fleetwatch.scoring.train import FitJob, Fitted, fit_one, publish
 from fleetwatch.storage.layout import DataLayout
+from fleetwatch.storage.models import ESTIMATOR, PARAMS
 from fleetwatch.storage.parquet import AGGREGATE_SCHEMA, write_table
 from launch import launcher  # benchmarks/launch.py
 
@@ -82,14 +85,21 @@ def device_features(device: int, rows: int, seed: int) -> np.ndarray:
 PARAMETERS = {"kind": "device", "nu": 0.01, "gamma": "scale", "kernel": "rbf", "target_far": 0.001}
 
 
-def train_one(args: tuple[int, str]) -> str:
-    """As ``fleetwatch train`` fits and saves a device (threshold held out by time)."""
+def train_one(args: tuple[int, str]) -> tuple[str, Fitted]:
+    """As a ``fleetwatch train`` worker fits a device (threshold held out by time); its
+    scikit-learn pipeline also written where the baseline script keeps its models, one
+    ``.joblib`` a device, and left out of the registry's row (as ``train`` does by default)."""
     device, root = args
+    name = f"dev-{device:05d}"
     matrix = device_features(device, 1440, device)
-    job = FitJob(
-        f"dev-{device:05d}", matrix, NAMES, PARAMETERS, root, HOUR - timedelta(days=1), HOUR, "yes"
-    )
-    return fit_and_save(job).version
+    job = FitJob(name, matrix, NAMES, PARAMETERS, True, HOUR - timedelta(days=1), HOUR, "yes")
+    fitted = fit_one(job)
+    assert fitted.row is not None
+    (Path(root) / f"{name}.joblib").write_bytes(fitted.row.files[ESTIMATOR])
+    manifest = json.loads(fitted.row.manifest)
+    del manifest["sha256"][ESTIMATOR]
+    row = Row(name, json.dumps(manifest).encode(), {PARAMS: fitted.row.files[PARAMS]})
+    return name, dataclasses.replace(fitted, row=row, packed=None)
 
 
 def write_hour(data: Path, devices: int) -> dict[str, np.ndarray]:
@@ -156,7 +166,7 @@ t1 = time.perf_counter()
 def score(chunk):
     out = []
     for device, starts, matrix in chunk:
-        model = joblib.load(data / "models" / device / "v0001" / "model.joblib")
+        model = joblib.load(data / "baseline-models" / f"{device}.joblib")
         out.append((device, starts, model.decision_function(matrix)))
     return out
 
@@ -181,7 +191,7 @@ def in_memory_loop(
     """(b): the models and features already in memory, one decision_function per device.
     Returned: its time, and scikit-learn's values on fleetwatch's score scale (log1p of the
     decision value over rho; NaN at its floor), for the agreement check."""
-    models = {d: joblib.load(root / d / "v0001" / "model.joblib") for d in matrices}
+    models = {d: joblib.load(root / f"{d}.joblib") for d in matrices}
     started = time.perf_counter()
     out = {device: models[device].decision_function(matrix) for device, matrix in matrices.items()}
     seconds = time.perf_counter() - started
@@ -244,13 +254,18 @@ def main() -> int:
     args = parser.parse_args()
 
     data = args.data_dir or Path(tempfile.mkdtemp(prefix="fw-bench-score-"))
-    root = data / "models"
-    marker = data / f".trained-{args.devices}-v2"  # models of features version 2
+    root = data / "baseline-models"  # the baseline script's models, a .joblib a device
+    marker = data / f".trained-{args.devices}-v3"  # v3: the columnar store (issue 26)
     if not marker.exists():
         started = time.perf_counter()
+        shutil.rmtree(data / "models", ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+        registry = ModelRegistry.of(data, live=False)
         with ProcessPoolExecutor(args.workers) as pool:
-            jobs = [(d, str(data)) for d in range(args.devices)]
-            list(pool.map(train_one, jobs, chunksize=50))
+            jobs = [(d, str(root)) for d in range(args.devices)]
+            fitted = list(pool.map(train_one, jobs, chunksize=50))
+        for start in range(0, len(fitted), 2000):  # as train publishes its groups
+            publish(registry, dict(fitted[start : start + 2000]))
         marker.touch()
         print(
             f"trained {args.devices:,} models in {time.perf_counter() - started:.0f}s",

@@ -265,6 +265,11 @@ class TrainSettings:
     )
     workers: int = setting(0, "parallel processes (0 = one per core)", minimum=0)
     activate: bool = setting(True, "make the new versions active")
+    keep_estimator: bool = setting(
+        False,
+        "also store each model's scikit-learn objects (model.joblib: a reference for audits, "
+        "about as large again as the parameters scoring uses)",
+    )
     progress: bool = setting(True, "show a progress bar on a terminal")
     format: OutputFormat = setting("text", "summary format")
 

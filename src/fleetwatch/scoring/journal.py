@@ -22,13 +22,14 @@ so a training run of any number of devices writes O(1) objects, not a folder per
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, BinaryIO
 
 import pyarrow as pa
 import pyarrow.parquet as pq
@@ -263,36 +264,46 @@ RUN_SCHEMA = pa.schema(
     ]
 )
 COLUMN_OF = {PARAMS: "params", ESTIMATOR: "estimator"}
+COMPRESSION = {"device_id": "zstd", "manifest": "zstd", "params": "none", "estimator": "none"}
+COMPRESSION = {"device_id": "zstd", "manifest": "zstd", "params": "none", "estimator": "none"}
+
+
+def run_writer(rows: Sequence[Row]) -> Callable[[BinaryIO], None]:
+    """What writes ``rows`` as a run object into a file: sorted by device, in row groups of
+    ``ROWS_PER_GROUP`` (each made from its rows only: no second copy of the run in memory),
+    every value in a data page of its own (no dictionary; ids and manifests zstd-compressed
+    alone, parameters and estimators plain: float64 arrays gain little). Damage to one
+    device's bytes fails that device alone, never its neighbours."""
+    ordered = sorted(rows, key=lambda row: row.device_id)
+
+    def write(handle: BinaryIO) -> None:
+        with pq.ParquetWriter(
+            handle,
+            RUN_SCHEMA,
+            compression=COMPRESSION,
+            use_dictionary=False,
+            data_page_size=1,  # a page as soon as a value is written:
+            write_batch_size=1,  # one value a page
+            write_statistics=["device_id"],  # not a manifest's min and max in its page header
+        ) as writer:
+            for start in range(0, len(ordered), ROWS_PER_GROUP):
+                group = ordered[start : start + ROWS_PER_GROUP]
+                columns = {
+                    "device_id": [row.device_id for row in group],
+                    "manifest": [row.manifest for row in group],
+                    "params": [row.files[PARAMS] for row in group],
+                    "estimator": [row.files.get(ESTIMATOR) for row in group],  # None: not kept
+                }
+                writer.write_table(pa.table(columns, schema=RUN_SCHEMA))
+
+    return write
 
 
 def run_bytes(rows: Sequence[Row]) -> bytes:
-    """Rows as a run object: sorted by device, in small row groups. The ids and manifests
-    compress well (zstd); the parameters and estimators are stored plain, each value apart
-    (no dictionary): damage to one device's bytes fails that device alone."""
-    ordered = sorted(rows, key=lambda row: row.device_id)
-    table = pa.table(
-        {
-            "device_id": [row.device_id for row in ordered],
-            "manifest": [row.manifest for row in ordered],
-            "params": [row.files[PARAMS] for row in ordered],
-            "estimator": [row.files[ESTIMATOR] for row in ordered],
-        },
-        schema=RUN_SCHEMA,
-    )
-    sink = pa.BufferOutputStream()
-    pq.write_table(
-        table,
-        sink,
-        compression={
-            "device_id": "zstd",
-            "manifest": "zstd",
-            "params": "none",
-            "estimator": "none",
-        },
-        use_dictionary=["device_id"],
-        row_group_size=ROWS_PER_GROUP,
-    )
-    return bytes(sink.getvalue())
+    """``rows`` as a run object's bytes (:func:`run_writer`)."""
+    buffer = io.BytesIO()
+    run_writer(rows)(buffer)
+    return buffer.getvalue()
 
 
 class RunObjects:

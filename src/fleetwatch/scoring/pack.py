@@ -1,18 +1,20 @@
 """The model pack: every device's active scoring parameters in a few memory-mapped files.
 
-Scoring a device from the registry's own files costs ``ACTIVE``, ``manifest.json`` (parsed)
-and a fresh copy of ``params.bin``: about 0.15 ms, more than scoring its hour. The pack keeps
+Scoring a device from the registry costs its manifest (read, checked, parsed) and a fresh
+copy of its parameters: about 0.15 ms, more than scoring its hour. The pack keeps
 the active versions' parameters (a single pipeline in the form scoring uses, its ``Scorer``;
 other kinds as in their ``params.bin``), with what scoring needs from their manifests, in
 segments under ``<data>/state/model-pack/``: ``<seq>-<token>.bin`` (the parameters, aligned)
 and ``<seq>-<token>.json`` (their index). Workers inherit the mapping and check the bytes in
 place. It is a cache, never the truth:
 
-- an entry is used only while the device's ``ACTIVE`` names its version and that version's
-  ``manifest.json`` and ``params.bin`` have the inode, size and modification time they had
-  when they were packed; otherwise scoring reads the registry's files as before (so an
-  ``activate``, a rollback, a hand-edited ``ACTIVE`` or a tampered file takes effect at once);
-- the bytes are made from a ``params.bin`` checked against its manifest's sha256, and are
+- an entry is used only while the registry's journal names its version as active with the
+  manifest digest it was packed with, and the run object holding it has the store version it
+  had (a version folder of an older registry: while its ``ACTIVE`` names it and its files
+  have the store versions they had); otherwise scoring reads the registry as before (so an
+  ``activate``, a rollback, a hand-made journal record or a rewritten run object takes effect
+  at once);
+- the bytes are made from parameters checked against their manifest's sha256, and are
   checked against their CRC-32 each time they are used (damage to the pack is caught; the
   CRC is kept beside the bytes, so like a sha256 there it could not stop someone who may
   write the pack: the registry's files and their sha256 stay the reference);

@@ -41,7 +41,7 @@ from fleetwatch.scoring.journal import (
     Row,
     RunObjects,
     new_run_name,
-    run_bytes,
+    run_writer,
 )
 from fleetwatch.scoring.kinds import ModelKind
 from fleetwatch.storage.layout import DataLayout
@@ -144,6 +144,12 @@ def sha256_hex(data: bytes) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def stored_files(model: ModelVersion) -> list[str]:
+    """The files a version has (``params.bin``; ``model.joblib`` when it was kept)."""
+    listed = model.manifest.get("sha256", {})
+    return [name for name in MODEL_FILES if name in listed] or list(MODEL_FILES)
+
+
 #: What a published version becomes: the active one, the one in shadow, or just kept.
 Mode = str  # "activate" | "shadow" | "keep"
 
@@ -157,16 +163,20 @@ def model_row(
     windows: int,
     parameters: dict[str, Any],
     calibration: Calibration | None = None,
+    keep_estimator: bool = True,
 ) -> Row:
-    """A fitted model as a run object's row (its version is given when it is published)."""
+    """A fitted model as a run object's row (its version is given when it is published);
+    with ``keep_estimator``, its scikit-learn objects too (``model.joblib``)."""
     import joblib
     import sklearn
 
     calibration = calibration or Calibration(0.0, 1.0, 0.0, "set by hand", [])
-    buffer = io.BytesIO()
-    joblib.dump(model.estimator(), buffer)
     layout, strings, blob = pack_arrays(model.arrays())
-    files = {ESTIMATOR: buffer.getvalue(), PARAMS: blob}
+    files = {PARAMS: blob}
+    if keep_estimator:
+        buffer = io.BytesIO()
+        joblib.dump(model.estimator(), buffer)
+        files[ESTIMATOR] = buffer.getvalue()
     manifest = {
         "device_id": device_id,
         "kind": model.name,
@@ -266,7 +276,7 @@ class ModelRegistry:
         if not rows:
             return "", {}
         run = new_run_name()
-        self.files.write_run(run, run_bytes(rows))
+        self.files.write_run(run, run_writer(rows))
         point("registry.run_written")  # the fault suite: a run object no record publishes
         assigned: dict[str, str] = {}
 
@@ -300,7 +310,7 @@ class ModelRegistry:
             )
         source = self.get(device_id, version)
         check_current(source)
-        files = {name: self.verified(source, name) for name in MODEL_FILES}
+        files = {name: self.verified(source, name) for name in stored_files(source)}
         manifest = {
             **source.manifest,
             "threshold": calibration.threshold,
@@ -411,7 +421,8 @@ class ModelRegistry:
 
     def history(self, device_id: str) -> list[str]:
         """The versions activated, oldest first."""
-        raw = self.files.read_history(self.check_device(device_id))
+        self.check_device(device_id)
+        raw = self.files.read_history(device_id) if device_id in self._folder_devices() else None
         older: list[str] = json.loads(raw) if raw is not None else []
         state = self._state(device_id)
         return older + ([v for v, _ in state.activated] if state is not None else [])
@@ -559,7 +570,7 @@ class ModelRegistry:
         if version is None:
             raise InvalidInputError(f"{device_id} has no active model; train one first")
         model = self.get(device_id, version)
-        for name in MODEL_FILES:
+        for name in stored_files(model):
             self.verified(model, name)
         shadow = self._shadow_pointer(device_id)
         return {
@@ -573,6 +584,11 @@ class ModelRegistry:
     def verified(self, model: ModelVersion, file_name: str) -> bytes:
         """The bytes of ``file_name`` once their sha256 matched the manifest."""
         expected = model.manifest.get("sha256", {}).get(file_name)
+        if expected is None and file_name == ESTIMATOR and PARAMS in model.manifest["sha256"]:
+            raise InvalidInputError(
+                f"{model.device_id} {model.version} was trained without [train] keep_estimator: "
+                "its parameters are stored, not its scikit-learn objects (model.joblib)"
+            )
         if expected is None:
             raise ModelIntegrityError(
                 f"{model.device_id} {model.version} has no {file_name} in its manifest (saved "
@@ -581,6 +597,8 @@ class ModelRegistry:
         try:
             if model.run is not None:
                 data = self.runs.row(model.run, model.device_id)[COLUMN_OF[file_name]]
+                if data is None:
+                    raise FileNotFoundError(file_name)
             else:
                 data = self.files.read(model.device_id, model.version, file_name)
         except FileNotFoundError:

@@ -64,7 +64,8 @@ class TrainSummary:
     shadowed: dict[str, str] = field(default_factory=dict)  # device -> why not activated
     degenerate: dict[str, str] = field(default_factory=dict)  # device -> why (calibration)
     uses: Counter[str] = field(default_factory=Counter)  # what models use -> devices
-    packed: list[PackItem] = field(default_factory=list)  # the trained devices' pack entries
+    packed: list[PackItem] = field(default_factory=list)  # pack entries not yet in the pack
+    in_pack: set[str] = field(default_factory=set)  # trained devices packed already
     #: --slow-sensors auto: the sensors the fleet judged slow -> (devices judging it slow,
     #: devices judging it)
     slow: dict[str, tuple[int, int]] = field(default_factory=dict)
@@ -117,7 +118,7 @@ class FitJob:
     matrix: np.ndarray  # training windows (rows, in time order) x features
     names: list[str]
     parameters: dict[str, Any]
-    registry: str  # the data directory's location (its store)
+    keep_estimator: bool  # ``[train] keep_estimator``: store the scikit-learn objects too
     since: datetime
     until: datetime
     activate: str  # "yes" | "no" | "if-calibrated": yes when no held-out window surprised
@@ -228,7 +229,7 @@ def fit_one(job: FitJob) -> Fitted:
             )
     row = model_row(
         job.device_id, model, job.names, job.since, job.until, len(job.matrix), job.parameters,
-        calibration,
+        calibration, job.keep_estimator,
     )  # fmt: skip
     mode: Mode = "keep"
     if shadow_reason is not None:
@@ -423,10 +424,11 @@ def train_ranges(
                 bar.update(bar.task_ids[0], advance=1)
 
         fit_setup = FitSetup(
-            parameters, layout.location, activate, options.min_windows, window_ms,
+            parameters, options.keep_estimator, activate, options.min_windows, window_ms,
             layout.location, fleet,
         )  # fmt: skip
-        fitting = Fitting(pool, summary, advance, registry)
+        pack = ModelPack.open(layout.model_pack, registry) if activate != "no" else None
+        fitting = Fitting(pool, summary, advance, registry, pack)
         for (since, until), chosen in by_range.items():
             if not executor.shares_memory:  # the workers read their devices themselves
                 train_on_cluster(training, fit_setup, since, until, chosen, summary, advance)
@@ -440,8 +442,8 @@ def train_ranges(
                 # the workers fit this group while the next one is read (one group ahead)
                 fitting.submit(jobs, ahead=1)
         fitting.finish()
-    if activate != "no" and summary.trained:  # so that the next scoring run finds them packed
-        pack_quietly(ModelPack.open(layout.model_pack, registry), summary)
+    if pack is not None and summary.trained:  # so that the next scoring run finds them packed
+        pack_quietly(pack, summary)
     return summary
 
 
@@ -453,7 +455,7 @@ def pack_quietly(pack: ModelPack, summary: TrainSummary) -> None:
     except Exception as exc:  # the pack is a cache: never fail training for it
         log.warning("model pack not updated (%s); scoring reads the model files instead", exc)
         return
-    done = {item[0] for item in summary.packed}
+    done = {item[0] for item in summary.packed} | summary.in_pack
     rest = [device for device in summary.trained if device not in done]
     if rest:
         refresh_quietly(pack, rest)
@@ -565,7 +567,7 @@ class FitSetup:
     """What fitting needs besides a device's windows (small: sent with Dask tasks too)."""
 
     parameters: dict[str, Any]
-    registry: str
+    keep_estimator: bool
     activate: str
     min_windows: int
     window_ms: int
@@ -600,7 +602,7 @@ def prepare_jobs(
                 matrix,
                 names,
                 parameters,
-                setup.registry,
+                setup.keep_estimator,
                 since,
                 until,
                 setup.activate,
@@ -630,11 +632,13 @@ class Fitting:
         summary: TrainSummary,
         advance: Callable[[], None],
         registry: ModelRegistry,
+        pack: ModelPack | None = None,
     ) -> None:
         self.pool = pool
         self.summary = summary
         self.advance = advance
         self.registry = registry
+        self.pack = pack  # a group's entries go in with the group (not held for the run)
         self.groups: list[dict[Future[Fitted], str]] = []
 
     def submit(self, jobs: list[FitJob], ahead: int) -> None:
@@ -669,6 +673,15 @@ class Fitting:
                 for waiting in group:
                     waiting.cancel()
             raise
+        items = [result.packed for result in published.values() if result.packed is not None]
+        if self.pack is not None and items:
+            try:
+                self.pack.add(items)
+            except Exception as exc:  # the pack is a cache: never fail training for it
+                log.warning("model pack not updated (%s); packed after the run", exc)
+            else:
+                self.summary.in_pack.update(item[0] for item in items)
+                published = {d: replace(r, packed=None) for d, r in published.items()}
         for device_id, result in sorted(published.items()):
             self.summary.record(device_id, result)
 

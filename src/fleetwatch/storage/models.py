@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Final, Literal
 
-from fleetwatch.storage.store import DataStore, join
+from fleetwatch.storage.store import Content, DataStore, join
 
 ROOT: Final = "models"
 RUNS: Final = "models/runs"
@@ -109,7 +109,7 @@ class ModelFiles:
     def run_key(name: str) -> str:
         return join(RUNS, f"{name}.parquet")
 
-    def write_run(self, name: str, content: bytes) -> None:
+    def write_run(self, name: str, content: Content) -> None:
         """A run object (written whole, once: nothing refers to it before the journal does)."""
         self.store.write(self.run_key(name), content)
 

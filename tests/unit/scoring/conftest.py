@@ -95,7 +95,8 @@ def settings_for(data_dir: Path, **score: object) -> Settings:
         environ={},
         overrides={
             "": {"data_dir": str(data_dir)},
-            "train": {"workers": "2", "min_windows": "30"},
+            # the scikit-learn objects kept: the tests' reference for the scores
+            "train": {"workers": "2", "min_windows": "30", "keep_estimator": "true"},
             "score": {
                 "workers": "2",
                 "mini_batch_size": "3",

@@ -45,7 +45,9 @@ def rewritten(
     """A run object's bytes with ``device_id``'s row changed (:func:`rewrite_row`)."""
     rows = []
     for row in pq.read_table(pa.BufferReader(stored)).to_pylist():
-        files = {"params.bin": row["params"], "model.joblib": row["estimator"]}
+        files = {"params.bin": row["params"]}
+        if row["estimator"] is not None:
+            files["model.joblib"] = row["estimator"]
         text = row["manifest"]
         if row["device_id"] == device_id:
             text = manifest(text) if manifest else text
@@ -72,7 +74,7 @@ def republish(data_dir: Path, model: ModelVersion, edit: Callable[[dict[str, Any
     manifest = dict(model.manifest)
     manifest.pop("version")
     edit(manifest)
-    files = {name: registry.verified(model, name) for name in ("params.bin", "model.joblib")}
+    files = {name: registry.verified(model, name) for name in model.manifest["sha256"]}
     row = Row(model.device_id, json.dumps(manifest).encode(), files)
     _, versions = registry.publish([row], {model.device_id: "activate"})
     return versions[model.device_id]

@@ -8,13 +8,17 @@ from __future__ import annotations
 import hashlib
 import json
 import threading
+from dataclasses import replace
 from pathlib import Path
 
+import duckdb
 import numpy as np
 import pandas as pd
 import pytest
 
+from fleetwatch.errors import InvalidInputError
 from fleetwatch.scoring import journal as journal_module
+from fleetwatch.scoring.calibration import Calibration
 from fleetwatch.scoring.kinds import new_model
 from fleetwatch.scoring.pack import ModelPack, pack_entry
 from fleetwatch.scoring.registry import ModelIntegrityError, ModelRegistry, model_row
@@ -210,3 +214,30 @@ def test_scoring_a_fleet_from_its_run_objects_without_a_pack(tmp_path: Path) -> 
     result = score_hour(settings, HOUR3, progress=False)
     assert result.devices_scored == len(DEVICES) and result.devices_failed == 0
     assert_scores_equal_sklearn(settings)
+
+
+def test_by_default_a_version_keeps_its_parameters_not_its_estimator(tmp_path: Path) -> None:
+    """``[train] keep_estimator`` off (the default): the row holds the parameters scoring uses,
+    not the scikit-learn objects (about as large again); the scores are the same."""
+    stored = {}
+    for keep in (True, False):
+        data_dir = tmp_path / f"keep-{keep}"
+        write_windows(data_dir, synthetic_windows())
+        settings = settings_for(data_dir)
+        settings = replace(settings, train=replace(settings.train, keep_estimator=keep))
+        train(settings, T0, T0 + TWO_HOURS, DEVICES)
+        assert score_hour(settings, HOUR3, progress=False).devices_scored == len(DEVICES)
+        with duckdb.connect(str(data_dir / "fleetwatch.duckdb"), read_only=True) as db:
+            stored[keep] = db.execute("SELECT * EXCLUDE (run_id) FROM scores ORDER BY ALL").df()
+        [run] = (data_dir / "models" / "runs").glob("*.parquet")
+        stored[f"bytes-{keep}"] = run.stat().st_size
+    pd.testing.assert_frame_equal(stored[True], stored[False])
+    assert stored["bytes-False"] < 0.6 * stored["bytes-True"]
+    registry = ModelRegistry.of(tmp_path / "keep-False")
+    model = registry.active("pump-01")
+    assert model is not None and set(model.manifest["sha256"]) == {"params.bin"}
+    assert registry.describe("pump-01")["sha256_verified"]
+    with pytest.raises(InvalidInputError, match="keep_estimator"):
+        registry.load_estimator(model)
+    saved = registry.with_threshold("pump-01", model.version, Calibration(-1.0, 1.0, 0.1, "x", []))
+    assert registry.read_params(saved) == registry.read_params(model)

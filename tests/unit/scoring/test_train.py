@@ -46,7 +46,7 @@ def windows(rows: int, seed: int = 0) -> np.ndarray:
 
 
 def job(matrix: np.ndarray, root: Path, device: str = "pump-1", activate: str = "yes") -> FitJob:
-    return FitJob(device, matrix, NAMES, PARAMETERS, str(root), WHEN, WHEN, activate)
+    return FitJob(device, matrix, NAMES, PARAMETERS, True, WHEN, WHEN, activate)
 
 
 def test_the_threshold_comes_from_the_latest_windows_scored_by_a_model_of_the_earlier(
@@ -161,13 +161,13 @@ def test_the_retraining_check_flags_a_fault_in_the_latest_windows(tmp_path: Path
     assert held_out_false_alarms(job(windows(19), tmp_path)) is None  # too few to check
 
 
-def fit_and_save(fit: FitJob) -> Fitted:
+def fit_and_save(fit: FitJob, root: Path) -> Fitted:
     """A worker's fit, published as training's parent publishes a group."""
-    return publish(ModelRegistry.of(fit.registry), {fit.device_id: fit_one(fit)})[fit.device_id]
+    return publish(ModelRegistry.of(root), {fit.device_id: fit_one(fit)})[fit.device_id]
 
 
 def test_the_worker_saves_and_activates_the_model(tmp_path: Path) -> None:
-    fitted = fit_and_save(job(windows(120), tmp_path, "pump-7"))
+    fitted = fit_and_save(job(windows(120), tmp_path, "pump-7"), tmp_path)
     registry = ModelRegistry.of(tmp_path)
     assert fitted.version == "v0001" == registry.active_version("pump-7")
     assert fitted.shadow_reason is None and fitted.degenerate is None
@@ -181,10 +181,10 @@ def test_the_worker_saves_and_activates_the_model(tmp_path: Path) -> None:
 def test_a_retrained_version_whose_held_out_windows_surprise_it_stays_in_shadow(
     tmp_path: Path,
 ) -> None:
-    fit_and_save(job(windows(120), tmp_path, "pump-7"))
+    fit_and_save(job(windows(120), tmp_path, "pump-7"), tmp_path)
     faulty = windows(120, seed=1)
     faulty[-3:, NAMES.index("b__mean")] += 25.0  # a fault in the latest training windows
-    fitted = fit_and_save(job(faulty, tmp_path, "pump-7", activate="if-calibrated"))
+    fitted = fit_and_save(job(faulty, tmp_path, "pump-7", activate="if-calibrated"), tmp_path)
     version, shadow = fitted.version, fitted.shadow_reason
     assert version == "v0002" and shadow is not None and "kept in shadow" in shadow
     registry = ModelRegistry.of(tmp_path)  # a registry reads the journal once: read it again
@@ -193,7 +193,7 @@ def test_a_retrained_version_whose_held_out_windows_surprise_it_stays_in_shadow(
     assert in_shadow is not None and in_shadow.version == "v0002"
     assert registry.shadowed_devices() == {"pump-7"}
     # a clean retraining is activated
-    fitted = fit_and_save(job(windows(120, 2), tmp_path, "pump-7", "if-calibrated"))
+    fitted = fit_and_save(job(windows(120, 2), tmp_path, "pump-7", "if-calibrated"), tmp_path)
     version, shadow = fitted.version, fitted.shadow_reason
     registry = ModelRegistry.of(tmp_path)
     assert shadow is None and registry.active_version("pump-7") == version == "v0003"
