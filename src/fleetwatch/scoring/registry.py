@@ -35,6 +35,7 @@ from fleetwatch.faults import point
 from fleetwatch.scoring.calibration import Calibration
 from fleetwatch.scoring.journal import (
     COLUMN_OF,
+    MODES,
     DeviceState,
     Journal,
     Op,
@@ -281,19 +282,16 @@ class ModelRegistry:
         assigned: dict[str, str] = {}
 
         def build(state: dict[str, DeviceState]) -> list[Op]:
-            ops: list[Op] = []
+            versions, digests, chosen = [], [], []
             for row in rows:
                 known = state.get(row.device_id) or DeviceState()
                 taken = self._version_names(row.device_id, known)
                 number = 1 + max((int(v[1:]) for v in taken if v[1:].isdigit()), default=0)
-                version = assigned[row.device_id] = f"v{number:04d}"
-                ops.append(["save", row.device_id, version, run, row.digest])
-                mode = modes.get(row.device_id, "activate")
-                if mode == "activate":
-                    ops.append(["activate", row.device_id, version, row.digest])
-                elif mode == "shadow":
-                    ops.append(["shadow", row.device_id, version, row.digest])
-            return ops
+                versions.append(f"v{number:04d}")
+                digests.append(row.digest)
+                chosen.append(MODES[modes.get(row.device_id, "activate")])
+            assigned.update(zip(devices, versions, strict=True))
+            return [["publish", run, devices, versions, digests, chosen]]
 
         self.journal.append(build)
         point("registry.published")

@@ -26,7 +26,7 @@ from fleetwatch.scoring.score import score_hour
 from fleetwatch.scoring.train import train
 from fleetwatch.storage.models import ModelFiles
 from tests.unit.scoring.conftest import DEVICES, T0, settings_for, synthetic_windows, write_windows
-from tests.unit.scoring.tamper import rewrite_row
+from tests.unit.scoring.tamper import append_record, rewrite_row
 from tests.unit.scoring.test_kinds import NAMES, WHEN, data
 from tests.unit.scoring.test_score import HOUR3, assert_scores_equal_sklearn
 
@@ -241,3 +241,25 @@ def test_by_default_a_version_keeps_its_parameters_not_its_estimator(tmp_path: P
         registry.load_estimator(model)
     saved = registry.with_threshold("pump-01", model.version, Calibration(-1.0, 1.0, 0.1, "x", []))
     assert registry.read_params(saved) == registry.read_params(model)
+
+
+def test_a_hand_made_record_damages_only_the_devices_it_names_wrongly(tmp_path: Path) -> None:
+    registry = ModelRegistry.of(tmp_path)
+    rows = [model_row(d, fitted(i), NAMES, WHEN, WHEN, 100, {}) for i, d in enumerate("abc")]
+    run, _ = registry.publish(rows, {})
+    digests = [row.digest for row in rows]
+    append_record(
+        tmp_path,
+        [["publish", run, ["a", "b", "../c", "d"], ["v0002", "../v", "v0002", "v0001"],
+          [digests[0], digests[1], digests[2], digests[0]], ["a", "a", "a", "k"]]],
+    )  # fmt: skip
+    fresh = ModelRegistry.of(tmp_path)
+    assert fresh.active_version("a") == "v0002"  # a second version of the same row: valid
+    with pytest.raises(ModelIntegrityError, match="activate a version to mend it"):
+        fresh.active_version("b")
+    assert fresh.active_version("c") == "v0001"  # "../c" is no device: left out
+    assert fresh.active_version("d") is None  # kept, not active: a row its run lacks
+    with pytest.raises(ModelIntegrityError, match="missing or unreadable"):
+        fresh.get("d", "v0001")
+    fresh.activate("b", "v0001")  # mended
+    assert ModelRegistry.of(tmp_path).active_version("b") == "v0001"
