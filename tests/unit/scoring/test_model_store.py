@@ -14,6 +14,7 @@ from pathlib import Path
 import duckdb
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
 import pytest
 
 from fleetwatch.errors import InvalidInputError
@@ -263,3 +264,33 @@ def test_a_hand_made_record_damages_only_the_devices_it_names_wrongly(tmp_path: 
         fresh.get("d", "v0001")
     fresh.activate("b", "v0001")  # mended
     assert ModelRegistry.of(tmp_path).active_version("b") == "v0001"
+
+
+def test_damaged_bytes_fail_the_devices_of_their_row_group_only(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A byte flipped inside a run object's compressed pages: the devices of that row group
+    fail (they cannot be read, or their digests do not match), never with a wrong model; the
+    other groups' devices load as published."""
+    monkeypatch.setattr(journal_module, "ROWS_PER_GROUP", 2)
+    registry = ModelRegistry.of(tmp_path)
+    names = [f"pump-{i}" for i in range(6)]
+    rows = [model_row(d, fitted(i), NAMES, WHEN, WHEN, 100, {}) for i, d in enumerate(names)]
+    run, _ = registry.publish(rows, {})
+    published = {row.device_id: row.files["params.bin"] for row in rows}
+    path = tmp_path / "models" / "runs" / f"{run}.parquet"
+    chunk = pq.ParquetFile(path).metadata.row_group(1).column(2)  # pump-2, pump-3's params
+    assert chunk.path_in_schema == "params"
+    stored = bytearray(path.read_bytes())
+    stored[chunk.data_page_offset + chunk.total_compressed_size // 2] ^= 0xFF
+    path.write_bytes(bytes(stored))
+    fresh = ModelRegistry.of(tmp_path)
+    failed = set()
+    for device in names:
+        try:
+            model = fresh.active(device)
+            assert model is not None
+            assert fresh.read_params(model) == published[device]  # never another model's
+        except ModelIntegrityError:
+            failed.add(device)
+    assert failed and failed <= {"pump-2", "pump-3"}

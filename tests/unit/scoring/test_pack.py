@@ -18,7 +18,7 @@ from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.scoring.score import score_hour
 from fleetwatch.scoring.train import train
 from tests.unit.scoring.conftest import DEVICES, T0
-from tests.unit.scoring.tamper import append_record, run_path
+from tests.unit.scoring.tamper import append_record, rewrite_row
 from tests.unit.scoring.test_score import HOUR3, assert_scores_equal_sklearn, db
 
 TWO_HOURS = pd.Timedelta(hours=2).to_pytimedelta()
@@ -112,15 +112,13 @@ def test_an_activated_version_is_scored_at_once_then_packed(
 def test_a_tampered_file_fails_its_device_although_the_pack_holds_a_good_copy(
     trained: Settings,
 ) -> None:
-    registry = ModelRegistry.of(trained.data_dir)
-    model = registry.active("pump-04")
+    model = ModelRegistry.of(trained.data_dir).active("pump-04")
     assert model is not None
-    path = run_path(trained.data_dir, model)
-    stored = bytearray(path.read_bytes())
-    at = stored.find(registry.read_params(model))  # its parameters' bytes, stored plain
-    assert at > 0
-    stored[at + 100] ^= 0xFF  # in place: same size, same inode, one device's bytes
-    path.write_bytes(bytes(stored))
+
+    def flipped(blob: bytes) -> bytes:  # same size: one byte of one device's parameters
+        return blob[:100] + bytes([blob[100] ^ 0xFF]) + blob[101:]
+
+    rewrite_row(trained.data_dir, model, params=flipped)
     result = score_hour(trained, HOUR3, progress=False)
     assert result.devices_failed == 1 and result.devices_scored == len(DEVICES) - 1
     error = db(trained, "SELECT error FROM device_runs WHERE device_id = 'pump-04'")[0][0]
