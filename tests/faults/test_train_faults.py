@@ -45,14 +45,14 @@ def test_train_killed_while_publishing_leaves_whole_versions_and_a_rerun_is_a_cl
     killed = fleetwatch(*arguments, env={**backend.env, "FLEETWATCH_FAULTS": f"{point}:1"},
                         log=log)  # fmt: skip
     assert killed.wait(120) == -signal.SIGKILL, log.read_text()[-2000:]
-    registry = ModelRegistry(settings.layout.store, settings.layout.state)
+    registry = ModelRegistry(settings.layout.store)
     published = point == "registry.published"
     for device in DEVICES:  # nothing half: all published, or none
         assert len(registry.versions(device)) == (1 if published else 0)
         assert registry.active_version(device) == ("v0001" if published else None)
     again = fleetwatch(*arguments, env=backend.env, log=log)
     assert again.wait(120) == 0, log.read_text()[-2000:]
-    registry = ModelRegistry(settings.layout.store, settings.layout.state)
+    registry = ModelRegistry(settings.layout.store)
     for device in DEVICES:
         versions = registry.versions(device)
         assert [v.version for v in versions] == (["v0001", "v0002"] if published else ["v0001"])

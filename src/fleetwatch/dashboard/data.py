@@ -412,7 +412,7 @@ def _chosen_sensors(
 def _model(settings: Settings, device_id: str) -> dict[str, Any] | None:
     from fleetwatch.scoring.registry import ModelRegistry
 
-    registry = ModelRegistry(settings.layout.store, settings.layout.state)
+    registry = ModelRegistry(settings.layout.store)
     try:
         active = registry.active(device_id)
     except Exception as exc:  # a tampered manifest: shown as such

@@ -245,7 +245,7 @@ class FirstTraining:
         if not closed:
             return
         closed_until = closed[-1].hour + HOUR
-        registry = ModelRegistry(layout.store, layout.state, live=False)
+        registry = ModelRegistry(layout.store, live=False)
         ready = {
             device: (first, first + duration)
             for device, first in sorted(self.first_seen.items())

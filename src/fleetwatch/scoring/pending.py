@@ -78,7 +78,7 @@ def pending_hours(
     if not closed:
         return []
     recorded, done = _recorded(layout, [files.hour for files in closed], lock_timeout)
-    registry = ModelRegistry(layout.store, layout.state, live=False)
+    registry = ModelRegistry(layout.store, live=False)
     active: dict[str, str | None] = {}
 
     def active_version(device_id: str) -> str | None:

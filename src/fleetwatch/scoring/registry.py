@@ -26,7 +26,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -152,7 +152,7 @@ def stored_files(model: ModelVersion) -> list[str]:
 
 
 #: What a published version becomes: the active one, the one in shadow, or just kept.
-Mode = str  # "activate" | "shadow" | "keep"
+Mode = Literal["activate", "shadow", "keep"]
 
 
 def model_row(
@@ -207,13 +207,12 @@ def model_row(
 class ModelRegistry:
     """Every device's model versions in one data directory."""
 
-    def __init__(self, store: DataStore, lock_dir: Path | None = None, live: bool = True) -> None:
+    def __init__(self, store: DataStore, live: bool = True) -> None:
         """``live``: each read sees the changes other processes made since (one listing of
         the journal); False: the journal as read once, the view of a scoring or training
         run (reads of 100,000 devices make no listing each)."""
         self.files = ModelFiles(store)
         self.store = store
-        self.lock_dir = lock_dir
         self.journal = Journal(self.files, live)
         self.runs = RunObjects(self.files)
         self._folders: set[str] | None = None  # devices with a version folder (listed once)
@@ -222,7 +221,7 @@ class ModelRegistry:
     def of(cls, location: str | Path | DataLayout, live: bool = True) -> ModelRegistry:
         """The registry of a data directory (its folder, URL or layout)."""
         layout = location if isinstance(location, DataLayout) else DataLayout.open(location)
-        return cls(layout.store, layout.state, live)
+        return cls(layout.store, live)
 
     def device_dir(self, device_id: str) -> Path:
         """A device's version folder on this machine (a registry before the columnar store)."""

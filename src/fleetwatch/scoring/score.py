@@ -122,7 +122,7 @@ class Scoring:
 
     @property
     def registry(self) -> ModelRegistry:
-        return ModelRegistry(self.layout.store, self.layout.state, live=False)
+        return ModelRegistry(self.layout.store, live=False)
 
     def watermark(self) -> datetime | None:
         return closed_through(self.layout, self.topic)

@@ -386,7 +386,7 @@ def train_ranges(
     summary = summary or TrainSummary()
     kind = "per_sensor" if options.per_sensor else options.model_kind
     layout = training.layout
-    registry = ModelRegistry(layout.store, layout.state, live=False)
+    registry = ModelRegistry(layout.store, live=False)
     executor = training.executor
     window_ms = training.window_ms
     activate = activate or ("yes" if options.activate else "no")
@@ -786,7 +786,7 @@ def train_on_cluster(
         else:
             fitted[device_id] = outcome[1]
     if fitted:
-        registry = ModelRegistry(training.layout.store, training.layout.state, live=False)
+        registry = ModelRegistry(training.layout.store, live=False)
         for device_id, result in sorted(publish(registry, fitted).items()):
             summary.record(device_id, result)
     summary.failed.update(errors)

@@ -160,7 +160,7 @@ def test_a_model_version_cut_off_half_way_is_not_a_version(
     remote = s3_settings(f"{s3_server.bucket()}/fleet", tmp_path / "machine")
     write_windows(remote.data_dir, frame)
     train(remote, T0, T0 + timedelta(hours=2), ["pump-01"])
-    registry = ModelRegistry(remote.layout.store, remote.layout.state)
+    registry = ModelRegistry(remote.layout.store)
     fs: Any = s3_server.filesystem()
     bucket_path = str(remote.data_dir).removeprefix("s3://")
     fs.pipe_file(f"{bucket_path}/models/pump-01/v0002/model.joblib", b"a writer that died")

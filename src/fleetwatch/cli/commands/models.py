@@ -32,7 +32,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
     layout = settings.layout
     layout.require()
-    registry = ModelRegistry(layout.store, layout.state)
+    registry = ModelRegistry(layout.store)
     action = args.action
     if (action in ("list", "pack") and args.version is not None) or (
         action == "list" and args.device is not None
