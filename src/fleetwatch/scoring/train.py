@@ -263,6 +263,9 @@ def publish(registry: ModelRegistry, fitted: Mapping[str, Fitted]) -> dict[str, 
 #: Aggregate rows read at once while training: the devices are read in groups of about this
 #: many rows (a day of 10,000 devices x 10 sensors is 144M rows, more than memory holds).
 READ_ROWS = 8_000_000
+#: Devices prepared and submitted at a time: the workers fit the first while the parent
+#: prepares the rest of a group (a thousand devices' features take it most of a second).
+SUBMIT_DEVICES = 64
 
 
 @dataclass(frozen=True)
@@ -404,20 +407,20 @@ def train_ranges(
         by_range.setdefault(span, []).append(device_id)
     if ranges:
         _check_against_the_data(layout, by_range, window_ms, declared_slow(options.slow_sensors))
-    fleet = None
-    read = CubeReader(layout, window_ms)
-    if parameters["slow_sensors"] == ["auto"] and len(ranges) > 1:
-        summary.slow = _fleet_slow(training, by_range, read, options.min_windows)
-        fleet = tuple(summary.slow)
     workers = max(1, min(options.workers or os.cpu_count() or 1, len(ranges) or 1))
     if not executor.shares_memory:
         workers = 1  # the local pool stays idle: the cluster fits
-    elif workers > 1:
-        _import_fitting()  # once, before the workers fork: not once in each of them
     with (
-        progress_bar("train", len(ranges), enabled=options.progress) as bar,
         ProcessPoolExecutor(max_workers=workers, initializer=_worker_start) as pool,
+        progress_bar("train", len(ranges), enabled=options.progress) as bar,
     ):
+        if executor.shares_memory:  # started now, they import scikit-learn while this reads
+            pool.submit(int)
+        fleet = None
+        read = CubeReader(layout, window_ms)
+        if parameters["slow_sensors"] == ["auto"] and len(ranges) > 1:
+            summary.slow = _fleet_slow(training, by_range, read, options.min_windows)
+            fleet = tuple(summary.slow)
 
         def advance() -> None:
             if bar is not None:
@@ -434,14 +437,18 @@ def train_ranges(
                 train_on_cluster(training, fit_setup, since, until, chosen, summary, advance)
                 continue
             for part, cube in read(since, until, chosen, keep=False):
-                jobs, skipped = prepare_jobs(cube, part, fit_setup, since, until)
+                fitting.open_group()
+                for start in range(0, len(part), SUBMIT_DEVICES):  # the workers start at once
+                    some = part[start : start + SUBMIT_DEVICES]
+                    jobs, skipped = prepare_jobs(cube, some, fit_setup, since, until)
+                    for device_id, reason in skipped.items():
+                        summary.skipped[device_id] = reason
+                        advance()
+                    fitting.add(jobs)
                 del cube
-                for device_id, reason in skipped.items():
-                    summary.skipped[device_id] = reason
-                    advance()
                 # the workers fit this group while the next one is read (one group ahead)
-                fitting.submit(jobs, ahead=1)
-        fitting.finish()
+                fitting.wait(ahead=1)
+        fitting.wait(ahead=0)
     if pack is not None and summary.trained:  # so that the next scoring run finds them packed
         pack_quietly(pack, summary)
     return summary
@@ -463,14 +470,12 @@ def pack_quietly(pack: ModelPack, summary: TrainSummary) -> None:
 
 def _worker_start() -> None:
     """Each training process runs one BLAS/OpenMP thread: the processes are the parallelism
-    (two processes of two threads each on two cores fought for them)."""
+    (two processes of two threads each on two cores fought for them). The processes start
+    before the parent reads the training windows and import scikit-learn's fitting modules
+    (most of a second) meanwhile: the parent never imports them."""
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     threadpool_limits(1)
-
-
-def _import_fitting() -> None:
-    """scikit-learn's fitting modules (a second to import), in the parent."""
     import sklearn.pipeline
     import sklearn.svm  # noqa: F401
 
@@ -509,7 +514,9 @@ class CubeReader:
         files = [item.key for item in layout.files_between(since, until)]
         rows = sum(read_metadata(layout.store, key).num_rows for key in files)
         groups: list[tuple[list[str], Sequence[str] | list[Piece]]] = [(devices, files)]
-        if rows > READ_ROWS:  # each group reads the row groups of its devices only
+        # Two groups' windows are held at once (the workers fit one while the next is read):
+        # a range of up to twice READ_ROWS is read as one group within the same bound, once.
+        if rows > 2 * READ_ROWS:  # each group reads the row groups of its devices only
             groups = list(in_parts(*device_pieces(layout.store, files), devices, rows, READ_ROWS))
         for index, (group, chosen) in enumerate(groups):
             part = [device for device in group if device not in done]
@@ -641,18 +648,19 @@ class Fitting:
         self.pack = pack  # a group's entries go in with the group (not held for the run)
         self.groups: list[dict[Future[Fitted], str]] = []
 
-    def submit(self, jobs: list[FitJob], ahead: int) -> None:
-        """Submit ``jobs`` as a group, then wait until at most ``ahead`` groups are unfinished
-        (the newest: the workers run them in order)."""
-        if jobs:
-            self.groups.append({self.pool.submit(fit_one, job): job.device_id for job in jobs})
-        while len(self.groups) > ahead:
-            self._collect(self.groups[0])
-            self.groups.pop(0)
+    def open_group(self) -> None:
+        """Start a group: the jobs added next are published together."""
+        self.groups.append({})
 
-    def finish(self) -> None:
-        """Wait for every group submitted, their results recorded."""
-        self.submit([], ahead=0)
+    def add(self, jobs: list[FitJob]) -> None:
+        """Submit ``jobs`` to the group last opened."""
+        self.groups[-1].update({self.pool.submit(fit_one, job): job.device_id for job in jobs})
+
+    def wait(self, ahead: int) -> None:
+        """Wait until at most ``ahead`` groups are unfinished (the newest: the workers run
+        them in order), the others' results recorded."""
+        while len(self.groups) > ahead:
+            self._collect(self.groups.pop(0))
 
     def _collect(self, futures: dict[Future[Fitted], str]) -> None:
         """A group's results, published together (one run object, one journal record)."""

@@ -242,3 +242,38 @@ def test_the_imputer_and_scaler_compute_what_scikit_learns_do() -> None:
     np.testing.assert_allclose(
         scaler.transform(filled), reference.transform(filled), rtol=1e-9, atol=1e-9
     )
+
+
+def test_the_typical_value_is_each_columns_median_over_its_positive_values() -> None:
+    """The window transform's scale (spreads, reading counts): per column, the median of its
+    positive finite values, 1 for a column without any; computed for all columns at once
+    where they allow it, compared here with numpy column by column."""
+    from fleetwatch.scoring.kinds.transforms import _typical
+
+    rng = np.random.default_rng(11)
+    matrix = np.abs(rng.normal(5, 2, size=(241, 7)))
+    matrix[rng.random(241) < 0.2, 1] = np.nan
+    matrix[::3, 2] = 0.0
+    matrix[::5, 3] = -1.0
+    matrix[:, 4] = np.nan
+    matrix[7, 5] = np.inf
+    matrix[:, 6] = 0.0
+    expected = []
+    for column in matrix.T:
+        positive = column[np.isfinite(column) & (column > 0)]
+        expected.append(np.median(positive) if len(positive) else 1.0)
+    assert _typical(matrix).tolist() == expected
+    assert _typical(matrix[:0]).tolist() == [1.0] * 7
+
+
+@pytest.mark.parametrize("rows", [1, 2, 7, 1152, 1441])
+def test_column_medians_are_numpys_medians(rows: int) -> None:
+    """The imputer's and the window transform's medians, by one partition of the columns
+    made rows: exactly numpy's numbers, odd and even counts, ties included."""
+    from fleetwatch.scoring.kinds.transforms import column_medians
+
+    rng = np.random.default_rng(rows)
+    matrix = rng.normal(size=(rows, 9))
+    matrix[:, 3] = np.round(matrix[:, 3])  # ties
+    matrix[:, 4] = 2.5  # constant
+    assert np.array_equal(column_medians(matrix), np.median(matrix, axis=0))

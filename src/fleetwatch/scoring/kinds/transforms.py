@@ -67,7 +67,7 @@ class MedianImputer(TransformerMixin, BaseEstimator):  # type: ignore[misc]
             full = ~np.isnan(part).any(axis=0)  # most columns: the plain median is enough
             medians = np.empty(part.shape[1])
             if full.any():
-                medians[full] = np.median(part[:, full], axis=0)
+                medians[full] = column_medians(part[:, full])
             if (~full).any():
                 medians[~full] = np.nanmedian(part[:, ~full], axis=0)
             statistics[seen] = medians
@@ -116,12 +116,39 @@ class Weights(TransformerMixin, BaseEstimator):  # type: ignore[misc]
         return weighted
 
 
+def column_medians(matrix: np.ndarray) -> np.ndarray:
+    """``np.median(matrix, axis=0)`` (the same numbers: the middle value, or the mean of
+    the middle two) for a matrix without NaN, at twice its speed: one partition of the
+    columns made rows, where numpy's partitions along the strided axis.
+
+    >>> column_medians(np.array([[3.0, 1.0], [1.0, 4.0], [2.0, 2.0], [9.0, 0.0]])).tolist()
+    [2.5, 1.5]
+    """
+    rows = np.ascontiguousarray(matrix.T)
+    count = rows.shape[1]
+    if count == 0:
+        return np.full(len(rows), np.nan)
+    middle = count // 2
+    parted = np.partition(rows, middle, axis=1)
+    if count % 2:
+        return parted[:, middle]
+    below: np.ndarray = parted[:, :middle].max(axis=1)
+    return (below + parted[:, middle]) / 2
+
+
 def _typical(matrix: np.ndarray) -> np.ndarray:
-    """Each column's median over its positive values (1 where it has none)."""
+    """Each column's median over its positive values (1 where it has none).
+
+    >>> _typical(np.array([[1.0, 0.0, np.nan], [3.0, 2.0, -1.0], [8.0, 4.0, 0.0]])).tolist()
+    [3.0, 3.0, 1.0]
+    """
     result = np.ones(matrix.shape[1])
-    for index in range(matrix.shape[1]):
-        column = matrix[:, index]
-        positive = column[np.isfinite(column) & (column > 0)]
-        if len(positive):
-            result[index] = float(np.median(positive))
+    positive = np.isfinite(matrix) & (matrix > 0)
+    whole = positive.all(axis=0)  # most columns: their medians in one partition
+    if len(matrix) and whole.any():
+        result[whole] = column_medians(matrix[:, whole])
+    for index in np.flatnonzero(~whole):
+        column = matrix[positive[:, index], index]
+        if len(column):
+            result[index] = float(np.median(column))
     return result
