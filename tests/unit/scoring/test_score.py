@@ -410,6 +410,43 @@ def test_training_in_device_groups_fits_the_same_models(
     assert summary.skipped == {"nope": "no windows in the training range"}
 
 
+def test_a_range_of_up_to_twice_read_rows_is_read_once_and_published_per_group(
+    trained: Settings, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Two groups' windows are held at once anyway (the workers fit one while the next is
+    read): a range of up to twice ``READ_ROWS`` rows is read once for the judgement and the
+    fits; one row more and it is read in groups. Devices submitted a few at a time
+    (``SUBMIT_DEVICES``) are still published as one run object a group, with the models of
+    one read."""
+    import fleetwatch.scoring.features as features
+    import fleetwatch.scoring.train as training
+
+    registry = ModelRegistry.of(trained.data_dir)
+    whole = {d: registry.active(d).manifest["sha256"]["params.bin"] for d in DEVICES}  # type: ignore[union-attr]
+    until = T0 + pd.Timedelta(hours=2).to_pytimedelta()
+    layout = DataLayout.open(trained.data_dir)
+    files = [item.key for item in layout.files_between(T0, until)]
+    rows = sum(features.read_metadata(layout.store, key).num_rows for key in files)
+    reads: list[tuple[str, ...]] = []
+
+    def read_cube(*args: Any, devices: list[str], **kwargs: Any) -> Any:
+        reads.append(tuple(devices))
+        return features.read_cube(*args, devices=devices, **kwargs)
+
+    monkeypatch.setattr(training, "read_cube", read_cube)
+    monkeypatch.setattr(training, "SUBMIT_DEVICES", 3)
+    runs = trained.data_dir / "models" / "runs"
+    for read_rows, groups in (((rows + 1) // 2, 1), ((rows - 1) // 2, 2)):
+        monkeypatch.setattr(training, "READ_ROWS", read_rows)
+        reads.clear()
+        before = set(runs.glob("*.parquet"))
+        summary = train(trained, T0, until)
+        assert sorted(summary.trained) == DEVICES and not summary.failed
+        assert len(set(reads)) >= groups and (groups > 1 or reads == [tuple(DEVICES)])
+        assert len(set(runs.glob("*.parquet")) - before) == len(set(reads))
+        assert {d: registry.active(d).manifest["sha256"]["params.bin"] for d in DEVICES} == whole  # type: ignore[union-attr]
+
+
 def test_the_fits_read_each_device_once_when_files_arrived_after_the_judgement(
     trained: Settings, monkeypatch: pytest.MonkeyPatch
 ) -> None:
