@@ -148,25 +148,30 @@ import duckdb, joblib, numpy as np, pandas as pd
 from joblib import Parallel, delayed
 
 data, hour, workers = Path(sys.argv[1]), pd.Timestamp(sys.argv[2]), int(sys.argv[3])
+# the models' folder and their features: this benchmark's (a .joblib a device, 5 statistics a
+# sensor), or those of benchmarks/train.py's plain loop (benchmarks/fleet.py: its 4
+# statistics, in the loop's own pivot order)
+models = Path(sys.argv[4]) if len(sys.argv) > 4 else data / "baseline-models"
+plain = len(sys.argv) > 4
+stats = ["mean", "std", "min", "max"] if plain else ["mean", "std", "min", "max", "count"]
 t0 = time.perf_counter()
 folder = data / "aggregates" / f"date={hour:%Y-%m-%d}" / f"hour={hour:%H}"
 frame = pd.read_parquet(folder)
 wide = frame.pivot_table(
-    index=["device_id", "window_start"], columns="sensor",
-    values=["mean", "std", "min", "max", "count"], aggfunc="first",
+    index=["device_id", "window_start"], columns="sensor", values=stats, aggfunc="first",
 )
 sensors = sorted(frame["sensor"].unique())
-columns = [(stat, s) for s in sensors for stat in ("mean", "std", "min", "max", "count")]
+columns = [(stat, s) for s in sensors for stat in stats]
 jobs = []
 for device, rows in wide.groupby(level=0):
-    matrix = rows[columns].to_numpy(dtype=float)
+    matrix = (rows if plain else rows[columns]).to_numpy(dtype=float)
     jobs.append((device, rows.index.get_level_values(1).to_numpy(), matrix))
 t1 = time.perf_counter()
 
 def score(chunk):
     out = []
     for device, starts, matrix in chunk:
-        model = joblib.load(data / "baseline-models" / f"{device}.joblib")
+        model = joblib.load(models / f"{device}.joblib")
         out.append((device, starts, model.decision_function(matrix)))
     return out
 

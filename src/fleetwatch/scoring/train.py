@@ -414,7 +414,7 @@ def train_ranges(
         ProcessPoolExecutor(max_workers=workers, initializer=_worker_start) as pool,
         progress_bar("train", len(ranges), enabled=options.progress) as bar,
     ):
-        if executor.shares_memory:  # started now, they import scikit-learn while this reads
+        if executor.shares_memory and ranges:  # started now: they import while this reads
             pool.submit(int)
         fleet = None
         read = CubeReader(layout, window_ms)
@@ -472,7 +472,7 @@ def _worker_start() -> None:
     """Each training process runs one BLAS/OpenMP thread: the processes are the parallelism
     (two processes of two threads each on two cores fought for them). The processes start
     before the parent reads the training windows and import scikit-learn's fitting modules
-    (most of a second) meanwhile: the parent never imports them."""
+    (most of a second) meanwhile, instead of the parent before they fork."""
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     threadpool_limits(1)
