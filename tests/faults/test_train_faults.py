@@ -61,3 +61,47 @@ def test_train_killed_while_publishing_leaves_whole_versions_and_a_rerun_is_a_cl
         assert active.version == versions[-1].version
         assert registry.read_params(active) == answer.read_params(expected)
         assert active.manifest["threshold"] == expected.manifest["threshold"]
+
+
+def test_prune_killed_between_its_record_and_its_deletes_loses_nothing_it_kept(
+    backend: Backend, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`models prune` killed right after the journal record that forgets the old versions,
+    before it deletes their run objects: the kept versions load and verify as before, the
+    forgotten ones are gone from every listing, and their run objects are left over (extra
+    bytes, nothing lost): the next prune deletes them once they are a day old."""
+    import fleetwatch.scoring.registry as registry_module
+
+    frame = synthetic_windows(hours=2)
+    write_in_pieces(backend.data_dir, frame)
+    settings = replace(
+        settings_for(Path("unused")),
+        data_dir=parse_location(backend.data_dir),
+        local_dir=backend.local_dir if backend.s3 is not None else None,
+    )
+    for _ in range(3):  # v0001..v0003 of every device, a run object each
+        train(settings, T0, T0 + timedelta(hours=2), DEVICES)
+    registry = ModelRegistry(settings.layout.store)
+    kept = {d: registry.read_params(registry.get(d, "v0003")) for d in DEVICES}
+    runs = {item.name for item in registry.files.runs()}
+    assert len(runs) == 3
+    log = tmp_path / "prune.log"
+    env = {**backend.env, "FLEETWATCH_FAULTS": "registry.forgotten:1"}
+    killed = fleetwatch("models", "prune", "--keep", "1", env=env, log=log)
+    assert killed.wait(120) == -signal.SIGKILL, log.read_text()[-2000:]
+    registry = ModelRegistry(settings.layout.store)
+    for device in DEVICES:
+        assert [v.version for v in registry.versions(device)] == ["v0003"]
+        assert registry.active_version(device) == "v0003"
+        assert registry.read_params(registry.get(device, "v0003")) == kept[device]
+    assert {item.name for item in registry.files.runs()} == runs  # left over, not lost
+    again = fleetwatch("models", "prune", "--keep", "1", env=backend.env, log=log)
+    assert again.wait(120) == 0, log.read_text()[-2000:]
+    assert len(registry.files.runs()) == 3  # too young to be told from a run publishing now
+    monkeypatch.setattr(registry_module, "ORPHAN_AGE", timedelta(0))
+    result = ModelRegistry(settings.layout.store).prune(keep=1)
+    assert result.forgotten == {} and len(result.deleted_runs) == 2
+    registry = ModelRegistry(settings.layout.store)
+    assert len(registry.files.runs()) == 1
+    for device in DEVICES:
+        assert registry.read_params(registry.active(device)) == kept[device]  # type: ignore[arg-type]

@@ -101,7 +101,7 @@ class DeviceState:
         return state
 
 
-KINDS = {"save": 5, "activate": 4, "shadow": 4, "unshadow": 2, "publish": 6}  # its length
+KINDS = {"save": 5, "activate": 4, "shadow": 4, "unshadow": 2, "publish": 6, "forget": 3}
 MODES = {"activate": "a", "shadow": "s", "keep": "k"}
 
 
@@ -126,10 +126,13 @@ def apply(devices: dict[str, DeviceState], ops: Sequence[Op]) -> None:
 
     ``["publish", run, devices, versions, digests, modes]`` is a training group's ``save`` of
     each device's version in ``run``, activated (mode "a"), put in shadow ("s") or kept ("k"):
-    one change, not three lists of 100,000."""
+    one change, not three lists of 100,000. ``["forget", devices, versions]`` drops each
+    device's listed versions (``models prune``): never its active one or the one in shadow."""
     valid = _Names()
     for op in ops:
-        if isinstance(op, list) and op[:1] == ["publish"] and len(op) == KINDS["publish"]:
+        if isinstance(op, list) and op[:1] == ["forget"] and len(op) == KINDS["forget"]:
+            _forget(devices, op[1], op[2])
+        elif isinstance(op, list) and op[:1] == ["publish"] and len(op) == KINDS["publish"]:
             _, run, names, versions, digests, modes = op
             if not (len(names) == len(versions) == len(digests) == len(modes)):
                 raise JournalError(f"a publish record of run {run!r} has lists of unequal length")
@@ -152,6 +155,22 @@ def apply(devices: dict[str, DeviceState], ops: Sequence[Op]) -> None:
                     state.shadow, state.shadow_set = (version, digest), True
         else:
             _apply_one(devices, op, valid)
+
+
+def _forget(devices: dict[str, DeviceState], names: Any, versions: Any) -> None:
+    if not (isinstance(names, list) and isinstance(versions, list)) or len(names) != len(versions):
+        raise JournalError("a forget record has lists of unequal length")
+    for device, gone in zip(names, versions, strict=True):
+        state = devices.get(device) if isinstance(device, str) else None
+        if state is None or not isinstance(gone, list):
+            continue
+        kept = {state.activated[-1][0]} if state.activated else set()
+        if state.shadow is not None:
+            kept.add(state.shadow[0])
+        dropped = {version for version in gone if version not in kept}
+        for version in dropped:
+            state.versions.pop(version, None)
+        state.activated = [item for item in state.activated if item[0] not in dropped]
 
 
 def _apply_one(devices: dict[str, DeviceState], op: Op, valid: _Names) -> None:

@@ -24,7 +24,7 @@ import math
 import platform
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
 
@@ -113,6 +113,28 @@ class ModelIntegrityError(FleetwatchError):
 #: The window features and score scale of the models this fleetwatch saves (see
 #: ``fleetwatch.scoring.features`` and ``kinds.svm``); a model saved with others is refused.
 FEATURES_VERSION = 2
+#: ``models prune`` deletes a run object no journal record names once it is this old (a
+#: training run publishes its run objects within minutes of writing them).
+ORPHAN_AGE = timedelta(days=1)
+
+
+@dataclass(frozen=True)
+class PruneResult:
+    """What ``models prune`` forgot (each device's versions) and deleted (run objects)."""
+
+    forgotten: dict[str, list[str]]
+    deleted_runs: list[str]
+    dry_run: bool
+
+    def as_record(self) -> dict[str, Any]:
+        return {
+            "dry_run": self.dry_run,
+            "devices": len(self.forgotten),
+            "versions_forgotten": sum(len(v) for v in self.forgotten.values()),
+            "run_objects_deleted": len(self.deleted_runs),
+            "forgotten": self.forgotten,
+            "deleted_runs": self.deleted_runs,
+        }
 
 
 def check_current(model: ModelVersion) -> None:
@@ -383,6 +405,63 @@ class ModelRegistry:
         """The version in shadow, its manifest checked against the digest recorded for it."""
         pointer = self._shadow_pointer(self.check_device(device_id))
         return None if pointer is None else self.get(device_id, *pointer)
+
+    def prune(self, keep: int, dry_run: bool = False) -> PruneResult:
+        """Forget every device's versions but its ``keep`` newest, its active one and the one
+        in shadow (one journal record), then delete the run objects no version names any more,
+        and those no record ever published (a training run that died) once a day old. Version
+        numbers are never reused; folders of an older registry are left as they are."""
+        if keep < 1:
+            raise InvalidInputError(f"--keep {keep}: keep at least the newest version (1)")
+        forgotten: dict[str, list[str]] = {}
+        runs_of_forgotten: set[str] = set()
+
+        def build(state: dict[str, DeviceState]) -> list[Op]:
+            forgotten.clear()
+            runs_of_forgotten.clear()
+            for device_id, known in sorted(state.items()):
+                if known.damaged or len(known.versions) <= keep:
+                    continue
+                numbered = sorted(known.versions, key=lambda v: (len(v), v))
+                kept = set(numbered[-keep:])
+                if known.activated:
+                    kept.add(known.activated[-1][0])
+                if known.shadow is not None:
+                    kept.add(known.shadow[0])
+                gone = [v for v in numbered if v not in kept]
+                if gone:
+                    forgotten[device_id] = gone
+                    runs_of_forgotten.update(known.versions[v][0] for v in gone)
+            if dry_run or not forgotten:
+                return []
+            return [["forget", list(forgotten), list(forgotten.values())]]
+
+        self.journal.append(build)
+        if not dry_run and forgotten:
+            point("registry.forgotten")  # the fault suite: forgotten, their objects not deleted
+        named = {  # after the record (or, for a dry run, as it would leave them)
+            run
+            for device_id, known in self.journal.devices().items()
+            for version, (run, _) in known.versions.items()
+            if dry_run is False or version not in forgotten.get(device_id, ())
+        }
+        cutoff = datetime.now(UTC) - ORPHAN_AGE
+        unnamed = []
+        for item in self.files.runs():
+            run = item.name[: -len(".parquet")]
+            if run in named:
+                continue
+            try:
+                written = datetime.strptime(run[:15], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
+            except ValueError:
+                continue  # not a run object's name: not ours to delete
+            if run in runs_of_forgotten or written < cutoff:
+                unnamed.append(run)
+        if not dry_run and unnamed:
+            self.files.delete_runs(unnamed)
+        return PruneResult(
+            {d: versions for d, versions in forgotten.items()}, sorted(unnamed), dry_run
+        )
 
     def promote(self, device_id: str) -> str:
         """Make the version in shadow the active one (its manifest checked first)."""

@@ -25,10 +25,11 @@ this module only reads and writes them through the store, which checks every key
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Final, Literal
 
-from fleetwatch.storage.store import Content, DataStore, join
+from fleetwatch.storage.store import Content, DataStore, StoredObject, join
 
 ROOT: Final = "models"
 RUNS: Final = "models/runs"
@@ -112,6 +113,13 @@ class ModelFiles:
     def write_run(self, name: str, content: Content) -> None:
         """A run object (written whole, once: nothing refers to it before the journal does)."""
         self.store.write(self.run_key(name), content)
+
+    def runs(self) -> list[StoredObject]:
+        """The run objects, as a listing finds them."""
+        return [item for item in self.store.listing(RUNS) if item.name.endswith(".parquet")]
+
+    def delete_runs(self, names: Iterable[str]) -> int:
+        return self.store.delete([self.run_key(name) for name in names])
 
     def journal_names(self) -> list[str]:
         """The journal's objects: records ``<seq>`` and snapshots ``S<seq>`` (the state after

@@ -294,3 +294,112 @@ def test_damaged_bytes_fail_the_devices_of_their_row_group_only(
         except ModelIntegrityError:
             failed.add(device)
     assert failed and failed <= {"pump-2", "pump-3"}
+
+
+def runs_on_disk(root: Path) -> set[str]:
+    return {p.stem for p in (root / "models" / "runs").glob("*.parquet")}
+
+
+def test_prune_keeps_the_newest_the_active_and_the_shadow_and_deletes_what_no_version_names(
+    tmp_path: Path,
+) -> None:
+    """`models prune --keep N`: each device keeps its N newest versions, its active one and the
+    one in shadow; the others are forgotten by one journal record, and the run objects no
+    version names any more are deleted. Numbers are never reused; what stays loads and scores
+    as before; rollback moves among what stays."""
+    registry = ModelRegistry.of(tmp_path)
+    for seed in range(5):  # v0001..v0005 of pump-1, each its own run object
+        registry.save("pump-1", fitted(seed), NAMES, WHEN, WHEN, 100, {}, activate=seed == 1)
+    shared_row = model_row("pump-2", fitted(9), NAMES, WHEN, WHEN, 100, {})
+    other = model_row("pump-1", fitted(8), NAMES, WHEN, WHEN, 100, {})
+    shared_run, _ = registry.publish([shared_row, other], {"pump-1": "keep"})  # p1 v0006, p2 v0001
+    registry.set_shadow("pump-1", "v0003")
+    runs = {v.version: registry.get("pump-1", v.version) for v in registry.versions("pump-1")}
+    params = {v: registry.read_params(m) for v, m in runs.items()}
+    before = runs_on_disk(tmp_path)
+    assert len(before) == 6
+
+    dry = registry.prune(keep=2, dry_run=True)
+    assert dry.forgotten == {"pump-1": ["v0001", "v0004"]}  # v0002 active, v0003 shadow
+    assert runs_on_disk(tmp_path) == before and len(registry.versions("pump-1")) == 6
+    result = ModelRegistry.of(tmp_path).prune(keep=2)
+    assert result.forgotten == dry.forgotten and sorted(result.deleted_runs) == sorted(
+        dry.deleted_runs
+    )
+    assert len(result.deleted_runs) == 2 and shared_run not in result.deleted_runs
+    assert runs_on_disk(tmp_path) == before - set(result.deleted_runs)
+    again = ModelRegistry.of(tmp_path)  # another process reads the journal
+    assert [v.version for v in again.versions("pump-1")] == ["v0002", "v0003", "v0005", "v0006"]
+    assert [v.version for v in again.versions("pump-2")] == ["v0001"]
+    assert again.active_version("pump-1") == "v0002" and again.shadow("pump-1") is not None
+    for version in ("v0002", "v0003", "v0005", "v0006"):
+        assert again.read_params(again.get("pump-1", version)) == params[version]
+    with pytest.raises((InvalidInputError, FileNotFoundError, ModelIntegrityError)):
+        again.get("pump-1", "v0001")
+    assert again.history("pump-1") == ["v0002"]
+    newest = again.save("pump-1", fitted(7), NAMES, WHEN, WHEN, 100, {})
+    assert newest.version == "v0007"  # never a forgotten number
+    assert again.rollback("pump-1") == "v0002"
+    assert again.prune(keep=10).forgotten == {}  # nothing more to forget: no record
+    with pytest.raises(InvalidInputError, match="--keep 0"):
+        again.prune(keep=0)
+
+
+def test_prune_deletes_a_run_object_no_record_published_once_it_is_a_day_old(
+    tmp_path: Path,
+) -> None:
+    """A training run that died after writing its run object leaves it unnamed: too young, it
+    may be a run publishing right now and stays; a day old, prune deletes it."""
+    registry = ModelRegistry.of(tmp_path)
+    registry.save("pump-1", fitted(0), NAMES, WHEN, WHEN, 100, {})
+    files = ModelFiles(registry.store)
+    rows = [model_row("pump-1", fitted(1), NAMES, WHEN, WHEN, 100, {})]
+    young, old = "20991231T000000-aaaaaaaa", "20200101T000000-bbbbbbbb"
+    for name in (young, old):
+        files.write_run(name, journal_module.run_writer(rows))
+    result = registry.prune(keep=1)
+    assert result.forgotten == {} and result.deleted_runs == [old]
+    assert young in runs_on_disk(tmp_path) and old not in runs_on_disk(tmp_path)
+    assert registry.active_version("pump-1") == "v0001"
+
+
+def test_a_forget_record_never_drops_the_active_version_or_the_shadow(tmp_path: Path) -> None:
+    """A hand-made record that names the active version and the shadow: they stay."""
+    registry = ModelRegistry.of(tmp_path)
+    for seed in range(3):
+        registry.save("pump-1", fitted(seed), NAMES, WHEN, WHEN, 100, {}, activate=seed == 0)
+    registry.set_shadow("pump-1", "v0002")
+    append_record(tmp_path, [["forget", ["pump-1"], [["v0001", "v0002", "v0003"]]]])
+    again = ModelRegistry.of(tmp_path)
+    assert [v.version for v in again.versions("pump-1")] == ["v0001", "v0002"]
+    assert again.active_version("pump-1") == "v0001" and again.shadow("pump-1") is not None
+
+
+def test_models_prune_on_the_command_line(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from fleetwatch.cli.main import main
+
+    registry = ModelRegistry.of(tmp_path)
+    for seed in range(3):
+        registry.save("pump-1", fitted(seed), NAMES, WHEN, WHEN, 100, {})
+    data = ["--data-dir", str(tmp_path)]
+    for argv, message in (
+        (["models", "prune"], "needs --keep N"),
+        (["models", "prune", "--keep", "0"], "--keep 0"),
+        (["models", "prune", "pump-1", "--keep", "1"], "takes no 'pump-1'"),
+    ):
+        assert main([*argv, *data]) == 2
+        [line] = capsys.readouterr().err.strip().splitlines()
+        assert message in line
+    assert main(["models", "prune", "--keep", "1", "--dry-run", "--format", "json", *data]) == 0
+    dry = json.loads(capsys.readouterr().out)
+    assert dry["forgotten"] == {"pump-1": ["v0001", "v0002"]} and dry["dry_run"] is True
+    assert len(dry["deleted_runs"]) == 2 and len(runs_on_disk(tmp_path)) == 3
+    assert main(["models", "prune", "--keep", "1", *data]) == 0
+    text = capsys.readouterr().out
+    assert "versions_forgotten" in text and "2" in text
+    assert len(runs_on_disk(tmp_path)) == 1 and not set(dry["deleted_runs"]) & runs_on_disk(
+        tmp_path
+    )
+    assert [v.version for v in ModelRegistry.of(tmp_path).versions("pump-1")] == ["v0003"]

@@ -22,6 +22,7 @@ ACTIONS = (
     "set-threshold",
     "compare",
     "pack",
+    "prune",
 )
 
 
@@ -34,8 +35,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     layout.require()
     registry = ModelRegistry(layout.store)
     action = args.action
-    if (action in ("list", "pack") and args.version is not None) or (
-        action == "list" and args.device is not None
+    if (action in ("list", "pack", "prune") and args.version is not None) or (
+        action in ("list", "prune") and args.device is not None
     ):
         extra = " ".join(v for v in (args.device, args.version) if v)
         raise FleetwatchError(
@@ -63,6 +64,14 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         pack.compact()
         record = {"packed_now": packed, "in_pack": len(pack), "folder": str(pack.folder)}
         emit_record("fleetwatch models pack", record, args.format)
+        return 0
+    if action == "prune":
+        if args.keep is None:
+            raise FleetwatchError("`models prune` needs --keep N: how many newest versions to keep")
+        result = registry.prune(args.keep, dry_run=args.dry_run).as_record()
+        if args.format == "text":
+            del result["forgotten"], result["deleted_runs"]
+        emit_record("fleetwatch models prune", result, args.format)
         return 0
     if not args.device:
         raise FleetwatchError(f"`models {action}` needs a device id: models {action} ID")
@@ -210,12 +219,20 @@ def arguments(parser: argparse.ArgumentParser) -> None:
         "--target-far", type=float, help="set-threshold: recompute for this false-alarm rate"
     )
     parser.add_argument("--limit", type=int, default=20, help="compare: differing windows shown")
+    parser.add_argument(
+        "--keep",
+        type=int,
+        help="prune: the newest versions kept a device (and its active one and its shadow)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="prune: say what would go, change nothing"
+    )
     parser.add_argument("--format", choices=["text", "json", "csv"], default="text")
 
 
 COMMAND = Command(
     "models",
-    "list, show, activate, shadow, promote or roll back model versions; set thresholds",
+    "list, show, activate, shadow, promote, roll back or prune model versions; set thresholds",
     """
     fleetwatch models list
     fleetwatch models show pump-0001            # manifest, sha256 verified
@@ -227,6 +244,7 @@ COMMAND = Command(
     fleetwatch models set-threshold pump-0001 --value -4.5
     fleetwatch models rollback pump-0001
     fleetwatch models pack                      # after copying models in by hand
+    fleetwatch models prune --keep 3 --dry-run  # what older versions would go
     """,
     {"": "*"},
     run,
