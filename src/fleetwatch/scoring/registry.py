@@ -443,7 +443,7 @@ class ModelRegistry:
             run
             for device_id, known in self.journal.devices().items()
             for version, (run, _) in known.versions.items()
-            if dry_run is False or version not in forgotten.get(device_id, ())
+            if not dry_run or version not in forgotten.get(device_id, ())
         }
         cutoff = datetime.now(UTC) - ORPHAN_AGE
         unnamed = []

@@ -588,16 +588,20 @@ def prepare_jobs(
     """Each device's fit job from ``cube``, or why it is skipped (too few windows)."""
     jobs, skipped = [], {}
     declared = setup.parameters.get("slow_sensors", ["auto"])
+    judging = list(declared) == ["auto"] and setup.slow is None  # else its means are not read
     for device_id in devices:
         count = cube.window_count(device_id) if device_id in cube else 0
         if count < setup.min_windows:
             skipped[device_id] = f"{count} windows < --min-windows {setup.min_windows}"
             continue
         sensors = cube.sensors(device_id)
-        means = cube.matrix(device_id, [f"{s}__mean" for s in sensors])
-        slow = slow_sensors(
-            means.matrix, sensors, declared, setup.slow, means.window_start, cube.window_ms
-        )
+        if judging:  # alone: this device's window means judge its sensors
+            means = cube.matrix(device_id, [f"{s}__mean" for s in sensors])
+            slow = slow_sensors(
+                means.matrix, sensors, declared, None, means.window_start, cube.window_ms
+            )
+        else:
+            slow = slow_sensors(np.empty((0, len(sensors))), sensors, declared, setup.slow)
         names = feature_names(sensors, slow)
         matrix = cube.matrix(device_id, names).matrix
         parameters = setup.parameters
