@@ -23,6 +23,7 @@ from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.scoring.train import (
     FitJob,
     Fitted,
+    fit_many,
     fit_one,
     fit_threshold,
     held_out_false_alarms,
@@ -150,6 +151,24 @@ def test_small_training_sets(tmp_path: Path) -> None:
     assert len(calibration.held_out) == 5
     with pytest.raises(ValueError, match="at least 15 are needed"):
         fit_threshold(job(windows(14), tmp_path))
+
+
+def test_a_task_of_devices_fits_each_and_fails_only_the_one_that_cannot_be(
+    tmp_path: Path,
+) -> None:
+    """A training task fits a few devices (``fit_many``): a device whose fit raises gets why
+    in its place, the others their models, equal to fitting each alone."""
+    jobs = [job(windows(60), tmp_path, "pump-1"), job(windows(14), tmp_path, "pump-2"),
+            job(windows(80), tmp_path, "pump-3")]  # fmt: skip
+    outcomes = fit_many(jobs)
+    assert [device for device, _ in outcomes] == ["pump-1", "pump-2", "pump-3"]
+    with pytest.raises(ValueError) as refused:
+        fit_one(jobs[1])
+    assert outcomes[1][1] == f"ValueError: {refused.value}"
+    for index in (0, 2):
+        got, alone = outcomes[index][1], fit_one(jobs[index])
+        assert isinstance(got, Fitted) and got.row is not None and alone.row is not None
+        assert got.row.files == alone.row.files
 
 
 def test_the_retraining_check_flags_a_fault_in_the_latest_windows(tmp_path: Path) -> None:
