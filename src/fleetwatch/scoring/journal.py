@@ -80,6 +80,13 @@ class DeviceState:
     shadow_set: bool = False  # the journal has said whether it has one (else its folder says)
     damaged: str | None = None  # why the journal's word on it cannot be used (until activated)
 
+    def pinned(self) -> set[str]:
+        """The versions that are never forgotten: the active one and the one in shadow."""
+        pinned = {self.activated[-1][0]} if self.activated else set()
+        if self.shadow is not None:
+            pinned.add(self.shadow[0])
+        return pinned
+
     def as_json(self) -> dict[str, Any]:
         document: dict[str, Any] = {"v": self.versions, "a": self.activated}
         if self.shadow_set:
@@ -164,10 +171,7 @@ def _forget(devices: dict[str, DeviceState], names: Any, versions: Any) -> None:
         state = devices.get(device) if isinstance(device, str) else None
         if state is None or not isinstance(gone, list):
             continue
-        kept = {state.activated[-1][0]} if state.activated else set()
-        if state.shadow is not None:
-            kept.add(state.shadow[0])
-        dropped = {version for version in gone if version not in kept}
+        dropped = set(gone) - state.pinned()
         for version in dropped:
             state.versions.pop(version, None)
         state.activated = [item for item in state.activated if item[0] not in dropped]
@@ -319,8 +323,19 @@ class Journal:
         self._snapshot, self._records = self._sequence, []
 
 
+RUN_TIME = "%Y%m%dT%H%M%S"  # a run object's name: when it was written (UTC), then 8 hex
+
+
 def new_run_name() -> str:
-    return f"{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:8]}"
+    return f"{datetime.now(UTC):{RUN_TIME}}-{uuid.uuid4().hex[:8]}"
+
+
+def run_written_at(name: str) -> datetime | None:
+    """When a run object was written, from its name (None: not a run object's name)."""
+    try:
+        return datetime.strptime(name[: len("YYYYmmddTHHMMSS")], RUN_TIME).replace(tzinfo=UTC)
+    except ValueError:
+        return None
 
 
 RUN_SCHEMA = pa.schema(

@@ -43,6 +43,7 @@ from fleetwatch.scoring.journal import (
     RunObjects,
     new_run_name,
     run_writer,
+    run_written_at,
 )
 from fleetwatch.scoring.kinds import ModelKind
 from fleetwatch.storage.layout import DataLayout
@@ -423,11 +424,7 @@ class ModelRegistry:
                 if known.damaged or len(known.versions) <= keep:
                     continue
                 numbered = sorted(known.versions, key=lambda v: (len(v), v))
-                kept = set(numbered[-keep:])
-                if known.activated:
-                    kept.add(known.activated[-1][0])
-                if known.shadow is not None:
-                    kept.add(known.shadow[0])
+                kept = set(numbered[-keep:]) | known.pinned()
                 gone = [v for v in numbered if v not in kept]
                 if gone:
                     forgotten[device_id] = gone
@@ -451,9 +448,8 @@ class ModelRegistry:
             run = item.name[: -len(".parquet")]
             if run in named:
                 continue
-            try:
-                written = datetime.strptime(run[:15], "%Y%m%dT%H%M%S").replace(tzinfo=UTC)
-            except ValueError:
+            written = run_written_at(run)
+            if written is None:
                 continue  # not a run object's name: not ours to delete
             if run in runs_of_forgotten or written < cutoff:
                 unnamed.append(run)

@@ -245,9 +245,10 @@ def fit_one(job: FitJob) -> Fitted:
 
 
 def fit_many(jobs: list[FitJob]) -> list[tuple[str, Fitted | str]]:
-    """:func:`fit_one` of each job, in a worker process: one task for a few devices (a task
-    costs the pool ~0.2 ms, a tenth of a 120-window device's fit); a device whose fit fails
-    gets why instead of its model, and the others are fitted."""
+    """:func:`fit_one` of each job, in a worker process (a local one: a task of a few
+    devices, as a pool task cost about as much as a 120-window device's fit; or a Dask
+    worker's): a device whose fit fails gets why instead of its model, the others are
+    fitted."""
     outcomes: list[tuple[str, Fitted | str]] = []
     for job in jobs:
         try:
@@ -757,11 +758,10 @@ class RemoteFitting:
         results: dict[str, DeviceResult] = {
             device: ("ok", ("skipped", reason)) for device, reason in skipped.items()
         }
-        for job in jobs:
-            try:
-                results[job.device_id] = ("ok", ("trained", fit_one(job)))
-            except Exception as exc:  # one device's bad data must not stop the others
-                results[job.device_id] = ("error", f"{type(exc).__name__}: {exc}")
+        for device_id, outcome in fit_many(jobs):
+            results[device_id] = (
+                ("error", outcome) if isinstance(outcome, str) else ("ok", ("trained", outcome))
+            )
         return results
 
 
