@@ -413,8 +413,8 @@ def entry_of(
     kind = KINDS.get(manifest["kind"])
     if kind is None:
         return None
-    numeric, strings, blob = pack_arrays(kind.packed(arrays))
-    layout = ParamsLayout({"layout": numeric, "strings": strings})
+    params, blob = pack_arrays(kind.packed(arrays))
+    layout = ParamsLayout(params)
     entry = _Entry(
         version,
         *signed,

@@ -1,9 +1,10 @@
 """The model registry: versions of each device's model, one of them active.
 
 A version holds ``model.joblib`` (the fitted scikit-learn objects), ``params.bin`` (the same
-parameters as one raw little-endian float64 blob, laid out in the manifest, loaded without
-pickle in microseconds) and its manifest (sha256 of both, feature names, training range,
-hyper-parameters, library versions). Nothing is loaded before its sha256 matches the manifest,
+parameters as one raw little-endian blob, float64 but for the float32 support vectors, laid
+out in the manifest (:func:`pack_arrays`), loaded without pickle in microseconds) and its
+manifest (sha256 of both, feature names, training range, hyper-parameters, library
+versions). Nothing is loaded before its sha256 matches the manifest,
 and the manifest the digest recorded when it was published or activated: a tampered version
 fails its device, never runs.
 
@@ -62,23 +63,31 @@ from fleetwatch.telemetry import is_valid_name
 log = logging.getLogger(__name__)
 
 
-def pack_arrays(
-    arrays: dict[str, np.ndarray],
-) -> tuple[dict[str, list[Any]], dict[str, list[str]], bytes]:
-    """Numeric arrays -> one float64 blob + {name: [offset, shape, dtype]}; strings aside."""
+def pack_arrays(arrays: dict[str, np.ndarray]) -> tuple[dict[str, Any], bytes]:
+    """Numeric arrays -> one blob and its layout (a manifest's ``params``): ``layout``
+    {name: [offset, shape, dtype]} for arrays kept as float64 (offsets in float64s, from
+    the start), ``float32`` {"at": byte, "layout": {name: [offset, shape]}} for float32
+    arrays (the support vectors), after them; ``strings`` aside."""
     layout: dict[str, list[Any]] = {}
+    narrow: dict[str, list[Any]] = {}
     strings: dict[str, list[str]] = {}
-    parts = []
-    offset = 0
+    wide_parts, narrow_parts = [], []
+    wide = narrow_size = 0
     for name, array in arrays.items():
         if array.dtype.kind in "US":
             strings[name] = [str(x) for x in array.tolist()]
-            continue
-        flat = np.ascontiguousarray(array, dtype="<f8").ravel()
-        layout[name] = [offset, list(array.shape), array.dtype.str]
-        parts.append(flat.tobytes())
-        offset += flat.size
-    return layout, strings, b"".join(parts)
+        elif array.dtype == np.float32:
+            narrow[name] = [narrow_size, list(array.shape)]
+            narrow_parts.append(np.ascontiguousarray(array, dtype="<f4").tobytes())
+            narrow_size += array.size
+        else:
+            layout[name] = [wide, list(array.shape), array.dtype.str]
+            wide_parts.append(np.ascontiguousarray(array, dtype="<f8").tobytes())
+            wide += array.size
+    params: dict[str, Any] = {"layout": layout, "strings": strings}
+    if narrow:
+        params["float32"] = {"at": 8 * wide, "layout": narrow}
+    return params, b"".join(wide_parts + narrow_parts)
 
 
 class ParamsLayout:
@@ -86,20 +95,33 @@ class ParamsLayout:
     planned once (the model pack shares one plan among the models laid out alike)."""
 
     def __init__(self, params: dict[str, Any]) -> None:
-        self.params = params  # {"layout": {name: [offset, shape, dtype]}, "strings": {...}}
+        self.params = params  # see pack_arrays
         self._numeric = [
             (name, offset, math.prod(shape), tuple(shape), np.dtype(dtype))
             for name, (offset, shape, dtype) in params["layout"].items()
         ]
+        narrow = params.get("float32") or {"at": None, "layout": {}}
+        self._at: int | None = narrow["at"]
+        self._narrow = [
+            (name, int(offset), math.prod(shape), tuple(shape))
+            for name, (offset, shape) in narrow["layout"].items()
+        ]
         self._strings = {name: np.array(items) for name, items in params["strings"].items()}
 
     def arrays(self, blob: bytes | memoryview) -> dict[str, np.ndarray]:
-        """Read-only views of ``blob`` (a copy only for a non-float64 array)."""
-        values = np.frombuffer(blob, dtype="<f8")
+        """Read-only views of ``blob`` (a copy only for an array kept in another dtype)."""
+        at = len(blob) if self._at is None else self._at
+        if not 0 <= at <= len(blob) or at % 8:
+            raise ValueError(f"the parameters' float32 part starts at {at} of {len(blob)} bytes")
+        values = np.frombuffer(blob, dtype="<f8", count=at // 8)
         result = dict(self._strings)
         for name, offset, size, shape, dtype in self._numeric:
             array = values[offset : offset + size].reshape(shape)
             result[name] = array if array.dtype == dtype else array.astype(dtype)
+        if self._narrow:
+            singles = np.frombuffer(blob, dtype="<f4", offset=at)
+            for name, offset, size, shape in self._narrow:
+                result[name] = singles[offset : offset + size].reshape(shape)
         return result
 
 
@@ -195,7 +217,7 @@ def model_row(
     import sklearn
 
     calibration = calibration or Calibration(0.0, 1.0, 0.0, "set by hand", [])
-    layout, strings, blob = pack_arrays(model.arrays())
+    params, blob = pack_arrays(model.arrays())
     files = {PARAMS: blob}
     if keep_estimator:
         buffer = io.BytesIO()
@@ -205,7 +227,7 @@ def model_row(
         "device_id": device_id,
         "kind": model.name,
         "sha256": {name: sha256_hex(data) for name, data in files.items()},
-        "params": {"layout": layout, "strings": strings},
+        "params": params,
         "features": features,
         "training": {
             "from": trained_from.isoformat(),

@@ -37,7 +37,7 @@ JOURNAL: Final = "models/journal"
 MANIFEST: Final = "manifest.json"
 #: A version's model files, by the names its manifest's digests use.
 ESTIMATOR: Final = "model.joblib"  # the scikit-learn objects (pickled: checked before loading)
-PARAMS: Final = "params.bin"  # the same parameters as raw float64 (loaded without pickle)
+PARAMS: Final = "params.bin"  # the parameters as raw float64/float32 (loaded without pickle)
 MODEL_FILES: Final = (ESTIMATOR, PARAMS)
 Pointer = Literal["ACTIVE", "SHADOW"]
 ACTIVE: Final = "ACTIVE"

@@ -16,7 +16,12 @@ from fleetwatch.scoring.features import feature_names
 from fleetwatch.scoring.kinds import KINDS, DeviceModel, kind_named, new_model
 from fleetwatch.scoring.kinds.svm import SvmParams, decide
 from fleetwatch.scoring.pack import ModelPack
-from fleetwatch.scoring.registry import ModelIntegrityError, ModelRegistry
+from fleetwatch.scoring.registry import (
+    ModelIntegrityError,
+    ModelRegistry,
+    ParamsLayout,
+    pack_arrays,
+)
 from tests.unit.scoring.tamper import rewrite_row
 
 NAMES = feature_names(["a", "b", "c"], slow=["c"])
@@ -192,6 +197,50 @@ def test_devices_scored_together_whose_support_vectors_use_other_features() -> N
     for index, (model, matrix, fast) in enumerate(zip(models, probes, results, strict=True)):
         # the model trained on constant windows finds every probe far beyond its support
         assert_scores_equal(fast, model.reference_scores(matrix), 0.0 if index == 2 else 0.5)
+
+
+def test_the_stored_model_is_the_fit_with_its_support_vectors_rounded_to_float32() -> None:
+    """The support vectors are kept as float32 (half the bytes); scikit-learn's decision is
+    the rounded model's, and within 1e-6 of the same SVM fitted without rounding."""
+    matrix, window = data(7, 400), probe(8)
+    model = DeviceModel(0.05, "scale", "rbf")
+    model.fit(matrix, NAMES)
+    steps = model.pipeline.named_steps
+    stored = model.arrays()["sv"]
+    assert stored.dtype == np.float32
+    np.testing.assert_array_equal(stored, steps["svm"].support_vectors_)
+    from sklearn.svm import OneClassSVM
+
+    def scaled(windows: np.ndarray) -> np.ndarray:
+        for step in list(steps.values())[:-1]:
+            windows = step.transform(windows)
+        return windows
+
+    unrounded = OneClassSVM(nu=0.05, gamma=steps["svm"].gamma).fit(scaled(matrix))
+    vectors = unrounded.support_vectors_
+    assert not np.array_equal(vectors.astype(np.float32), vectors)  # rounding did happen
+    exact = unrounded.decision_function(scaled(window))
+    np.testing.assert_allclose(model.sklearn_decision(window), exact, rtol=0, atol=1e-6)
+    assert_scores_equal(
+        DeviceModel.scorer(model.arrays()).decision(window), model.reference_scores(window)
+    )
+
+
+def test_parameters_written_as_float64_by_an_older_fleetwatch_are_read_as_they_are() -> None:
+    model = DeviceModel(0.05, "scale", "rbf")
+    model.fit(data(9, 200), NAMES)
+    arrays, window = model.arrays(), probe(10)
+    params, blob = pack_arrays(arrays)
+    vectors = arrays["sv"].size
+    assert set(params["float32"]["layout"]) == {"sv"}
+    assert len(blob) == params["float32"]["at"] + 4 * vectors
+    old_params, old_blob = pack_arrays(arrays | {"sv": arrays["sv"].astype(np.float64)})
+    assert "float32" not in old_params and len(old_blob) == len(blob) + 4 * vectors
+    for layout, stored in ((params, blob), (old_params, old_blob)):
+        scorer = DeviceModel.scorer(ParamsLayout(layout).arrays(stored))
+        assert_scores_equal(scorer.decision(window), model.reference_scores(window))
+    with pytest.raises(ValueError, match="float32 part"):
+        ParamsLayout(params | {"float32": {**params["float32"], "at": len(blob) + 8}}).arrays(blob)
 
 
 def test_versions_activate_and_rollback(tmp_path: Path) -> None:

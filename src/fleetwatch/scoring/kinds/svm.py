@@ -2,7 +2,8 @@
 
 A fitted ``WindowTransform -> MedianImputer -> Standardizer -> Weights -> OneClassSVM``
 (scikit-learn's ``SimpleImputer(median)`` and ``StandardScaler`` in models saved before) is
-exported as plain arrays (:class:`SvmParams`, kept in ``params.bin``) and scored from them
+exported as plain arrays (:class:`SvmParams`, kept in ``params.bin``; the support vectors
+rounded to float32 when fitted, :func:`fit_pipeline`) and scored from them
 with vectorised numpy (:class:`SvmScorer`), avoiding scikit-learn's per-call overhead across
 thousands of small models.
 
@@ -84,7 +85,7 @@ class SvmParams:
     fill: np.ndarray  # imputer medians, per feature (after the window transform)
     mean: np.ndarray
     scale: np.ndarray  # the scaler's, divided by the feature's weight
-    support_vectors: np.ndarray  # in scaled space
+    support_vectors: np.ndarray  # in scaled space, float32 (see fit_pipeline)
     dual_coef: np.ndarray
     intercept: float
     kernel: str
@@ -140,7 +141,7 @@ class SvmParams:
             fill=np.asarray(imputer.statistics_, dtype=float),
             mean=np.asarray(scaler.mean_, dtype=float),
             scale=np.asarray(scaler.scale_, dtype=float) / np.asarray(weights.weights),
-            support_vectors=np.asarray(svm.support_vectors_, dtype=float),
+            support_vectors=np.asarray(svm.support_vectors_, dtype=np.float32),  # exact
             dual_coef=np.asarray(svm.dual_coef_, dtype=float).ravel(),
             intercept=float(np.asarray(svm.intercept_).ravel()[0]),
             kernel=str(svm.kernel),
@@ -402,6 +403,10 @@ def fit_pipeline(pipeline: Pipeline, matrix: FloatMatrix) -> Pipeline:
     elif gamma == "auto":
         svm.set_params(gamma=1.0 / scaled.shape[1])
     svm.fit(scaled)
+    # The model is the fitted SVM with its support vectors rounded to float32 (stored so:
+    # half the bytes; a rounding of ~6e-8 of each coordinate moves a score by ~1e-6,
+    # far below any sensor's noise); scikit-learn's own decision is then the stored model's.
+    svm.support_vectors_ = np.asarray(svm.support_vectors_, dtype=np.float32).astype(np.float64)
     return pipeline
 
 
