@@ -8,8 +8,12 @@
 ``--peers`` adds, each round: (d) the ceiling a Python consumer reaches doing the same job
 without any rule: aiokafka, ``orjson.loads`` of every message and plain dict windows (count,
 sum, sum of squares, min, max per device, sensor and window); (e) Quix Streams
-``.tumbling_window(60s).reduce(...)`` over the same JSON (when ``quixstreams`` is installed:
-``pip install quixstreams``); and Faust's public API (``--public-api``, below). It also
+``.tumbling_window(60s).reduce(...)`` over the same JSON (when ``quixstreams`` is installed;
+its pins clash with fleetwatch's, so give it a virtualenv of its own: ``python -m venv
+/tmp/quix && /tmp/quix/bin/pip install quixstreams``, then ``--quix-python
+/tmp/quix/bin/python``); (f) fleetwatch's own Faust app and drain loop delivering the
+same messages to a receiver that only counts them (the ceiling of the hot path under Faust);
+and Faust's public API (``--public-api``, below). It also
 prints the in-process cost per message of decoding (``parse_message``) and of the whole
 processor (decode, rules, windows; no Kafka).
 
@@ -209,12 +213,13 @@ app.run()
 """
 
 
-def quix(bootstrap: str, topic: str, total: int) -> float | None:
-    try:
-        import quixstreams  # noqa: F401
-    except ImportError:
+def quix(bootstrap: str, topic: str, total: int, python: str) -> float | None:
+    """(e) in ``python`` (an interpreter with ``quixstreams``: its dependencies may not fit
+    fleetwatch's pins, so it can live in a virtualenv of its own); None without it."""
+    probe = subprocess.run([python, "-c", "import quixstreams"], capture_output=True, check=False)
+    if probe.returncode != 0:
         return None
-    return _timed_process(QUIX, bootstrap, topic, total, "Quix Streams")
+    return _timed_process(QUIX, bootstrap, topic, total, "Quix Streams", python)
 
 
 #: (c): Faust's public API, at its fastest: an agent taking batches and only counting them.
@@ -249,11 +254,53 @@ def public_api(bootstrap: str, topic: str, total: int) -> float:
     return _timed_process(PUBLIC_API, bootstrap, topic, total, "the Faust agent")
 
 
-def _timed_process(script: str, bootstrap: str, topic: str, total: int, name: str) -> float:
+#: (f): what fleetwatch's own Faust path hands over, doing nothing with it: the worker's app
+#: and drain loop (faust_adapter), a receiver that only counts. The ceiling of the hot path
+#: under Faust, as (d) is the ceiling without it.
+FAUST_DRAIN = """
+import json, sys, time
+import faust
+from fleetwatch.aggregate.faust_adapter import FleetwatchApp
+
+bootstrap, topic, total, out = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+app = FleetwatchApp(
+    f"bench-drain-{time.time_ns()}", broker=f"kafka://{bootstrap}", web_enabled=False,
+    store="memory://", consumer_auto_offset_reset="earliest", topic_disable_leader=True,
+    broker_session_timeout=5, broker_rebalance_timeout=5, broker_heartbeat_interval=1,
+    broker_commit_interval=3600.0, consumer_max_fetch_size=8 * 1024 * 1024,
+    stream_wait_empty=False, datadir=out + ".faust",
+)
+
+class Counter:
+    seen, first, done = 0, None, False
+
+    async def rewind(self, tps):
+        pass
+
+    async def deliver(self, records):
+        self.first = self.first or time.time()
+        self.seen += sum(len(batch) for batch in records.values())
+        if self.seen >= total and not self.done:
+            self.done = True
+            open(out, "w").write(json.dumps({"seconds": time.time() - self.first}))
+
+app.receiver = Counter()
+app.topics.add(app.topic(topic, key_serializer="raw", value_serializer="raw"))
+faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
+"""
+
+
+def faust_drain(bootstrap: str, topic: str, total: int) -> float:
+    return _timed_process(FAUST_DRAIN, bootstrap, topic, total, "the Faust drain")
+
+
+def _timed_process(
+    script: str, bootstrap: str, topic: str, total: int, name: str, python: str = sys.executable
+) -> float:
     out = Path(tempfile.mkdtemp(prefix="fw-bench-peer-")) / "result.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWATCH_")}
     process = subprocess.Popen(
-        [sys.executable, "-c", script, bootstrap, topic, str(total), str(out)],
+        [python, "-c", script, bootstrap, topic, str(total), str(out)],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -325,8 +372,12 @@ def run_worker(
         process.terminate()
         process.wait(60)
         status = store.statuses()[0]
+        first = float(status["first_record_at"])  # type: ignore[arg-type]
         return {
-            "seconds": done - float(status["first_record_at"]),  # type: ignore[arg-type]
+            "seconds": done - first,
+            # to the last batch processed: what the peers measure (they stop at the last
+            # record); the rest is the idle timeout closing the last windows, and the polling
+            "processed_seconds": float(status["last_activity_at"]) - first,  # type: ignore[arg-type]
             "rss_mib": rss,
             "readings": float(status["readings"]),
             "messages": float(status["messages"]),
@@ -426,6 +477,13 @@ def main() -> int:
     parser.add_argument(
         "--against", type=Path, metavar="SRC", help="also another fleetwatch's src (A/B)"
     )
+    parser.add_argument(
+        "--quix-python",
+        default=sys.executable,
+        metavar="PYTHON",
+        help="the interpreter that runs Quix Streams (default: this one; e.g. a virtualenv "
+        "with `pip install quixstreams`)",
+    )
     args = parser.parse_args()
     args.public_api = args.public_api or args.peers
     in_process = per_message_costs(args.devices, args.sensors)
@@ -439,16 +497,18 @@ def main() -> int:
         print(
             f"preloaded {total:,} messages in {time.perf_counter() - started:.1f}s", file=sys.stderr
         )
-        raw, worker, public, ceiling, quixed, other = [], [], [], [], [], []
+        raw, worker, public, ceiling, quixed, other, drained = [], [], [], [], [], [], []
         for round_index in range(args.rounds):
             raw.append(asyncio.run(raw_consume(bootstrap, topic, total)))
             if args.peers:
                 ceiling.append(asyncio.run(ceiling_consume(bootstrap, topic, total)))
-                seconds = quix(bootstrap, topic, total)
+                drained.append(faust_drain(bootstrap, topic, total))
+                seconds = quix(bootstrap, topic, total, args.quix_python)
                 if seconds is not None:
                     quixed.append(seconds)
                 print(
-                    f"round {round_index + 1}: ceiling {total / ceiling[-1]:,.0f} msg/s"
+                    f"round {round_index + 1}: ceiling {total / ceiling[-1]:,.0f} msg/s, "
+                    f"Faust drain {total / drained[-1]:,.0f} msg/s"
                     + (f", Quix Streams {total / seconds:,.0f} msg/s" if seconds else ""),
                     file=sys.stderr,
                 )
@@ -474,7 +534,9 @@ def main() -> int:
             print(
                 f"round {round_index + 1}: raw {total / raw[-1]:,.0f} msg/s, aggregate "
                 f"{result['readings'] / result['seconds']:,.0f} readings/s "
-                f"({total / result['seconds']:,.0f} msg/s), RSS {result['rss_mib']:,.0f} MiB",
+                f"({total / result['seconds']:,.0f} msg/s; processing "
+                f"{total / result['processed_seconds']:,.0f} msg/s), "
+                f"RSS {result['rss_mib']:,.0f} MiB",
                 file=sys.stderr,
             )
         memory_rss = None
@@ -491,12 +553,15 @@ def main() -> int:
         "raw_aiokafka_messages_per_s": total / raw_s,
         "aggregate_messages_per_s": total / agg_s,
         "aggregate_readings_per_s": readings / agg_s,
+        "aggregate_processed_messages_per_s": total
+        / statistics.median(r["processed_seconds"] for r in worker),
         "ratio_aggregate_to_raw": raw_s / agg_s,
         "aggregate_peak_rss_mib": statistics.median(r["rss_mib"] for r in worker),
         "open_windows_peak_rss_mib": memory_rss,
         "faust_take_messages_per_s": total / statistics.median(public) if public else None,
         "ceiling_messages_per_s": total / statistics.median(ceiling) if ceiling else None,
         "quix_messages_per_s": total / statistics.median(quixed) if quixed else None,
+        "faust_drain_messages_per_s": total / statistics.median(drained) if drained else None,
         "against_messages_per_s": (
             total / statistics.median(r["seconds"] for r in other) if other else None
         ),
@@ -514,6 +579,11 @@ def main() -> int:
             f"{result['aggregate_readings_per_s']:,.0f} readings/s, peak RSS "
             f"{result['aggregate_peak_rss_mib']:,.0f} MiB"
         )
+        print(
+            f"  processing : {result['aggregate_processed_messages_per_s']:>10,.0f} messages/s "
+            "(first record to the last one processed, as the peers measure; the figure above "
+            "waits for the idle timeout to close the last windows)"
+        )
         print(f"ratio        : {result['ratio_aggregate_to_raw']:.2f} of raw consumption")
         if public:
             print(
@@ -522,10 +592,19 @@ def main() -> int:
                 "only: the public API's ceiling)"
             )
         if ceiling:
+            processing = result["aggregate_processed_messages_per_s"]
             print(
                 f"ceiling      : {result['ceiling_messages_per_s']:>10,.0f} messages/s "
                 "(aiokafka + orjson + dict windows, no rules); fleetwatch "
                 f"{result['aggregate_messages_per_s'] / result['ceiling_messages_per_s']:.2f} of it"
+                f" ({processing / result['ceiling_messages_per_s']:.2f} processing)"
+            )
+        if drained:
+            print(
+                f"Faust drain  : {result['faust_drain_messages_per_s']:>10,.0f} messages/s "
+                "(fleetwatch's Faust app and drain loop, counting only); fleetwatch "
+                f"{result['aggregate_messages_per_s'] / result['faust_drain_messages_per_s']:.2f}"
+                " of it"
             )
         if quixed:
             print(
@@ -534,7 +613,7 @@ def main() -> int:
                 f"{result['aggregate_messages_per_s'] / result['quix_messages_per_s']:.2f}x"
             )
         elif args.peers:
-            print("Quix Streams : not installed (pip install quixstreams)")
+            print(f"Quix Streams : not installed in {args.quix_python} (pip install quixstreams)")
         if other:
             print(
                 f"against      : {result['against_messages_per_s']:>10,.0f} messages/s "

@@ -315,13 +315,14 @@ class Aggregator:
         async with self.lock:
             now = self.clock()
             closed: list[int] = []
+            processed = False
             for partition, records in batches.items():
                 state = self.partitions.get(partition)
                 if state is None or state.poisoned or not records:
                     continue
                 if self.first_record_at is None:
                     self.first_record_at = time.time()
-                self.last_activity_at = time.time()
+                processed = True
                 state.last_record_at = now
                 try:
                     if await self._process(partition, state, records):
@@ -331,6 +332,8 @@ class Aggregator:
                     raise
             for partition in closed:
                 await self._checkpoint(partition)
+            if processed:
+                self.last_activity_at = time.time()  # records processed (and checkpointed)
 
     async def _process(
         self, partition: int, state: _Partition, records: Sequence[RawRecord]

@@ -23,6 +23,13 @@ aiokafka >=0.10,<0.15). What is used that is not public, each once, below:
 - ``Consumer._commit(offsets)``: Faust's commit of explicit offsets (its public ``commit``
   commits what its streams acked, and there are no streams here).
 - ``App._new_transport()``: overridden so the app's consumer is a :class:`BatchConsumer`.
+- aiokafka's ``PartitionRecords._consumer_record(tp, record)``: replaced in the worker's
+  process (:func:`install_record_tuples`) so that a fetched record becomes the coordinator's
+  ``(offset, key, value, timestamp)`` tuple where it is unpacked, instead of an 11-field
+  ``ConsumerRecord`` the receiver then turned into that tuple (one object a record instead of
+  two, on the consumer's thread, which shares the GIL with the hot path). A consumer with
+  deserializers (none in the worker) gets upstream's records. Read against aiokafka 0.10-0.14,
+  where it is the same function.
 
 :func:`check_private_surface` checks that all of it still exists with the expected shape; the
 worker calls it at start (an upgrade that changed it fails there, with a clear message, not
@@ -39,6 +46,7 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 import faust
+from aiokafka.consumer import fetcher as aiokafka_fetcher
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
@@ -65,6 +73,7 @@ def check_private_surface() -> None:
         (base, "_wait_next_records"): ["self", "timeout"],
         (faust_aiokafka.Consumer, "_commit"): ["self", "offsets"],
         (faust.App, "_new_transport"): ["self"],
+        (aiokafka_fetcher.PartitionRecords, "_consumer_record"): ["self", "tp", "record"],
     }
     for (owner, name), parameters in expected.items():
         member = getattr(owner, name, None)
@@ -81,6 +90,9 @@ def check_private_surface() -> None:
             problems.append(f"faust's aiokafka Consumer has no {name}")
     if not hasattr(faust.App, "consumer_generation_id"):
         problems.append("faust.App has no consumer_generation_id")
+    records = inspect.signature(aiokafka_fetcher.PartitionRecords.__init__).parameters
+    if not {"key_deserializer", "value_deserializer"} <= set(records):
+        problems.append("aiokafka's PartitionRecords no longer takes its deserializers")
     if problems:
         from importlib.metadata import version
 
@@ -90,6 +102,21 @@ def check_private_surface() -> None:
             "a version within pyproject.toml's bounds, or update fleetwatch.aggregate."
             "faust_adapter"
         )
+
+
+_UPSTREAM_RECORD = aiokafka_fetcher.PartitionRecords._consumer_record  # noqa: SLF001
+
+
+def _record_tuple(self: Any, tp: Any, record: Any) -> Any:
+    if self._key_deserializer or self._value_deserializer:
+        return _UPSTREAM_RECORD(self, tp, record)
+    return (record.offset, record.key, record.value, record.timestamp)
+
+
+def install_record_tuples() -> None:
+    """Fetched records become ``(offset, key, value, timestamp)`` tuples where aiokafka
+    unpacks them (see the module docstring); for the worker's process only."""
+    aiokafka_fetcher.PartitionRecords._consumer_record = _record_tuple  # noqa: SLF001
 
 
 class BatchConsumer(faust_aiokafka.Consumer):
@@ -218,7 +245,11 @@ class FaustReceiver:
 
     async def deliver(self, records: Mapping[TP, list[Any]]) -> None:
         batches = {
-            tp.partition: [(r.offset, r.key, r.value, r.timestamp) for r in batch]
+            tp.partition: (
+                batch  # tuples already (install_record_tuples)
+                if type(batch[0]) is tuple
+                else [(r.offset, r.key, r.value, r.timestamp) for r in batch]
+            )
             for tp, batch in records.items()
             if tp.topic == self.topic and batch
         }

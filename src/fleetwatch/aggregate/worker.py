@@ -26,6 +26,7 @@ from fleetwatch.aggregate.faust_adapter import (
     FaustSource,
     FleetwatchApp,
     check_private_surface,
+    install_record_tuples,
 )
 from fleetwatch.aggregate.processor import OrphanedFilesError
 from fleetwatch.aggregate.progress import checkpoints
@@ -209,6 +210,7 @@ def run_worker(settings: Settings) -> int:
     from fleetwatch.metrics import watch_aggregation
 
     check_private_surface()
+    install_record_tuples()
     in_use = settings.layout.use()  # held for the worker's life: a demo cannot empty it
     check_ready(settings)
     app, aggregator = build_app(settings)

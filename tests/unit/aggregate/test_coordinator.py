@@ -381,3 +381,32 @@ def test_a_paused_worker_that_lost_its_partition_publishes_nothing(tmp_path: Pat
     names = [parse_live_file_name(p.name) for p in (tmp_path / "aggregates").rglob("p*.parquet")]
     firsts = [(n.epoch, n.first_offset) for n in names if n is not None]
     assert len(firsts) == len(set(firsts))
+
+
+def test_the_status_says_when_records_were_last_processed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``last_activity_at`` is taken once a batch is processed and its checkpoints saved (not
+    when it arrived): with ``first_record_at``, how long the worker took over what it read
+    (benchmarks/aggregate.py's measure comparable with consumers that stop at the last record)."""
+    import time
+
+    from fleetwatch.aggregate.processor import PartitionProcessor
+
+    log = MemoryLog(partitions=1)
+    fill(log, 0, make_records(3, 300, "p0"))
+    harness = Harness(tmp_path, log)
+    harness.assign(0)
+    process = PartitionProcessor.process
+    processed_at: list[float] = []
+
+    def timed(self: PartitionProcessor, records: object) -> bool:
+        closed = process(self, records)  # type: ignore[arg-type]
+        processed_at.append(time.time())
+        return closed
+
+    monkeypatch.setattr(PartitionProcessor, "process", timed)
+    harness.pump(rounds=1, batch=300)
+    stats = harness.aggregator.stats()
+    assert processed_at and stats["first_record_at"] <= processed_at[0]
+    assert stats["last_activity_at"] >= processed_at[-1]

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import faust
 import pytest
+from aiokafka.consumer.fetcher import PartitionRecords
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
@@ -37,6 +38,7 @@ def test_the_app_builds_the_batch_consumer() -> None:
         (faust_aiokafka.Consumer, "_commit"),
         (faust.App, "_new_transport"),
         (faust_consumer.Consumer, "_drain_messages"),
+        (PartitionRecords, "_consumer_record"),
     ],
 )
 def test_a_changed_surface_is_a_clear_error(
@@ -103,3 +105,41 @@ def test_the_drain_loop_lets_the_timers_run_while_a_backlog_streams_in() -> None
     asyncio.run(main())
     assert len(delivered) == 200
     assert any(0 < at < 200 for at in ticks_at), "the timer never ran while batches streamed"
+
+
+def test_fetched_records_become_the_coordinators_tuples_where_aiokafka_unpacks_them(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Issue 27: in the worker's process a fetched record is unpacked straight into ``(offset,
+    key, value, timestamp)``, the same four fields aiokafka's ``ConsumerRecord`` carries; a
+    consumer with deserializers still gets upstream's records."""
+    from aiokafka.consumer.fetcher import PartitionRecords
+    from aiokafka.record.default_records import DefaultRecordBatchBuilder
+    from aiokafka.record.memory_records import MemoryRecords
+    from aiokafka.structs import TopicPartition
+
+    builder = DefaultRecordBatchBuilder(
+        magic=2, compression_type=0, is_transactional=0, producer_id=-1, producer_epoch=-1,
+        base_sequence=-1, batch_size=1 << 20,
+    )  # fmt: skip
+    sent = [(i, 1_795_000_000_000 + i, f"pump-{i}".encode(), b'{"x": %d}' % i) for i in range(5)]
+    for offset, timestamp, key, value in sent:
+        builder.append(offset, timestamp, key, value, headers=[])
+    raw = bytes(builder.build())
+    tp = TopicPartition("telemetry", 3)
+
+    def unpacked(deserializer: object = None) -> list[object]:
+        records = PartitionRecords(
+            tp, MemoryRecords(raw), [], 0, None, deserializer, True, 0
+        )  # fmt: skip
+        return list(records)
+
+    upstream = unpacked()
+    upstream_record = PartitionRecords._consumer_record  # noqa: SLF001 - restored after the test
+    monkeypatch.setattr(PartitionRecords, "_consumer_record", upstream_record)
+    faust_adapter.install_record_tuples()
+    tuples = unpacked()
+    assert tuples == [(r.offset, r.key, r.value, r.timestamp) for r in upstream]  # type: ignore[attr-defined]
+    assert tuples == [(offset, key, value, timestamp) for offset, timestamp, key, value in sent]
+    decoded = unpacked(bytes.upper)
+    assert [r.value for r in decoded] == [v.upper() for *_, v in sent]  # type: ignore[attr-defined]
