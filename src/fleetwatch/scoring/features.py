@@ -103,6 +103,21 @@ def fleet_slow(votes: Mapping[str, Sequence[bool]]) -> list[str]:
     return sorted(s for s, judged in votes.items() if 2 * sum(judged) > len(judged))
 
 
+def named_slow(
+    sensors: list[str], declared: Sequence[str], fleet: Collection[str] | None
+) -> list[str] | None:
+    """The slow sensors ``declared`` or judged by the ``fleet`` (see :func:`slow_sensors`);
+    None when the device judges them alone, from its window means.
+
+    >>> named_slow(["flow", "temp"], ["auto"], None) is None
+    True
+    """
+    if list(declared) == ["none"]:
+        return []
+    chosen = set(declared) if list(declared) != ["auto"] else fleet
+    return None if chosen is None else [sensor for sensor in sensors if sensor in chosen]
+
+
 def slow_sensors(
     means: FloatMatrix,
     sensors: list[str],
@@ -119,11 +134,9 @@ def slow_sensors(
     >>> slow_sensors(np.zeros((0, 2)), ["flow", "temp"], ["temp", "humidity"])
     ['temp']
     """
-    if list(declared) == ["none"]:
-        return []
-    chosen = set(declared) if list(declared) != ["auto"] else fleet
+    chosen = named_slow(sensors, declared, fleet)
     if chosen is not None:
-        return [sensor for sensor in sensors if sensor in chosen]
+        return chosen
     judged = judge_slow(means, sensors, starts, window_ms)
     return [sensor for sensor, slow in judged.items() if slow]
 

@@ -43,6 +43,7 @@ from fleetwatch.scoring.features import (
     fleet_slow,
     in_parts,
     judge_slow,
+    named_slow,
     read_cube,
     sensors_and_window,
     slow_sensors,
@@ -605,20 +606,18 @@ def prepare_jobs(
     """Each device's fit job from ``cube``, or why it is skipped (too few windows)."""
     jobs, skipped = [], {}
     declared = setup.parameters.get("slow_sensors", ["auto"])
-    judging = list(declared) == ["auto"] and setup.slow is None  # else its means are not read
     for device_id in devices:
         count = cube.window_count(device_id) if device_id in cube else 0
         if count < setup.min_windows:
             skipped[device_id] = f"{count} windows < --min-windows {setup.min_windows}"
             continue
         sensors = cube.sensors(device_id)
-        if judging:  # alone: this device's window means judge its sensors
+        slow = named_slow(sensors, declared, setup.slow)
+        if slow is None:  # alone: this device's window means judge its sensors
             means = cube.matrix(device_id, [f"{s}__mean" for s in sensors])
             slow = slow_sensors(
                 means.matrix, sensors, declared, None, means.window_start, cube.window_ms
             )
-        else:
-            slow = slow_sensors(np.empty((0, len(sensors))), sensors, declared, setup.slow)
         names = feature_names(sensors, slow)
         matrix = cube.matrix(device_id, names).matrix
         parameters = setup.parameters
@@ -677,14 +676,17 @@ class Fitting:
         """Submit ``jobs`` to the group last opened, in tasks of about :data:`TASK_WINDOWS`
         training windows (a task costs the pool as much as a small device's fit; a big task
         at the end of a run would leave the other workers idle)."""
+        group = self.groups[-1]
         task: list[FitJob] = []
         windows = 0
         for job in jobs:
             task.append(job)
             windows += len(job.matrix)
-            if windows >= TASK_WINDOWS or job is jobs[-1]:
-                self.groups[-1][self.pool.submit(fit_many, task)] = [j.device_id for j in task]
+            if windows >= TASK_WINDOWS:
+                group[self.pool.submit(fit_many, task)] = [j.device_id for j in task]
                 task, windows = [], 0
+        if task:
+            group[self.pool.submit(fit_many, task)] = [j.device_id for j in task]
 
     def wait(self, ahead: int) -> None:
         """Wait until at most ``ahead`` groups are unfinished (the newest: the workers run
