@@ -45,11 +45,13 @@ from typing import Any
 import pandas as pd
 
 from fleetwatch.brokers.embedded import EmbeddedBroker
+from fleetwatch.config.sections import TrainSettings
 
 WINDOW_S = 10
 GRACE_S = 5
 TRAIN_MINUTES = 15
 TAIL_S = 120  # the real-time part runs this much longer: every fault judged has 2 min of data
+TARGET_FAR = TrainSettings().target_far  # what `train` calibrates its thresholds to
 
 
 def run(args: list[str], env: dict[str, str], log: Path, wait: bool = True) -> Any:
@@ -176,6 +178,12 @@ def main() -> int:
     starts = pd.to_datetime(faults["start"], utc=True)
     faults = faults[starts < pd.Timestamp(live_start + timedelta(minutes=options.minutes))]
     result = judge(faults, payloads, arrivals, incidents, live_start, sent_from)
+    if (faults["kind"] == "drift_ramp").any():
+        ideal = ideal_detector(faults, read_windows(data), live_start, TARGET_FAR)
+        kinds = faults["kind"].tolist()
+        result["ideal_drift"] = reference(
+            result, [d for d, kind in zip(ideal, kinds, strict=True) if kind == "drift_ramp"]
+        )
     if options.format == "json":
         print(json.dumps(result))
     else:
@@ -183,6 +191,77 @@ def main() -> int:
     if options.keep is None:
         shutil.rmtree(folder, ignore_errors=True)
     return 0
+
+
+def read_windows(data: Path) -> pd.DataFrame:
+    import duckdb
+
+    files = str(data / "aggregates" / "**" / "*.parquet")
+    query = (
+        "SELECT device_id, sensor, window_start, mean "
+        "FROM read_parquet(?, hive_partitioning = false)"
+    )
+    return duckdb.connect().execute(query, [files]).df()
+
+
+def ideal_detector(
+    faults: pd.DataFrame, windows: pd.DataFrame, live_start: datetime, far: float
+) -> list[float | None]:
+    """A reference for the model, per fault: the time from its first reading to the end of
+    the first window whose mean of the faulty sensor is more than ``c`` standard deviations
+    from that sensor's mean over the training windows (those before ``live_start``): the
+    textbook detector of a shift, told which sensor will fail. ``c`` is generous: the
+    (1 - ``far``) quantile of that distance over every live window and sensor of the devices
+    without a fault (a false-alarm rate of ``far`` per sensor, where the product's target is
+    per device and window, over all its sensors). None: not reached before the fault's end
+    plus two windows."""
+    starts = pd.to_datetime(windows["window_start"], utc=True)
+    before = windows[starts < pd.Timestamp(live_start)]
+    normal = before.groupby(["device_id", "sensor"])["mean"].agg(["mean", "std"])
+    live = windows[starts >= pd.Timestamp(live_start)].join(
+        normal.rename(columns={"mean": "level", "std": "spread"}), on=["device_id", "sensor"]
+    )
+    live = live.assign(
+        z=((live["mean"] - live["level"]) / live["spread"]).abs(),
+        end=pd.to_datetime(live["window_start"], utc=True) + pd.Timedelta(seconds=WINDOW_S),
+    )
+    clean = live[~live["device_id"].isin(set(faults["device_id"]))]
+    c = float(clean["z"].quantile(1 - far))
+    found: list[float | None] = []
+    for fault in faults.itertuples():
+        first, last = pd.Timestamp(fault.start), pd.Timestamp(fault.end)
+        mine = live[
+            (live["device_id"] == fault.device_id)
+            & (live["sensor"] == fault.sensor)
+            & (live["end"] > first)
+            & (live["end"] <= last + pd.Timedelta(seconds=2 * WINDOW_S))
+            & (live["z"] > c)
+        ]
+        found.append((mine["end"].min() - first).total_seconds() if len(mine) else None)
+    return found
+
+
+def reference(result: dict[str, Any], ideal: list[float | None]) -> dict[str, Any]:
+    """The drifts' delays had each been alerted when the ideal detector first flags it,
+    plus this run's median lag from a window's end to its alert; and the p95 of every fault
+    with the drifts so."""
+    lag = result["lag_median_s"] or 0.0
+    drifts = [d + lag for d in ideal if d is not None]
+    others = [
+        float(d)
+        for kind, delays in result["delays_by_kind"].items()
+        if kind != "drift_ramp"
+        for d in delays
+    ]
+    return {
+        "faults": len(ideal),
+        "unreached": sum(d is None for d in ideal),
+        "window_end_s": ideal,
+        "lag_s": lag,
+        "median_s": statistics.median(drifts) if drifts else None,
+        "p95_s": percentile(drifts, 0.95) if drifts else None,
+        "p95_every_fault_s": percentile(others + drifts, 0.95) if drifts else None,
+    }
 
 
 def judge(
@@ -211,18 +290,22 @@ def judge(
         fault_ms = pd.Timestamp(fault.start).timestamp() * 1000
         first = sent_from + (fault_ms - start_ms) / 1000  # its first reading sent
         last_ms = pd.Timestamp(fault.end).timestamp() * 1000 + WINDOW_S * 1000
-        answered = [
-            arrivals[a["alert_id"]]
+        answered = sorted(
+            (arrivals[a["alert_id"]], pd.Timestamp(a["window_end"]).timestamp() * 1000)
             for a in anomalies
             if overlaps(a, str(fault.device_id), fault_ms, last_ms)
-        ]
+        )
         hourly_found = any(overlaps(i, str(fault.device_id), fault_ms, last_ms) for i in incidents)
         hour_end = (int(fault_ms) // 3_600_000 + 1) * 3600
         rows.append(
             {
                 "device_id": fault.device_id,
                 "kind": fault.kind,
-                "delay_s": (min(answered) - first) if answered else None,
+                "delay_s": (answered[0][0] - first) if answered else None,
+                # from the end of the window alerted (wall clock) to the alert
+                "lag_s": answered[0][0] - first - (answered[0][1] - fault_ms) / 1000
+                if answered
+                else None,
                 # closed, then minute 5's tick
                 "hourly_delay_s": hour_end + 300 - fault_ms / 1000 if hourly_found else None,
             }
@@ -247,6 +330,12 @@ def judge(
         }
 
     summary.update(figures(table))
+    lags = table["lag_s"].dropna()
+    summary["lag_median_s"] = float(lags.median()) if len(lags) else None
+    summary["delays_by_kind"] = {
+        str(kind): [float(d) for d in part["delay_s"].dropna()]
+        for kind, part in table.groupby("kind")
+    }
     for kind, part in table.groupby("kind"):
         summary["by_kind"][str(kind)] = figures(part)
     return summary
@@ -275,6 +364,16 @@ def show(result: dict[str, Any], options: argparse.Namespace) -> None:
     print(line("every fault", result))
     for kind, row in result["by_kind"].items():
         print(line(kind, row))
+    ideal = result.get("ideal_drift")
+    if ideal and ideal["median_s"] is not None:
+        print(
+            f"reference for drifts: a one-window detector told the faulty sensor, its "
+            f"training mean and spread ({TARGET_FAR:g} false alarms a sensor-window) flags "
+            f"{ideal['faults'] - ideal['unreached']} of {ideal['faults']} drifts at median "
+            f"{ideal['median_s']:.1f} s, p95 {ideal['p95_s']:.1f} s (this run's lag from "
+            f"window end to alert, {ideal['lag_s']:.1f} s, included); every fault's p95 with "
+            f"the drifts so: {ideal['p95_every_fault_s']:.1f} s"
+        )
 
 
 if __name__ == "__main__":
