@@ -23,22 +23,30 @@ from tests.unit.storage.test_compaction import write_in_pieces
 pytestmark = pytest.mark.faults
 
 
-@pytest.mark.parametrize("point", ["registry.run_written", "registry.published"])
+@pytest.mark.parametrize(
+    ("point", "minutes"),
+    [
+        ("registry.run_written", 120),
+        ("registry.published", 120),
+        # 40 windows for 15 features (< 5 a feature): the models are per-sensor ones
+        ("registry.published", 40),
+    ],
+)
 def test_train_killed_while_publishing_leaves_whole_versions_and_a_rerun_is_a_clean_one(
-    backend: Backend, tmp_path: Path, point: str
+    backend: Backend, tmp_path: Path, point: str, minutes: int
 ) -> None:
     frame = synthetic_windows(hours=2)
     write_in_pieces(backend.data_dir, frame)
     clean = settings_for(tmp_path / "clean")
     write_in_pieces(str(clean.data_dir), frame)
-    train(clean, T0, T0 + timedelta(hours=2), DEVICES)
+    train(clean, T0, T0 + timedelta(minutes=minutes), DEVICES)
     answer = ModelRegistry.of(clean.data_dir)
     settings = replace(
         settings_for(Path("unused")),
         data_dir=parse_location(backend.data_dir),
         local_dir=backend.local_dir if backend.s3 is not None else None,
     )
-    until = (T0 + timedelta(hours=2)).isoformat()
+    until = (T0 + timedelta(minutes=minutes)).isoformat()
     arguments = ("train", "--since", T0.isoformat(), "--until", until, "--workers", "2",
                  "--min-windows", "30")  # fmt: skip
     log = tmp_path / "train.log"
@@ -61,6 +69,7 @@ def test_train_killed_while_publishing_leaves_whole_versions_and_a_rerun_is_a_cl
         assert active.version == versions[-1].version
         assert registry.read_params(active) == answer.read_params(expected)
         assert active.manifest["threshold"] == expected.manifest["threshold"]
+        assert active.manifest["kind"] == ("device" if minutes == 120 else "per_sensor")
 
 
 def test_prune_killed_between_its_record_and_its_deletes_loses_nothing_it_kept(

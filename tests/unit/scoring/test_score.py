@@ -771,3 +771,44 @@ def test_auto_model_kind_follows_the_sensor_count(tmp_path: Path) -> None:
     # explained as the SVM's anomalies are: the dropout's first sensor is the silent one
     sql = "SELECT DISTINCT top_sensors[1].sensor FROM anomalies WHERE device_id = 'pump-07'"
     assert db(settings, sql) == [("vibration",)]
+
+
+def test_a_device_with_too_few_windows_for_its_features_gets_a_model_per_sensor(
+    tmp_path: Path,
+) -> None:
+    """``[train] windows_per_feature`` (5): three sensors of five features need 75 windows for
+    one SVM over all of them; trained on 40, a device gets one per sensor (its manifest and
+    the summary say so), on 120 the joint one; 0 turns the rule off. Each is scored like
+    scikit-learn, and the anomalies are the windows scikit-learn puts beyond the threshold."""
+    from tests.unit.scoring.conftest import set_watermark, synthetic_windows, write_windows
+
+    write_windows(tmp_path / "data", synthetic_windows())
+    settings = settings_for(tmp_path / "data")
+    assert settings.train.windows_per_feature == 5
+    short, long = DEVICES[:4], DEVICES[4:]
+    forty = T0 + pd.Timedelta(minutes=40).to_pytimedelta()
+    summary = train(settings, T0, forty, short)
+    assert (
+        "per_sensor: levels of pressure, temperature, vibration (4 devices)"
+        in (summary.as_record()["models_use"])
+    )
+    train(settings, T0, HOUR3, long)
+    registry = ModelRegistry.of(settings.data_dir)
+
+    def kinds() -> dict[str, str]:
+        return {d: registry.active(d).manifest["kind"] for d in DEVICES}  # type: ignore[union-attr]
+
+    assert kinds() == {**{d: "per_sensor" for d in short}, **{d: "device" for d in long}}
+    set_watermark(settings, T0 + pd.Timedelta(hours=3).to_pytimedelta())
+    result = score_hour(settings, HOUR3, progress=False)
+    assert result.devices_scored == len(DEVICES) and result.devices_failed == 0
+    assert_scores_equal_sklearn(settings)
+    flagged = db(settings, "SELECT device_id, epoch_ms(window_start) FROM anomalies")
+    assert set(flagged) == expected_anomalies(settings)
+    assert "pump-03" in {device for device, _ in flagged}  # its level shift, per sensor
+
+    off = dataclasses.replace(
+        settings, train=dataclasses.replace(settings.train, windows_per_feature=0)
+    )
+    train(off, T0, forty, short)
+    assert set(kinds().values()) == {"device"}

@@ -12,6 +12,7 @@ from fleetwatch.scoring.kinds.svm import (
     FloatMatrix,
     SvmParams,
     SvmScorer,
+    decide,
     extended_from_decision,
     fit_pipeline,
     make_pipeline,
@@ -97,7 +98,16 @@ class PerSensorScorer:
         return None  # it reads the columns it knows, wherever they are
 
     def decision(self, matrix: FloatMatrix) -> np.ndarray:
+        """The lowest of the sensors' scores. The sensors of one feature count are scored in
+        one :func:`decide` call, as a fleet's devices are (a device of 52 sensors: 1 or 2
+        calls instead of 52)."""
         scores = np.full(len(matrix), np.inf)
+        by_width: dict[int, list[tuple[np.ndarray, SvmScorer]]] = {}
         for columns, scorer in self.sensors:
-            scores = np.minimum(scores, scorer.decision(matrix[:, columns]))
+            by_width.setdefault(len(columns), []).append((columns, scorer))
+        counts = np.full(len(self.sensors), len(matrix))
+        for members in by_width.values():
+            windows = np.stack([np.asarray(matrix, dtype=float)[:, c] for c, _ in members])
+            for part in decide([s for _, s in members], windows, counts[: len(members)]):
+                np.minimum(scores, part, out=scores)
         return scores
