@@ -54,7 +54,18 @@ def explain_many(
     names, groups = sensor_groups(features)
     width = len(features)
     resets = [np.full((len(groups), len(rows)), np.nan) for rows in flagged]
-    units = [(d, g) for d, rows in enumerate(flagged) if len(rows) for g in range(len(groups))]
+    known = set()  # devices whose resets their kind knows (one model per sensor)
+    for d, rows in enumerate(flagged):
+        computed = kind.sensor_resets(scorers[d], windows[d][rows], groups) if len(rows) else None
+        if computed is not None:
+            resets[d] = computed
+            known.add(d)
+    units = [
+        (d, g)
+        for d, rows in enumerate(flagged)
+        if len(rows) and d not in known
+        for g in range(len(groups))
+    ]
     batch: list[tuple[int, int]] = []
     depth = 0
     for unit in units:

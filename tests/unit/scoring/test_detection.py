@@ -254,3 +254,36 @@ def test_explaining_a_wide_device_costs_memory_linear_in_its_sensors(
     whole = explain.explain_many(DeviceModel, [scorer], tuple(names), [test], [scores], [flagged])
     assert len(largest) == 1 and chunked == whole
     assert all(row[0][0] == "s001" for row in chunked[0])
+
+
+def test_a_per_sensor_models_resets_are_the_scores_of_its_reset_windows() -> None:
+    """A per-sensor device's explanations come from its kind's ``sensor_resets`` (a reset
+    changes only its own sensor's score) instead of scoring a reset window per sensor: they
+    equal the scores of the windows with each sensor's features made missing, as the generic
+    path takes them (slow and level sensors: two feature counts)."""
+    from fleetwatch.scoring import explain
+    from fleetwatch.scoring.kinds import ModelKind, PerSensorModel, new_model
+
+    rng = np.random.default_rng(11)
+    names = [f"s{i}__{stat}" for i in range(6) for stat in ("mean", "std", "min", "max", "count")]
+    names += ["t__delta", "t__std", "t__count"]
+    model = new_model("per_sensor", 0.05, "scale", "rbf")
+    model.fit(rng.normal(0, 1, (120, len(names))), names)
+    scorer = PerSensorModel.scorer(model.arrays())
+    test = rng.normal(0, 1, (40, len(names)))
+    test[:20, 10:15] += 6  # s2 drives the first windows
+    test[20:, 30:] -= 6  # t the last ones
+    scores = scorer.decision(test)
+    flagged = np.flatnonzero(scores < np.quantile(scores, 0.6))
+    _, groups = explain.sensor_groups(tuple(names))
+    resets = PerSensorModel.sensor_resets(scorer, test[flagged], groups)
+    assert resets is not None
+    for g, columns in enumerate(groups):
+        reset = test[flagged].copy()
+        reset[:, columns] = np.nan
+        np.testing.assert_allclose(resets[g], scorer.decision(reset), rtol=1e-12, atol=1e-12)
+    # the explanations are the generic path's (ModelKind's, which scores each reset)
+    fast = explain.explain_many(PerSensorModel, [scorer], tuple(names), [test], [scores], [flagged])
+    slow = explain.explain_many(ModelKind, [scorer], tuple(names), [test], [scores], [flagged])  # type: ignore[type-abstract]
+    assert fast == slow
+    assert {row[0][0] for row in fast[0]} >= {"s2", "t"}

@@ -92,3 +92,12 @@ class ModelKind(ABC):
         (``windows``: devices x windows x features, NaN where missing; may be overwritten).
         A kind can do it faster than one by one; this is the one by one."""
         return [s.decision(windows[i, : counts[i]]) for i, s in enumerate(scorers)]
+
+    @classmethod
+    def sensor_resets(
+        cls, scorer: Any, rows: FloatMatrix, groups: list[np.ndarray]
+    ) -> np.ndarray | None:
+        """The scores of ``rows`` with each group of columns in turn made missing (groups x
+        rows), where the kind knows them without scoring each reset (the explanations'
+        resets, :mod:`fleetwatch.scoring.explain`); None: it does not, and they are scored."""
+        return None

@@ -88,6 +88,29 @@ class PerSensorModel(ModelKind):
             sensors.append((columns, SvmParams.from_arrays(arrays, f"{sensor}/").scorer()))
         return PerSensorScorer(sensors)
 
+    @classmethod
+    def sensor_resets(
+        cls, scorer: Any, rows: FloatMatrix, groups: list[np.ndarray]
+    ) -> np.ndarray | None:
+        """A sensor's reset changes only its own model's score, to that model's score of its
+        imputed medians: the reset score is the lower of that and the other sensors' lowest
+        (no device scored again per sensor). None when the groups are not the models'
+        sensors."""
+        own = {tuple(columns.tolist()): i for i, (columns, _) in enumerate(scorer.sensors)}
+        order = [own.get(tuple(group.tolist())) for group in groups]
+        if len(own) != len(groups) or None in order or not len(rows):
+            return None
+        each = scorer.each(rows)  # sensors x rows
+        typical = scorer.each(np.full((1, rows.shape[1]), np.nan))[:, 0]
+        lowest = each.argmin(axis=0)
+        first = each.min(axis=0)
+        second = np.partition(each, 1, axis=0)[1] if len(each) > 1 else np.full(len(rows), np.inf)
+        resets = np.empty((len(groups), len(rows)))
+        for g, s in enumerate(order):
+            others = np.where(lowest == s, second, first)
+            resets[g] = np.minimum(others, typical[s])
+        return resets
+
 
 @dataclass(frozen=True)
 class PerSensorScorer:
@@ -98,16 +121,25 @@ class PerSensorScorer:
         return None  # it reads the columns it knows, wherever they are
 
     def decision(self, matrix: FloatMatrix) -> np.ndarray:
-        """The lowest of the sensors' scores. The sensors of one feature count are scored in
-        one :func:`decide` call, as a fleet's devices are (a device of 52 sensors: 1 or 2
-        calls instead of 52)."""
-        scores = np.full(len(matrix), np.inf)
-        by_width: dict[int, list[tuple[np.ndarray, SvmScorer]]] = {}
-        for columns, scorer in self.sensors:
-            by_width.setdefault(len(columns), []).append((columns, scorer))
+        """The lowest of the sensors' scores."""
+        if not self.sensors:
+            return np.full(len(matrix), np.inf)
+        lowest: np.ndarray = self.each(matrix).min(axis=0)
+        return lowest
+
+    def each(self, matrix: FloatMatrix) -> np.ndarray:
+        """Each sensor's scores (sensors x windows, in :attr:`sensors`' order). The sensors of
+        one feature count are scored in one :func:`decide` call, as a fleet's devices are (a
+        device of 52 sensors: 1 or 2 calls instead of 52)."""
+        scores = np.empty((len(self.sensors), len(matrix)))
+        by_width: dict[int, list[int]] = {}
+        for index, (columns, _) in enumerate(self.sensors):
+            by_width.setdefault(len(columns), []).append(index)
         counts = np.full(len(self.sensors), len(matrix))
+        matrix = np.asarray(matrix, dtype=float)
         for members in by_width.values():
-            windows = np.stack([np.asarray(matrix, dtype=float)[:, c] for c, _ in members])
-            for part in decide([s for _, s in members], windows, counts[: len(members)]):
-                np.minimum(scores, part, out=scores)
+            windows = np.stack([matrix[:, self.sensors[i][0]] for i in members])
+            parts = decide([self.sensors[i][1] for i in members], windows, counts[: len(members)])
+            for i, part in zip(members, parts, strict=True):
+                scores[i] = part
         return scores
