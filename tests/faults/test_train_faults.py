@@ -24,31 +24,32 @@ pytestmark = pytest.mark.faults
 
 
 @pytest.mark.parametrize(
-    ("point", "minutes"),
+    ("point", "kind"),
     [
-        ("registry.run_written", 120),
-        ("registry.published", 120),
-        # 40 windows for 15 features (< 5 a feature): the models are per-sensor ones
-        ("registry.published", 40),
+        ("registry.run_written", "device"),
+        ("registry.published", "device"),
+        ("registry.published", "per_sensor"),
     ],
 )
 def test_train_killed_while_publishing_leaves_whole_versions_and_a_rerun_is_a_clean_one(
-    backend: Backend, tmp_path: Path, point: str, minutes: int
+    backend: Backend, tmp_path: Path, point: str, kind: str
 ) -> None:
     frame = synthetic_windows(hours=2)
     write_in_pieces(backend.data_dir, frame)
     clean = settings_for(tmp_path / "clean")
+    clean = replace(clean, train=replace(clean.train, per_sensor=kind == "per_sensor"))
     write_in_pieces(str(clean.data_dir), frame)
-    train(clean, T0, T0 + timedelta(minutes=minutes), DEVICES)
+    train(clean, T0, T0 + timedelta(hours=2), DEVICES)
     answer = ModelRegistry.of(clean.data_dir)
     settings = replace(
         settings_for(Path("unused")),
         data_dir=parse_location(backend.data_dir),
         local_dir=backend.local_dir if backend.s3 is not None else None,
     )
-    until = (T0 + timedelta(minutes=minutes)).isoformat()
+    until = (T0 + timedelta(hours=2)).isoformat()
     arguments = ("train", "--since", T0.isoformat(), "--until", until, "--workers", "2",
-                 "--min-windows", "30")  # fmt: skip
+                 "--min-windows", "30", *(["--per-sensor"] if kind == "per_sensor" else []),
+                 )  # fmt: skip
     log = tmp_path / "train.log"
     killed = fleetwatch(*arguments, env={**backend.env, "FLEETWATCH_FAULTS": f"{point}:1"},
                         log=log)  # fmt: skip
@@ -69,7 +70,7 @@ def test_train_killed_while_publishing_leaves_whole_versions_and_a_rerun_is_a_cl
         assert active.version == versions[-1].version
         assert registry.read_params(active) == answer.read_params(expected)
         assert active.manifest["threshold"] == expected.manifest["threshold"]
-        assert active.manifest["kind"] == ("device" if minutes == 120 else "per_sensor")
+        assert active.manifest["kind"] == kind
 
 
 def test_prune_killed_between_its_record_and_its_deletes_loses_nothing_it_kept(

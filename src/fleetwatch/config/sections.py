@@ -238,13 +238,6 @@ class TrainSettings:
         "(covariance for a device of two sensors or more, device for one); --per-sensor "
         "overrides it",
     )
-    windows_per_feature: float = setting(
-        5.0,
-        "a device of several sensors with fewer training windows per feature than this gets one "
-        "model per sensor (as --per-sensor) instead of one over all its features: a joint "
-        "boundary needs about 5 windows a dimension (0: never)",
-        minimum=0,
-    )
     first: str | None = setting(
         None,
         "train each device on its own first part of the range: N readings (400), a duration "

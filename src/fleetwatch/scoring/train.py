@@ -188,7 +188,7 @@ class Fitted:
     packed: PackItem | None = None  # its model pack entry, when it is activated
     row: Row | None = None  # the model as its run object's row, until published
     mode: Mode = "activate"
-    kind: str = "device"  # the model's kind (``--model-kind auto`` and the windows decide)
+    kind: str = "device"  # the model's kind (``--model-kind auto`` chooses per device)
 
 
 def describe_features(names: list[str]) -> str:
@@ -452,7 +452,7 @@ def train_ranges(
 
         fit_setup = FitSetup(
             parameters, options.keep_estimator, activate, options.min_windows, window_ms,
-            layout.location, fleet, options.windows_per_feature,
+            layout.location, fleet,
         )  # fmt: skip
         pack = ModelPack.open(layout.model_pack, registry) if activate != "no" else None
         fitting = Fitting(pool, summary, advance, registry, pack)
@@ -604,7 +604,6 @@ class FitSetup:
     window_ms: int
     data_dir: str
     slow: tuple[str, ...] | None = None  # --slow-sensors auto: the fleet's judgement
-    windows_per_feature: float = 0.0  # ``[train] windows_per_feature``
 
 
 def prepare_jobs(
@@ -630,10 +629,6 @@ def prepare_jobs(
         parameters = setup.parameters
         if parameters.get("kind") == "auto":
             parameters = {**parameters, "kind": auto_kind(sensors)}
-        if parameters.get("kind") == "device" and too_few_windows(
-            len(matrix), sensors, names, setup.windows_per_feature
-        ):
-            parameters = {**parameters, "kind": "per_sensor"}
         jobs.append(
             FitJob(
                 device_id,
@@ -647,24 +642,6 @@ def prepare_jobs(
             )
         )
     return jobs, skipped
-
-
-def too_few_windows(
-    windows: int, sensors: list[str], names: list[str], windows_per_feature: float
-) -> bool:
-    """Whether a device's windows are too few for one SVM over all its features, so that it
-    gets one per sensor (``[train] windows_per_feature``): a joint boundary in ``d`` dimensions
-    needs about ``5 d`` windows (the rule of thumb of robust covariance estimation, n > 5p);
-    with fewer, each sensor's few features are judged on their own. On the detection suite
-    (docs/detection.md) it moves SKAB's 34 pumps (8 sensors, about 2.3 windows a feature) and
-    TEP's plant (1.9) to per-sensor models, not the simulator's fleet (6.0).
-
-    >>> too_few_windows(80, ["a", "b"], ["a__mean", "a__std", "b__mean", "b__std"], 5)
-    False
-    >>> too_few_windows(19, ["a", "b"], ["a__mean", "a__std", "b__mean", "b__std"], 5)
-    True
-    """
-    return len(sensors) > 1 and windows < windows_per_feature * len(names)
 
 
 def auto_kind(sensors: list[str]) -> str:

@@ -17,7 +17,6 @@ MODEL_SETTINGS = (
     "kernel",
     "per_sensor",
     "model_kind",
-    "windows_per_feature",
     "min_windows",
     "target_far",
     "slow_sensors",
