@@ -496,7 +496,9 @@ def _worker_start() -> None:
     """Each training process runs one BLAS/OpenMP thread: the processes are the parallelism
     (two processes of two threads each on two cores fought for them). The processes start
     before the parent reads the training windows and import scikit-learn's fitting modules
-    (most of a second) meanwhile, instead of the parent before they fork."""
+    (most of a second) meanwhile, instead of the parent before they fork. Each leaves when its
+    parent is gone (:func:`_leave_with_parent`)."""
+    _leave_with_parent()
     from threadpoolctl import threadpool_limits  # type: ignore[import-untyped]
 
     threadpool_limits(1)
@@ -504,6 +506,28 @@ def _worker_start() -> None:
     import sklearn.svm  # noqa: F401
 
     import fleetwatch.scoring.kinds.transforms  # noqa: F401
+
+
+#: How often a training process looks whether its parent is still there.
+PARENT_CHECK_S = 1.0
+
+
+def _leave_with_parent() -> None:
+    """Exit once the parent is gone. A pool's idle workers otherwise outlive a ``train``
+    killed with SIGKILL forever: each waits on the task queue, whose write end its siblings
+    hold open, so no end of file ever comes. (Linux's parent-death signal is not used: it fires
+    when the forking *thread* ends, and ``schedule`` trains from its job threads.)"""
+    import threading
+    import time
+
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_CHECK_S)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="fleetwatch-parent-watch", daemon=True).start()
 
 
 #: A training range and its devices: (since, until, devices).

@@ -216,3 +216,52 @@ def test_a_retrained_version_whose_held_out_windows_surprise_it_stays_in_shadow(
     version, shadow = fitted.version, fitted.shadow_reason
     registry = ModelRegistry.of(tmp_path)
     assert shadow is None and registry.active_version("pump-7") == version == "v0003"
+
+
+WORKERS_THEN_KILLED = """
+import os, signal
+from concurrent.futures import ProcessPoolExecutor
+from fleetwatch.scoring.train import _worker_start
+
+with ProcessPoolExecutor(max_workers=2, initializer=_worker_start) as pool:
+    pool.submit(int).result()
+    children = []
+    for entry in os.listdir("/proc"):
+        try:
+            with open(f"/proc/{entry}/stat") as handle:
+                fields = handle.read().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[1] == str(os.getpid()):
+            children.append(entry)
+    print(" ".join(children), flush=True)
+    os.kill(os.getpid(), signal.SIGKILL)
+"""
+
+
+def test_training_processes_leave_when_their_parent_is_killed() -> None:
+    """A `train` killed with SIGKILL left its pool's idle workers behind, waiting forever on
+    a task queue whose write end their siblings hold open; now each sees its parent gone and
+    exits (within about PARENT_CHECK_S)."""
+    import subprocess
+    import sys
+    import time
+
+    done = subprocess.run(
+        [sys.executable, "-c", WORKERS_THEN_KILLED], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == -9, done.stderr
+    workers = done.stdout.split()
+    assert len(workers) >= 2, done.stdout  # the pool's processes (and its resource tracker)
+
+    def alive(pid: str) -> bool:
+        try:
+            with open(f"/proc/{pid}/stat") as handle:
+                return handle.read().rsplit(")", 1)[1].split()[0] != "Z"
+        except OSError:
+            return False
+
+    deadline = time.monotonic() + 15
+    while any(alive(pid) for pid in workers) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [pid for pid in workers if alive(pid)]
