@@ -155,7 +155,7 @@ def _evaluate(settings: Settings, dataset: Dataset, folder: Path, started: float
             "window": settings.aggregate.window,
             "train_first": training,
             "target_far": settings.train.target_far,
-            # the kinds trained (the windows a device has may choose per-sensor models)
+            # the kinds trained (``--model-kind auto`` chooses per device)
             "kind": "+".join(sorted(summary.kinds))
             or ("per_sensor" if settings.train.per_sensor else settings.train.model_kind),
             "models_use": summary.as_record()["models_use"],

@@ -101,6 +101,8 @@ class PerSensorModel(ModelKind):
         if len(own) != len(groups) or None in order or not len(rows):
             return None
         each = scorer.each(rows)  # sensors x rows
+        if np.isnan(each).any():  # the lowest of several is then not one sensor's: scored
+            return None
         typical = scorer.each(np.full((1, rows.shape[1]), np.nan))[:, 0]
         lowest = each.argmin(axis=0)
         first = each.min(axis=0)
