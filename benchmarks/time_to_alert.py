@@ -179,7 +179,8 @@ def main() -> int:
     faults = faults[starts < pd.Timestamp(live_start + timedelta(minutes=options.minutes))]
     result = judge(faults, payloads, arrivals, incidents, live_start, sent_from)
     if (faults["kind"] == "drift_ramp").any():
-        ideal = ideal_detector(faults, read_windows(data), live_start, TARGET_FAR)
+        every = set(pd.read_parquet(labels)["device_id"])  # judged or not: none is fault-free
+        ideal = ideal_detector(faults, read_windows(data), live_start, TARGET_FAR, every)
         kinds = faults["kind"].tolist()
         result["ideal_drift"] = reference(
             result, [d for d, kind in zip(ideal, kinds, strict=True) if kind == "drift_ramp"]
@@ -205,16 +206,20 @@ def read_windows(data: Path) -> pd.DataFrame:
 
 
 def ideal_detector(
-    faults: pd.DataFrame, windows: pd.DataFrame, live_start: datetime, far: float
+    faults: pd.DataFrame,
+    windows: pd.DataFrame,
+    live_start: datetime,
+    far: float,
+    faulty: set[str],
 ) -> list[float | None]:
     """A reference for the model, per fault: the time from its first reading to the end of
     the first window whose mean of the faulty sensor is more than ``c`` standard deviations
     from that sensor's mean over the training windows (those before ``live_start``): the
     textbook detector of a shift, told which sensor will fail. ``c`` is generous: the
     (1 - ``far``) quantile of that distance over every live window and sensor of the devices
-    without a fault (a false-alarm rate of ``far`` per sensor, where the product's target is
-    per device and window, over all its sensors). None: not reached before the fault's end
-    plus two windows."""
+    without a fault (``faulty``: every device with a labelled fault, judged or not), a
+    false-alarm rate of ``far`` per sensor where the product's target is per device and
+    window, over all its sensors. None: not reached before the fault's end plus two windows."""
     starts = pd.to_datetime(windows["window_start"], utc=True)
     before = windows[starts < pd.Timestamp(live_start)]
     normal = before.groupby(["device_id", "sensor"])["mean"].agg(["mean", "std"])
@@ -225,7 +230,7 @@ def ideal_detector(
         z=((live["mean"] - live["level"]) / live["spread"]).abs(),
         end=pd.to_datetime(live["window_start"], utc=True) + pd.Timedelta(seconds=WINDOW_S),
     )
-    clean = live[~live["device_id"].isin(set(faults["device_id"]))]
+    clean = live[~live["device_id"].isin(faulty)]
     c = float(clean["z"].quantile(1 - far))
     found: list[float | None] = []
     for fault in faults.itertuples():
