@@ -178,13 +178,11 @@ def main() -> int:
     starts = pd.to_datetime(faults["start"], utc=True)
     faults = faults[starts < pd.Timestamp(live_start + timedelta(minutes=options.minutes))]
     result = judge(faults, payloads, arrivals, incidents, live_start, sent_from)
-    if (faults["kind"] == "drift_ramp").any():
+    drifts = faults[faults["kind"] == "drift_ramp"]
+    if len(drifts):
         every = set(pd.read_parquet(labels)["device_id"])  # judged or not: none is fault-free
-        ideal = ideal_detector(faults, read_windows(data), live_start, TARGET_FAR, every)
-        kinds = faults["kind"].tolist()
-        result["ideal_drift"] = reference(
-            result, [d for d, kind in zip(ideal, kinds, strict=True) if kind == "drift_ramp"]
-        )
+        ideal = ideal_detector(drifts, read_windows(data), live_start, TARGET_FAR, every)
+        result["ideal_drift"] = reference(result, ideal)
     if options.format == "json":
         print(json.dumps(result))
     else:

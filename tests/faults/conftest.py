@@ -87,3 +87,23 @@ def fleetwatch(*args: str, env: dict[str, str], log: Path) -> subprocess.Popen[b
             stdout=handle,
             stderr=handle,
         )
+
+
+def processes_of(data_dir: str) -> list[int]:
+    """Live processes (not zombies) whose environment names ``data_dir`` as their
+    ``FLEETWATCH_DATA_DIR``: what a `fleetwatch` process started here left behind."""
+    wanted = f"FLEETWATCH_DATA_DIR={data_dir}".encode()
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/environ", "rb") as handle:
+                environment = handle.read().split(b"\0")
+            with open(f"/proc/{entry}/stat") as handle:
+                state = handle.read().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            continue
+        if wanted in environment and state != "Z":
+            found.append(int(entry))
+    return found

@@ -7,6 +7,7 @@ fits are deterministic); on a local folder and on S3."""
 from __future__ import annotations
 
 import signal
+import time
 from dataclasses import replace
 from datetime import timedelta
 from pathlib import Path
@@ -16,7 +17,7 @@ import pytest
 from fleetwatch.config.values import parse_location
 from fleetwatch.scoring.registry import ModelRegistry
 from fleetwatch.scoring.train import train
-from tests.faults.conftest import Backend, fleetwatch
+from tests.faults.conftest import Backend, fleetwatch, processes_of
 from tests.unit.scoring.conftest import DEVICES, T0, settings_for, synthetic_windows
 from tests.unit.storage.test_compaction import write_in_pieces
 
@@ -54,6 +55,10 @@ def test_train_killed_while_publishing_leaves_whole_versions_and_a_rerun_is_a_cl
     killed = fleetwatch(*arguments, env={**backend.env, "FLEETWATCH_FAULTS": f"{point}:1"},
                         log=log)  # fmt: skip
     assert killed.wait(120) == -signal.SIGKILL, log.read_text()[-2000:]
+    deadline = time.monotonic() + 15  # its pool's processes follow it (about a second)
+    while processes_of(backend.data_dir) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not processes_of(backend.data_dir), "train's pool outlived it"
     registry = ModelRegistry(settings.layout.store)
     published = point == "registry.published"
     for device in DEVICES:  # nothing half: all published, or none
