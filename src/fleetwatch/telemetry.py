@@ -149,6 +149,10 @@ def parse_message(value: bytes | None, key: bytes | None = None) -> Telemetry:
     {'t': 1.5}
     """
     try:
+        if value is not None and len(value) <= MAX_MESSAGE_BYTES:
+            fast = _parse_valid(value, key)  # (inline: a call level costs ~0.1 us a message)
+            if fast is not None:
+                return fast
         return _parse(value, key)
     except InvalidMessage:
         raise
@@ -180,9 +184,6 @@ def _parse(value: bytes | None, key: bytes | None) -> Telemetry:
         raise InvalidMessage("not_json", "empty message (tombstone)")
     if len(value) > MAX_MESSAGE_BYTES:
         raise InvalidMessage("oversized", f"{len(value)} bytes > {MAX_MESSAGE_BYTES}")
-    fast = _parse_valid(value, key)
-    if fast is not None:
-        return fast
     return _parse_exact(value, key)
 
 
@@ -204,19 +205,24 @@ def _parse_valid(value: bytes, key: bytes | None) -> Telemetry | None:
     readings = document.get("readings")
     if type(device_id) is not str or type(readings) is not dict:
         return None
-    if not readings or len(readings) > MAX_SENSORS:
+    if not 0 < len(readings) <= MAX_SENSORS:
         return None
     if key is not None and key != device_id.encode():
         return None
-    if type(ts) is int:
+    if type(ts) is str:  # parse_timestamp_field's rules, inline (a call costs ~0.4 us here)
+        try:
+            parsed = datetime.fromisoformat(ts)
+            if parsed.tzinfo is None:
+                return None
+            ts_ms = round(parsed.timestamp() * 1000)
+        except (OverflowError, ValueError, OSError):
+            return None
+        if not MIN_EVENT_MS <= ts_ms < MAX_EVENT_MS:
+            return None
+    elif type(ts) is int:
         if not MIN_EVENT_MS <= ts < MAX_EVENT_MS:
             return None
         ts_ms = ts
-    elif type(ts) is str:
-        try:
-            ts_ms = parse_timestamp_field(ts)
-        except InvalidMessage:
-            return None
     else:
         return None
     known = _KNOWN_NAMES
@@ -224,11 +230,12 @@ def _parse_valid(value: bytes, key: bytes | None) -> Telemetry | None:
         (device_id, *readings)
     ):
         return None
-    kinds = set(map(type, readings.values()))
-    if kinds != {float}:
-        if not kinds <= {float, int}:
-            return None
-        readings = {sensor: float(reading) for sensor, reading in readings.items()}
+    for reading in readings.values():  # a loop: a third faster than a set of their types
+        if type(reading) is not float:
+            if not set(map(type, readings.values())) <= {float, int}:
+                return None
+            readings = {sensor: float(reading) for sensor, reading in readings.items()}
+            break
     if not math.isfinite(sum(readings.values())):  # a NaN or an infinity (or an overflow)
         return None
     return Telemetry(device_id, ts_ms, readings)

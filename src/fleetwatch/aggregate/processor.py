@@ -184,32 +184,29 @@ class PartitionProcessor:
             offset, key, value = record[0], record[1], record[2]
             try:
                 message = parse_message(value, key)
-                produced = record[3] if len(record) > 3 else None
-                if (
-                    limit is not None
-                    and produced is not None
-                    and produced >= 0
-                    and message.ts_ms > produced + limit
-                ):
-                    raise InvalidMessage(
-                        "future_timestamp",
-                        f"ts {format_ts(message.ts_ms)} is more than {limit // 1000}s ahead "
-                        f"of the record's timestamp {format_ts(produced)}",
-                    )
-                if (
-                    limit is not None
-                    # (the method only when it matters: a reading ahead of the clock, or a
-                    # replayed record, whose decision was recorded when first read)
-                    and (message.ts_ms > clock_limit or replay_until is not None)
-                    and self._ahead_of_the_clock(offset, message, now_ms, newest)
-                ):
-                    raise InvalidMessage(
-                        "future_timestamp",
-                        f"ts {format_ts(message.ts_ms)} is more than {limit // 1000}s ahead of "
-                        f"this machine's clock ({format_ts(now_ms)}) and of the partition's "
-                        "newest reading",
-                    )
-                newest = message.ts_ms if newest is None else max(newest, message.ts_ms)
+                ts_ms = message.ts_ms
+                if limit is not None:
+                    produced = record[3] if len(record) > 3 else None
+                    if produced is not None and produced >= 0 and ts_ms > produced + limit:
+                        raise InvalidMessage(
+                            "future_timestamp",
+                            f"ts {format_ts(ts_ms)} is more than {limit // 1000}s ahead "
+                            f"of the record's timestamp {format_ts(produced)}",
+                        )
+                    if (
+                        # (the method only when it matters: a reading ahead of the clock, or
+                        # a replayed record, whose decision was recorded when first read)
+                        (ts_ms > clock_limit or replay_until is not None)
+                        and self._ahead_of_the_clock(offset, message, now_ms, newest)
+                    ):
+                        raise InvalidMessage(
+                            "future_timestamp",
+                            f"ts {format_ts(ts_ms)} is more than {limit // 1000}s ahead of "
+                            f"this machine's clock ({format_ts(now_ms)}) and of the "
+                            "partition's newest reading",
+                        )
+                if newest is None or ts_ms > newest:
+                    newest = ts_ms
                 messages.append(message)
                 offsets.append(offset)
             except InvalidMessage as exc:
@@ -290,38 +287,41 @@ class PartitionProcessor:
         vector operations (:class:`OpenWindow`). Late messages go to the late sink."""
         ids: list[np.ndarray] = []
         values: list[float] = []
-        windows: list[int] = []
-        owners: list[int] = []
         lengths: list[int] = []
         shapes = self._shapes
         size = self.spec.size_ms
-        for i in range(begin, end):
+        kept: range | list[int] = range(begin, end)
+        if late[begin:end].any():
+            kept = []
+            for i in range(begin, end):
+                if late[i]:
+                    self._late(messages[i], offsets[i], int(window_start[i]),
+                               int(newest[i] - ts[i]), bool(replaying[i]))  # fmt: skip
+                else:
+                    kept.append(i)
+            if not kept:
+                return
+        # The one loop over messages: the rest of the batch's columns are numpy's.
+        for i in kept:
             message = messages[i]
             readings = message.readings
-            if late[i]:
-                self._late(message, offsets[i], int(window_start[i]), int(newest[i] - ts[i]),
-                           bool(replaying[i]))  # fmt: skip
-                continue
             shape = (message.device_id, tuple(readings))
             pair_ids = shapes.get(shape)
             if pair_ids is None:
                 pair_ids = self._shape_ids(shape)
             ids.append(pair_ids)
             values.extend(readings.values())
-            windows.append(int(window_start[i]) // size)
-            owners.append(offsets[i])
-            lengths.append(len(pair_ids))
-        if not ids:
-            return
+            lengths.append(len(readings))
+        chosen_rows = np.arange(begin, end) if isinstance(kept, range) else np.array(kept)
         repeat = np.array(lengths, dtype=np.int64)
         codes = (np.concatenate(ids) << _PAIR_SHIFT) | np.repeat(
-            np.array(windows, dtype=np.int64), repeat
+            window_start[chosen_rows] // size, repeat
         )
         self.counters.readings += len(codes)
         stats = aggregate_batch(
             codes,
             np.array(values, dtype=np.float64),
-            np.repeat(np.array(owners, dtype=np.int64), repeat),
+            np.repeat(np.array(offsets, dtype=np.int64)[chosen_rows], repeat),
         )
         group_windows = stats.codes & _WINDOW_MASK
         group_pairs = stats.codes >> _PAIR_SHIFT
