@@ -463,6 +463,23 @@ def per_message_costs(devices: int, sensors: int, count: int = 100_000) -> dict[
     }
 
 
+def per_message_costs_of(source: Path, devices: int, sensors: int) -> dict[str, float]:
+    """:func:`per_message_costs` of another fleetwatch (its ``src``), in a process of its own."""
+    script = (
+        "import json, sys; sys.path.insert(0, sys.argv[1]); import aggregate; "
+        "print(json.dumps(aggregate.per_message_costs(int(sys.argv[2]), int(sys.argv[3]))))"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(Path(__file__).parent), str(devices), str(sensors)],
+        env=os.environ | {"PYTHONPATH": str(source)},
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    costs: dict[str, float] = json.loads(done.stdout.splitlines()[-1])
+    return costs
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -499,6 +516,13 @@ def main() -> int:
     args = parser.parse_args()
     args.public_api = args.public_api or args.peers
     in_process = per_message_costs(args.devices, args.sensors)
+    if args.against is not None:  # the other fleetwatch's in-process costs, alternating
+        theirs = [per_message_costs_of(args.against, args.devices, args.sensors)]
+        ours = [in_process, per_message_costs(args.devices, args.sensors)]
+        theirs.append(per_message_costs_of(args.against, args.devices, args.sensors))
+        in_process = {key: statistics.median(c[key] for c in ours) for key in in_process} | {
+            f"against_{key}": statistics.median(c[key] for c in theirs) for key in in_process
+        }
 
     with EmbeddedBroker(port=0) as broker:
         bootstrap = broker.bootstrap_servers
@@ -644,6 +668,12 @@ def main() -> int:
             f"in process   : decode {result['decode_us_per_message']:.1f} us/message, the "
             f"processor (decode, rules, windows) {result['processor_us_per_message']:.1f} "
             "us/message"
+            + (
+                f"; against: {result['against_decode_us_per_message']:.1f} / "
+                f"{result['against_processor_us_per_message']:.1f} us/message"
+                if other
+                else ""
+            )
         )
         if memory_rss is not None:
             print(
