@@ -444,7 +444,10 @@ class EvaluateSettings:
         metavar="CSV",
     )
     keep: Path | None = setting(
-        None, "keep the evaluation's data folder here (default: a temporary one)", metavar="DIR"
+        None,
+        "keep the evaluation's data folder here, with evaluation/points.parquet (each point's "
+        "label and flag; default: a temporary folder)",
+        metavar="DIR",
     )
     format: OutputFormat = setting("text", "report format")
 

@@ -16,7 +16,7 @@ import tempfile
 import time
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Final
 
 import numpy as np
 
@@ -139,6 +139,8 @@ def _evaluate(settings: Settings, dataset: Dataset, folder: Path, started: float
     results, _ = score_hours(settings, hours)
     predicted, scored = predictions(layout, devices, times, window_ms)
     report = evaluate(dataset.truth[test], predicted[test], dataset.episodes[test], dataset.kinds)
+    if settings.evaluate.keep is not None:
+        keep_points(folder, dataset, test, predicted, scored)
     return Evaluation(
         dataset.name,
         report,
@@ -166,6 +168,40 @@ def _evaluate(settings: Settings, dataset: Dataset, folder: Path, started: float
             "files_without_labels": ",".join(dataset.unlabelled) or None,
         },
     )
+
+
+#: Where ``--keep DIR`` leaves the judged points, beside the data folder's own files.
+POINTS_FILE: Final = "evaluation/points.parquet"
+
+
+def keep_points(
+    folder: Path, dataset: Dataset, test: np.ndarray, predicted: np.ndarray, scored: np.ndarray
+) -> None:
+    """Every point of the data set with its label and its window's flag, for reading the
+    figures back (which windows were false alarms, which episodes were missed)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    kinds = dataset.kinds
+    kind = [
+        None if episode < 0 or kinds is None else kinds[episode]
+        for episode in dataset.episodes.tolist()
+    ]
+    table = pa.table(
+        {
+            "device_id": pa.array(dataset.devices.tolist(), pa.string()),
+            "ts": pa.array(dataset.times, pa.timestamp("ms", tz="UTC")),
+            "anomalous": pa.array(dataset.truth.astype(bool)),
+            "flagged": pa.array(predicted.astype(bool)),
+            "scored": pa.array(scored.astype(bool)),
+            "test": pa.array(test.astype(bool)),
+            "episode": pa.array(dataset.episodes.astype(np.int64)),
+            "kind": pa.array(kind, pa.string()),
+        }
+    )
+    path = folder / POINTS_FILE
+    path.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(table, path)
 
 
 def _at(ts_ms: int) -> Any:

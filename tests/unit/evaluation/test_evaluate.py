@@ -97,6 +97,28 @@ def test_evaluate_a_folder_by_the_product_path(tmp_path: Path) -> None:
     assert record["f1"] == round(f1_score(truth, predicted), 4)
     assert record["episodes"] == 2 and record["episodes_found"] == 2
     assert record["recall"] > 0.9 and record["precision"] > 0.8  # an 8-sigma shift, 200 s long
+    # --keep also leaves every point judged: the same labels and flags as computed above
+    points = pd.read_parquet(keep / "evaluation" / "points.parquet")
+    points = points[points["test"]].sort_values(["device_id", "ts"], kind="stable")
+    expected = []
+    for name, frame in frames.items():
+        device_id = name.replace("/", "-")
+        test = frame.iloc[400:]
+        ms = pd.to_datetime(test["datetime"]).astype("datetime64[ms]").astype("int64")
+        expected += [(device_id, int(t), bool(a > 0), flags[(device_id, int(t) - int(t) % 5000)])
+                     for t, a in zip(ms, test["anomaly"], strict=True)]  # fmt: skip
+    epoch_ms = (points["ts"] - pd.Timestamp(0, tz="UTC")) // pd.Timedelta(milliseconds=1)
+    got = zip(points["device_id"], epoch_ms, points["anomalous"], points["flagged"], strict=True)
+    assert sorted(got) == sorted(expected)
+    assert points["scored"].all()
+    assert precision_score(points["anomalous"], points["flagged"]) == pytest.approx(
+        record["precision"], abs=1e-4
+    )
+    assert recall_score(points["anomalous"], points["flagged"]) == pytest.approx(
+        record["recall"], abs=1e-4
+    )
+    assert set(points.loc[points["anomalous"], "episode"]) == {0, 1}
+    assert (points.loc[~points["anomalous"], "episode"] == -1).all()
 
 
 def test_the_cli_reports_json_and_refuses_bad_input_in_one_line(tmp_path: Path) -> None:
