@@ -250,9 +250,10 @@ class PartitionProcessor:
         before[1:] = boundary[:-1]
         window_start = ts - ts % size
         late = window_start + size <= before
+        at = np.array(offsets, dtype=np.int64)  # once a batch: every segment takes its rows
         replaying = np.zeros(len(ts), dtype=bool)
         if self.replay_until is not None:
-            replaying = np.fromiter((o < self.replay_until for o in offsets), bool, len(offsets))
+            replaying = at < self.replay_until
 
         closings = np.flatnonzero(boundary > before).tolist()
         cuts = [0, *closings, len(ts)]
@@ -261,7 +262,7 @@ class PartitionProcessor:
         # then close what the next record's watermark closes. Batching cannot change this.
         for begin, end in itertools.pairwise(cuts):
             if begin < end:
-                self._add(offsets, messages, window_start, late, replaying, newest, ts, begin, end)
+                self._add(at, messages, window_start, late, replaying, newest, ts, begin, end)
             if end < len(ts):
                 closed_any |= self._close_through(int(boundary[end]))
         self.max_event = int(newest[-1])
@@ -272,7 +273,7 @@ class PartitionProcessor:
 
     def _add(
         self,
-        offsets: list[int],
+        offsets: np.ndarray,
         messages: list[Telemetry],
         window_start: np.ndarray,
         late: np.ndarray,
@@ -295,7 +296,7 @@ class PartitionProcessor:
             kept = []
             for i in range(begin, end):
                 if late[i]:
-                    self._late(messages[i], offsets[i], int(window_start[i]),
+                    self._late(messages[i], int(offsets[i]), int(window_start[i]),
                                int(newest[i] - ts[i]), bool(replaying[i]))  # fmt: skip
                 else:
                     kept.append(i)
@@ -312,16 +313,14 @@ class PartitionProcessor:
             ids.append(pair_ids)
             values.extend(readings.values())
             lengths.append(len(readings))
-        chosen_rows = np.arange(begin, end) if isinstance(kept, range) else np.array(kept)
+        rows = slice(begin, end) if isinstance(kept, range) else np.array(kept)
         repeat = np.array(lengths, dtype=np.int64)
-        codes = (np.concatenate(ids) << _PAIR_SHIFT) | np.repeat(
-            window_start[chosen_rows] // size, repeat
-        )
+        codes = (np.concatenate(ids) << _PAIR_SHIFT) | np.repeat(window_start[rows] // size, repeat)
         self.counters.readings += len(codes)
         stats = aggregate_batch(
             codes,
             np.array(values, dtype=np.float64),
-            np.repeat(np.array(offsets, dtype=np.int64)[chosen_rows], repeat),
+            np.repeat(offsets[rows], repeat),
         )
         group_windows = stats.codes & _WINDOW_MASK
         group_pairs = stats.codes >> _PAIR_SHIFT

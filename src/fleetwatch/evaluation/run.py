@@ -140,7 +140,7 @@ def _evaluate(settings: Settings, dataset: Dataset, folder: Path, started: float
     predicted, scored = predictions(layout, devices, times, window_ms)
     report = evaluate(dataset.truth[test], predicted[test], dataset.episodes[test], dataset.kinds)
     if settings.evaluate.keep is not None:
-        keep_points(folder, dataset, test, predicted, scored)
+        keep_points(folder, dataset, devices, times, test, predicted, scored)
     return Evaluation(
         dataset.name,
         report,
@@ -175,7 +175,13 @@ POINTS_FILE: Final = "evaluation/points.parquet"
 
 
 def keep_points(
-    folder: Path, dataset: Dataset, test: np.ndarray, predicted: np.ndarray, scored: np.ndarray
+    folder: Path,
+    dataset: Dataset,
+    devices: np.ndarray,
+    times: np.ndarray,
+    test: np.ndarray,
+    predicted: np.ndarray,
+    scored: np.ndarray,
 ) -> None:
     """Every point of the data set with its label and its window's flag, for reading the
     figures back (which windows were false alarms, which episodes were missed)."""
@@ -189,8 +195,8 @@ def keep_points(
     ]
     table = pa.table(
         {
-            "device_id": pa.array(dataset.devices.tolist(), pa.string()),
-            "ts": pa.array(dataset.times, pa.timestamp("ms", tz="UTC")),
+            "device_id": pa.array(devices.tolist(), pa.string()),
+            "ts": pa.array(times, pa.timestamp("ms", tz="UTC")),
             "anomalous": pa.array(dataset.truth.astype(bool)),
             "flagged": pa.array(predicted.astype(bool)),
             "scored": pa.array(scored.astype(bool)),
