@@ -122,3 +122,26 @@ def test_the_command_keeps_its_output_and_exit_code_through_a_pipe(tmp_path: Pat
     )
     assert refused.returncode == 2 and refused.stdout == ""
     assert refused.stderr.strip().endswith("read-only: DROP statements are refused (use SELECT)")
+
+
+@pytest.mark.parametrize(
+    ("argv", "line"),
+    [
+        (
+            ["--data-dir", "/x", "status"],
+            "fleetwatch status: error: options come after the "
+            "command: fleetwatch status --data-dir ...",
+        ),
+        (["--sasl-password=TOPSECRET", "score", "--missed"], "fleetwatch score --sasl-password"),
+        (["--log-level", "DEBUG"], "fleetwatch COMMAND --log-level ..."),
+    ],
+)
+def test_options_before_the_command_get_the_order_in_one_line_without_their_values(
+    argv: list[str], line: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(argv) == 2
+    captured = capsys.readouterr()
+    [said] = captured.err.strip().splitlines()
+    assert line in said and "TOPSECRET" not in said and "/x" not in said
+    assert captured.out == ""
+    assert main(["--version"]) == 0 and main(["--help"]) == 0

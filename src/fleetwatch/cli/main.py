@@ -23,6 +23,8 @@ from fleetwatch.errors import FleetwatchError
 
 #: Long-running commands whose documented answer to SIGTERM is a clean stop (exit 0).
 SERVICES = frozenset({"aggregate", "schedule", "dashboard", "broker"})
+#: What the top level itself takes before a command.
+TOP_LEVEL_FLAGS = frozenset({"-h", "--help", "--version"})
 
 
 class Terminated(BaseException):
@@ -48,6 +50,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     environ = {k: v for k, v in os.environ.items() if k != "FLEETWATCH_DEBUG"}
     prefix = f"fleetwatch {_name(arguments)}".rstrip()
     started = False
+    if arguments and arguments[0] not in TOP_LEVEL_FLAGS and arguments[0].startswith("-"):
+        # options belong to a command: `fleetwatch --data-dir X status` would otherwise be
+        # told that X is not a command (only the options' names are repeated: a value may be
+        # a secret)
+        name = _name(arguments)
+        before = arguments[: arguments.index(name)] if name else arguments[:1]
+        flags = " ".join(a.split("=", 1)[0] for a in before if a.startswith("-"))
+        print(
+            f"{prefix}: error: options come after the command: fleetwatch {name or 'COMMAND'} "
+            f"{flags} ...",
+            file=sys.stderr,
+        )
+        return 2
     try:
         try:
             args = parse(parser(), arguments)

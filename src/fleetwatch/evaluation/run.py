@@ -72,8 +72,17 @@ def run_evaluation(settings: Settings, source: str) -> Evaluation:
     if not dataset.messages:
         raise InvalidInputError(f"{source}: no valid readings to evaluate on")
     keep = settings.evaluate.keep
-    if keep is not None and keep.exists() and any(keep.iterdir()):
-        raise InvalidInputError(f"--keep {keep}: the folder is not empty; give a new one")
+    if keep is not None:
+        try:
+            keep.mkdir(parents=True, exist_ok=True)
+            empty = not any(keep.iterdir())
+        except OSError as exc:
+            reason = exc.strerror or type(exc).__name__
+            raise InvalidInputError(
+                f"--keep {keep}: cannot make it a folder ({reason}); give a new, writable one"
+            ) from None
+        if not empty:
+            raise InvalidInputError(f"--keep {keep}: the folder is not empty; give a new one")
     folder = keep or Path(tempfile.mkdtemp(prefix="fleetwatch-evaluate-"))
     try:
         return _evaluate(settings, dataset, folder, started)
@@ -103,7 +112,7 @@ def _evaluate(settings: Settings, dataset: Dataset, folder: Path, started: float
     if options.train_ranges is not None and options.train_first:
         raise InvalidInputError("--train-first and --train-ranges are exclusive: give one")
     first = (
-        FirstPart.parse(options.train_first)
+        FirstPart.parse(options.train_first, "--train-first")
         if options.train_first
         else dataset.default_first or DEFAULT_FIRST
     )

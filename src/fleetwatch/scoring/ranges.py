@@ -38,8 +38,9 @@ class FirstPart:
     amount: float
 
     @classmethod
-    def parse(cls, text: str) -> FirstPart:
-        """``400`` readings, ``400s``/``2h`` a duration, ``0.3`` or ``30%`` a share.
+    def parse(cls, text: str, flag: str = "--first") -> FirstPart:
+        """``400`` readings, ``400s``/``2h`` a duration, ``0.3`` or ``30%`` a share; ``flag``
+        names the option in an error.
 
         >>> FirstPart.parse("400"), FirstPart.parse("90s"), FirstPart.parse("25%")
         (FirstPart(unit='readings', amount=400.0), FirstPart(unit='duration', amount=90.0), \
@@ -50,20 +51,17 @@ FirstPart(unit='share', amount=0.25))
             if re.fullmatch(r"\d+", value):
                 return cls("readings", float(value))
             if value.endswith("%"):
-                return cls._share(float(value[:-1]) / 100, text)
-            if re.fullmatch(r"\d*\.\d+", value):
-                return cls._share(float(value), text)
-            return cls("duration", parse_duration(value))
+                share = float(value[:-1]) / 100
+            elif re.fullmatch(r"\d*\.\d+", value):
+                share = float(value)
+            else:
+                return cls("duration", parse_duration(value))
         except (ValueError, InvalidInputError):
-            pass
-        raise InvalidInputError(
-            f"--first {text!r}: give readings (400), a duration (400s, 2h) or a share (0.3, 30%)"
-        )
-
-    @classmethod
-    def _share(cls, share: float, text: str) -> FirstPart:
+            raise InvalidInputError(
+                f"{flag} {text!r}: give readings (400), a duration (400s, 2h) or a share (0.3, 30%)"
+            ) from None
         if not 0 < share < 1:
-            raise InvalidInputError(f"--first {text!r}: a share must be between 0 and 1")
+            raise InvalidInputError(f"{flag} {text!r}: a share must be between 0 and 1")
         return cls("share", share)
 
 

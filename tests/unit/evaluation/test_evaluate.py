@@ -141,6 +141,20 @@ def test_the_cli_reports_json_and_refuses_bad_input_in_one_line(tmp_path: Path) 
     assert bad.stderr.count("\n") == 1 and "--label-column" in bad.stderr
     missing = subprocess.run([*run, str(tmp_path / "nope")], capture_output=True, text=True)
     assert missing.returncode == 2 and "no such file or folder" in missing.stderr
+    # a --keep folder that cannot be one (a file's path, or under one), a bad --train-first
+    (tmp_path / "a-file").write_text("x")
+    for flags, says in (
+        (["--keep", str(tmp_path / "a-file")], "--keep"),
+        (["--keep", str(tmp_path / "a-file" / "below")], "--keep"),
+        (["--train-first", "-1"], "--train-first '-1'"),
+    ):
+        refused = subprocess.run(
+            [*run, str(tmp_path / "one.csv"), "--window", "5s", *flags],
+            capture_output=True, text=True, timeout=120,
+        )  # fmt: skip
+        assert refused.returncode == 2 and refused.stdout == "", refused.stderr
+        assert refused.stderr.count("\n") == 1 and says in refused.stderr, refused.stderr
+    assert (tmp_path / "a-file").read_text() == "x"
 
 
 def test_the_simulator_target_every_kind_found() -> None:
