@@ -37,6 +37,12 @@ class StorageError(FleetwatchError):
     exit_code = 1
 
 
+class TimedOutError(FleetwatchError):
+    """The work was stopped at the time limit it was given."""
+
+    exit_code = 1
+
+
 class NothingDoneError(FleetwatchError):
     """The command ran but did nothing it was asked to (no device trained, ...): not success."""
 

@@ -309,6 +309,13 @@ class ScoreSettings:
     lock_timeout: float = setting(
         30.0, "wait this long for the DuckDB file lock", kind="duration", minimum=0
     )
+    query_timeout: float = setting(
+        300.0,
+        "stop a `fleetwatch sql` query after this long (0 = never): while it runs it holds "
+        "the database's read lock, which scoring waits for",
+        kind="duration",
+        minimum=0,
+    )
     format: OutputFormat = setting("text", "summary format")
 
 

@@ -7,6 +7,8 @@ writer and ``fleetwatch sql``) retries while another process holds the lock.
 
 from __future__ import annotations
 
+import logging
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -19,9 +21,11 @@ import duckdb
 if TYPE_CHECKING:  # pandas and pyarrow take a moment to import; `fleetwatch sql` needs pandas
     pass
 
-from fleetwatch.errors import FleetwatchError, StorageError
+from fleetwatch.errors import FleetwatchError, StorageError, TimedOutError
 from fleetwatch.storage.layout import DataLayout
 from fleetwatch.storage.store import ObjectStore
+
+log = logging.getLogger(__name__)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS runs (
@@ -282,24 +286,77 @@ def _in_memory() -> Iterator[Any]:
         connection.close()
 
 
-def query(layout: DataLayout, sql: str, lock_timeout: float = 30.0) -> list[QueryResult]:
-    """Run read-only SQL in the :func:`sandbox`; one result per statement."""
+def query(
+    layout: DataLayout, sql: str, lock_timeout: float = 30.0, query_timeout: float = 0.0
+) -> list[QueryResult]:
+    """Run read-only SQL in the :func:`sandbox`; one result per statement. The statements
+    together may take ``query_timeout`` seconds (0: no limit); a signal stops them too."""
     statements = check_read_only(sql)
     results = []
+    deadline = time.monotonic() + query_timeout if query_timeout > 0 else None
     with sandbox(layout, lock_timeout) as connection:
-        for statement in statements:
-            try:
-                cursor = connection.execute(statement)
-                description = cursor.description or []
-                rows = cursor.fetchall()
-            except duckdb.Error as exc:
-                raise FleetwatchError(f"SQL error: {one_line(exc)}") from None
+        for number, statement in enumerate(statements, 1):
+            log.debug("sql: running statement %d of %d", number, len(statements))
+            description, rows = _interruptible(connection, statement, deadline, query_timeout)
             results.append(
                 QueryResult(
                     [str(d[0]) for d in description], [str(d[1]) for d in description], rows
                 )
             )
     return results
+
+
+def _interruptible(
+    connection: Any, statement: str, deadline: float | None, limit: float
+) -> tuple[list[Any], list[Any]]:
+    """One statement, run on a thread while this one waits: DuckDB holds the thread it runs
+    on until the statement ends, so a signal (SIGTERM, Ctrl-C) would wait for it, and a
+    statement that never ends would keep the database's read lock forever. Past the
+    ``deadline``, or on a signal, the statement is interrupted (DuckDB's ``interrupt``)."""
+    outcome: dict[str, Any] = {}
+    done = threading.Event()  # (not Thread.join: a join a signal broke may not wait again)
+    stop = threading.Event()
+
+    def work() -> None:
+        try:
+            if not stop.is_set():
+                cursor = connection.execute(statement)
+                outcome["answer"] = (cursor.description or [], cursor.fetchall())
+        except BaseException as exc:  # handed to the waiting thread
+            outcome["error"] = exc
+        finally:
+            done.set()
+
+    def interrupt() -> None:
+        """Until the statement has stopped: an interrupt that comes before it starts is
+        not kept by DuckDB."""
+        stop.set()
+        while True:
+            connection.interrupt()
+            if done.wait(0.05):
+                return
+
+    try:
+        threading.Thread(target=work, name="fleetwatch-sql", daemon=True).start()
+        while not done.wait(0.05):
+            if deadline is not None and time.monotonic() > deadline:
+                interrupt()
+                raise TimedOutError(
+                    f"the query ran longer than --query-timeout {limit:g}s and was stopped; "
+                    "narrow it (e.g. WHERE window_start >= ...) or give a longer --query-timeout"
+                )
+    except TimedOutError:
+        raise
+    except BaseException:  # a signal, while the statement runs
+        interrupt()
+        raise
+    error = outcome.get("error")
+    if isinstance(error, duckdb.Error):
+        raise FleetwatchError(f"SQL error: {one_line(error)}") from None
+    if error is not None:
+        raise error
+    answer: tuple[list[Any], list[Any]] = outcome["answer"]
+    return answer
 
 
 def table_schema(layout: DataLayout, lock_timeout: float = 30.0) -> list[QueryResult]:

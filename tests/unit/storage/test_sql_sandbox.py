@@ -170,3 +170,57 @@ def test_a_read_only_data_folder_is_queried(data: Path, tmp_path: Path) -> None:
         assert runs.rows[0][0] >= 1
         report = status(settings_for(copy))
         assert len(report["last_runs"]) >= 1
+
+
+ENDLESS = "WITH RECURSIVE t(n) AS (SELECT 1 UNION ALL SELECT n + 1 FROM t) SELECT count(*) FROM t"
+
+
+def test_a_query_past_its_time_limit_is_stopped_and_lets_go_of_the_database(data: Path) -> None:
+    """A query holds the database's read lock, which scoring needs to write: an endless one
+    stops at ``--query-timeout`` with one line (exit 1), and the database is writable again."""
+    import subprocess
+    import sys
+    import time
+
+    from fleetwatch.storage.duck import connect
+
+    started = time.monotonic()
+    done = subprocess.run(
+        [sys.executable, "-m", "fleetwatch", "sql", ENDLESS, "--data-dir", str(data),
+         "--query-timeout", "1s"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 1 and done.stdout == "", done.stderr
+    [line] = done.stderr.strip().splitlines()
+    assert line.startswith("fleetwatch sql: error:") and "--query-timeout" in line
+    assert time.monotonic() - started < 60
+    with connect(data / "fleetwatch.duckdb", read_only=False, lock_timeout=1.0) as writer:
+        assert writer.execute("SELECT count(*) FROM runs").fetchone()[0] >= 1
+    [quick] = query(DataLayout.open(data), "SELECT 42", query_timeout=0.5)
+    assert quick.rows == [(42,)]
+
+
+def test_a_running_query_stops_on_sigterm(data: Path) -> None:
+    """Before: DuckDB held the main thread, the signal was never handled, the query ran on."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = os.environ | {"FLEETWATCH_LOG_LEVEL": "DEBUG"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fleetwatch", "sql", ENDLESS, "--data-dir", str(data),
+         "--query-timeout", "0"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:  # waits for the query to be running
+            if "running statement 1 of 1" in line:
+                break
+        process.send_signal(signal.SIGTERM)
+        code = process.wait(30)
+    finally:
+        process.kill()
+        process.wait()
+    assert code == 130
