@@ -309,13 +309,6 @@ class ScoreSettings:
     lock_timeout: float = setting(
         30.0, "wait this long for the DuckDB file lock", kind="duration", minimum=0
     )
-    query_timeout: float = setting(
-        300.0,
-        "stop a `fleetwatch sql` query after this long (0 = never): while it runs it holds "
-        "the database's read lock, which scoring waits for",
-        kind="duration",
-        minimum=0,
-    )
     format: OutputFormat = setting("text", "summary format")
 
 
@@ -433,6 +426,17 @@ class DashboardSettings:
 
 
 @dataclass(frozen=True)
+class SqlSettings:
+    query_timeout: float = setting(
+        300.0,
+        "stop a query after this long (0 = never): while it runs it holds the database's "
+        "read lock, which scoring waits for",
+        kind="duration",
+        minimum=0,
+    )
+
+
+@dataclass(frozen=True)
 class EvaluateSettings:
     label_column: str = setting("anomaly", "the label column: non-zero or true = anomalous")
     label_columns: list[str] = setting(
@@ -493,6 +497,7 @@ class Settings:
     evaluate: EvaluateSettings = field(default_factory=EvaluateSettings)
     alerts: AlertSettings = field(default_factory=AlertSettings)
     dashboard: DashboardSettings = field(default_factory=DashboardSettings)
+    sql: SqlSettings = field(default_factory=SqlSettings)
 
     @cached_property
     def layout(self) -> DataLayout:
@@ -514,6 +519,7 @@ SECTIONS: dict[str, str] = {
     "evaluate": "evaluate",
     "alerts": "alerts",
     "dashboard": "dashboard",
+    "sql": "sql",
 }
 #: Sections whose environment variables carry no section prefix.
 UNPREFIXED_SECTIONS = frozenset({"", "kafka"})

@@ -19,7 +19,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.schema:
         results = table_schema(layout, timeout)
     elif args.query:
-        results = query(layout, args.query, timeout, settings.score.query_timeout)
+        results = query(layout, args.query, timeout, settings.sql.query_timeout)
     else:
         raise UsageError('give a query, e.g. fleetwatch sql "SELECT * FROM runs", or --schema')
     fmt = "text" if args.format == "table" else args.format
@@ -57,7 +57,7 @@ COMMAND = Command(
     fleetwatch sql "SELECT sensor, avg(mean) FROM aggregates GROUP BY 1" --format json
     fleetwatch sql --schema                      # or: "SHOW TABLES", "DESCRIBE scores"
     """,
-    {"": "*", "score": ("lock_timeout", "query_timeout")},
+    {"": "*", "score": ("lock_timeout",), "sql": "*"},
     run,
     arguments,
 )
