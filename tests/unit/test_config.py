@@ -139,3 +139,19 @@ def test_the_parquet_codec_setting_defaults_to_what_the_writer_uses() -> None:
     from fleetwatch.storage.parquet import DEFAULT_COMPRESSION
 
     assert load_settings(environ={}).aggregate.parquet_compression == DEFAULT_COMPRESSION
+
+
+@pytest.mark.parametrize("gamma", ["-1", "0", "nan", "inf", "abc", ""])
+def test_a_gamma_scikit_learn_would_refuse_is_refused_before_any_fit(gamma: str) -> None:
+    """Before: `--gamma -1` trained every device, failed each, and exited 1."""
+    with pytest.raises(ConfigError, match="positive number"):
+        load_settings(environ={"FLEETWATCH_TRAIN_GAMMA": gamma})
+
+
+@pytest.mark.parametrize("gamma", ["scale", "auto", "0.5", "2"])
+def test_a_gamma_scikit_learn_takes_is_taken(gamma: str) -> None:
+    from sklearn.svm import OneClassSVM
+
+    assert load_settings(environ={"FLEETWATCH_TRAIN_GAMMA": gamma}).train.gamma == gamma
+    value = gamma if gamma in ("scale", "auto") else float(gamma)
+    OneClassSVM(gamma=value).fit([[0.0], [1.0], [2.0]])  # scikit-learn agrees

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import functools
+import math
 import os
 import re
 import tomllib
@@ -215,9 +216,11 @@ def _check(settings: Settings) -> None:
     gamma = settings.train.gamma
     if gamma not in ("scale", "auto"):
         try:
-            float(gamma)
+            number = float(gamma)
         except ValueError:
-            raise ConfigError(f"gamma={gamma!r}: use scale, auto or a number") from None
+            number = math.nan
+        if not (math.isfinite(number) and number > 0):  # scikit-learn's rule, before any fit
+            raise ConfigError(f"gamma={gamma!r}: use scale, auto or a positive number") from None
     bad = [d for d in settings.train.devices if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", d)]
     if bad:
         raise ConfigError(f"devices: {bad[0]!r} is not a device id (1-64 of [A-Za-z0-9_.-])")
