@@ -8,6 +8,8 @@ writer and ``fleetwatch sql``) retries while another process holds the lock.
 from __future__ import annotations
 
 import logging
+import os
+import signal
 import threading
 import time
 from collections.abc import Iterator
@@ -312,10 +314,15 @@ def _interruptible(
     """One statement, run on a thread while this one waits: DuckDB holds the thread it runs
     on until the statement ends, so a signal (SIGTERM, Ctrl-C) would wait for it, and a
     statement that never ends would keep the database's read lock forever. Past the
-    ``deadline``, or on a signal, the statement is interrupted (DuckDB's ``interrupt``)."""
+    ``deadline``, or on a signal, the statement is interrupted (DuckDB's ``interrupt``, again
+    until it has stopped: one that comes before the statement starts is not kept). While it
+    runs, SIGTERM and SIGINT only note themselves (an exception raised inside a wait could
+    leave the wait's lock held, and the statement's thread could then never say it ended);
+    once it has stopped, the signal goes to the handler there was before."""
     outcome: dict[str, Any] = {}
-    done = threading.Event()  # (not Thread.join: a join a signal broke may not wait again)
+    done = threading.Event()
     stop = threading.Event()
+    caught: list[int] = []
 
     def work() -> None:
         try:
@@ -327,29 +334,32 @@ def _interruptible(
         finally:
             done.set()
 
-    def interrupt() -> None:
-        """Until the statement has stopped: an interrupt that comes before it starts is
-        not kept by DuckDB."""
+    def noted(signum: int, frame: object) -> None:
+        caught.append(signum)
         stop.set()
-        while True:
-            connection.interrupt()
-            if done.wait(0.05):
-                return
 
+    previous: dict[int, Any] = {}
+    if threading.current_thread() is threading.main_thread():
+        previous = {number: signal.signal(number, noted) for number in STOP_SIGNALS}
+    timed_out = False
     try:
         threading.Thread(target=work, name="fleetwatch-sql", daemon=True).start()
         while not done.wait(0.05):
             if deadline is not None and time.monotonic() > deadline:
-                interrupt()
-                raise TimedOutError(
-                    f"the query ran longer than --query-timeout {limit:g}s and was stopped; "
-                    "narrow it (e.g. WHERE window_start >= ...) or give a longer --query-timeout"
-                )
-    except TimedOutError:
-        raise
-    except BaseException:  # a signal, while the statement runs
-        interrupt()
-        raise
+                timed_out = True
+                stop.set()
+            if stop.is_set():
+                connection.interrupt()
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+    if caught:
+        _deliver(caught[0], previous.get(caught[0]))
+    if timed_out:
+        raise TimedOutError(
+            f"the query ran longer than --query-timeout {limit:g}s and was stopped; "
+            "narrow it (e.g. WHERE window_start >= ...) or give a longer --query-timeout"
+        )
     error = outcome.get("error")
     if isinstance(error, duckdb.Error):
         raise FleetwatchError(f"SQL error: {one_line(error)}") from None
@@ -357,6 +367,18 @@ def _interruptible(
         raise error
     answer: tuple[list[Any], list[Any]] = outcome["answer"]
     return answer
+
+
+#: What stops a statement as it stops the command.
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGINT)
+
+
+def _deliver(signum: int, handler: Any) -> None:
+    """A signal noted while a statement ran, to the handler that was there before it."""
+    if callable(handler):
+        handler(signum, None)  # fleetwatch's own (SIGTERM), or Python's KeyboardInterrupt
+    elif handler != signal.SIG_IGN:
+        os.kill(os.getpid(), signum)  # the default action
 
 
 def table_schema(layout: DataLayout, lock_timeout: float = 30.0) -> list[QueryResult]:

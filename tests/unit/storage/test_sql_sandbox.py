@@ -200,7 +200,8 @@ def test_a_query_past_its_time_limit_is_stopped_and_lets_go_of_the_database(data
     assert quick.rows == [(42,)]
 
 
-def test_a_running_query_stops_on_sigterm(data: Path) -> None:
+@pytest.mark.parametrize("signum", ["SIGTERM", "SIGINT"])
+def test_a_running_query_stops_on_sigterm_and_ctrl_c(data: Path, signum: str) -> None:
     """Before: DuckDB held the main thread, the signal was never handled, the query ran on."""
     import os
     import signal
@@ -218,9 +219,10 @@ def test_a_running_query_stops_on_sigterm(data: Path) -> None:
         for line in process.stderr:  # waits for the query to be running
             if "running statement 1 of 1" in line:
                 break
-        process.send_signal(signal.SIGTERM)
-        code = process.wait(30)
+        process.send_signal(getattr(signal, signum))
+        code = process.wait(60)
+        said = process.stderr.read()
     finally:
         process.kill()
         process.wait()
-    assert code == 130
+    assert code == 130 and "interrupted" in said and "Traceback" not in said, said
