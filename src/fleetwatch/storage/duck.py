@@ -340,7 +340,11 @@ def _interruptible(
 
     previous: dict[int, Any] = {}
     if threading.current_thread() is threading.main_thread():
-        previous = {number: signal.signal(number, noted) for number in STOP_SIGNALS}
+        previous = {
+            number: signal.signal(number, noted)
+            for number in STOP_SIGNALS
+            if signal.getsignal(number) not in (signal.SIG_IGN, None)  # ignored stays so
+        }
     timed_out = False
     try:
         threading.Thread(target=work, name="fleetwatch-sql", daemon=True).start()
@@ -354,19 +358,21 @@ def _interruptible(
         for number, handler in previous.items():
             signal.signal(number, handler)
     if caught:
-        _deliver(caught[0], previous.get(caught[0]))
-    if timed_out:
+        _deliver(caught[0], previous[caught[0]])
+    answer: tuple[list[Any], list[Any]] | None = outcome.get("answer")
+    if answer is not None:  # (it may have ended as it was stopped)
+        return answer
+    if stop.is_set():  # past the deadline, or a signal whose handler let it go on
         raise TimedOutError(
             f"the query ran longer than --query-timeout {limit:g}s and was stopped; "
             "narrow it (e.g. WHERE window_start >= ...) or give a longer --query-timeout"
+            if timed_out
+            else "the query was stopped by a signal"
         )
-    error = outcome.get("error")
+    error = outcome["error"]
     if isinstance(error, duckdb.Error):
         raise FleetwatchError(f"SQL error: {one_line(error)}") from None
-    if error is not None:
-        raise error
-    answer: tuple[list[Any], list[Any]] = outcome["answer"]
-    return answer
+    raise error
 
 
 #: What stops a statement as it stops the command.

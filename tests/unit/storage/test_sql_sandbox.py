@@ -226,3 +226,32 @@ def test_a_running_query_stops_on_sigterm_and_ctrl_c(data: Path, signum: str) ->
         process.kill()
         process.wait()
     assert code == 130 and "interrupted" in said and "Traceback" not in said, said
+
+
+def test_an_ignored_ctrl_c_stays_ignored_while_a_query_runs(data: Path) -> None:
+    """A command started with SIGINT ignored (`nohup`, `cmd &` in a script) is not stopped by
+    one: the query runs on to its --query-timeout."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    env = os.environ | {"FLEETWATCH_LOG_LEVEL": "DEBUG"}
+    process = subprocess.Popen(
+        [sys.executable, "-m", "fleetwatch", "sql", ENDLESS, "--data-dir", str(data),
+         "--query-timeout", "3s"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN),
+    )  # fmt: skip
+    try:
+        assert process.stderr is not None
+        for line in process.stderr:
+            if "running statement 1 of 1" in line:
+                break
+        process.send_signal(signal.SIGINT)
+        code = process.wait(60)
+        said = process.stderr.read()
+    finally:
+        process.kill()
+        process.wait()
+    assert code == 1 and "--query-timeout 3s" in said, said
