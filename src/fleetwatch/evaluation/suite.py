@@ -11,7 +11,8 @@ A suite is a TOML file with one table per data set::
 ``source`` and ``arguments`` (``fleetwatch evaluate`` flags) may name ``${VARIABLE}``s of the
 environment; ``${FLEETWATCH_DATASETS}`` defaults to the cache the fetch script fills
 (``~/.cache/fleetwatch/datasets``). A set whose source is absent is skipped, and says how to
-get it. Flags given on the command line apply to every set, over the set's own.
+get it. Flags given on the command line apply to every set, over the set's own. A set's
+name (1-64 of ``[A-Za-z0-9_.-]``, not starting with a dot) is also its folder under ``--keep``.
 
 The comparison (``--compare previous.json``, a file ``--save`` wrote): a set is *worse* when its
 F1 or its point-adjusted F1 fell by more than ``--margin``; any worse set fails the run (exit 1),
@@ -99,6 +100,11 @@ def read_suite(path: Path) -> list[SuiteSet]:
     sets = []
     for name, table in tables.items():
         where = f"--suite {path}: [sets.{name}]"
+        if not SET_NAME.fullmatch(name):  # it names the set's folder under --keep
+            raise InvalidInputError(
+                f"--suite {path}: {name!r} is not a set name (1-64 of [A-Za-z0-9_.-], not "
+                "starting with a dot)"
+            )
         if not isinstance(table, dict) or not isinstance(table.get("source"), str):
             raise InvalidInputError(f'{where}: needs source = "a folder, a file or simulator"')
         unknown = sorted(set(table) - {"source", "arguments", "fetch"})
@@ -119,6 +125,10 @@ def read_suite(path: Path) -> list[SuiteSet]:
             )
         )
     return sets
+
+
+#: A set's name: also its folder's name under ``--keep``.
+SET_NAME: Final = re.compile(r"[A-Za-z0-9_-][A-Za-z0-9_.-]{0,63}")
 
 
 def _expand(text: str, variables: Mapping[str, str], where: str) -> str:

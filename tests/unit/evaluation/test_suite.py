@@ -55,6 +55,11 @@ def test_a_suite_file_names_its_sets_relative_to_itself_and_with_variables(
         ('[sets.a]\nsource = "x"\nargs = []\n', "unknown key args"),
         ('[sets.a]\nsource = "x"\narguments = "--window 5s"\n', "a list of strings"),
         ('[sets.a]\nsource = "${NOT_SET_ANYWHERE_42}"\n', "is not set"),
+        # a set's name names its folder under --keep: never a way out of it
+        ('[sets."../../etc"]\nsource = "simulator"\n', "is not a set name"),
+        ('[sets.".."]\nsource = "simulator"\n', "is not a set name"),
+        ('[sets."a/b"]\nsource = "simulator"\n', "is not a set name"),
+        ('[sets.""]\nsource = "simulator"\n', "is not a set name"),
     ],
 )
 def test_a_bad_suite_file_is_one_clear_error(tmp_path: Path, text: str, message: str) -> None:
