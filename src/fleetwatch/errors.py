@@ -37,8 +37,8 @@ class StorageError(FleetwatchError):
     exit_code = 1
 
 
-class TimedOutError(FleetwatchError):
-    """The work was stopped at the time limit it was given."""
+class LimitError(FleetwatchError):
+    """The work was stopped at a limit it was given (its time, its memory)."""
 
     exit_code = 1
 

@@ -221,6 +221,12 @@ def _check(settings: Settings) -> None:
             number = math.nan
         if not (math.isfinite(number) and number > 0):  # scikit-learn's rule, before any fit
             raise ConfigError(f"gamma={gamma!r}: use scale, auto or a positive number") from None
+    memory = settings.sql.memory_limit
+    size = re.fullmatch(r"(\d+(?:\.\d+)?)\s*(%|[KMGT]i?B)", memory.strip(), re.IGNORECASE)
+    if size is None or float(size[1]) <= 0 or (size[2] == "%" and float(size[1]) > 100):
+        raise ConfigError(
+            f"memory_limit={memory!r}: give a share of RAM (25%) or a size (2GB, 512MB)"
+        )
     bad = [d for d in settings.train.devices if not re.fullmatch(r"[A-Za-z0-9_.-]{1,64}", d)]
     if bad:
         raise ConfigError(f"devices: {bad[0]!r} is not a device id (1-64 of [A-Za-z0-9_.-])")

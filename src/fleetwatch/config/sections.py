@@ -434,6 +434,12 @@ class SqlSettings:
         kind="duration",
         minimum=0,
     )
+    memory_limit: str = setting(
+        "25%",
+        "memory a query may use: a share of RAM (25%) or a size (2GB, 512MB); scoring and "
+        "aggregation run on the same machine",
+        metavar="SIZE",
+    )
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import duckdb
 if TYPE_CHECKING:  # pandas and pyarrow take a moment to import; `fleetwatch sql` needs pandas
     pass
 
-from fleetwatch.errors import FleetwatchError, StorageError, TimedOutError
+from fleetwatch.errors import FleetwatchError, LimitError, StorageError
 from fleetwatch.storage.layout import DataLayout
 from fleetwatch.storage.store import ObjectStore
 
@@ -239,7 +239,9 @@ def sql_token_text(sql: str, start: int) -> str:
 
 
 @contextmanager
-def sandbox(layout: DataLayout, lock_timeout: float = 30.0) -> Iterator[Any]:
+def sandbox(
+    layout: DataLayout, lock_timeout: float = 30.0, memory_limit: str | None = None
+) -> Iterator[Any]:
     """A connection that can read the database and the data folder's Parquet files and
     nothing else: opened read-only (nothing is created: a data folder without a database
     gets empty tables in memory); file access off except for the aggregate and late files
@@ -265,6 +267,8 @@ def sandbox(layout: DataLayout, lock_timeout: float = 30.0) -> Iterator[Any]:
         connection.execute("SET enable_external_access = false")
         connection.execute("SET autoinstall_known_extensions = false")
         connection.execute("SET autoload_known_extensions = false")
+        if memory_limit is not None:
+            connection.execute("SET memory_limit = ?", [memory_limit])
         for name, paths in files.items():
             if paths:
                 listed = ", ".join(f"'{_quote(path)}'" for path in paths)
@@ -289,17 +293,24 @@ def _in_memory() -> Iterator[Any]:
 
 
 def query(
-    layout: DataLayout, sql: str, lock_timeout: float = 30.0, query_timeout: float = 0.0
+    layout: DataLayout,
+    sql: str,
+    lock_timeout: float = 30.0,
+    query_timeout: float = 0.0,
+    memory_limit: str | None = None,
 ) -> list[QueryResult]:
     """Run read-only SQL in the :func:`sandbox`; one result per statement. The statements
-    together may take ``query_timeout`` seconds (0: no limit); a signal stops them too."""
+    together may take ``query_timeout`` seconds (0: no limit); a signal stops them too; each
+    may use ``memory_limit`` (DuckDB's setting: ``25%``, ``2GB``; None: DuckDB's default)."""
     statements = check_read_only(sql)
     results = []
     deadline = time.monotonic() + query_timeout if query_timeout > 0 else None
-    with sandbox(layout, lock_timeout) as connection:
+    with sandbox(layout, lock_timeout, memory_limit) as connection:
         for number, statement in enumerate(statements, 1):
             log.debug("sql: running statement %d of %d", number, len(statements))
-            description, rows = _interruptible(connection, statement, deadline, query_timeout)
+            description, rows = _interruptible(
+                connection, statement, deadline, query_timeout, memory_limit
+            )
             results.append(
                 QueryResult(
                     [str(d[0]) for d in description], [str(d[1]) for d in description], rows
@@ -309,7 +320,11 @@ def query(
 
 
 def _interruptible(
-    connection: Any, statement: str, deadline: float | None, limit: float
+    connection: Any,
+    statement: str,
+    deadline: float | None,
+    limit: float,
+    memory_limit: str | None = None,
 ) -> tuple[list[Any], list[Any]]:
     """One statement, run on a thread while this one waits: DuckDB holds the thread it runs
     on until the statement ends, so a signal (SIGTERM, Ctrl-C) would wait for it, and a
@@ -363,13 +378,18 @@ def _interruptible(
     if answer is not None:  # (it may have ended as it was stopped)
         return answer
     if stop.is_set():  # past the deadline, or a signal whose handler let it go on
-        raise TimedOutError(
+        raise LimitError(
             f"the query ran longer than --query-timeout {limit:g}s and was stopped; "
             "narrow it (e.g. WHERE window_start >= ...) or give a longer --query-timeout"
             if timed_out
             else "the query was stopped by a signal"
         )
     error = outcome["error"]
+    if isinstance(error, duckdb.OutOfMemoryException):  # (its hints say SET, which is refused)
+        raise LimitError(
+            f"the query needs more memory than --memory-limit {memory_limit}; narrow it (fewer "
+            "rows or columns, an aggregate) or give a larger --memory-limit"
+        ) from None
     if isinstance(error, duckdb.Error):
         raise FleetwatchError(f"SQL error: {one_line(error)}") from None
     raise error

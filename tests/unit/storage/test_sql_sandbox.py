@@ -255,3 +255,37 @@ def test_an_ignored_ctrl_c_stays_ignored_while_a_query_runs(data: Path) -> None:
         process.kill()
         process.wait()
     assert code == 1 and "--query-timeout 3s" in said, said
+
+
+def test_a_query_past_its_memory_limit_is_one_line_and_the_limit_cannot_be_lifted(
+    data: Path,
+) -> None:
+    """The machine also runs the worker and the scorer: a query's memory is bounded
+    (`--memory-limit`, 25% of RAM by default), and no statement can raise the bound."""
+    import subprocess
+    import sys
+
+    hungry = "SELECT length(string_agg(repeat('a', 1000), '')) AS n FROM range(300000)"  # 300 MB
+    run = [sys.executable, "-m", "fleetwatch", "sql", "--data-dir", str(data), "--format", "csv"]
+    refused = subprocess.run(
+        [*run, hungry, "--memory-limit", "50MB"], capture_output=True, text=True, timeout=120
+    )
+    assert refused.returncode == 1 and refused.stdout == "", refused.stderr
+    [line] = refused.stderr.strip().splitlines()
+    assert "--memory-limit 50MB" in line and "SET" not in line, line
+    done = subprocess.run(
+        [*run, hungry, "--memory-limit", "2GB"], capture_output=True, text=True, timeout=120
+    )
+    assert done.returncode == 0 and done.stdout.split() == ["n", "300000000"], done.stderr
+    [limit] = query(
+        DataLayout.open(data), "SELECT current_setting('memory_limit')", memory_limit="1GB"
+    )
+    assert limit.rows == [("953.6 MiB",)]  # DuckDB's own rendering of 1 GB
+    with pytest.raises(FleetwatchError, match="read-only"):
+        query(DataLayout.open(data), "SET memory_limit = '100GB'", memory_limit="1GB")
+    bad = subprocess.run(
+        [*run, "SELECT 1", "--memory-limit", "lots"], capture_output=True, text=True
+    )
+    assert (
+        bad.returncode == 2 and "memory_limit" in bad.stderr and len(bad.stderr.splitlines()) == 1
+    )

@@ -19,7 +19,8 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.schema:
         results = table_schema(layout, timeout)
     elif args.query:
-        results = query(layout, args.query, timeout, settings.sql.query_timeout)
+        limits = settings.sql
+        results = query(layout, args.query, timeout, limits.query_timeout, limits.memory_limit)
     else:
         raise UsageError('give a query, e.g. fleetwatch sql "SELECT * FROM runs", or --schema')
     fmt = "text" if args.format == "table" else args.format
