@@ -13,7 +13,9 @@ its pins clash with fleetwatch's, so give it a virtualenv of its own: ``python -
 /tmp/quix && /tmp/quix/bin/pip install quixstreams``, then ``--quix-python
 /tmp/quix/bin/python``); (f) fleetwatch's own Faust app and drain loop delivering the
 same messages to a receiver that only counts them (the ceiling of the hot path under Faust);
-and Faust's public API (``--public-api``, below). It also
+(g) the job of (d) done by such a receiver (the ceiling under the Faust path the worker must
+keep, timed as the worker's processing is: first delivered record to the last); and Faust's
+public API (``--public-api``, below). It also
 prints the in-process cost per message of decoding (``parse_message``) and of the whole
 processor (decode, rules, windows; no Kafka).
 
@@ -279,8 +281,14 @@ settings = load_settings(environ={}, overrides={
 install_record_tuples()
 app, _ = build_app(settings)
 
+WINDOWS = sys.argv[5] == "windows"
+if WINDOWS:
+    from datetime import datetime
+    import orjson
+
 class Counter:
     seen, first, done = 0, None, False
+    windows = {}
 
     async def rewind(self, tps):
         pass
@@ -288,6 +296,29 @@ class Counter:
     async def deliver(self, records):
         self.first = self.first or time.time()
         self.seen += sum(len(batch) for batch in records.values())
+        if WINDOWS:  # the ceiling's job, as ceiling_consume does it
+            windows = self.windows
+            for batch in records.values():
+                for record in batch:
+                    message = orjson.loads(record[2])
+                    ts = message["ts"]
+                    if not isinstance(ts, int):
+                        ts = round(datetime.fromisoformat(ts).timestamp() * 1000)
+                    start = ts // 60_000
+                    device = message["device_id"]
+                    for sensor, value in message["readings"].items():
+                        state = windows.get((device, sensor, start))
+                        if state is None:
+                            state = [1, value, value * value, value, value]
+                            windows[(device, sensor, start)] = state
+                        else:
+                            state[0] += 1
+                            state[1] += value
+                            state[2] += value * value
+                            if value < state[3]:
+                                state[3] = value
+                            if value > state[4]:
+                                state[4] = value
         if self.seen >= total and not self.done:
             self.done = True
             open(out, "w").write(json.dumps({"seconds": time.time() - self.first}))
@@ -297,17 +328,27 @@ faust.Worker(app, loglevel="WARNING", quiet=True).execute_from_commandline()
 """
 
 
-def faust_drain(bootstrap: str, topic: str, total: int) -> float:
-    return _timed_process(FAUST_DRAIN, bootstrap, topic, total, "the Faust drain")
+def faust_drain(bootstrap: str, topic: str, total: int, windows: bool = False) -> float:
+    """(f), or with ``windows`` (g): the ceiling's job (d) done by a receiver of fleetwatch's
+    Faust path, timed as the worker's processing is (first delivered record to the last)."""
+    name = "the Faust ceiling" if windows else "the Faust drain"
+    extra = ("windows" if windows else "count",)
+    return _timed_process(FAUST_DRAIN, bootstrap, topic, total, name, extra=extra)
 
 
 def _timed_process(
-    script: str, bootstrap: str, topic: str, total: int, name: str, python: str = sys.executable
+    script: str,
+    bootstrap: str,
+    topic: str,
+    total: int,
+    name: str,
+    python: str = sys.executable,
+    extra: tuple[str, ...] = (),
 ) -> float:
     out = Path(tempfile.mkdtemp(prefix="fw-bench-peer-")) / "result.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("FLEETWATCH_")}
     process = subprocess.Popen(
-        [python, "-c", script, bootstrap, topic, str(total), str(out)],
+        [python, "-c", script, bootstrap, topic, str(total), str(out), *extra],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
@@ -534,17 +575,20 @@ def main() -> int:
             f"preloaded {total:,} messages in {time.perf_counter() - started:.1f}s", file=sys.stderr
         )
         raw, worker, public, ceiling, quixed, other, drained = [], [], [], [], [], [], []
+        faust_ceiling: list[float] = []
         for round_index in range(args.rounds):
             raw.append(asyncio.run(raw_consume(bootstrap, topic, total)))
             if args.peers:
                 ceiling.append(asyncio.run(ceiling_consume(bootstrap, topic, total)))
                 drained.append(faust_drain(bootstrap, topic, total))
+                faust_ceiling.append(faust_drain(bootstrap, topic, total, windows=True))
                 seconds = quix(bootstrap, topic, total, args.quix_python)
                 if seconds is not None:
                     quixed.append(seconds)
                 print(
                     f"round {round_index + 1}: ceiling {total / ceiling[-1]:,.0f} msg/s, "
-                    f"Faust drain {total / drained[-1]:,.0f} msg/s"
+                    f"Faust drain {total / drained[-1]:,.0f} msg/s, "
+                    f"Faust ceiling {total / faust_ceiling[-1]:,.0f} msg/s"
                     + (f", Quix Streams {total / seconds:,.0f} msg/s" if seconds else ""),
                     file=sys.stderr,
                 )
@@ -599,6 +643,9 @@ def main() -> int:
         "ceiling_messages_per_s": total / statistics.median(ceiling) if ceiling else None,
         "quix_messages_per_s": total / statistics.median(quixed) if quixed else None,
         "faust_drain_messages_per_s": total / statistics.median(drained) if drained else None,
+        "faust_ceiling_messages_per_s": (
+            total / statistics.median(faust_ceiling) if faust_ceiling else None
+        ),
         "against_messages_per_s": (
             total / statistics.median(r["seconds"] for r in other) if other else None
         ),
@@ -646,6 +693,13 @@ def main() -> int:
                 "the fetcher buffers while the group forms); fleetwatch "
                 f"{result['aggregate_messages_per_s'] / result['faust_drain_messages_per_s']:.2f}"
                 " of it"
+            )
+        if faust_ceiling:
+            print(
+                f"Faust ceiling: {result['faust_ceiling_messages_per_s']:>10,.0f} messages/s "
+                "(the ceiling's job done by a receiver of fleetwatch's Faust app, timed as "
+                "processing is); fleetwatch "
+                f"{processing_ratio(result, 'faust_ceiling_messages_per_s'):.2f} of it (processing)"
             )
         if quixed:
             print(
