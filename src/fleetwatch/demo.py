@@ -173,10 +173,11 @@ class Live:
     def time_to_alert(
         self, labels: Path, since: datetime, start: datetime, started: float, speed: float
     ) -> dict[str, dict[str, Any]]:
-        """Per fault kind after ``since``: faults, how many alerted, the median simulated
-        minutes from the fault's start to the close of its first anomalous window that alerted,
-        the median wall-clock seconds from that close to the alert, and the hourly path's
-        minutes (the hour's end + 5 min, its cron tick)."""
+        """Per fault kind after ``since``: faults, how many alerted, how many began while an
+        incident of their device was open and alerted already (they continue it: no alert of
+        their own), the median simulated minutes from the fault's start to the close of its
+        first anomalous window that alerted, the median wall-clock seconds from that close to
+        the alert, and the hourly path's minutes (the hour's end + 5 min, its cron tick)."""
         import pandas as pd
 
         from fleetwatch.storage.duck import connect
@@ -189,7 +190,14 @@ class Live:
             flagged = db.execute(
                 "SELECT device_id, window_start, window_end FROM scores WHERE is_anomaly"
             ).df()
+            incidents = db.execute("SELECT device_id, window_start, window_end FROM incidents").df()
+        alerted_incidents = {
+            (a["device_id"], datetime.fromisoformat(a["window_start"]))
+            for a in self.alerts
+            if a.get("kind") == "anomaly"
+        }
         rows: dict[str, list[tuple[float, float] | None]] = {}
+        continued: dict[str, int] = {}
         hourly: dict[str, list[float]] = {}
         spans = zip(
             faults["device_id"],
@@ -219,6 +227,16 @@ class Live:
             ]
             if not answered or mine.empty:
                 rows.setdefault(kind, []).append(None)
+                open_then = incidents[
+                    (incidents["device_id"] == device_id)
+                    & (incidents["window_start"] < pd.Timestamp(begin))
+                    & (incidents["window_end"] > pd.Timestamp(begin))
+                ]
+                if any(
+                    (device_id, opened.to_pydatetime()) in alerted_incidents
+                    for opened in open_then["window_start"]
+                ):
+                    continued[kind] = continued.get(kind, 0) + 1
                 continue
             closed = mine["window_end"].min().to_pydatetime() + closing
             closed_wall = started + (closed - start).total_seconds() / speed
@@ -231,6 +249,7 @@ class Live:
             summary[kind] = {
                 "faults": len(rows[kind]),
                 "alerted": len(found),
+                "continued": continued.get(kind, 0),
                 "data_min": statistics.median(r[0] for r in found) if found else None,
                 "wall_s": statistics.median(r[1] for r in found) if found else None,
                 "hourly_min": statistics.median(hourly[kind]),
@@ -393,7 +412,13 @@ def run_demo(settings: Settings) -> int:
             )
             for kind, row in delays.items():
                 print(
-                    f"  {kind:<17} {row['alerted']}/{row['faults']} alerted: "
+                    f"  {kind:<17} {row['alerted']}/{row['faults']} alerted"
+                    + (
+                        f" ({row['continued']} more began in an incident already alerted)"
+                        if row["continued"]
+                        else ""
+                    )
+                    + ": "
                     + (
                         f"{row['data_min']:.1f} min + {row['wall_s']:.1f} s"
                         if row["alerted"]
