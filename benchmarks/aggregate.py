@@ -116,13 +116,38 @@ async def raw_consume(bootstrap: str, topic: str, total: int) -> float:
         await consumer.stop()
 
 
-async def ceiling_consume(bootstrap: str, topic: str, total: int) -> float:
-    """(d): aiokafka + orjson + dict windows: the job without its rules (the event time read
-    as the job must read it: an ISO string parsed, as the simulator writes them)."""
+def dict_windows(windows: dict[tuple[str, str, int], list[float]], values: list[bytes]) -> None:
+    """The ceiling's job: each message decoded (orjson), its event time read (an ISO string
+    parsed, as the simulator writes them) and its readings folded into plain dict windows
+    (count, sum, sum of squares, min, max per device, sensor and minute). No rule checked."""
     from datetime import datetime
 
     import orjson
 
+    for value in values:
+        message = orjson.loads(value)
+        ts = message["ts"]
+        if not isinstance(ts, int):
+            ts = round(datetime.fromisoformat(ts).timestamp() * 1000)
+        start = ts // 60_000
+        device = message["device_id"]
+        for sensor, reading in message["readings"].items():
+            state = windows.get((device, sensor, start))
+            if state is None:
+                windows[(device, sensor, start)] = [1, reading, reading * reading, reading, reading]
+            else:
+                state[0] += 1
+                state[1] += reading
+                state[2] += reading * reading
+                if reading < state[3]:
+                    state[3] = reading
+                if reading > state[4]:
+                    state[4] = reading
+
+
+async def ceiling_consume(bootstrap: str, topic: str, total: int) -> float:
+    """(d): aiokafka + orjson + dict windows: the job without its rules (the event time read
+    as the job must read it: an ISO string parsed, as the simulator writes them)."""
     consumer = AIOKafkaConsumer(
         bootstrap_servers=bootstrap,
         enable_auto_commit=False,
@@ -141,31 +166,7 @@ async def ceiling_consume(bootstrap: str, topic: str, total: int) -> float:
             batches = await consumer.getmany(timeout_ms=1000, max_records=50_000)
             for records in batches.values():
                 seen += len(records)
-                for record in records:
-                    message = orjson.loads(record.value)
-                    ts = message["ts"]
-                    if not isinstance(ts, int):
-                        ts = round(datetime.fromisoformat(ts).timestamp() * 1000)
-                    start = ts // 60_000
-                    device = message["device_id"]
-                    for sensor, value in message["readings"].items():
-                        state = windows.get((device, sensor, start))
-                        if state is None:
-                            windows[(device, sensor, start)] = [
-                                1,
-                                value,
-                                value * value,
-                                value,
-                                value,
-                            ]
-                        else:
-                            state[0] += 1
-                            state[1] += value
-                            state[2] += value * value
-                            if value < state[3]:
-                                state[3] = value
-                            if value > state[4]:
-                                state[4] = value
+                dict_windows(windows, [record.value for record in records])
         return time.perf_counter() - started
     finally:
         await consumer.stop()
@@ -283,8 +284,8 @@ app, _ = build_app(settings)
 
 WINDOWS = sys.argv[5] == "windows"
 if WINDOWS:
-    from datetime import datetime
-    import orjson
+    sys.path.insert(0, sys.argv[6])
+    from aggregate import dict_windows
 
 class Counter:
     seen, first, done = 0, None, False
@@ -297,28 +298,8 @@ class Counter:
         self.first = self.first or time.time()
         self.seen += sum(len(batch) for batch in records.values())
         if WINDOWS:  # the ceiling's job, as ceiling_consume does it
-            windows = self.windows
             for batch in records.values():
-                for record in batch:
-                    message = orjson.loads(record[2])
-                    ts = message["ts"]
-                    if not isinstance(ts, int):
-                        ts = round(datetime.fromisoformat(ts).timestamp() * 1000)
-                    start = ts // 60_000
-                    device = message["device_id"]
-                    for sensor, value in message["readings"].items():
-                        state = windows.get((device, sensor, start))
-                        if state is None:
-                            state = [1, value, value * value, value, value]
-                            windows[(device, sensor, start)] = state
-                        else:
-                            state[0] += 1
-                            state[1] += value
-                            state[2] += value * value
-                            if value < state[3]:
-                                state[3] = value
-                            if value > state[4]:
-                                state[4] = value
+                dict_windows(self.windows, [record[2] for record in batch])
         if self.seen >= total and not self.done:
             self.done = True
             open(out, "w").write(json.dumps({"seconds": time.time() - self.first}))
@@ -332,7 +313,7 @@ def faust_drain(bootstrap: str, topic: str, total: int, windows: bool = False) -
     """(f), or with ``windows`` (g): the ceiling's job (d) done by a receiver of fleetwatch's
     Faust path, timed as the worker's processing is (first delivered record to the last)."""
     name = "the Faust ceiling" if windows else "the Faust drain"
-    extra = ("windows" if windows else "count",)
+    extra = ("windows" if windows else "count", str(Path(__file__).parent))
     return _timed_process(FAUST_DRAIN, bootstrap, topic, total, name, extra=extra)
 
 

@@ -3,8 +3,6 @@ scikit-learn and against a brute force, and its join of points to their windows.
 
 from __future__ import annotations
 
-import importlib.util
-import sys
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from types import ModuleType
@@ -15,18 +13,14 @@ import pandas as pd
 import pytest
 from sklearn.metrics import f1_score
 
-SCRIPT = Path(__file__).parents[3] / "benchmarks" / "detection" / "ranking.py"
+from tests.unit.benchmarks.conftest import load_script
+
 T0 = datetime(2026, 1, 1, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
 def ranking() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("ranking", SCRIPT)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["ranking"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("detection/ranking.py")
 
 
 def test_f1_far_and_the_oracle_agree_with_scikit_learn_and_brute_force(
