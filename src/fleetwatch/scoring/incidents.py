@@ -3,8 +3,10 @@
 Anomalous windows of one device at most ``--incident-gap`` apart (from one's end to the next
 one's start) are one incident: its first window's start, its last window's end, how many
 windows, its peak (lowest) normalised score, its top sensors (each sensor's share summed over
-the windows, over the number of windows) and its status: ``open`` while it reaches the end
-of the latest hour scored for the device (it may grow), else ``closed``.
+the windows, over the number of windows) and its status: ``open`` while it reaches what was
+scored for the device (it may grow), else ``closed``: the end of the latest hour scored, or,
+in an hour scored only provisionally so far (live ticks, ``score`` of an open hour), the end of
+the latest window scored.
 
 The table is a function of the stored anomalies: every scoring run rebuilds, in its own
 transaction, the incidents of the devices it scored that come within the gap of its hour, from
@@ -61,9 +63,15 @@ WITH a AS (
         list({{'sensor': s.sensor, 'share': round(s.total / i.windows, 4)}}
              ORDER BY s.total DESC, s.sensor) FILTER (WHERE s.total / i.windows >= ?) AS top
     FROM s JOIN i USING (device_id, k) GROUP BY 1, 2
+), live AS (
+    SELECT run_id, device_id, max(window_end) AS until FROM scores
+    WHERE run_id IN (SELECT run_id FROM runs WHERE status = 'provisional') {devices}
+    GROUP BY 1, 2
 ), latest AS (
-    SELECT d.device_id, max(r.window_end) AS scored_until
+    SELECT d.device_id, max(CASE WHEN r.status = 'provisional'
+        THEN coalesce(l.until, r.window_start) ELSE r.window_end END) AS scored_until
     FROM device_runs d JOIN runs r USING (run_id)
+    LEFT JOIN live l ON l.run_id = d.run_id AND l.device_id = d.device_id
     WHERE d.outcome = 'scored' {devices_d} GROUP BY 1
 )
 INSERT INTO incidents ({columns})
@@ -109,5 +117,6 @@ def rebuild(
         top=TOP,
     )
     connection.execute(
-        statement, [low, high, *parameters, seconds, MIN_SHARE, *parameters, seconds]
+        statement,
+        [low, high, *parameters, seconds, MIN_SHARE, *parameters, *parameters, seconds],
     )

@@ -229,3 +229,35 @@ def test_status_and_the_dashboard_show_the_live_state(
     assert score_hour(settings, OPEN, progress=False).status == "succeeded"
     drawn, page = heatmap()
     assert drawn["layout"]["shapes"] == [] and 'id="live"' not in page
+
+
+def test_a_live_incident_is_open_while_it_reaches_the_latest_window_scored_live(
+    live: tuple[Settings, pd.DataFrame],
+) -> None:
+    """An incident's status reads what was scored for its device: in the open hour, the latest
+    window a live (provisional) run scored, not the hour's end, which no live run reached."""
+    settings, frame = live
+    gap = timedelta(minutes=3)  # the fixture's incident gap
+
+    def incident() -> tuple:
+        (found,) = rows(settings, "SELECT window_start, window_end, status FROM incidents "
+                        "WHERE device_id = 'pump-03' AND window_start >= ?", [OPEN])  # fmt: skip
+        return found
+
+    def scored_until() -> object:
+        return rows(settings, "SELECT max(window_end) FROM scores WHERE device_id = 'pump-03'")[0][
+            0
+        ]
+
+    publish(settings, frame, (0, 40), 1)  # pump-03 shifted from minute 30: anomalous to 40
+    set_watermark(settings, OPEN + timedelta(minutes=40))
+    live_tick(Scoring.of(settings), lock(settings))
+    start, end, status = incident()
+    assert end + gap >= scored_until()  # it reaches what was scored: it may grow
+    assert status == "open"
+    publish(settings, frame, (40, 60), 2)  # ... and it grows, still open at the hour's end
+    set_watermark(settings, OPEN + HOUR + timedelta(minutes=1))
+    live_tick(Scoring.of(settings), lock(settings))
+    assert incident()[2] == "open" and incident()[0] == start
+    score_hour(settings, OPEN, progress=False)  # the final run: the same
+    assert incident()[2] == "open"
