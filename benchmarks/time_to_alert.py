@@ -2,6 +2,7 @@
 
     python benchmarks/time_to_alert.py                       # 1,000 devices, 10 s windows, 5 min
     python benchmarks/time_to_alert.py --devices 200 --minutes 3 --format json
+    python benchmarks/time_to_alert.py --grace 1 --live-every 1 --target-far 0.003
 
 Everything runs as a user runs it, as processes, on the embedded broker: a simulator fills the
 topic with 15 simulated minutes of clean readings (as fast as it can), `fleetwatch aggregate`
@@ -17,8 +18,11 @@ minutes are injected but not judged (they would be cut short); incidents are 3 w
 most (``--incident-gap 30s``: with the 5 min default, a fault following a false alarm of the
 same device within 5 minutes continues that incident, already alerted).
 
-Printed: per fault kind and overall, the delay from the fault's first reading to its alert
-(median, p95, max) and the faults missed live; beside it the hourly path on the same run: once
+Printed: the live readings that came too late for their window (the late sink: what a short
+``--grace`` costs) and the alerts that overlap no labelled fault (false alarms); per fault kind
+and overall, the delay from the fault's first reading to its alert (median, p95, max), the
+faults missed live and those that began inside an incident of their device alerted already
+(they continue it: no alert of their own, no miss); beside it the hourly path on the same run: once
 the live part is over the scheduler stops and ``fleetwatch score --hour`` scores each hour
 whole, as its final run would, and a fault is found hourly when one of that run's incidents
 overlaps it. Its alert would come at the next ``cron`` tick after the hour closed (minute 5 by
@@ -56,6 +60,7 @@ from fleetwatch.config.sections import TrainSettings
 
 WINDOW_S = 10
 GRACE_S = 5
+LIVE_EVERY_S = 2.0
 INTERVAL_S = 1  # between two readings of a device
 SEED = 7
 TARGET_P95_S = 60.0  # issue 28's target for every fault's p95
@@ -97,6 +102,22 @@ def main() -> int:
     parser.add_argument("--faults-per-device-hour", type=float, default=1.0)
     parser.add_argument("--format", choices=["text", "json"], default="text")
     parser.add_argument("--keep", type=Path, help="keep the data folder and logs here")
+    parser.add_argument(
+        "--grace",
+        type=float,
+        default=GRACE_S,
+        help=f"aggregate's grace, seconds ({GRACE_S}): late readings go to the late sink",
+    )
+    parser.add_argument(
+        "--live-every", type=float, default=LIVE_EVERY_S, help=f"seconds ({LIVE_EVERY_S:g})"
+    )
+    parser.add_argument(
+        "--target-far",
+        type=float,
+        default=TARGET_FAR,
+        help=f"train's target false-alarm rate ({TARGET_FAR:g}); the reference and the bound "
+        "test at it too",
+    )
     options = parser.parse_args()
     folder = options.keep or Path(tempfile.mkdtemp(prefix="fw-time-to-alert-"))
     folder.mkdir(parents=True, exist_ok=True)
@@ -107,7 +128,7 @@ def main() -> int:
             "FLEETWATCH_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
             "FLEETWATCH_DATA_DIR": str(data),
             "FLEETWATCH_AGGREGATE_WINDOW": f"{WINDOW_S}s",
-            "FLEETWATCH_AGGREGATE_GRACE": f"{GRACE_S}s",
+            "FLEETWATCH_AGGREGATE_GRACE": f"{options.grace:g}s",
             "FLEETWATCH_AGGREGATE_REBALANCE_TIMEOUT": "5s",
             # an incident of 10 s windows: anomalous windows at most 3 windows apart (the 5 min
             # default, meant for 60 s windows, would make a fault a continuation of any false
@@ -140,8 +161,9 @@ def main() -> int:
                 time.sleep(2)
             run(["train", "--since", train_start.isoformat(),
                  "--until", (train_end - timedelta(seconds=30)).isoformat(),
-                 "--no-progress"], env, log)  # fmt: skip
-            scheduler = run(["schedule", "--live", "--live-every", "2s", "--jsonl", str(sink),
+                 "--target-far", f"{options.target_far:g}", "--no-progress"], env, log)  # fmt: skip
+            every = f"{options.live_every:g}s"
+            scheduler = run(["schedule", "--live", "--live-every", every, "--jsonl", str(sink),
                              "--no-silent", "--workers", "2"], env, log, wait=False)  # fmt: skip
             time.sleep(3)
             live_start = aligned(datetime.now(UTC) + timedelta(seconds=WINDOW_S))
@@ -180,6 +202,13 @@ def main() -> int:
                 env=env, capture_output=True, text=True, check=True,
             )  # fmt: skip
             incidents = json.loads(found.stdout)
+            since = live_start.isoformat()  # (this process's own time: no input reaches SQL)
+            late = subprocess.run(
+                [sys.executable, "-m", "fleetwatch", "sql", "--format", "json",
+                 f"SELECT count(*) AS n FROM late WHERE ts >= '{since}'"],  # noqa: S608
+                env=env, capture_output=True, text=True, check=True,
+            )  # fmt: skip
+            late_readings = int(json.loads(late.stdout)[0]["n"])
         finally:
             for process in (scheduler, aggregate):
                 if process is not None and process.poll() is None:
@@ -189,10 +218,13 @@ def main() -> int:
     starts = pd.to_datetime(faults["start"], utc=True)
     faults = faults[starts < pd.Timestamp(live_start + timedelta(minutes=options.minutes))]
     result = judge(faults, payloads, arrivals, incidents, live_start, sent_from)
+    result["late_readings"] = late_readings  # the live part's, lost to scoring
+    result["false_alerts"] = false_alerts(payloads, pd.read_parquet(labels))
+    result["alerts"] = sum(1 for a in payloads.values() if a.get("kind") == "anomaly")
     drifts = faults[faults["kind"] == "drift_ramp"]
     if len(drifts):
         every = set(pd.read_parquet(labels)["device_id"])  # judged or not: none is fault-free
-        ideal = ideal_detector(drifts, read_windows(data), live_start, TARGET_FAR, every)
+        ideal = ideal_detector(drifts, read_windows(data), live_start, options.target_far, every)
         result["ideal_drift"] = reference(result, ideal)
         sized = drift_sizes(drifts, options, live_start)
         if sized is not None:
@@ -204,7 +236,7 @@ def main() -> int:
             ]
             others += [math.inf] * (len(faults) - len(drifts) - len(others))  # missed: slow
             lag = result["lag_median_s"] or 0.0
-            result["drift_bound"] = drift_bound(sized, others, lag, TARGET_FAR)
+            result["drift_bound"] = drift_bound(sized, others, lag, options.target_far)
     if options.format == "json":
         print(json.dumps(result))
     else:
@@ -212,6 +244,24 @@ def main() -> int:
     if options.keep is None:
         shutil.rmtree(folder, ignore_errors=True)
     return 0
+
+
+def false_alerts(alerts: dict[str, dict[str, Any]], faults: pd.DataFrame) -> int:
+    """Anomaly alerts whose windows overlap no labelled fault of their device (judged or not:
+    its span plus one window, as :func:`judge` matches them)."""
+    spans: dict[str, list[tuple[pd.Timestamp, pd.Timestamp]]] = {}
+    for fault in faults.itertuples():
+        end = pd.Timestamp(fault.end) + pd.Timedelta(seconds=WINDOW_S)
+        spans.setdefault(str(fault.device_id), []).append((pd.Timestamp(fault.start), end))
+    return sum(
+        1
+        for alert in alerts.values()
+        if alert.get("kind") == "anomaly"
+        and not any(
+            pd.Timestamp(alert["window_start"]) < end and pd.Timestamp(alert["window_end"]) > start
+            for start, end in spans.get(alert["device_id"], [])
+        )
+    )
 
 
 def read_windows(data: Path) -> pd.DataFrame:
@@ -378,15 +428,20 @@ def judge(
 ) -> dict[str, Any]:
     """Each fault's delay to its first alert, live; and the hourly path's: which faults its
     incidents find (measured) and when its alert would come (computed: the hour's end plus
-    minute 5's tick)."""
+    minute 5's tick). A fault without an alert of its own that began inside an incident of its
+    device (the final one) that was alerted already, at a window before the fault's, continued
+    that incident: counted apart ("continued"), neither a delay nor a miss."""
     start_ms = live_start.timestamp() * 1000
     anomalies = [a for a in alerts.values() if a.get("kind") == "anomaly"]
+
+    def ms(at: Any) -> float:
+        return float(pd.Timestamp(at).timestamp() * 1000)
 
     def overlaps(item: dict[str, Any], device_id: str, first_ms: float, last_ms: float) -> bool:
         return bool(
             item["device_id"] == device_id
-            and pd.Timestamp(item["window_start"]).timestamp() * 1000 < last_ms
-            and pd.Timestamp(item["window_end"]).timestamp() * 1000 > first_ms
+            and ms(item["window_start"]) < last_ms
+            and ms(item["window_end"]) > first_ms
         )
 
     rows = []
@@ -400,11 +455,21 @@ def judge(
             if overlaps(a, str(fault.device_id), fault_ms, last_ms)
         )
         hourly_found = any(overlaps(i, str(fault.device_id), fault_ms, last_ms) for i in incidents)
+        continued = not answered and any(
+            overlaps(i, str(fault.device_id), fault_ms, fault_ms + 1)
+            and any(
+                overlaps(a, str(fault.device_id), ms(i["window_start"]), fault_ms)
+                for a in anomalies
+            )
+            for i in incidents
+            if ms(i["window_start"]) < fault_ms
+        )
         hour_end = (int(fault_ms) // 3_600_000 + 1) * 3600
         rows.append(
             {
                 "device_id": fault.device_id,
                 "kind": fault.kind,
+                "continued": continued,
                 "delay_s": (answered[0][0] - first) if answered else None,
                 # from the end of the window alerted (wall clock) to the alert
                 "lag_s": answered[0][0] - first - (answered[0][1] - fault_ms) / 1000
@@ -418,13 +483,14 @@ def judge(
     summary: dict[str, Any] = {"faults": len(table), "by_kind": {}}
 
     def figures(part: pd.DataFrame) -> dict[str, Any]:
-        live = part["delay_s"].notna()
+        live = part["delay_s"].notna() | part["continued"]
         hourly = part["hourly_delay_s"].notna()
-        found = [float(d) for d in part["delay_s"][live]]
+        found = [float(d) for d in part["delay_s"].dropna()]
         hourly_found = [float(d) for d in part["hourly_delay_s"][hourly]]
         return {
             "faults": len(part),
             "missed": int((~live).sum()),
+            "continued": int(part["continued"].sum()),
             "median_s": statistics.median(found) if found else None,
             "p95_s": percentile(found, 0.95) if found else None,
             "max_s": max(found) if found else None,
@@ -458,12 +524,22 @@ def show(result: dict[str, Any], options: argparse.Namespace) -> None:
         return (
             f"{name:<14} {row['faults']:>4} faults: median {row['median_s']:5.1f} s, p95 "
             f"{row['p95_s']:5.1f} s, max {row['max_s']:6.1f} s, missed {row['missed']} "
-            f"({row['missed_live_found_hourly']} of them found hourly); {hourly}"
+            f"({row['missed_live_found_hourly']} of them found hourly)"
+            + (
+                f", {row['continued']} began in an incident already alerted"
+                if row["continued"]
+                else ""
+            )
+            + f"; {hourly}"
         )
 
     print(
-        f"time to alert, {options.devices} devices, {WINDOW_S} s windows, {GRACE_S} s grace, "
-        f"live ticks every 2 s, {options.minutes:g} min at real-time speed"
+        f"time to alert, {options.devices} devices, {WINDOW_S} s windows, {options.grace:g} s "
+        f"grace, live ticks every {options.live_every:g} s, {options.minutes:g} min at "
+        f"real-time speed, target false-alarm rate {options.target_far:g}; "
+        f"{result['late_readings']:,} live readings came too late for their window (the late "
+        f"sink); {result['false_alerts']} of {result['alerts']} alerts overlap no fault (false "
+        "alarms)"
     )
     print(line("every fault", result))
     for kind, row in result["by_kind"].items():
@@ -472,7 +548,7 @@ def show(result: dict[str, Any], options: argparse.Namespace) -> None:
     if ideal and ideal["median_s"] is not None:
         print(
             f"reference for drifts: a one-window detector told the faulty sensor, its "
-            f"training mean and spread ({TARGET_FAR:g} false alarms a sensor-window) flags "
+            f"training mean and spread ({options.target_far:g} false alarms a sensor-window) flags "
             f"{ideal['faults'] - ideal['unreached']} of {ideal['faults']} drifts at median "
             f"{ideal['median_s']:.1f} s, p95 {ideal['p95_s']:.1f} s (this run's lag from "
             f"window end to alert, {ideal['lag_s']:.1f} s, included); every fault's p95 with "
@@ -483,7 +559,8 @@ def show(result: dict[str, Any], options: argparse.Namespace) -> None:
         chances = ", ".join(f"{c:.2f}" for c in sorted(bound["chances"], reverse=True))
         print(
             f"bound for drifts: a detector told each drift's sensor, first reading and slope, "
-            f"testing once at {TARGET_FAR:g} false alarms (Neyman-Pearson: none does better), "
+            f"testing once at {options.target_far:g} false alarms (Neyman-Pearson: none does "
+            "better), "
             f"alerts it within {bound['within_s']:g} s (this run's lag, {bound['lag_s']:.1f} s, "
             f"included) with the chances {chances}; every fault's p95 within "
             f"{bound['within_s']:g} s: a chance of {bound['p95_within_chance']:.0%}"

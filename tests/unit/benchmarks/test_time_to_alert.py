@@ -2,33 +2,26 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import math
-import sys
 from argparse import Namespace
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 from types import ModuleType
 
 import numpy as np
 import pandas as pd
 import pytest
 
-BENCHMARK = Path(__file__).parents[3] / "benchmarks" / "time_to_alert.py"
+from tests.unit.benchmarks.conftest import load_script
+
 LIVE = datetime(2026, 1, 1, 0, 10, tzinfo=UTC)
 
 
 @pytest.fixture(scope="module")
 def benchmark() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("time_to_alert", BENCHMARK)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["time_to_alert"] = module
-    spec.loader.exec_module(module)
-    return module
+    return load_script("time_to_alert.py")
 
 
 def windows(device: str, sensor: str, live_means: list[float]) -> list[dict[str, object]]:
@@ -159,3 +152,76 @@ def test_the_drifts_made_again_are_the_simulators_with_the_slope_in_their_readin
         fitted = np.polyfit(np.arange(len(added)), added / sigma, 1)[0]
         assert abs(fitted) == pytest.approx(fault.slope, rel=1e-3)  # either sign
     assert benchmark.drift_sizes(drifts.assign(device_id="other"), options, LIVE) is None
+
+
+def test_an_alert_is_false_when_it_overlaps_no_fault_of_its_device(benchmark: ModuleType) -> None:
+    t0 = pd.Timestamp("2026-01-01T00:10:00Z")
+    second = pd.Timedelta(seconds=1)
+    faults = pd.DataFrame(
+        {
+            "device_id": ["d-1", "d-2"],
+            "start": [t0, t0 + 100 * second],
+            "end": [t0 + 30 * second, t0 + 130 * second],
+        }
+    )
+
+    def alert(device: str, start_s: int) -> dict[str, object]:
+        start = t0 + start_s * second
+        return {
+            "kind": "anomaly",
+            "device_id": device,
+            "window_start": start.isoformat(),
+            "window_end": (start + benchmark.WINDOW_S * second).isoformat(),
+        }
+
+    alerts = {
+        "in": alert("d-1", 20),  # inside d-1's fault
+        "tail": alert("d-1", 30),  # its last window plus one: still the fault's
+        "after": alert("d-1", 40 + benchmark.WINDOW_S),  # after it: false
+        "other device": alert("d-3", 20),  # a device without a fault: false
+        "d-2 before": alert("d-2", 100 - 2 * benchmark.WINDOW_S),  # ends before d-2's: false
+        "retraction": {**alert("d-3", 0), "kind": "retracted"},  # not an alarm
+    }
+    assert benchmark.false_alerts(alerts, faults) == 3
+
+
+def test_a_fault_inside_an_incident_alerted_before_it_is_counted_apart_not_missed(
+    benchmark: ModuleType,
+) -> None:
+    second = timedelta(seconds=1)
+    w = benchmark.WINDOW_S
+
+    def at(s: float) -> str:
+        return (LIVE + s * second).isoformat()
+
+    faults = pd.DataFrame(
+        {
+            "device_id": ["alerted", "continued", "missed", "never alerted"],
+            "kind": ["spike"] * 4,
+            "start": [LIVE + 100 * second] * 4,
+            "end": [LIVE + 130 * second] * 4,
+        }
+    )
+    incidents = [  # the final run's: each fault's device has one
+        {"device_id": device, "window_start": at(start), "window_end": at(150)}
+        for device, start in [
+            ("alerted", 100),
+            ("continued", 80),
+            ("missed", 100),
+            ("never alerted", 80),
+        ]
+    ]
+    alerts = {  # live: "continued" alerted at its incident's first window, before the fault
+        "a": {"alert_id": "a", "kind": "anomaly", "device_id": "alerted", "window_start": at(100),
+              "window_end": at(100 + w)},
+        "c": {"alert_id": "c", "kind": "anomaly", "device_id": "continued", "window_start": at(80),
+              "window_end": at(80 + w)},
+    }  # fmt: skip
+    sent_from = 1_000.0
+    arrivals = {"a": sent_from + 100 + w + 3, "c": sent_from + 80 + w + 3}
+
+    result = benchmark.judge(faults, alerts, arrivals, incidents, LIVE, sent_from)
+
+    assert (result["faults"], result["missed"], result["continued"]) == (4, 2, 1)
+    assert result["missed_live_found_hourly"] == 2  # "missed" and "never alerted"
+    assert result["median_s"] == pytest.approx(w + 3)  # the one delay: "alerted"'s
