@@ -37,7 +37,8 @@ COLUMNS = (
 #: Gaps and islands in one statement: a window opens an incident when it starts more than the
 #: gap after the device's previous anomalous window ends; the running sum of those openings
 #: numbers the incidents. Parameters: the gap (seconds), the top sensors' least share, then
-#: the range and device filters (see ``rebuild``).
+#: the range and device filters (see ``rebuild``). A provisional run's latest window scored is
+#: looked for from the range's start on: provisional runs are the open hour's.
 _MERGE = """
 WITH a AS (
     SELECT device_id, window_start, window_end, score_normalized, top_sensors, model_version
@@ -65,7 +66,8 @@ WITH a AS (
     FROM s JOIN i USING (device_id, k) GROUP BY 1, 2
 ), live AS (
     SELECT run_id, device_id, max(window_end) AS until FROM scores
-    WHERE run_id IN (SELECT run_id FROM runs WHERE status = 'provisional') {devices}
+    WHERE run_id IN (SELECT run_id FROM runs WHERE status = 'provisional')
+        AND window_start >= ? {devices}
     GROUP BY 1, 2
 ), latest AS (
     SELECT d.device_id, max(CASE WHEN r.status = 'provisional'
@@ -118,5 +120,5 @@ def rebuild(
     )
     connection.execute(
         statement,
-        [low, high, *parameters, seconds, MIN_SHARE, *parameters, *parameters, seconds],
+        [low, high, *parameters, seconds, MIN_SHARE, low, *parameters, *parameters, seconds],
     )
