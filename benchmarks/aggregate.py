@@ -43,6 +43,7 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
+import orjson
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from kafka import KafkaProducer
 
@@ -120,10 +121,6 @@ def dict_windows(windows: dict[tuple[str, str, int], list[float]], values: list[
     """The ceiling's job: each message decoded (orjson), its event time read (an ISO string
     parsed, as the simulator writes them) and its readings folded into plain dict windows
     (count, sum, sum of squares, min, max per device, sensor and minute). No rule checked."""
-    from datetime import datetime
-
-    import orjson
-
     for value in values:
         message = orjson.loads(value)
         ts = message["ts"]

@@ -57,6 +57,7 @@ import pandas as pd
 
 from fleetwatch.brokers.embedded import EmbeddedBroker
 from fleetwatch.config.sections import TrainSettings
+from fleetwatch.scoring.incidents import began_in_alerted_incident
 
 WINDOW_S = 10
 GRACE_S = 5
@@ -249,18 +250,28 @@ def main() -> int:
 def false_alerts(alerts: dict[str, dict[str, Any]], faults: pd.DataFrame) -> int:
     """Anomaly alerts whose windows overlap no labelled fault of their device (judged or not:
     its span plus one window, as :func:`judge` matches them)."""
-    spans: dict[str, list[tuple[pd.Timestamp, pd.Timestamp]]] = {}
-    for fault in faults.itertuples():
-        end = pd.Timestamp(fault.end) + pd.Timedelta(seconds=WINDOW_S)
-        spans.setdefault(str(fault.device_id), []).append((pd.Timestamp(fault.start), end))
+    spans = [
+        (str(f.device_id), ms(f.start), ms(f.end) + WINDOW_S * 1000) for f in faults.itertuples()
+    ]
     return sum(
         1
         for alert in alerts.values()
         if alert.get("kind") == "anomaly"
-        and not any(
-            pd.Timestamp(alert["window_start"]) < end and pd.Timestamp(alert["window_end"]) > start
-            for start, end in spans.get(alert["device_id"], [])
-        )
+        and not any(overlaps(alert, device, first, last) for device, first, last in spans)
+    )
+
+
+def ms(at: Any) -> float:
+    """A time (ISO text, Timestamp, datetime) in epoch milliseconds."""
+    return float(pd.Timestamp(at).timestamp() * 1000)
+
+
+def overlaps(item: dict[str, Any], device_id: str, first_ms: float, last_ms: float) -> bool:
+    """Whether an alert's or incident's windows are ``device_id``'s and meet [first, last)."""
+    return bool(
+        item["device_id"] == device_id
+        and ms(item["window_start"]) < last_ms
+        and ms(item["window_end"]) > first_ms
     )
 
 
@@ -433,16 +444,11 @@ def judge(
     that incident: counted apart ("continued"), neither a delay nor a miss."""
     start_ms = live_start.timestamp() * 1000
     anomalies = [a for a in alerts.values() if a.get("kind") == "anomaly"]
-
-    def ms(at: Any) -> float:
-        return float(pd.Timestamp(at).timestamp() * 1000)
-
-    def overlaps(item: dict[str, Any], device_id: str, first_ms: float, last_ms: float) -> bool:
-        return bool(
-            item["device_id"] == device_id
-            and ms(item["window_start"]) < last_ms
-            and ms(item["window_end"]) > first_ms
-        )
+    alerted = {(a["device_id"], pd.Timestamp(a["window_start"])) for a in anomalies}
+    spans = [
+        (i["device_id"], pd.Timestamp(i["window_start"]), pd.Timestamp(i["window_end"]))
+        for i in incidents
+    ]
 
     rows = []
     for fault in faults.itertuples():
@@ -455,14 +461,8 @@ def judge(
             if overlaps(a, str(fault.device_id), fault_ms, last_ms)
         )
         hourly_found = any(overlaps(i, str(fault.device_id), fault_ms, last_ms) for i in incidents)
-        continued = not answered and any(
-            overlaps(i, str(fault.device_id), fault_ms, fault_ms + 1)
-            and any(
-                overlaps(a, str(fault.device_id), ms(i["window_start"]), fault_ms)
-                for a in anomalies
-            )
-            for i in incidents
-            if ms(i["window_start"]) < fault_ms
+        continued = not answered and began_in_alerted_incident(
+            str(fault.device_id), pd.Timestamp(fault.start), spans, alerted
         )
         hour_end = (int(fault_ms) // 3_600_000 + 1) * 3600
         rows.append(

@@ -35,6 +35,7 @@ from fleetwatch.evaluation.metrics import Report
 from fleetwatch.evaluation.metrics import evaluate as evaluate_points
 from fleetwatch.evaluation.run import predictions
 from fleetwatch.scheduler.service import CatchUp, scoring_lock
+from fleetwatch.scoring.incidents import began_in_alerted_incident
 from fleetwatch.scoring.live import live_tick
 from fleetwatch.scoring.score import Scoring
 from fleetwatch.scoring.train import train
@@ -190,7 +191,9 @@ class Live:
             flagged = db.execute(
                 "SELECT device_id, window_start, window_end FROM scores WHERE is_anomaly"
             ).df()
-            incidents = db.execute("SELECT device_id, window_start, window_end FROM incidents").df()
+            incidents = db.execute(
+                "SELECT device_id, window_start, window_end FROM incidents"
+            ).fetchall()
         alerted_incidents = {
             (a["device_id"], datetime.fromisoformat(a["window_start"]))
             for a in self.alerts
@@ -227,15 +230,7 @@ class Live:
             ]
             if not answered or mine.empty:
                 rows.setdefault(kind, []).append(None)
-                open_then = incidents[
-                    (incidents["device_id"] == device_id)
-                    & (incidents["window_start"] < pd.Timestamp(begin))
-                    & (incidents["window_end"] > pd.Timestamp(begin))
-                ]
-                if any(
-                    (device_id, opened.to_pydatetime()) in alerted_incidents
-                    for opened in open_then["window_start"]
-                ):
+                if began_in_alerted_incident(device_id, begin, incidents, alerted_incidents):
                     continued[kind] = continued.get(kind, 0) + 1
                 continue
             closed = mine["window_end"].min().to_pydatetime() + closing

@@ -17,6 +17,7 @@ its first window does.
 
 from __future__ import annotations
 
+from collections.abc import Collection, Iterable
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -121,4 +122,28 @@ def rebuild(
     connection.execute(
         statement,
         [low, high, *parameters, seconds, MIN_SHARE, low, *parameters, *parameters, seconds],
+    )
+
+
+def began_in_alerted_incident(
+    device_id: str,
+    start: datetime,
+    incidents: Iterable[tuple[str, datetime, datetime]],
+    alerted: Collection[tuple[str, datetime]],
+) -> bool:
+    """Whether something of ``device_id`` that began at ``start`` fell inside one of its
+    ``incidents`` (device, first window's start, last window's end) that had opened before it
+    and was alerted (``alerted``: the (device, first window's start) of each alert sent, which
+    is an incident's id): it continues that incident and gets no alert of its own.
+
+    >>> t = datetime(2026, 1, 1, 10, 0)
+    >>> incident = ("d", t, t + timedelta(minutes=5))
+    >>> began_in_alerted_incident("d", t + timedelta(minutes=2), [incident], {("d", t)})
+    True
+    >>> began_in_alerted_incident("d", t + timedelta(minutes=2), [incident], set())
+    False
+    """
+    return any(
+        device == device_id and first < start < last and (device, first) in alerted
+        for device, first, last in incidents
     )
