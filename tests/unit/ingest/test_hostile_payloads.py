@@ -12,7 +12,7 @@ from fleetwatch.aggregate.windows import WindowSpec
 from fleetwatch.storage.checkpoints import CheckpointStore
 from fleetwatch.storage.layout import DataLayout
 from fleetwatch.storage.parquet import PartitionedParquetSink
-from fleetwatch.telemetry import InvalidMessage, parse_message
+from fleetwatch.telemetry import InvalidMessage, Telemetry, parse_message
 from tests.unit.aggregate.test_processor import read_dir
 
 T0 = 1_795_334_400_000
@@ -162,6 +162,7 @@ def _decided(parse, payload: bytes | None, key: bytes | None = None):  # type: i
         message = parse(payload, key)
     except InvalidMessage as exc:
         return ("invalid", exc.reason, exc.detail)
+    assert type(message) is Telemetry  # the fast path makes it as a tuple, without __new__
     return ("valid", message.device_id, message.ts_ms, message.readings)
 
 
