@@ -189,7 +189,7 @@ def _parse(value: bytes | None, key: bytes | None) -> Telemetry:
 
 # The fast path's callables bound once (a module attribute looked up per message costs ~0.1 us
 # here), and its result made as the tuple it is: Telemetry(...) runs a Python-level __new__
-# (0.3 us a message more). Together 9% of parse_message (benchmarks/aggregate.py).
+# (0.3 us a message more). Together 8% of parse_message (benchmarks/aggregate.py).
 _loads = orjson.loads
 _fromisoformat = datetime.fromisoformat
 _isfinite = math.isfinite
