@@ -163,8 +163,8 @@ def main() -> int:
             run(["train", "--since", train_start.isoformat(),
                  "--until", (train_end - timedelta(seconds=30)).isoformat(),
                  "--target-far", f"{options.target_far:g}", "--no-progress"], env, log)  # fmt: skip
-            every = f"{options.live_every:g}s"
-            scheduler = run(["schedule", "--live", "--live-every", every, "--jsonl", str(sink),
+            tick = f"{options.live_every:g}s"
+            scheduler = run(["schedule", "--live", "--live-every", tick, "--jsonl", str(sink),
                              "--no-silent", "--workers", "2"], env, log, wait=False)  # fmt: skip
             time.sleep(3)
             live_start = aligned(datetime.now(UTC) + timedelta(seconds=WINDOW_S))
@@ -197,34 +197,26 @@ def main() -> int:
             while hour < live_start + timedelta(minutes=options.minutes, seconds=TAIL_S):
                 run(["score", "--hour", hour.strftime("%Y-%m-%dT%H"), "--workers", "2"], env, log)
                 hour += timedelta(hours=1)
-            found = subprocess.run(
-                [sys.executable, "-m", "fleetwatch", "sql", "--format", "json",
-                 "SELECT device_id, window_start, window_end FROM incidents"],
-                env=env, capture_output=True, text=True, check=True,
-            )  # fmt: skip
-            incidents = json.loads(found.stdout)
+            incidents = sql("SELECT device_id, window_start, window_end FROM incidents", env)
             since = live_start.isoformat()  # (this process's own time: no input reaches SQL)
-            late = subprocess.run(
-                [sys.executable, "-m", "fleetwatch", "sql", "--format", "json",
-                 f"SELECT count(*) AS n FROM late WHERE ts >= '{since}'"],  # noqa: S608
-                env=env, capture_output=True, text=True, check=True,
-            )  # fmt: skip
-            late_readings = int(json.loads(late.stdout)[0]["n"])
+            late = sql(f"SELECT count(*) AS n FROM late WHERE ts >= '{since}'", env)  # noqa: S608
+            late_readings = int(late[0]["n"])
         finally:
             for process in (scheduler, aggregate):
                 if process is not None and process.poll() is None:
                     process.send_signal(signal.SIGTERM)
                     process.wait(120)
-    faults = pd.read_parquet(labels)
+    every_fault = pd.read_parquet(labels)  # judged or not
+    faults = every_fault
     starts = pd.to_datetime(faults["start"], utc=True)
     faults = faults[starts < pd.Timestamp(live_start + timedelta(minutes=options.minutes))]
     result = judge(faults, payloads, arrivals, incidents, live_start, sent_from)
     result["late_readings"] = late_readings  # the live part's, lost to scoring
-    result["false_alerts"] = false_alerts(payloads, pd.read_parquet(labels))
+    result["false_alerts"] = false_alerts(payloads, every_fault)
     result["alerts"] = sum(1 for a in payloads.values() if a.get("kind") == "anomaly")
     drifts = faults[faults["kind"] == "drift_ramp"]
     if len(drifts):
-        every = set(pd.read_parquet(labels)["device_id"])  # judged or not: none is fault-free
+        every = set(every_fault["device_id"])  # none is fault-free
         ideal = ideal_detector(drifts, read_windows(data), live_start, options.target_far, every)
         result["ideal_drift"] = reference(result, ideal)
         sized = drift_sizes(drifts, options, live_start)
@@ -245,6 +237,16 @@ def main() -> int:
     if options.keep is None:
         shutil.rmtree(folder, ignore_errors=True)
     return 0
+
+
+def sql(query: str, env: dict[str, str]) -> list[dict[str, Any]]:
+    """The rows of ``fleetwatch sql`` (as a user runs it) on the run's data folder."""
+    done = subprocess.run(
+        [sys.executable, "-m", "fleetwatch", "sql", "--format", "json", query],
+        env=env, capture_output=True, text=True, check=True,
+    )  # fmt: skip
+    rows: list[dict[str, Any]] = json.loads(done.stdout)
+    return rows
 
 
 def false_alerts(alerts: dict[str, dict[str, Any]], faults: pd.DataFrame) -> int:
