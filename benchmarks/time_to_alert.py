@@ -207,9 +207,15 @@ def main() -> int:
                     process.send_signal(signal.SIGTERM)
                     process.wait(120)
     every_fault = pd.read_parquet(labels)  # judged or not
-    faults = every_fault
-    starts = pd.to_datetime(faults["start"], utc=True)
-    faults = faults[starts < pd.Timestamp(live_start + timedelta(minutes=options.minutes))]
+    starts = pd.to_datetime(every_fault["start"], utc=True)
+    faults = every_fault[starts < pd.Timestamp(live_start + timedelta(minutes=options.minutes))]
+    if faults.empty:
+        print(
+            f"no fault began in the {options.minutes:g} judged minutes: nothing to time "
+            "(give more --devices or --minutes)",
+            file=sys.stderr,
+        )
+        return 1
     result = judge(faults, payloads, arrivals, incidents, live_start, sent_from)
     result["late_readings"] = late_readings  # the live part's, lost to scoring
     result["false_alerts"] = false_alerts(payloads, every_fault)
