@@ -89,3 +89,25 @@ def test_names() -> None:
     assert is_valid_name("sensor_07")
     for bad in ("", "a b", "..", "../x", "x/y", "a;b", "é", "x" * 65, None, 3):
         assert not is_valid_name(bad)
+
+
+@pytest.mark.parametrize(
+    "number",
+    [b"1e999", b"-1e999", b"1.8e308", b"1" + b"0" * 400, b"-1" + b"0" * 400, b"NaN", b"Infinity",
+     b"-Infinity"],
+)  # fmt: skip
+def test_orjson_reads_no_number_that_is_not_finite(number: bytes) -> None:
+    """parse_fast checks no finiteness: it relies on orjson refusing every such number (an
+    integer beyond 64 bits it reads as a float, finite or refused). Then the exact rules
+    decide, and the message is dead-lettered ``non_finite``."""
+    import orjson
+
+    from fleetwatch.telemetry import parse_fast
+
+    payload = b'{"device_id": "p-1", "ts": 1795334400000, "readings": {"t": ' + number + b"}}"
+    with pytest.raises(orjson.JSONDecodeError):
+        orjson.loads(payload)
+    assert parse_fast(payload, None) is None
+    with pytest.raises(InvalidMessage) as error:
+        parse_message(payload)
+    assert error.value.reason == "non_finite"

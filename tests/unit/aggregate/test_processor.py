@@ -150,6 +150,24 @@ def test_windows_equal_pandas_and_late_readings_are_kept(tmp_path: Path, seed: i
     assert {reason for _, reason in harness.dead} == {"not_json"}
 
 
+def test_shapes_forgotten_at_the_limit_change_no_window(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A message's pair ids come from its device's last shape, or from the shapes kept for a
+    device seen with several (here every device alternates between 1 to 3 sensors): with both
+    maps emptied every few devices, the windows are still pandas'."""
+    from fleetwatch.aggregate import processor as module
+
+    monkeypatch.setattr(module, "SHAPES_LIMIT", 3)
+    records = make_records(8)
+    harness = Harness(tmp_path)
+    processor = harness.restore()
+    feed(processor, records, np.random.default_rng(8), harness)
+    processor.close_all()
+    processor.save(harness.store)
+    compare(tmp_path, reference(records)[0])
+
+
 def crash_three_times(
     harness: Harness, records: list, rng: np.random.Generator, checkpoint_chance: float
 ) -> None:
