@@ -201,8 +201,8 @@ def parse_fast(value: bytes | None, key: bytes | None) -> Telemetry | None:
     or the message when it is valid in an unusual way). Never raises.
 
     Decoded by orjson, its names checked once per name (:data:`_KNOWN_NAMES`), its values by
-    type and one sum. What returns None: anything invalid, and the unusual valid forms (an ISO
-    timestamp that does not parse here, an integer beyond 64 bits, NaN literals, UTF-16).
+    type. What returns None: anything invalid, and the unusual valid forms (an ISO timestamp
+    that does not parse here, an integer too large for a float, NaN literals, UTF-16).
     Every decision is the exact rules' (tested on the hostile payloads and on generated ones).
 
     >>> parse_fast(b'{"device_id":"p-1","ts":1763806503250,"readings":{"t":1}}', None)
@@ -249,9 +249,9 @@ def parse_fast(value: bytes | None, key: bytes | None) -> Telemetry | None:
                     return None
                 readings = {sensor: float(reading) for sensor, reading in readings.items()}
                 break
-        # No finiteness check: orjson reads no NaN, no infinity (1e999 and the NaN / Infinity
-        # literals are errors: tests/unit/test_telemetry.py) and no integer beyond 64 bits,
-        # so every float here is finite, and so is every integer made float.
+        # No finiteness check: orjson reads no NaN and no infinity (1e999, an integer too
+        # large for a float and the NaN / Infinity literals are errors, and an integer beyond
+        # 64 bits is read as a float: tests/unit/test_telemetry.py), so every value is finite.
         return _new_tuple(Telemetry, (device_id, ts_ms, readings))
     except Exception:  # whatever it is (a time that does not parse here, ...): the exact rules
         return None
