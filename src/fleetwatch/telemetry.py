@@ -148,10 +148,15 @@ def parse_message(value: bytes | None, key: bytes | None = None) -> Telemetry:
     >>> parse_message(b'{"device_id":"p-1","ts":1763806503250,"readings":{"t":1.5}}').readings
     {'t': 1.5}
     """
+    fast = parse_fast(value, key)
+    return fast if fast is not None else parse_exact(value, key)
+
+
+def parse_exact(value: bytes | None, key: bytes | None = None) -> Telemetry:
+    """:func:`parse_message` without its fast path: every rule, one at a time. For what
+    :func:`parse_fast` declined (a loop that tried it already calls this, not parse_message,
+    so a declined message is not decoded by the fast path twice)."""
     try:
-        fast = parse_fast(value, key)
-        if fast is not None:
-            return fast
         return _parse(value, key)
     except InvalidMessage:
         raise
@@ -197,8 +202,8 @@ _new_tuple = tuple.__new__
 
 def parse_fast(value: bytes | None, key: bytes | None) -> Telemetry | None:
     """:func:`parse_message`'s common case, fast, for a loop over many messages: the message
-    when it is plainly valid, else None, and then :func:`parse_message` decides (the reason,
-    or the message when it is valid in an unusual way). Never raises.
+    when it is plainly valid, else None, and then :func:`parse_exact` decides (the reason, or
+    the message when it is valid in an unusual way). Never raises.
 
     Decoded by orjson, its names checked once per name (:data:`_KNOWN_NAMES`), its values by
     type. What returns None: anything invalid, and the unusual valid forms (an ISO timestamp

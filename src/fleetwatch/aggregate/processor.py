@@ -52,8 +52,8 @@ from fleetwatch.telemetry import (
     InvalidReason,
     Telemetry,
     format_ts,
+    parse_exact,
     parse_fast,
-    parse_message,
 )
 
 log = logging.getLogger(__name__)
@@ -188,8 +188,8 @@ class PartitionProcessor:
             offset, key, value = record[0], record[1], record[2]
             try:
                 message = parse_fast(value, key)
-                if message is None:
-                    message = parse_message(value, key)
+                if message is None:  # invalid (its reason), or valid in an unusual way
+                    message = parse_exact(value, key)
                 ts_ms = message.ts_ms
                 if limit is not None:
                     produced = record[3] if len(record) > 3 else None

@@ -12,7 +12,7 @@ from fleetwatch.aggregate.windows import WindowSpec
 from fleetwatch.storage.checkpoints import CheckpointStore
 from fleetwatch.storage.layout import DataLayout
 from fleetwatch.storage.parquet import PartitionedParquetSink
-from fleetwatch.telemetry import InvalidMessage, Telemetry, parse_message
+from fleetwatch.telemetry import InvalidMessage, Telemetry, parse_exact, parse_message
 from tests.unit.aggregate.test_processor import read_dir
 
 T0 = 1_795_334_400_000
@@ -166,22 +166,6 @@ def _decided(parse, payload: bytes | None, key: bytes | None = None):  # type: i
     return ("valid", message.device_id, message.ts_ms, message.readings)
 
 
-def _exact(payload: bytes | None, key: bytes | None = None):  # type: ignore[no-untyped-def]
-    """The rules one at a time, as before the fast path existed (size and tombstone first)."""
-    from fleetwatch import telemetry
-
-    if payload is None:
-        raise InvalidMessage("not_json", "empty message (tombstone)")
-    if len(payload) > telemetry.MAX_MESSAGE_BYTES:
-        raise InvalidMessage("oversized", "")
-    try:
-        return telemetry._parse_exact(payload, key)  # noqa: SLF001 - the reference
-    except InvalidMessage:
-        raise
-    except Exception as exc:
-        raise InvalidMessage("unparseable", f"{type(exc).__name__} while parsing") from None
-
-
 @pytest.mark.parametrize("payload", HOSTILE)
 def test_the_fast_path_decides_every_hostile_payload_as_the_exact_rules_do(
     payload: bytes | None,
@@ -189,7 +173,7 @@ def test_the_fast_path_decides_every_hostile_payload_as_the_exact_rules_do(
     """Issue 27: the decoder's fast path (orjson, remembered names) changes no decision: the
     same reason and detail for every hostile payload, the same readings for valid ones."""
     decided = _decided(parse_message, payload)
-    expected = _decided(_exact, payload)
+    expected = _decided(parse_exact, payload)
     if decided[0] == "invalid" and expected[0] == "invalid" and expected[1] == "oversized":
         assert decided[1] == "oversized"
     else:
@@ -243,9 +227,9 @@ def test_the_fast_path_decides_generated_messages_as_the_exact_rules_do() -> Non
     @given(st.one_of(anything, plausible), st.sampled_from([None, b"pump-1", b"other"]))
     def check(document: dict[str, object], key: bytes | None) -> None:
         payload = json.dumps(document, allow_nan=False).encode()
-        assert _decided(parse_message, payload, key) == _decided(_exact, payload, key)
+        assert _decided(parse_message, payload, key) == _decided(parse_exact, payload, key)
         if key is None and document.get("readings"):  # a NaN literal, where json reads it
             nan = payload.replace(b"}}", b', "zz": NaN}}', 1)
-            assert _decided(parse_message, nan) == _decided(_exact, nan)
+            assert _decided(parse_message, nan) == _decided(parse_exact, nan)
 
     check()
