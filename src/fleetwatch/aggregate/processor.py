@@ -634,7 +634,9 @@ def restore(
         taken = replace(taken, publishing=(), published_boundary_ms=None)
         version = checkpoints.save(partition, taken, version)
     removed = aggregates.remove_leftovers(partition) + late.remove_leftovers(partition)
-    removed += aggregates.remove_windows_after(partition, taken.close_boundary_ms)
+    removed += aggregates.remove_windows_after(
+        partition, taken.close_boundary_ms, taken.epoch, taken.next_offset
+    )
     removed += late.remove_from_offset(partition, taken.epoch, taken.next_offset)
     if removed:
         log.info("partition %d: removed %d files written after its checkpoint", partition, removed)

@@ -200,16 +200,34 @@ class PartitionedParquetSink:
         removed = self.store.remove_temporaries(self.dataset, f"p{partition:04d}-")
         return removed + self.store.delete(stale)
 
-    def remove_windows_after(self, partition: int, boundary_ms: int | None) -> int:
+    def remove_windows_after(
+        self,
+        partition: int,
+        boundary_ms: int | None,
+        epoch: int = 0,
+        next_offset: int | None = None,
+    ) -> int:
         """Delete this partition's files holding a window that ends after ``boundary_ms``.
 
         Those were written after the last checkpoint (whose close boundary it is); a replay
         writes them again. ``None`` (no window was closed at the checkpoint) means all of them.
+
+        A file some checkpoint up to this one published was made from records read before
+        it: its name's epoch is at most ``epoch`` and, in that epoch, its last offset is
+        before ``next_offset``. Such files are known from their names and not read, so taking
+        a partition over costs a listing however many files it has (reading each one's
+        windows took ~5 s a partition on object storage, long enough to set off a new
+        rebalance); only a file no checkpoint can have published is read.
         """
         import pyarrow.compute as pc
 
         doomed = []
-        for item, _ in list(self.layout.partition_files(self.dataset, partition)):
+        for item, name in list(self.layout.partition_files(self.dataset, partition)):
+            published = name.epoch < epoch or (
+                name.epoch == epoch and next_offset is not None and name.last_offset < next_offset
+            )
+            if published:
+                continue
             if boundary_ms is not None:
                 ends = read_table(self.store, item.key, columns=["window_end"]).column(0)
                 newest = pc.max(ends).as_py()

@@ -11,6 +11,7 @@ import pytest
 
 from fleetwatch.aggregate.processor import OrphanedFilesError, PartitionProcessor, restore
 from fleetwatch.aggregate.windows import WindowSpec
+from fleetwatch.storage import parquet
 from fleetwatch.storage.checkpoints import CheckpointStore
 from fleetwatch.storage.layout import DataLayout
 from fleetwatch.storage.parquet import PartitionedParquetSink
@@ -223,6 +224,50 @@ def test_idle_close_and_checkpoint_offset(tmp_path: Path) -> None:
     assert processor.close_all()
     assert processor.open_count == 0
     assert processor.checkpoint().offset == 50
+
+
+def test_taking_a_partition_over_reads_none_of_its_published_files(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every file a checkpoint published is known from its name: a restore lists them and
+    reads none (it read each one's windows: ~5 s a partition on object storage, which set
+    off rebalance after rebalance)."""
+    harness = Harness(tmp_path)
+    records = make_records(12)
+    feed(harness.restore(), records[:2000], np.random.default_rng(12), harness)
+    published = sorted((tmp_path / "aggregates").glob("date=*/hour=*/*.parquet"))
+    assert len(published) > 5
+    reads: list[object] = []
+    real = parquet.read_table
+    monkeypatch.setattr(parquet, "read_table", lambda *a, **k: reads.append(a) or real(*a, **k))
+    processor = harness.restore()
+    assert reads == []
+    assert sorted((tmp_path / "aggregates").glob("date=*/hour=*/*.parquet")) == published
+    feed(processor, records[processor.next_offset or 0 :], np.random.default_rng(13), harness)
+    processor.close_all()
+    processor.save(harness.store)
+    compare(tmp_path, reference(records)[0])
+
+
+def test_files_no_checkpoint_published_are_removed_and_written_again(tmp_path: Path) -> None:
+    """Files made from records after the checkpoint, visible without one (a writer that did
+    not stage them), are read and removed; the replay writes their windows again, once."""
+    harness = Harness(tmp_path)
+    records = make_records(14)
+    processor = harness.restore()
+    processor.process(records[:1500])
+    processor.save(harness.store)
+    before = set((tmp_path / "aggregates").glob("date=*/hour=*/*.parquet"))
+    processor.process(records[1500:2500])
+    foreign = parquet.publish_staged(harness.aggregates)
+    assert foreign
+    assert len(set((tmp_path / "aggregates").glob("date=*/hour=*/*.parquet")) - before) > 0
+    processor = harness.restore()
+    assert set((tmp_path / "aggregates").glob("date=*/hour=*/*.parquet")) == before
+    feed(processor, records[processor.next_offset or 0 :], np.random.default_rng(15), harness)
+    processor.close_all()
+    processor.save(harness.store)
+    compare(tmp_path, reference(records)[0])
 
 
 def test_missing_checkpoint_with_existing_files_is_refused(tmp_path: Path) -> None:
