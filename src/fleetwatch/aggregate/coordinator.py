@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from fleetwatch.aggregate.processor import (
+    Listings,
     PartitionLostError,
     PartitionProcessor,
     RawRecord,
@@ -175,6 +176,7 @@ class Aggregator:
             self.topic_id = topic_id
             self._record_topic(topic_id)
             starts = await self.source.log_starts(fresh)
+            listed = Listings.of(self.aggregates, self.late)
             for partition in fresh:
                 processor = restore(
                     partition,
@@ -185,6 +187,7 @@ class Aggregator:
                     self._dead_letter_collector(),
                     self.options.max_open_windows,
                     self.future_limit_ms,
+                    listed,
                 )
                 state = _Partition(processor, self.clock())
                 self.partitions[partition] = state

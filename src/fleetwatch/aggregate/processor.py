@@ -46,7 +46,7 @@ from fleetwatch.errors import FleetwatchError
 from fleetwatch.faults import point
 from fleetwatch.storage.checkpoints import Checkpoint, CheckpointStore
 from fleetwatch.storage.parquet import PartitionedParquetSink, RecordSink, Staged
-from fleetwatch.storage.store import ConflictError
+from fleetwatch.storage.store import ConflictError, StoredObject
 from fleetwatch.telemetry import (
     InvalidMessage,
     InvalidReason,
@@ -592,6 +592,21 @@ class OrphanedFilesError(FleetwatchError):
     """Aggregates exist for a partition that has no checkpoint."""
 
 
+@dataclass(frozen=True)
+class Listings:
+    """The aggregates and the late readings, each listed once for all the partitions one
+    assignment restores (:func:`restore`): on object storage a listing is one request per
+    thousand objects, and a dataset holds every partition's files of the hours not yet
+    compacted."""
+
+    aggregates: Sequence[StoredObject]
+    late: Sequence[StoredObject]
+
+    @classmethod
+    def of(cls, aggregates: PartitionedParquetSink, late: PartitionedParquetSink) -> Listings:
+        return cls(aggregates.listing(), late.listing())
+
+
 def restore(
     partition: int,
     spec: WindowSpec,
@@ -601,19 +616,27 @@ def restore(
     dead_letter: DeadLetterFn,
     max_open_windows: int = 2_000_000,
     future_limit_ms: int | None = None,
+    listed: Listings | None = None,
 ) -> PartitionProcessor:
     """A processor for ``partition`` resumed from its checkpoint: the partition taken over
     (its checkpoint rewritten with a token of this worker's, conditionally, so that a worker
     that had it before can publish nothing more), files its checkpoint was publishing
     published, files written after it removed.
 
+    ``listed``: the datasets listed once for all the partitions of an assignment (without
+    it, this partition lists each dataset twice). A listing made before the take-over can
+    miss only what the previous owner wrote in between: staged files, which it deletes
+    itself when its next checkpoint write is refused, or files its last checkpoint
+    publishes, which this one publishes too; the next take-over's listing sees any left.
+
     Seek the partition to the returned processor's ``next_offset`` (None: the log's start).
     """
+    mine, late_ones = (None, None) if listed is None else (listed.aggregates, listed.late)
     owner = uuid.uuid4().hex[:12]
     for _ in range(20):
         checkpoint, version = checkpoints.load_versioned(partition)
         if checkpoint is None:
-            existing = aggregates.has_files(partition)
+            existing = aggregates.has_files(partition, mine)
             if existing is not None:
                 raise OrphanedFilesError(
                     f"aggregates of partition {partition} exist ({existing}) but there is no "
@@ -633,11 +656,12 @@ def restore(
         publish(aggregates, taken.publishing)
         taken = replace(taken, publishing=(), published_boundary_ms=None)
         version = checkpoints.save(partition, taken, version)
-    removed = aggregates.remove_leftovers(partition) + late.remove_leftovers(partition)
+    removed = aggregates.remove_leftovers(partition, listed=mine)
+    removed += late.remove_leftovers(partition, listed=late_ones)
     removed += aggregates.remove_windows_after(
-        partition, taken.close_boundary_ms, taken.epoch, taken.next_offset
+        partition, taken.close_boundary_ms, taken.epoch, taken.next_offset, mine
     )
-    removed += late.remove_from_offset(partition, taken.epoch, taken.next_offset)
+    removed += late.remove_from_offset(partition, taken.epoch, taken.next_offset, late_ones)
     if removed:
         log.info("partition %d: removed %d files written after its checkpoint", partition, removed)
     processor = PartitionProcessor(

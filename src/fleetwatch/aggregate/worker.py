@@ -77,8 +77,9 @@ def check_ready(settings: Settings) -> None:
     store = checkpoints(layout, settings.kafka.telemetry_topic)
     check_no_other_topic(settings, store, topic_id(settings.kafka, settings.kafka.telemetry_topic))
     sink = PartitionedParquetSink(layout, "aggregates")
+    listed = sink.listing()
     for partition in range(partitions):
-        existing = sink.has_files(partition)
+        existing = sink.has_files(partition, listed)
         if existing is not None and store.load(partition) is None:
             raise OrphanedFilesError(
                 f"aggregates of partition {partition} exist ({existing}) but its checkpoint "

@@ -31,7 +31,7 @@ import hashlib
 import json
 import re
 import shutil
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -475,18 +475,22 @@ class DataLayout:
         return [item for files in hours for item in files.files]
 
     def partition_files(
-        self, dataset: Dataset, partition: int
+        self, dataset: Dataset, partition: int, listed: Sequence[StoredObject] | None = None
     ) -> Iterator[tuple[StoredObject, LiveFile]]:
-        """Every live file a partition wrote, with what its name says."""
-        for item in self.store.listing(dataset):
+        """Every live file a partition wrote, with what its name says: from ``listed`` (a
+        listing of ``dataset`` made earlier, shared by several partitions) or a new listing."""
+        for item in self.store.listing(dataset) if listed is None else listed:
             parsed = parse_live_file_name(item.name)
             if parsed is not None and parsed.partition == partition and not is_hidden(item.key):
                 yield item, parsed
 
-    def partition_leftovers(self, dataset: Dataset, partition: int) -> list[StoredObject]:
-        """Staged files of a partition that a writer left behind."""
+    def partition_leftovers(
+        self, dataset: Dataset, partition: int, listed: Sequence[StoredObject] | None = None
+    ) -> list[StoredObject]:
+        """Staged files of a partition that a writer left behind (``listed``: as above)."""
         own = f".p{partition:04d}-"
-        return [item for item in self.store.listing(dataset) if item.name.startswith(own)]
+        found = self.store.listing(dataset) if listed is None else listed
+        return [item for item in found if item.name.startswith(own)]
 
     # ------------------------------------------------------------------ aggregation state
 

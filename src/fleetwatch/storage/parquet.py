@@ -14,7 +14,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from fleetwatch.storage.layout import DataLayout, Dataset, hour_prefix, live_file_name
-from fleetwatch.storage.store import DataStore, join
+from fleetwatch.storage.store import DataStore, StoredObject, join
 
 if TYPE_CHECKING:  # pandas takes a third of a second to import; readers do not need it
     import pandas as pd
@@ -183,18 +183,28 @@ class PartitionedParquetSink:
         """Delete files staged and never published (the partition was lost)."""
         self.store.delete(key for key, _ in staged)
 
-    def has_files(self, partition: int) -> str | None:
-        """A file this partition wrote, if there is any."""
-        return next(
-            (item.key for item, _ in self.layout.partition_files(self.dataset, partition)), None
-        )
+    def listing(self) -> list[StoredObject]:
+        """The dataset's objects, listed once for several partitions: the methods below take
+        it as ``listed`` (without it, each lists the dataset again: on object storage, one
+        request per thousand objects, every time)."""
+        return self.store.listing(self.dataset)
 
-    def remove_leftovers(self, partition: int, keep: frozenset[str] = frozenset()) -> int:
+    def has_files(self, partition: int, listed: Sequence[StoredObject] | None = None) -> str | None:
+        """A file this partition wrote, if there is any."""
+        found = self.layout.partition_files(self.dataset, partition, listed)
+        return next((item.key for item, _ in found), None)
+
+    def remove_leftovers(
+        self,
+        partition: int,
+        keep: frozenset[str] = frozenset(),
+        listed: Sequence[StoredObject] | None = None,
+    ) -> int:
         """Delete the temporary and staged files of this partition a writer left behind
         (except ``keep``: those a checkpoint still publishes)."""
         stale = [
             item.key
-            for item in self.layout.partition_leftovers(self.dataset, partition)
+            for item in self.layout.partition_leftovers(self.dataset, partition, listed)
             if item.key not in keep
         ]
         removed = self.store.remove_temporaries(self.dataset, f"p{partition:04d}-")
@@ -206,6 +216,7 @@ class PartitionedParquetSink:
         boundary_ms: int | None,
         epoch: int = 0,
         next_offset: int | None = None,
+        listed: Sequence[StoredObject] | None = None,
     ) -> int:
         """Delete this partition's files holding a window that ends after ``boundary_ms``.
 
@@ -222,7 +233,7 @@ class PartitionedParquetSink:
         import pyarrow.compute as pc
 
         doomed = []
-        for item, name in list(self.layout.partition_files(self.dataset, partition)):
+        for item, name in list(self.layout.partition_files(self.dataset, partition, listed)):
             published = name.epoch < epoch or (
                 name.epoch == epoch and next_offset is not None and name.last_offset < next_offset
             )
@@ -236,12 +247,18 @@ class PartitionedParquetSink:
             doomed.append(item.key)
         return self.store.delete(doomed)
 
-    def remove_from_offset(self, partition: int, epoch: int, offset: int | None) -> int:
+    def remove_from_offset(
+        self,
+        partition: int,
+        epoch: int,
+        offset: int | None,
+        listed: Sequence[StoredObject] | None = None,
+    ) -> int:
         """Delete this partition's files of ``epoch`` made from records at or after ``offset``
         (None: all of that epoch's)."""
         doomed = [
             item.key
-            for item, name in list(self.layout.partition_files(self.dataset, partition))
+            for item, name in list(self.layout.partition_files(self.dataset, partition, listed))
             if name.epoch == epoch and (offset is None or name.first_offset >= offset)
         ]
         return self.store.delete(doomed)

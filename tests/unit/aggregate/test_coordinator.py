@@ -20,6 +20,8 @@ from fleetwatch.aggregate.memory import MemoryLog, MemorySource, OutOfRange
 from fleetwatch.aggregate.progress import closed_through, progress
 from fleetwatch.config import Settings, load_settings
 from fleetwatch.storage.layout import parse_live_file_name
+from fleetwatch.storage.parquet import staged_key
+from fleetwatch.storage.store import StoredObject
 from tests.unit.aggregate.test_processor import (
     T0,
     as_ms,
@@ -290,6 +292,46 @@ def test_on_offset_reset_fail_stops_without_changing_anything(tmp_path: Path) ->
     with pytest.raises(OffsetResetError, match="on_offset_reset=fail"):
         restarted.assign(0)
     assert content() == saved
+
+
+def test_an_assignment_lists_each_dataset_once_and_cleans_every_partition_up(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A worker that stopped before its checkpoints left staged files in every partition;
+    the next one takes the four partitions over with one listing of each dataset (not two a
+    partition: on object storage one request per thousand objects each), deletes every
+    leftover and writes each window once."""
+    log = MemoryLog(partitions=4)
+    records = {p: make_records(30 + p, 900, f"p{p}") for p in range(4)}
+    for partition, rows in records.items():
+        fill(log, partition, rows)
+    crashed = Harness(tmp_path, log)
+    crashed.assign(0, 1, 2, 3)
+    crashed.pump(rounds=2)
+    for published in sorted(tmp_path.glob("*/date=*/hour=*/p*.parquet")):  # and then died
+        staged = tmp_path / staged_key(published.relative_to(tmp_path).as_posix())
+        staged.write_bytes(published.read_bytes())
+    staged_names = {path.name[:6] for path in tmp_path.glob("*/date=*/hour=*/.p*.staged")}
+    assert staged_names == {".p0000", ".p0001", ".p0002", ".p0003"}
+
+    restarted = Harness(tmp_path, log)
+    store = restarted.aggregator.aggregates.store
+    listed: list[str] = []
+    real = store.listing
+
+    def listing(prefix: str) -> list[StoredObject]:
+        listed.append(prefix)
+        return real(prefix)
+
+    monkeypatch.setattr(store, "listing", listing)
+    restarted.assign(0, 1, 2, 3)
+    assert sorted(listed) == ["aggregates", "late"]
+    assert not any(tmp_path.glob("*/date=*/hour=*/.p*.staged"))
+    restarted.pump()
+    restarted.idle()
+    restarted.stop()
+    expected = pd.concat([reference(rows)[0] for rows in records.values()], ignore_index=True)
+    compare(tmp_path, expected)
 
 
 def test_a_failed_batch_is_never_checkpointed(tmp_path: Path) -> None:

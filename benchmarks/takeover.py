@@ -1,0 +1,222 @@
+"""Taking partitions over (a rebalance, a restart) on object storage, as the files pile up.
+
+    python benchmarks/takeover.py                          # moto's S3 server, 4 x 250 files
+    python benchmarks/takeover.py --partitions 8 --files 4000 --rounds 5
+    python benchmarks/takeover.py --data-dir /tmp/fw-takeover   # a local folder instead
+
+Setup (not timed): ``--files`` live aggregate files (real Parquet, one window each) of
+``--partitions`` partitions over two hours, as the aggregator leaves them between two
+compactions, each partition with a checkpoint that published them. Then, per round, the
+assignment of every partition by :func:`~fleetwatch.aggregate.processor.restore` (checkpoint
+taken over, leftovers and files written after the checkpoint removed), three ways, in
+alternating order:
+
+(a) ``listed``: the datasets listed once for the whole assignment (what the coordinator
+    does);
+(b) ``per partition``: ``restore`` without ``listed``: each partition lists each dataset
+    twice (what the coordinator did before);
+(c) ``reading``: (b), then every file's ``window_end`` column read, as ``restore`` did
+    before 29624a9 to find files written after the checkpoint.
+
+Printed: the median seconds of each, per partition, and the ratios b/a and c/a. Needs
+``moto[server]`` and ``s3fs`` (the dev extras) unless ``--data-dir`` is given.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+import uuid
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from datetime import UTC, datetime, timedelta
+
+import pandas as pd
+import pyarrow as pa
+
+from fleetwatch.aggregate.processor import Listings, restore
+from fleetwatch.aggregate.windows import WindowSpec
+from fleetwatch.storage.checkpoints import ANY, Checkpoint, CheckpointStore
+from fleetwatch.storage.layout import DataLayout, hour_prefix, live_file_name
+from fleetwatch.storage.parquet import (
+    AGGREGATE_SCHEMA,
+    PartitionedParquetSink,
+    read_table,
+    table_bytes,
+)
+from fleetwatch.storage.store import join
+
+SPEC = WindowSpec(60_000, 30_000)
+HOUR = datetime(2026, 11, 22, 10, tzinfo=UTC)
+
+
+@contextlib.contextmanager
+def moto_bucket() -> Iterator[str]:
+    """moto's S3 server on a free port, a new bucket in it; its ``s3://`` URL."""
+    import s3fs
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    endpoint = f"http://127.0.0.1:{port}"
+    os.environ.update(  # moto's server takes any credentials
+        {
+            "AWS_ACCESS_KEY_ID": "AKIAFLEETWATCHBENCH1",
+            "AWS_SECRET_ACCESS_KEY": "fleetwatch-bench-secret-0a1b2c3d4e",
+            "AWS_ENDPOINT_URL": endpoint,
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+    )
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                urllib.request.urlopen(f"{endpoint}/moto-api/", timeout=1)  # noqa: S310
+                break
+            except OSError:
+                if time.monotonic() > deadline or server.poll() is not None:
+                    raise SystemExit("moto's server did not start") from None
+                time.sleep(0.2)
+        bucket = f"fw-bench-{uuid.uuid4().hex[:8]}"
+        s3fs.S3FileSystem(skip_instance_cache=True).mkdir(bucket)
+        yield f"s3://{bucket}/fleet"
+    finally:
+        server.terminate()
+        server.wait(10)
+
+
+def build(layout: DataLayout, checkpoints: CheckpointStore, partitions: int, files: int) -> int:
+    """``files`` one-window files over two hours, as checkpoints published them; how many."""
+    per = max(1, files // partitions)
+    jobs = []
+    for partition in range(partitions):
+        for index in range(per):
+            start = HOUR + timedelta(minutes=index * 120 // per)
+            frame = pd.DataFrame(
+                {
+                    "device_id": [f"pump-{partition}"],
+                    "sensor": ["s0"],
+                    "window_start": [pd.Timestamp(start)],
+                    "window_end": [pd.Timestamp(start + timedelta(minutes=1))],
+                    "count": [6],
+                    "mean": [1.0],
+                    "std": [0.0],
+                    "min": [1.0],
+                    "max": [1.0],
+                    "first_offset": [index * 10],
+                    "last_offset": [index * 10 + 9],
+                }
+            )
+            for column in ("window_start", "window_end"):
+                frame[column] = frame[column].astype("datetime64[ms, UTC]")
+            table = pa.Table.from_pandas(
+                frame[AGGREGATE_SCHEMA.names], schema=AGGREGATE_SCHEMA, preserve_index=False
+            )
+            name = live_file_name(partition, index * 10, index * 10 + 9)
+            key = join(hour_prefix("aggregates", start.replace(minute=0)), name)
+            jobs.append((key, table_bytes(table, "snappy")))
+        boundary = int((HOUR + timedelta(hours=2)).timestamp() * 1000)
+        checkpoints.save(
+            partition,
+            Checkpoint(offset=per * 10, next_offset=per * 10, close_boundary_ms=boundary),
+            ANY,
+        )
+    with ThreadPoolExecutor(16) as pool:
+        list(pool.map(lambda job: layout.store.write(*job), jobs))
+    return len(jobs)
+
+
+def assign(
+    partitions: int,
+    checkpoints: CheckpointStore,
+    aggregates: PartitionedParquetSink,
+    late: PartitionedParquetSink,
+    how: str,
+) -> float:
+    """Seconds to restore every partition ``how`` (``listed``, ``per partition``,
+    ``reading``)."""
+    started = time.perf_counter()
+    listed = Listings.of(aggregates, late) if how == "listed" else None
+    for partition in range(partitions):
+        restore(partition, SPEC, checkpoints, aggregates, late, lambda *a: None, listed=listed)
+        if how == "reading":
+            for item, _ in list(aggregates.layout.partition_files("aggregates", partition)):
+                read_table(aggregates.store, item.key, columns=["window_end"])
+    return time.perf_counter() - started
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--files", type=int, default=1000, help="live files in all (default 1000)")
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--data-dir", help="a local folder (default: a bucket on moto's server)")
+    parser.add_argument("--format", choices=["text", "json"], default="text")
+    args = parser.parse_args()
+
+    with contextlib.ExitStack() as stack:
+        if args.data_dir:
+            location = args.data_dir
+        else:
+            try:
+                location = stack.enter_context(moto_bucket())
+            except ImportError as exc:
+                print(f"skipped: {exc.name} is not installed (pip install -e '.[dev]')")
+                return 0
+        layout = DataLayout.open(location)
+        checkpoints = CheckpointStore(layout.store, "telemetry")
+        written = build(layout, checkpoints, args.partitions, args.files)
+        aggregates = PartitionedParquetSink(layout, "aggregates")
+        late = PartitionedParquetSink(layout, "late")
+        hows = ["listed", "per partition", "reading"]
+        times: dict[str, list[float]] = {how: [] for how in hows}
+        for round_index in range(args.rounds):
+            order = hows if round_index % 2 == 0 else hows[::-1]
+            for how in order:
+                times[how].append(assign(args.partitions, checkpoints, aggregates, late, how))
+        assert len(aggregates.listing()) == written, "a restore removed a published file"
+
+    medians = {how: statistics.median(values) for how, values in times.items()}
+    result = {
+        "store": "local" if args.data_dir else "s3 (moto)",
+        "partitions": args.partitions,
+        "files": written,
+        "seconds": medians,
+        "per_partition_seconds": {how: m / args.partitions for how, m in medians.items()},
+        "ratio_per_partition_to_listed": medians["per partition"] / medians["listed"],
+        "ratio_reading_to_listed": medians["reading"] / medians["listed"],
+    }
+    if args.format == "json":
+        print(json.dumps(result, indent=2))
+        return 0
+    print(
+        f"take-over of {args.partitions} partitions, {written:,} files, {result['store']}, "
+        f"medians of {args.rounds}:"
+    )
+    for how in hows:
+        each = medians[how] / args.partitions
+        print(f"  {how:<14}: {medians[how]:7.2f} s ({each:.2f} s a partition)")
+    print(
+        f"  per partition / listed: {result['ratio_per_partition_to_listed']:.1f}x; "
+        f"reading / listed: {result['ratio_reading_to_listed']:.1f}x"
+    )
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
