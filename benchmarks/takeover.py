@@ -61,6 +61,7 @@ HOUR = datetime(2026, 11, 22, 10, tzinfo=UTC)
 @contextlib.contextmanager
 def moto_bucket() -> Iterator[str]:
     """moto's S3 server on a free port, a new bucket in it; its ``s3://`` URL."""
+    import moto  # noqa: F401 - ImportError here, not a server that never starts
     import s3fs
 
     with socket.socket() as probe:

@@ -35,7 +35,7 @@ from fleetwatch.brokers.topics import topic_id
 from fleetwatch.config import Settings
 from fleetwatch.errors import BrokerError, FleetwatchError
 from fleetwatch.storage.checkpoints import CheckpointStore
-from fleetwatch.storage.layout import DataLayout
+from fleetwatch.storage.layout import DataLayout, by_partition
 from fleetwatch.storage.parquet import PartitionedParquetSink
 from fleetwatch.storage.store import storage_error
 
@@ -77,9 +77,9 @@ def check_ready(settings: Settings) -> None:
     store = checkpoints(layout, settings.kafka.telemetry_topic)
     check_no_other_topic(settings, store, topic_id(settings.kafka, settings.kafka.telemetry_topic))
     sink = PartitionedParquetSink(layout, "aggregates")
-    listed = sink.listing()
+    listed = by_partition(sink.listing())
     for partition in range(partitions):
-        existing = sink.has_files(partition, listed)
+        existing = sink.has_files(partition, listed.get(partition, []))
         if existing is not None and store.load(partition) is None:
             raise OrphanedFilesError(
                 f"aggregates of partition {partition} exist ({existing}) but its checkpoint "

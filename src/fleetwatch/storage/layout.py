@@ -94,6 +94,33 @@ def parse_live_file_name(name: str) -> LiveFile | None:
     return LiveFile(int(partition), int(epoch or 0), int(first), int(last))
 
 
+def partition_of(name: str) -> int | None:
+    """The partition of a live file's name or of its staged name (None: another file).
+
+    >>> partition_of('p0003-000000012000-000000015999.parquet')
+    3
+    >>> partition_of('.p0003-000000012000-000000015999.parquet.1a2b3c4d.staged')
+    3
+    >>> partition_of('c-0123456789abcdef.parquet') is None
+    True
+    """
+    head, dash, _ = name.removeprefix(".").partition("-")
+    if dash and head[:1] == "p" and head[1:].isdigit():
+        return int(head[1:])
+    return None
+
+
+def by_partition(listed: Iterable[StoredObject]) -> dict[int, list[StoredObject]]:
+    """A listing's live and staged files by partition (the rest left out): one pass, for
+    several partitions' :meth:`DataLayout.partition_files` and ``partition_leftovers``."""
+    grouped: dict[int, list[StoredObject]] = {}
+    for item in listed:
+        partition = partition_of(item.name)
+        if partition is not None:
+            grouped.setdefault(partition, []).append(item)
+    return grouped
+
+
 def backfill_file_name(import_id: str) -> str:
     return f"b-{import_id}.parquet"
 

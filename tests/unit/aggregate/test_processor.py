@@ -130,6 +130,15 @@ def feed(
         position += size
 
 
+def finish(
+    processor: PartitionProcessor, records: list, rng: np.random.Generator, harness: Harness
+) -> None:
+    """Feed the records from where the processor resumes, close everything and save."""
+    feed(processor, records[processor.next_offset or 0 :], rng, harness)
+    processor.close_all()
+    processor.save(harness.store)
+
+
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_windows_equal_pandas_and_late_readings_are_kept(tmp_path: Path, seed: int) -> None:
     records = make_records(seed)
@@ -199,9 +208,7 @@ def test_crash_and_replay_from_checkpoint_gives_the_same_files(tmp_path: Path, s
     crashy = Harness(tmp_path / "crashy")
     crash_three_times(crashy, records, rng, checkpoint_chance=0.7)
     processor = crashy.restore()
-    feed(processor, records[processor.next_offset or 0 :], rng, crashy)
-    processor.close_all()
-    processor.save(crashy.store)
+    finish(processor, records, rng, crashy)
 
     expected, _, _ = reference(records)
     compare(tmp_path / "clean", expected)
@@ -243,9 +250,7 @@ def test_taking_a_partition_over_reads_none_of_its_published_files(
     processor = harness.restore()
     assert reads == []
     assert sorted((tmp_path / "aggregates").glob("date=*/hour=*/*.parquet")) == published
-    feed(processor, records[processor.next_offset or 0 :], np.random.default_rng(13), harness)
-    processor.close_all()
-    processor.save(harness.store)
+    finish(processor, records, np.random.default_rng(13), harness)
     compare(tmp_path, reference(records)[0])
 
 
@@ -264,9 +269,7 @@ def test_files_no_checkpoint_published_are_removed_and_written_again(tmp_path: P
     assert len(set((tmp_path / "aggregates").glob("date=*/hour=*/*.parquet")) - before) > 0
     processor = harness.restore()
     assert set((tmp_path / "aggregates").glob("date=*/hour=*/*.parquet")) == before
-    feed(processor, records[processor.next_offset or 0 :], np.random.default_rng(15), harness)
-    processor.close_all()
-    processor.save(harness.store)
+    finish(processor, records, np.random.default_rng(15), harness)
     compare(tmp_path, reference(records)[0])
 
 
