@@ -38,22 +38,32 @@ class Backend:
     env: dict[str, str]
     s3: S3Server | None = None
 
-    def files(self, dataset: str) -> dict[str, bytes]:
-        """Every data file of a dataset (hidden names left out), read with plain s3fs / open."""
+    def names(self, dataset: str) -> list[str]:
+        """Every data file of a dataset (hidden names left out), listed with plain s3fs / a
+        walk, not read: a poll while a process deletes files (compaction) cannot fail."""
         if self.s3 is None:
             root = Path(self.data_dir) / dataset
-            return {
-                str(path.relative_to(root)): path.read_bytes()
+            return [
+                str(path.relative_to(root))
                 for path in sorted(root.rglob("*.parquet"))
                 if not any(part.startswith(".") for part in path.relative_to(root).parts)
-            }
+            ]
         fs: Any = self.s3.filesystem()
         prefix = f"{self.data_dir.removeprefix('s3://')}/{dataset}/"
-        return {
-            key[len(prefix) :]: fs.cat_file(key)
+        return [
+            key[len(prefix) :]
             for key in sorted(fs.find(prefix))
             if key.endswith(".parquet") and "/." not in key[len(prefix) - 1 :]
-        }
+        ]
+
+    def files(self, dataset: str) -> dict[str, bytes]:
+        """Every data file of a dataset (as :meth:`names`), read with plain s3fs / open."""
+        if self.s3 is None:
+            root = Path(self.data_dir) / dataset
+            return {name: (root / name).read_bytes() for name in self.names(dataset)}
+        fs: Any = self.s3.filesystem()
+        prefix = f"{self.data_dir.removeprefix('s3://')}/{dataset}/"
+        return {name: fs.cat_file(prefix + name) for name in self.names(dataset)}
 
     def frame(self, dataset: str) -> pd.DataFrame:
         frames = [pd.read_parquet(io.BytesIO(data)) for data in self.files(dataset).values()]

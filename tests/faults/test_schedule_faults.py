@@ -125,7 +125,7 @@ def settled(backend: Backend) -> bool:
             return False
     except duckdb.Error:  # being written
         return False
-    names = [key.rsplit("/", 1)[-1] for key in backend.files("aggregates")]
+    names = [key.rsplit("/", 1)[-1] for key in backend.names("aggregates")]
     return sum(name.startswith("p") for name in names) == 0
 
 
