@@ -8,17 +8,20 @@ Setup (not timed): ``--files`` live aggregate files (real Parquet, one window ea
 ``--partitions`` partitions over two hours, as the aggregator leaves them between two
 compactions, each partition with a checkpoint that published them. Then, per round, the
 assignment of every partition by :func:`~fleetwatch.aggregate.processor.restore` (checkpoint
-taken over, leftovers and files written after the checkpoint removed), three ways, in
+taken over, leftovers and files written after the checkpoint removed), four ways, in
 alternating order:
 
-(a) ``listed``: the datasets listed once for the whole assignment (what the coordinator
-    does);
-(b) ``per partition``: ``restore`` without ``listed``: each partition lists each dataset
-    twice (what the coordinator did before);
-(c) ``reading``: (b), then every file's ``window_end`` column read, as ``restore`` did
+(a) ``at once``: :func:`~fleetwatch.aggregate.processor.restore_all`, what the coordinator
+    does: the datasets listed once for the whole assignment, the partitions restored in
+    threads, up to 16 at once;
+(b) ``listed``: the same listings, the partitions one after another (the coordinator before
+    this benchmark's (a));
+(c) ``per partition``: ``restore`` without ``listed``: each partition lists each dataset
+    twice (the coordinator before d5763a2);
+(d) ``reading``: (c), then every file's ``window_end`` column read, as ``restore`` did
     before 29624a9 to find files written after the checkpoint.
 
-Printed: the median seconds of each, per partition, and the ratios b/a and c/a. Needs
+Printed: the median seconds of each, per partition, and each one's ratio to (a). Needs
 ``moto[server]`` and ``s3fs`` (the dev extras) unless ``--data-dir`` is given.
 """
 
@@ -42,7 +45,7 @@ from datetime import UTC, datetime, timedelta
 import pandas as pd
 import pyarrow as pa
 
-from fleetwatch.aggregate.processor import Listings, restore
+from fleetwatch.aggregate.processor import RESTORE_THREADS, restore, restore_all
 from fleetwatch.aggregate.windows import WindowSpec
 from fleetwatch.storage.checkpoints import ANY, Checkpoint, CheckpointStore
 from fleetwatch.storage.layout import DataLayout, hour_prefix, live_file_name
@@ -55,6 +58,7 @@ from fleetwatch.storage.parquet import (
 from fleetwatch.storage.store import join
 
 SPEC = WindowSpec(60_000, 30_000)
+HOWS = ("at once", "listed", "per partition", "reading")
 HOUR = datetime(2026, 11, 22, 10, tzinfo=UTC)
 
 
@@ -147,16 +151,24 @@ def assign(
     late: PartitionedParquetSink,
     how: str,
 ) -> float:
-    """Seconds to restore every partition ``how`` (``listed``, ``per partition``,
-    ``reading``)."""
+    """Seconds to restore every partition ``how`` (one of :data:`HOWS`)."""
     started = time.perf_counter()
-    listed = Listings.of(aggregates, late) if how == "listed" else None
+    if how in ("at once", "listed"):
+        threads = RESTORE_THREADS if how == "at once" else 1
+        restore_all(
+            range(partitions), SPEC, checkpoints, aggregates, late, no_dead_letters, threads=threads
+        )
+        return time.perf_counter() - started
     for partition in range(partitions):
-        restore(partition, SPEC, checkpoints, aggregates, late, lambda *a: None, listed=listed)
+        restore(partition, SPEC, checkpoints, aggregates, late, no_dead_letters)
         if how == "reading":
             for item, _ in list(aggregates.layout.partition_files("aggregates", partition)):
                 read_table(aggregates.store, item.key, columns=["window_end"])
     return time.perf_counter() - started
+
+
+def no_dead_letters(*_: object) -> None:
+    return None
 
 
 def main() -> int:
@@ -184,10 +196,9 @@ def main() -> int:
         written = build(layout, checkpoints, args.partitions, args.files)
         aggregates = PartitionedParquetSink(layout, "aggregates")
         late = PartitionedParquetSink(layout, "late")
-        hows = ["listed", "per partition", "reading"]
-        times: dict[str, list[float]] = {how: [] for how in hows}
+        times: dict[str, list[float]] = {how: [] for how in HOWS}
         for round_index in range(args.rounds):
-            order = hows if round_index % 2 == 0 else hows[::-1]
+            order = HOWS if round_index % 2 == 0 else HOWS[::-1]
             for how in order:
                 times[how].append(assign(args.partitions, checkpoints, aggregates, late, how))
         assert len(aggregates.listing()) == written, "a restore removed a published file"
@@ -199,8 +210,7 @@ def main() -> int:
         "files": written,
         "seconds": medians,
         "per_partition_seconds": {how: m / args.partitions for how, m in medians.items()},
-        "ratio_per_partition_to_listed": medians["per partition"] / medians["listed"],
-        "ratio_reading_to_listed": medians["reading"] / medians["listed"],
+        "ratio_to_at_once": {how: m / medians["at once"] for how, m in medians.items()},
     }
     if args.format == "json":
         print(json.dumps(result, indent=2))
@@ -209,13 +219,10 @@ def main() -> int:
         f"take-over of {args.partitions} partitions, {written:,} files, {result['store']}, "
         f"medians of {args.rounds}:"
     )
-    for how in hows:
+    for how in HOWS:
         each = medians[how] / args.partitions
-        print(f"  {how:<14}: {medians[how]:7.2f} s ({each:.2f} s a partition)")
-    print(
-        f"  per partition / listed: {result['ratio_per_partition_to_listed']:.1f}x; "
-        f"reading / listed: {result['ratio_reading_to_listed']:.1f}x"
-    )
+        ratio = result["ratio_to_at_once"][how]
+        print(f"  {how:<14}: {medians[how]:7.2f} s ({each:.3f} s a partition), {ratio:5.1f}x")
     return 0
 
 

@@ -41,20 +41,21 @@ class Backend:
     def names(self, dataset: str) -> list[str]:
         """Every data file of a dataset (hidden names left out), listed with plain s3fs / a
         walk, not read: a poll while a process deletes files (compaction) cannot fail."""
+        return [name for name in self.listed(dataset) if name.endswith(".parquet")]
+
+    def hidden(self, dataset: str) -> list[str]:
+        """A dataset's hidden files: staged files, temporaries of writes cut short."""
+        return self.listed(dataset, hidden=True)
+
+    def listed(self, dataset: str, hidden: bool = False) -> list[str]:
         if self.s3 is None:
             root = Path(self.data_dir) / dataset
-            return [
-                str(path.relative_to(root))
-                for path in sorted(root.rglob("*.parquet"))
-                if not any(part.startswith(".") for part in path.relative_to(root).parts)
-            ]
-        fs: Any = self.s3.filesystem()
-        prefix = f"{self.data_dir.removeprefix('s3://')}/{dataset}/"
-        return [
-            key[len(prefix) :]
-            for key in sorted(fs.find(prefix))
-            if key.endswith(".parquet") and "/." not in key[len(prefix) - 1 :]
-        ]
+            found = [p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()]
+        else:
+            fs: Any = self.s3.filesystem()
+            prefix = f"{self.data_dir.removeprefix('s3://')}/{dataset}/"
+            found = [key[len(prefix) :] for key in fs.find(prefix)]
+        return sorted(name for name in found if ("/." in f"/{name}") == hidden)
 
     def files(self, dataset: str) -> dict[str, bytes]:
         """Every data file of a dataset (as :meth:`names`), read with plain s3fs / open."""

@@ -98,6 +98,9 @@ def test_a_worker_killed_at_random_points_writes_every_window_once(
     late = backend.frame("late")
     assert len(late) == sum(len(frame) for frame in lates)
     assert not late.duplicated(["partition", "offset", "sensor"]).any()
+    # what the killed workers left (staged files, temporaries of writes cut short) went at
+    # the take-over, and the last worker's clean stop published what it staged
+    assert backend.hidden("aggregates") == backend.hidden("late") == []
 
 
 @pytest.mark.timeout(400)

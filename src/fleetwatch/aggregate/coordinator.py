@@ -32,11 +32,10 @@ from dataclasses import dataclass
 from typing import Any, Final, Protocol
 
 from fleetwatch.aggregate.processor import (
-    Listings,
     PartitionLostError,
     PartitionProcessor,
     RawRecord,
-    restore,
+    restore_all,
 )
 from fleetwatch.aggregate.progress import checkpoints, idle_frontier
 from fleetwatch.aggregate.windows import WindowSpec
@@ -176,19 +175,19 @@ class Aggregator:
             self.topic_id = topic_id
             self._record_topic(topic_id)
             starts = await self.source.log_starts(fresh)
-            listed = Listings.of(self.aggregates, self.late)
-            for partition in fresh:
-                processor = restore(
-                    partition,
-                    self.spec,
-                    self.checkpoints,
-                    self.aggregates,
-                    self.late,
-                    self._dead_letter_collector(),
-                    self.options.max_open_windows,
-                    self.future_limit_ms,
-                    listed,
-                )
+            # in threads: the loop stays free for the heartbeats and the web server
+            restored = await asyncio.to_thread(
+                restore_all,
+                fresh,
+                self.spec,
+                self.checkpoints,
+                self.aggregates,
+                self.late,
+                self._dead_letter_collector(),
+                self.options.max_open_windows,
+                self.future_limit_ms,
+            )
+            for partition, processor in zip(fresh, restored, strict=True):
                 state = _Partition(processor, self.clock())
                 self.partitions[partition] = state
                 start = starts.get(partition, 0)

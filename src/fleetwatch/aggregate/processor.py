@@ -31,6 +31,7 @@ import time
 import uuid
 from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -599,14 +600,18 @@ class Listings:
     assignment restores (:func:`restore`), by partition: on object storage a listing is one
     request per thousand objects, and a dataset holds every partition's files of the hours
     not yet compacted (each partition going through all of them took 0.26 s of CPU a
-    partition at 45,000 files)."""
+    partition at 45,000 files). With the store's temporaries (a local folder is walked for
+    them once, not once a partition: 0.4 s a partition at 20,000 files)."""
 
     aggregates: Mapping[int, Sequence[StoredObject]]
     late: Mapping[int, Sequence[StoredObject]]
 
     @classmethod
     def of(cls, aggregates: PartitionedParquetSink, late: PartitionedParquetSink) -> Listings:
-        return cls(by_partition(aggregates.listing()), by_partition(late.listing()))
+        return cls(
+            by_partition(aggregates.listing(temporaries=True)),
+            by_partition(late.listing(temporaries=True)),
+        )
 
 
 def restore(
@@ -680,3 +685,46 @@ def restore(
     )
     processor.version = version
     return processor
+
+
+#: Partitions of one assignment restored at once (each restore waits on a few requests).
+RESTORE_THREADS = 16
+
+
+def restore_all(
+    partitions: Sequence[int],
+    spec: WindowSpec,
+    checkpoints: CheckpointStore,
+    aggregates: PartitionedParquetSink,
+    late: PartitionedParquetSink,
+    dead_letter: DeadLetterFn,
+    max_open_windows: int = 2_000_000,
+    future_limit_ms: int | None = None,
+    threads: int = RESTORE_THREADS,
+) -> list[PartitionProcessor]:
+    """:func:`restore` of every partition of an assignment, in order: the datasets listed
+    once (:class:`Listings`), then up to ``threads`` partitions restored at once. A restore
+    is a few requests one after another (the checkpoint read, its conditional rewrite,
+    deletes), and each partition's are its own: its checkpoint, its files. The first
+    failure is raised once the restores under way have ended."""
+    listed = Listings.of(aggregates, late)
+
+    def one(partition: int) -> PartitionProcessor:
+        return restore(
+            partition,
+            spec,
+            checkpoints,
+            aggregates,
+            late,
+            dead_letter,
+            max_open_windows,
+            future_limit_ms,
+            listed,
+        )
+
+    if threads <= 1 or len(partitions) <= 1:
+        return [one(partition) for partition in partitions]
+    with ThreadPoolExecutor(
+        min(threads, len(partitions)), thread_name_prefix="fleetwatch-restore"
+    ) as pool:
+        return list(pool.map(one, partitions))

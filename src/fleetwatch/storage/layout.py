@@ -95,24 +95,28 @@ def parse_live_file_name(name: str) -> LiveFile | None:
 
 
 def partition_of(name: str) -> int | None:
-    """The partition of a live file's name or of its staged name (None: another file).
+    """The partition of a live file's name, of its staged name or of a temporary of either
+    (None: another file).
 
     >>> partition_of('p0003-000000012000-000000015999.parquet')
     3
     >>> partition_of('.p0003-000000012000-000000015999.parquet.1a2b3c4d.staged')
     3
+    >>> partition_of('..p0003-000000012000-000000015999.parquet.1a2b3c4d.staged.5e6f7a8b.tmp')
+    3
     >>> partition_of('c-0123456789abcdef.parquet') is None
     True
     """
-    head, dash, _ = name.removeprefix(".").partition("-")
+    head, dash, _ = name.lstrip(".").partition("-")
     if dash and head[:1] == "p" and head[1:].isdigit():
         return int(head[1:])
     return None
 
 
 def by_partition(listed: Iterable[StoredObject]) -> dict[int, list[StoredObject]]:
-    """A listing's live and staged files by partition (the rest left out): one pass, for
-    several partitions' :meth:`DataLayout.partition_files` and ``partition_leftovers``."""
+    """A listing's live, staged and temporary files by partition (the rest left out): one
+    pass, for several partitions' :meth:`DataLayout.partition_files` and
+    ``partition_leftovers``."""
     grouped: dict[int, list[StoredObject]] = {}
     for item in listed:
         partition = partition_of(item.name)
@@ -514,10 +518,16 @@ class DataLayout:
     def partition_leftovers(
         self, dataset: Dataset, partition: int, listed: Sequence[StoredObject] | None = None
     ) -> list[StoredObject]:
-        """Staged files of a partition that a writer left behind (``listed``: as above)."""
-        own = f".p{partition:04d}-"
-        found = self.store.listing(dataset) if listed is None else listed
-        return [item for item in found if item.name.startswith(own)]
+        """Staged files of a partition that a writer left behind, and temporaries of writes a
+        crash cut short (``listed``: as above, with the store's temporaries; without it, both
+        are listed now)."""
+        if listed is None:
+            listed = self.store.listing(dataset) + self.store.temporaries(dataset)
+        return [
+            item
+            for item in listed
+            if item.name.startswith(".") and partition_of(item.name) == partition
+        ]
 
     # ------------------------------------------------------------------ aggregation state
 

@@ -183,11 +183,14 @@ class PartitionedParquetSink:
         """Delete files staged and never published (the partition was lost)."""
         self.store.delete(key for key, _ in staged)
 
-    def listing(self) -> list[StoredObject]:
+    def listing(self, temporaries: bool = False) -> list[StoredObject]:
         """The dataset's objects, listed once for several partitions: the methods below take
         it as ``listed`` (without it, each lists the dataset again: on object storage, one
-        request per thousand objects, every time)."""
-        return self.store.listing(self.dataset)
+        request per thousand objects, every time). With ``temporaries``, the store's own
+        left-overs too, for :meth:`remove_leftovers` (locally a second walk of the folder:
+        0.4 s at 20,000 files, once, not once a partition)."""
+        found = self.store.listing(self.dataset)
+        return found + self.store.temporaries(self.dataset) if temporaries else found
 
     def has_files(self, partition: int, listed: Sequence[StoredObject] | None = None) -> str | None:
         """A file this partition wrote, if there is any."""
@@ -201,14 +204,14 @@ class PartitionedParquetSink:
         listed: Sequence[StoredObject] | None = None,
     ) -> int:
         """Delete the temporary and staged files of this partition a writer left behind
-        (except ``keep``: those a checkpoint still publishes)."""
+        (except ``keep``: those a checkpoint still publishes); ``listed`` is
+        ``listing(temporaries=True)``."""
         stale = [
             item.key
             for item in self.layout.partition_leftovers(self.dataset, partition, listed)
             if item.key not in keep
         ]
-        removed = self.store.remove_temporaries(self.dataset, f"p{partition:04d}-")
-        return removed + self.store.delete(stale)
+        return self.store.delete(stale)
 
     def remove_windows_after(
         self,

@@ -128,10 +128,11 @@ class DataStore(Protocol):
     def remove_empty_folder(self, prefix: str) -> None:
         """Remove the folder ``prefix`` if it is empty (object stores have no folders)."""
 
-    def remove_temporaries(self, prefix: str, name_start: str) -> int:
-        """Delete the store's own left-overs under ``prefix`` (temporaries of writes a crash
-        cut short) whose target name starts with ``name_start``; how many. Call it only where
-        no write of such a name can be under way (a partition's, by its owner)."""
+    def temporaries(self, prefix: str) -> list[StoredObject]:
+        """The store's own left-overs under ``prefix``, at any depth: temporaries of writes a
+        crash cut short, which :meth:`listing` leaves out (an object store leaves none: a PUT
+        is whole or absent). Hidden names; delete one only where no write to it can be under
+        way (a partition's, by its owner)."""
 
     def arrow(self, key: str) -> tuple[str, pyarrow.fs.FileSystem | None]:
         """``(source, filesystem)`` for pyarrow's readers (which read byte ranges)."""
@@ -330,13 +331,18 @@ class LocalStore:
         return None if not _is_file(info) else _stat_version(info)
 
     def listing(self, prefix: str) -> list[StoredObject]:
-        base = self._path(prefix) if prefix else self.root
+        # not the store's own files: writes under way, compare-and-swap locks
+        return self._walked(prefix, lambda name: not _is_own(name))
+
+    def temporaries(self, prefix: str) -> list[StoredObject]:
+        return self._walked(prefix, lambda name: _is_own(name) and name.endswith(TEMPORARY_SUFFIX))
+
+    def _walked(self, prefix: str, keep: Callable[[str], bool]) -> list[StoredObject]:
         found = []
-        for path, info in _walk(base):
-            if _is_own(path.name):  # a write under way, or a compare-and-swap's lock
-                continue
-            key = path.relative_to(self.root).as_posix()
-            found.append(StoredObject(key, info.st_size, _stat_version(info), info.st_mtime_ns))
+        for path, info in _walk(self._path(prefix) if prefix else self.root):
+            if keep(path.name):
+                key = path.relative_to(self.root).as_posix()
+                found.append(StoredObject(key, info.st_size, _stat_version(info), info.st_mtime_ns))
         return sorted(found)
 
     def folders(self, prefix: str) -> list[str]:
@@ -362,16 +368,6 @@ class LocalStore:
     def remove_empty_folder(self, prefix: str) -> None:
         with contextlib.suppress(OSError):
             self._path(prefix).rmdir()
-
-    def remove_temporaries(self, prefix: str, name_start: str) -> int:
-        removed = 0
-        for path, _ in _walk(self._path(prefix) if prefix else self.root):
-            name = path.name
-            if name.startswith(f".{name_start}") and name.endswith(TEMPORARY_SUFFIX):
-                with contextlib.suppress(FileNotFoundError):
-                    path.unlink()
-                    removed += 1
-        return removed
 
     def move(self, source: str, target: str) -> bool:
         source_path, target_path = self._path(source), self._path(target)
@@ -581,8 +577,8 @@ class ObjectStore:
     def remove_empty_folder(self, prefix: str) -> None:
         return None
 
-    def remove_temporaries(self, prefix: str, name_start: str) -> int:
-        return 0  # a PUT leaves nothing behind
+    def temporaries(self, prefix: str) -> list[StoredObject]:
+        return []  # a PUT leaves nothing behind
 
     def move(self, source: str, target: str) -> bool:
         try:

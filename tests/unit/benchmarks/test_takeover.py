@@ -1,4 +1,4 @@
-"""benchmarks/takeover.py's setup and its three ways of taking partitions over."""
+"""benchmarks/takeover.py's setup and its four ways of taking partitions over."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ def test_every_way_keeps_the_files_checkpoints_published(tmp_path: Path) -> None
     aggregates = PartitionedParquetSink(layout, "aggregates")
     late = PartitionedParquetSink(layout, "late")
     assert written == len(list(tmp_path.glob("aggregates/date=*/hour=*/p*.parquet"))) == 30
-    for how in ("listed", "per partition", "reading"):
+    for how in takeover.HOWS:
         assert takeover.assign(3, checkpoints, aggregates, late, how) > 0
         assert len(aggregates.listing()) == written, how
     assert {checkpoints.load(p).next_offset for p in range(3)} == {100}

@@ -157,6 +157,25 @@ def test_delete_removes_what_it_names_and_move_publishes(store: DataStore) -> No
     assert [item.name for item in store.listing("late")] == ["c.parquet", "final.parquet"]
 
 
+def test_temporaries_of_writes_a_crash_cut_short_are_listed_apart(store: DataStore) -> None:
+    """A kill -9 during a local write leaves its temporary: not data (``listing`` omits it),
+    found by ``temporaries`` for its owner to delete; an object store leaves none."""
+    store.write("aggregates/h/p0000-a.parquet", b"a")
+    store.write_if("state/p0000.json", b"{}", None)
+    folder = store.local_path("aggregates/h")
+    if folder is not None:
+        (folder / ".p0000-b.parquet.0a1b2c3d.tmp").write_bytes(b"cut short")
+        (folder / "..p0000-c.parquet.1a2b3c4d.staged.5e6f7a8b.tmp").write_bytes(b"cut short")
+        (folder / ".p0000-d.parquet.lock").write_bytes(b"")  # a lock is not a temporary
+    assert [item.name for item in store.listing("aggregates")] == ["p0000-a.parquet"]
+    found = store.temporaries("aggregates")
+    expected = [".p0000-b.parquet.0a1b2c3d.tmp", "..p0000-c.parquet.1a2b3c4d.staged.5e6f7a8b.tmp"]
+    assert sorted(item.name for item in found) == (sorted(expected) if folder else [])
+    assert store.delete(item.key for item in found) == len(found)
+    assert store.temporaries("aggregates") == [] and store.temporaries("state") == []
+    assert [item.name for item in store.listing("aggregates")] == ["p0000-a.parquet"]
+
+
 @pytest.mark.parametrize("key", ["../outside", "/etc/passwd", "a//b", "models/./x", "", "a/.."])
 def test_keys_cannot_leave_the_data_directory(store: DataStore, key: str) -> None:
     with pytest.raises(StorageError, match="invalid storage key"):
