@@ -202,6 +202,7 @@ def main() -> int:
             for how in order:
                 times[how].append(assign(args.partitions, checkpoints, aggregates, late, how))
         assert len(aggregates.listing()) == written, "a restore removed a published file"
+        reads = read_checkpoints(checkpoints, args.partitions, args.rounds)
 
     medians = {how: statistics.median(values) for how, values in times.items()}
     result = {
@@ -211,6 +212,8 @@ def main() -> int:
         "seconds": medians,
         "per_partition_seconds": {how: m / args.partitions for how, m in medians.items()},
         "ratio_to_at_once": {how: m / medians["at once"] for how, m in medians.items()},
+        "checkpoint_reads_seconds": reads,
+        "checkpoint_reads_ratio": reads["one after another"] / reads["at once"],
     }
     if args.format == "json":
         print(json.dumps(result, indent=2))
@@ -223,7 +226,32 @@ def main() -> int:
         each = medians[how] / args.partitions
         ratio = result["ratio_to_at_once"][how]
         print(f"  {how:<14}: {medians[how]:7.2f} s ({each:.3f} s a partition), {ratio:5.1f}x")
+    print(
+        f"every partition's checkpoint read (the scheduler's progress), medians of {args.rounds}:"
+    )
+    for how, seconds in reads.items():
+        print(f"  {how:<18}: {seconds:6.3f} s")
+    print(f"  one after another / at once: {result['checkpoint_reads_ratio']:.1f}x")
     return 0
+
+
+def read_checkpoints(
+    checkpoints: CheckpointStore, partitions: int, rounds: int
+) -> dict[str, float]:
+    """Median seconds to read every partition's checkpoint: one after another (as the
+    scheduler's progress and an idle partition's frontier did) and ``load_many``."""
+    ways = {
+        "one after another": lambda: {p: checkpoints.load(p) for p in range(partitions)},
+        "at once": lambda: checkpoints.load_many(range(partitions)),
+    }
+    times: dict[str, list[float]] = {how: [] for how in ways}
+    for round_index in range(rounds):
+        for how in list(ways) if round_index % 2 == 0 else list(ways)[::-1]:
+            started = time.perf_counter()
+            found = ways[how]()
+            times[how].append(time.perf_counter() - started)
+            assert all(found[p] is not None for p in range(partitions)), how
+    return {how: statistics.median(values) for how, values in times.items()}
 
 
 if __name__ == "__main__":

@@ -452,9 +452,9 @@ class Aggregator:
     async def _advance_idle(self, idle: list[int]) -> None:
         """Idle partitions close their windows and follow the others' watermark."""
         count = self.source.partition_count() or 0
-        everyone: dict[int, Checkpoint | None] = {
-            p: self.checkpoints.load(p) for p in range(count) if p not in self.partitions
-        }
+        others = [p for p in range(count) if p not in self.partitions]
+        # other workers' checkpoints, at every tick while idle: off the loop, at once
+        everyone = await asyncio.to_thread(self.checkpoints.load_many, others)
         for partition, state in self.partitions.items():  # this worker's own: fresher
             everyone[partition] = Checkpoint(
                 close_boundary_ms=state.processor.close_boundary, idle=partition in idle

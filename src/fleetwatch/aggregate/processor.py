@@ -547,7 +547,7 @@ class PartitionProcessor:
         its staged files deleted). With files to publish, the checkpoint is written twice:
         first naming them (readers keep the previous watermark), then, once they are
         published, as it is; a crash in between is completed by whoever restores it."""
-        staged = self.aggregates.take_staged() + self.late.take_staged()
+        staged = self.aggregates.take_staged(self.partition) + self.late.take_staged(self.partition)
         checkpoint = replace(checkpoint, owner=self.owner)
         if not staged and not force and checkpoint == self.saved:
             return False

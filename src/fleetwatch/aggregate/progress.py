@@ -63,7 +63,7 @@ def progress(layout: DataLayout, topic: str) -> Progress:
     state = store.load_topic_state()
     if state is None:
         return Progress({}, known=False)
-    return Progress({p: store.load(p) for p in range(state.partitions)}, known=True)
+    return Progress(store.load_many(range(state.partitions)), known=True)
 
 
 def closed_through(layout: DataLayout, topic: str) -> datetime | None:

@@ -112,8 +112,10 @@ class RecordSink(Protocol):
     """Where closed windows (or late readings) go. Called from the worker's event loop.
 
     ``write`` blocks until the rows are durable under *staged* names, hidden from readers, and
-    returns what it wrote; ``take_staged`` hands the files written since the last call to the
-    checkpoint that publishes them (see :mod:`fleetwatch.storage.checkpoints`). ``write``
+    returns what it wrote; ``take_staged`` hands a partition's files written since its last
+    call to the partition's checkpoint, which publishes them (see
+    :mod:`fleetwatch.storage.checkpoints`): one partition's checkpoint never publishes
+    another's files (that one may be fenced off already). ``write``
     raises :class:`~fleetwatch.errors.StorageError` when the store refuses; then nothing was
     published, so a restart replays.
     """
@@ -122,7 +124,7 @@ class RecordSink(Protocol):
         self, frame: pd.DataFrame, partition: int, time_column: str, epoch: int = 0
     ) -> list[Staged]: ...
 
-    def take_staged(self) -> list[Staged]: ...
+    def take_staged(self, partition: int | None = None) -> list[Staged]: ...
 
     def discard(self, staged: Sequence[Staged]) -> None: ...
 
@@ -141,7 +143,7 @@ class PartitionedParquetSink:
         self.dataset: Dataset = dataset
         self.schema = AGGREGATE_SCHEMA if dataset == "aggregates" else LATE_SCHEMA
         self.compression = compression
-        self.staged: list[Staged] = []
+        self.staged: dict[int, list[Staged]] = {}  # by partition
 
     def write(
         self, frame: pd.DataFrame, partition: int, time_column: str, epoch: int = 0
@@ -172,11 +174,15 @@ class PartitionedParquetSink:
             staged = staged_key(final)
             self.store.write(staged, table_bytes(table, self.compression))
             written.append((staged, final))
-        self.staged += written
+        self.staged.setdefault(partition, []).extend(written)
         return written
 
-    def take_staged(self) -> list[Staged]:
-        taken, self.staged = self.staged, []
+    def take_staged(self, partition: int | None = None) -> list[Staged]:
+        """The files ``partition`` staged since it was last asked (None: every partition)."""
+        if partition is not None:
+            return self.staged.pop(partition, [])
+        taken = [item for files in self.staged.values() for item in files]
+        self.staged = {}
         return taken
 
     def discard(self, staged: Sequence[Staged]) -> None:

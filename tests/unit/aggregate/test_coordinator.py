@@ -162,6 +162,54 @@ def test_the_topic_is_closed_only_once_every_partition_is_known(tmp_path: Path) 
     assert "quiet" not in set(read_dir(tmp_path / "aggregates")["device_id"])
 
 
+def test_an_idle_partition_reads_the_other_workers_checkpoints_off_the_event_loop(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An idle partition follows the watermark of partitions other workers own, read from
+    their checkpoints at every tick (every second) while it is idle: one read a partition,
+    on object storage a request each, which held the event loop (32 partitions elsewhere:
+    a third of every second). Each read here waits until the loop has run a callback."""
+    log = MemoryLog(partitions=3)
+    fill(log, 0, make_records(50, 30, "a0"))
+    fill(log, 1, make_records(51, 900, "b1"))
+    fill(log, 2, make_records(52, 900, "b2"))
+    other = Harness(tmp_path, log)  # another worker, with partitions 1 and 2
+    other.assign(1, 2)
+    other.pump()
+    other.stop()
+    boundaries = {p: other.aggregator.checkpoints.load(p) for p in (1, 2)}
+    frontier = min(c.close_boundary_ms for c in boundaries.values() if c)
+    harness = Harness(tmp_path, log)
+    harness.assign(0)
+    harness.pump()  # read to its end: idle after the idle timeout
+    checkpoints = harness.aggregator.checkpoints
+    real = checkpoints.load
+    loop: asyncio.AbstractEventLoop | None = None
+    read: list[int] = []
+
+    def load(partition: int) -> Checkpoint | None:
+        ran = threading.Event()
+        assert loop is not None
+        loop.call_soon_threadsafe(ran.set)  # runs only while the loop is free
+        assert ran.wait(10), "the event loop was held up by a checkpoint read"
+        read.append(partition)
+        return real(partition)
+
+    monkeypatch.setattr(checkpoints, "load", load)
+
+    async def idle() -> None:
+        nonlocal loop
+        loop = asyncio.get_running_loop()
+        harness.clock.now += 6
+        await harness.aggregator.tick()
+
+    harness.run(idle())
+    monkeypatch.undo()
+    assert sorted(read) == [1, 2]
+    assert harness.aggregator.processors[0].close_boundary == frontier
+    harness.stop()
+
+
 def test_when_every_partition_is_idle_everything_read_is_closed(tmp_path: Path) -> None:
     log = MemoryLog(partitions=2)
     fill(log, 0, make_records(2, 500, "a"))
@@ -403,6 +451,41 @@ def test_an_assignment_restores_its_partitions_at_once_off_the_event_loop(
     harness.pump()
     harness.idle()
     harness.stop()
+    expected = pd.concat([reference(rows)[0] for rows in records.values()], ignore_index=True)
+    compare(tmp_path, expected)
+
+
+def test_a_worker_publishes_nothing_of_a_partition_taken_from_it(tmp_path: Path) -> None:
+    """A worker paused while another took partition 1 over goes on with what it had fetched:
+    a batch closing windows in partitions 0 and 1. The fence (its checkpoint writes are
+    refused) must stop it publishing anything of partition 1: partition 0's checkpoint,
+    still its own, published the files staged for partition 1 too (the staged files were
+    one list for all partitions). The windows stayed exact only because the new owner's
+    replay wrote files of the same names over them."""
+    log = MemoryLog(partitions=2)
+    records = {p: make_records(60, 1500, f"p{p}") for p in range(2)}  # windows close alike
+    for partition, rows in records.items():
+        fill(log, partition, rows)
+    paused = Harness(tmp_path, log)
+    paused.assign(0, 1)
+    paused.pump(rounds=2)
+    other = Harness(tmp_path, log)
+    other.assign(1)  # while the first one is paused: it is told nothing yet
+
+    def published(partition: int) -> set[str]:
+        return {path.name for path in tmp_path.glob(f"*/date=*/hour=*/p{partition:04d}-*")}
+
+    before = published(1)
+    paused.pump(rounds=1, batch=1500)  # what it had fetched: windows close in both
+    assert sorted(paused.aggregator.partitions) == [0]  # partition 1's checkpoint refused
+    assert published(1) == before
+    assert len(published(0)) > 2  # partition 0 went on
+    other.pump()
+    other.idle()
+    other.stop()
+    paused.pump()
+    paused.idle()
+    paused.stop()
     expected = pd.concat([reference(rows)[0] for rows in records.values()], ignore_index=True)
     compare(tmp_path, expected)
 

@@ -24,3 +24,7 @@ def test_every_way_keeps_the_files_checkpoints_published(tmp_path: Path) -> None
         assert takeover.assign(3, checkpoints, aggregates, late, how) > 0
         assert len(aggregates.listing()) == written, how
     assert {checkpoints.load(p).next_offset for p in range(3)} == {100}
+    assert set(takeover.read_checkpoints(checkpoints, 3, rounds=1)) == {
+        "one after another",
+        "at once",
+    }

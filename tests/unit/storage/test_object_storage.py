@@ -358,3 +358,19 @@ def test_state_read_while_its_writer_replaces_it(s3_server: S3Server) -> None:
         stop.set()
         writer.join()
     assert offsets == sorted(offsets) and offsets[-1] > offsets[0]  # read while replaced
+
+
+def test_checkpoints_read_at_once_equal_each_read_alone(s3_server: S3Server) -> None:
+    """``load_many`` (the scheduler's progress, an idle partition's frontier) reads up to 16
+    checkpoints at once; each answer is the one :meth:`load` gives, a missing one None."""
+    from fleetwatch.storage.checkpoints import Checkpoint, CheckpointStore
+
+    store = CheckpointStore(DataLayout.open(f"{s3_server.bucket()}/data").store, "telemetry")
+    for partition in range(0, 40, 2):
+        store.save(partition, Checkpoint(next_offset=partition + 1, close_boundary_ms=partition))
+    many = store.load_many(range(40))
+    assert list(many) == list(range(40))
+    assert many == {partition: store.load(partition) for partition in range(40)}
+    assert [partition for partition, found in many.items() if found is None] == list(
+        range(1, 40, 2)
+    )
