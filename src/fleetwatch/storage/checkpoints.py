@@ -109,10 +109,12 @@ class CheckpointStore:
             return None
 
     def load_many(self, partitions: Iterable[int]) -> dict[int, Checkpoint | None]:
-        """:meth:`load` of each, up to 16 at once (on object storage a request each: 64
-        partitions one after another take a second or more)."""
+        """:meth:`load` of each; on object storage up to 16 at once (a request each: 64
+        partitions one after another take a second or more). A local folder reads them one
+        after another: threads there cost more than the reads (64 partitions: 15.4 ms in
+        threads against 4.4 ms)."""
         wanted = list(partitions)
-        if len(wanted) <= 1:
+        if len(wanted) <= 1 or not self.store.remote:
             return {partition: self.load(partition) for partition in wanted}
         with ThreadPoolExecutor(min(16, len(wanted)), thread_name_prefix="fleetwatch-load") as pool:
             return dict(zip(wanted, pool.map(self.load, wanted), strict=True))

@@ -515,14 +515,10 @@ class DataLayout:
             if parsed is not None and parsed.partition == partition and not is_hidden(item.key):
                 yield item, parsed
 
-    def partition_leftovers(
-        self, dataset: Dataset, partition: int, listed: Sequence[StoredObject] | None = None
-    ) -> list[StoredObject]:
+    @staticmethod
+    def partition_leftovers(partition: int, listed: Sequence[StoredObject]) -> list[StoredObject]:
         """Staged files of a partition that a writer left behind, and temporaries of writes a
-        crash cut short (``listed``: as above, with the store's temporaries; without it, both
-        are listed now)."""
-        if listed is None:
-            listed = self.store.listing(dataset) + self.store.temporaries(dataset)
+        crash cut short, in ``listed`` (a dataset's listing with the store's temporaries)."""
         return [
             item
             for item in listed

@@ -211,10 +211,11 @@ class PartitionedParquetSink:
     ) -> int:
         """Delete the temporary and staged files of this partition a writer left behind
         (except ``keep``: those a checkpoint still publishes); ``listed`` is
-        ``listing(temporaries=True)``."""
+        ``listing(temporaries=True)`` (None: listed now)."""
+        found = self.listing(temporaries=True) if listed is None else listed
         stale = [
             item.key
-            for item in self.layout.partition_leftovers(self.dataset, partition, listed)
+            for item in self.layout.partition_leftovers(partition, found)
             if item.key not in keep
         ]
         return self.store.delete(stale)
