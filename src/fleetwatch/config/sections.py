@@ -123,7 +123,9 @@ class SimulateSettings:
 @dataclass(frozen=True)
 class ImportSettings:
     layout: Literal["auto", "long", "wide"] = setting(
-        "auto", "long = TS,Device,Tag,Value rows; wide = timestamp,device_id,<sensor>... columns"
+        "auto",
+        "long = TS,Device,Tag,Value rows (or timestamp,device_id,sensor|metric,value|reading); "
+        "wide = timestamp,device_id,<sensor>... columns",
     )
     assume_timezone: str = setting(
         "",

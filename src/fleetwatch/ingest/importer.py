@@ -36,7 +36,10 @@ from fleetwatch.telemetry import (
     is_valid_name,
 )
 
-LONG_COLUMNS = ("ts", "device", "tag", "value")
+#: A long file's sensor and value columns, by their usual names (its time and device columns
+#: are named as a wide file's). Both must be there for ``auto`` to read a file as long.
+TAG_COLUMNS = ("tag", "sensor", "sensor_id", "sensor_name", "metric", "variable", "signal")
+VALUE_COLUMNS = ("value", "reading", "val", "measurement")
 #: Column names that usually hold labels, not readings: imported as sensors only with a warning.
 LABEL_LIKE = frozenset(
     {"anomaly", "anomalies", "label", "labels", "is_anomaly", "changepoint", "target", "fault"}
@@ -131,9 +134,15 @@ def _find(columns: list[str], names: tuple[str, ...]) -> str | None:
 
 def detect_layout(frame: pd.DataFrame, wanted: str) -> str:
     columns = [str(c) for c in frame.columns]
-    is_long = all(_find(columns, (name,)) for name in LONG_COLUMNS)
+    is_long = all(
+        _find(columns, names) for names in (TIMESTAMP_COLUMNS, TAG_COLUMNS, VALUE_COLUMNS)
+    )
     if wanted == "long" and not is_long:
-        raise InvalidInputError(f"long layout needs columns TS, Device, Tag, Value; got {columns}")
+        raise InvalidInputError(
+            f"long layout needs a timestamp ({', '.join(TIMESTAMP_COLUMNS)}), a sensor "
+            f"({', '.join(TAG_COLUMNS)}) and a value ({', '.join(VALUE_COLUMNS)}) column, "
+            f"as in TS,Device,Tag,Value; got {columns}"
+        )
     if wanted == "auto":
         return "long" if is_long else "wide"
     return wanted
@@ -212,15 +221,28 @@ def long_messages(
     clock: _Clock,
     rejected: list[RejectedRow],
     left_out: frozenset[str] = frozenset(),
+    device_id: str = "",
 ) -> Iterator[Message]:
     """Group valid long rows into messages, in order of first appearance; readings whose tag
-    is in ``left_out`` (labels, excluded names) are left out."""
+    is in ``left_out`` (labels, excluded names) are left out. Without a device column, every
+    row is ``device_id``'s."""
     columns = [str(c) for c in frame.columns]
-    ts_col, dev_col, tag_col, val_col = (_find(columns, (n,)) for n in LONG_COLUMNS)
+    ts_col, tag_col, val_col = (
+        _find(columns, names) for names in (TIMESTAMP_COLUMNS, TAG_COLUMNS, VALUE_COLUMNS)
+    )
+    assert ts_col is not None and tag_col is not None and val_col is not None  # detect_layout
+    dev_col = _find(columns, DEVICE_COLUMNS)
+    if dev_col is None and not device_id:
+        raise InvalidInputError(
+            f"no device column ({', '.join(DEVICE_COLUMNS)}): pass --device-id NAME for this file"
+        )
+    if device_id and not is_valid_name(device_id):
+        raise InvalidInputError(f"--device-id {device_id!r}: use 1-64 of [A-Za-z0-9_.-]")
+    devices = frame[dev_col] if dev_col is not None else [device_id] * len(frame)
     groups: dict[tuple[str, int], dict[str, float]] = {}
     lines: dict[tuple[str, int, str], int] = {}
     for offset, (ts, device, tag, value) in enumerate(
-        zip(frame[ts_col], frame[dev_col], frame[tag_col], frame[val_col], strict=True)
+        zip(frame[ts_col], devices, frame[tag_col], frame[val_col], strict=True)
     ):
         line = first_line + offset
         device, tag = str(device).strip(), str(tag).strip()
@@ -345,7 +367,9 @@ def import_file(settings: Settings, path: Path) -> ImportSummary:
             n.strip().lower() for n in [*options.label_columns, *options.exclude_columns]
         )
         summary.labels_kept_out = list(options.label_columns)
-        messages = list(long_messages(frame, first_line, clock, summary.rejected, names))
+        messages = list(
+            long_messages(frame, first_line, clock, summary.rejected, names, options.device_id)
+        )
     else:
         labels = kept_out(frame, options.label_columns, "--label-columns")
         left_out = [*labels, *kept_out(frame, options.exclude_columns, "--exclude-columns")]

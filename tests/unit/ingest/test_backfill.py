@@ -89,6 +89,57 @@ def test_a_historical_file_becomes_exact_aggregates_once(
     assert len(files) == 3 and len(set(files)) == 1 and files[0].startswith("b-")
 
 
+@pytest.mark.parametrize(
+    "names",
+    [
+        ("timestamp", "device_id", "sensor", "value"),
+        ("time", "device", "metric", "reading"),
+        ("Event_Time", "DeviceId", "sensor_name", "Value"),
+    ],
+)
+def test_a_long_file_is_read_by_the_usual_names_of_its_columns(
+    tmp_path: Path, names: tuple[str, str, str, str], capsys: pytest.CaptureFixture[str]
+) -> None:
+    # One reading a row under names other than TS, Device, Tag, Value: before, the file was
+    # taken as wide, "sensor" and "value" as two sensors, and every row rejected.
+    source = tmp_path / "readings.csv"
+    frame = azure_csv(source, hours=1)
+    frame.set_axis(list(names), axis=1).sample(frac=1, random_state=2).to_csv(source, index=False)
+    data = tmp_path / "data"
+    args = ["import", str(source), "--backfill", "--assume-timezone", "UTC"]
+    assert main([*args, "--data-dir", str(data)]) == 0
+    assert "layout               long" in capsys.readouterr().out
+    got = read_parquet_dir(data / "aggregates")
+    want = expected_windows(frame)
+    merged = want.merge(
+        got.assign(window_start=got["window_start"].astype("datetime64[ns, UTC]")),
+        on=["device_id", "sensor", "window_start"],
+        suffixes=("_want", "_got"),
+        how="outer",
+        indicator=True,
+    )
+    assert (merged["_merge"] == "both").all()
+    assert (merged["count_want"] == merged["count_got"]).all()
+    np.testing.assert_allclose(merged["mean_got"], merged["mean_want"], atol=1e-9)
+
+
+def test_a_long_file_without_a_device_column_takes_device_id(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "readings.csv"
+    source.write_text("timestamp,sensor,value\n2026-11-20T06:00:00Z,t,1.5\n")
+    assert main(["import", str(source), "--backfill", "--data-dir", str(tmp_path / "d")]) == 2
+    err = capsys.readouterr().err
+    assert "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "device" in err and "--device-id" in err
+    args = ["import", str(source), "--backfill", "--device-id", "pump-7"]
+    assert main([*args, "--data-dir", str(tmp_path / "d")]) == 0  # one device's long file
+    got = read_parquet_dir(tmp_path / "d" / "aggregates")
+    assert got[["device_id", "sensor", "count", "mean"]].values.tolist() == [
+        ["pump-7", "t", 1, 1.5]
+    ]
+
+
 def test_backfill_files_hold_their_devices_in_order_in_row_groups(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
