@@ -76,6 +76,41 @@ def test_an_hour_without_data_is_not_a_success_and_records_nothing(tmp_path: Pat
     assert not (data / "fleetwatch.duckdb").exists()
 
 
+def test_an_hour_whose_devices_have_no_model_is_not_a_success(tmp_path: Path) -> None:
+    # Before: exit 0, status "succeeded", 0 devices scored, and not a word of why.
+    import pandas as pd
+
+    from fleetwatch.scoring.train import train
+    from tests.unit.scoring.conftest import (
+        DEVICES,
+        T0,
+        set_watermark,
+        settings_for,
+        synthetic_windows,
+        write_windows,
+    )
+
+    data = tmp_path / "data"
+    write_windows(data, synthetic_windows())
+    settings = settings_for(data)
+    set_watermark(settings, T0 + pd.Timedelta(hours=3).to_pytimedelta())
+    hour = ["score", "--hour", f"{T0:%Y-%m-%dT%H}", "--data-dir", str(data)]
+    line = one_line_error(fleetwatch_cli(*hour), 1)
+    assert "nothing was scored" in line and f"{len(DEVICES)} devices" in line
+    assert "fleetwatch train" in line
+    # The run is still recorded: each device's hour is pending once it has a model.
+    train(settings, T0, T0 + pd.Timedelta(hours=2).to_pytimedelta(), DEVICES[:2])
+    pending = fleetwatch_cli("score", "--missed", "--no-compact", "--data-dir", str(data))
+    assert pending.returncode == 0, pending.stderr
+    [warning] = [w for w in pending.stderr.splitlines() if "no active model" in w]
+    assert f"{len(DEVICES) - 2} devices" in warning and "Traceback" not in pending.stderr
+    scored = fleetwatch_cli(
+        "sql", "SELECT DISTINCT device_id FROM scores ORDER BY 1", "--format", "json",
+        "--data-dir", str(data),
+    )  # fmt: skip
+    assert [row["device_id"] for row in json.loads(scored.stdout)] == sorted(DEVICES[:2])
+
+
 def test_a_closed_pipe_ends_the_output_quietly(trained: Settings) -> None:
     from fleetwatch.scoring.score import score_hour
     from tests.unit.scoring.conftest import T0

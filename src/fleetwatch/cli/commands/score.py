@@ -5,11 +5,15 @@ from __future__ import annotations
 import argparse
 import sys
 from datetime import datetime, timedelta
+from typing import TYPE_CHECKING
 
 from fleetwatch.cli.parser import Command, UsageError
 from fleetwatch.config import Settings, parse_timestamp
 from fleetwatch.errors import FleetwatchError
 from fleetwatch.output import emit_table
+
+if TYPE_CHECKING:
+    from fleetwatch.scoring.score import RunResult
 
 COLUMNS = [
     "window_start",
@@ -94,6 +98,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         )
     for hour in empty:
         print(f"fleetwatch score: warning: no aggregates for {hour:%Y-%m-%dT%H}", file=sys.stderr)
+    _say_devices_without_model(results)
     if args.missed and not results:
         print("fleetwatch score: nothing pending", file=sys.stderr)
     if args.missed and len(results) >= settings.schedule.max_catchup:
@@ -110,8 +115,32 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     return 1 if any(r.status == "aborted" for r in results) else 0
 
 
+def _say_devices_without_model(results: list[RunResult]) -> None:
+    """Hours whose devices had no active model: not scored, and not a success when no device
+    at all was (the runs stay recorded: each device's hours are pending once it is trained)."""
+    lacking = [r for r in results if r.devices_without_model]
+    if not lacking:
+        return
+    most = max(r.devices_without_model for r in lacking)
+    hours = f"{lacking[0].window_start:%Y-%m-%dT%H}" + (
+        f" and {len(lacking) - 1} more hours" if len(lacking) > 1 else ""
+    )
+    train = "`fleetwatch train --first 2h` (or --since/--until)"
+    if not any(r.devices_scored or r.devices_failed for r in results):
+        raise NothingToScoreError(
+            f"nothing was scored: the {most} devices with data in {hours} have no active model; "
+            f"train them first ({train}), then `fleetwatch score --missed` scores these hours"
+        )
+    print(
+        f"fleetwatch score: warning: up to {most} devices an hour have no active model and were "
+        f"not scored ({hours}); once trained ({train}) `fleetwatch score --missed` scores them",
+        file=sys.stderr,
+    )
+
+
 class NothingToScoreError(FleetwatchError):
-    """None of the hours asked for has aggregates: nothing was scored, nothing recorded."""
+    """None of the hours asked for has aggregates (nothing was scored, nothing recorded), or
+    none of their devices has a model (nothing scored; the runs recorded)."""
 
     exit_code = 1
 
