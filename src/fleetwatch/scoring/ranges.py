@@ -49,20 +49,22 @@ FirstPart(unit='share', amount=0.25))
         value = text.strip().lower()
         try:
             if re.fullmatch(r"\d+", value):
-                return cls("readings", float(value))
-            if value.endswith("%"):
-                share = float(value[:-1]) / 100
+                first = cls("readings", float(value))
+            elif value.endswith("%"):
+                first = cls("share", float(value[:-1]) / 100)
             elif re.fullmatch(r"\d*\.\d+", value):
-                share = float(value)
+                first = cls("share", float(value))
             else:
-                return cls("duration", parse_duration(value))
-        except (ValueError, InvalidInputError):
+                first = cls("duration", parse_duration(value))
+        except ValueError:
             raise InvalidInputError(
                 f"{flag} {text!r}: give readings (400), a duration (400s, 2h) or a share (0.3, 30%)"
             ) from None
-        if not 0 < share < 1:
+        if first.unit == "share" and not 0 < first.amount < 1:
             raise InvalidInputError(f"{flag} {text!r}: a share must be between 0 and 1")
-        return cls("share", share)
+        if not first.amount > 0:  # 0 readings, 0s: nothing to train on
+            raise InvalidInputError(f"{flag} {text!r}: nothing to train on; give more than 0")
+        return first
 
 
 def data_span(layout: DataLayout) -> Range | None:

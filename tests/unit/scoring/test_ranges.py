@@ -25,7 +25,7 @@ def test_first_part_forms(text: str, unit: str, amount: float) -> None:
     assert first.unit == unit and first.amount == pytest.approx(amount)
 
 
-@pytest.mark.parametrize("text", ["", "abc", "1.5", "0%", "-3", "3 rows"])
+@pytest.mark.parametrize("text", ["", "abc", "1.5", "0%", "-3", "3 rows", "0", "00", "0s", "0h"])
 def test_first_part_refuses_what_it_cannot_read(text: str) -> None:
     with pytest.raises(InvalidInputError, match="--first"):
         FirstPart.parse(text)
