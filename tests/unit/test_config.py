@@ -75,6 +75,9 @@ def test_unknown_section_and_env_var(tmp_path: Path) -> None:
         ({"FLEETWATCH_SIMULATE_ANOMALY_KINDS": "spike,meteor"}, "unknown kind 'meteor'"),
         ({"FLEETWATCH_TELEMETRY_TOPIC": "bad topic"}, "topic names"),
         ({"FLEETWATCH_SIMULATE_LATE_FRACTION": "1.5"}, "above the maximum"),
+        # an empty data directory named "None" before
+        ({"FLEETWATCH_DATA_DIR": ""}, "FLEETWATCH_DATA_DIR=: empty: give a folder"),
+        ({"FLEETWATCH_DATA_DIR": "  "}, "FLEETWATCH_DATA_DIR=  : empty: give a folder"),
     ],
 )
 def test_bad_values_name_the_key(environ: dict[str, str], message: str) -> None:
@@ -155,3 +158,17 @@ def test_a_gamma_scikit_learn_takes_is_taken(gamma: str) -> None:
     assert load_settings(environ={"FLEETWATCH_TRAIN_GAMMA": gamma}).train.gamma == gamma
     value = gamma if gamma in ("scale", "auto") else float(gamma)
     OneClassSVM(gamma=value).fit([[0.0], [1.0], [2.0]])  # scikit-learn agrees
+
+
+def test_an_object_store_scheme_without_its_package_names_that_package(tmp_path: Path) -> None:
+    # gs:// said "pip install 'fleetwatch[s3]'", which does not install gcsfs
+    import importlib.util
+
+    from fleetwatch.errors import FleetwatchError
+    from fleetwatch.storage.store import open_store
+
+    if importlib.util.find_spec("gcsfs") is not None:
+        pytest.skip("gcsfs is installed here: the message is for a machine without it")
+    store = open_store("gs://fleet/prod")
+    with pytest.raises(FleetwatchError, match=r"gs:// needs the gcsfs package: pip install gcsfs"):
+        store.listing("aggregates")

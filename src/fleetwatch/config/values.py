@@ -100,7 +100,10 @@ def coerce(raw: Any, annotation: Any, meta: Mapping[str, Any]) -> Any:
     origin = get_origin(annotation)
     if origin in (Union, types.UnionType):
         members = [a for a in get_args(annotation) if a is not type(None)]
-        if raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "null")):
+        nullable = len(members) < len(get_args(annotation))
+        if nullable and (
+            raw is None or (isinstance(raw, str) and raw.strip().lower() in ("", "none", "null"))
+        ):
             return None
         return coerce(raw, members[0], meta)
     kind = meta.get("kind", "plain")

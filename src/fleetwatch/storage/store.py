@@ -457,9 +457,10 @@ class ObjectStore:
             try:
                 cls = fsspec.get_filesystem_class(self.scheme)
             except (ImportError, ValueError) as exc:
+                package = SCHEMES.get(self.scheme, "fsspec")
+                extra = "'fleetwatch[s3]'" if package == "s3fs" else package
                 raise FleetwatchError(
-                    f"{self.scheme}:// needs the {SCHEMES.get(self.scheme, 'fsspec')} package: "
-                    "pip install 'fleetwatch[s3]'"
+                    f"{self.scheme}:// needs the {package} package: pip install {extra}"
                 ) from exc
             self._fs = cls(skip_instance_cache=True, use_listings_cache=False)
             self._pid = os.getpid()
@@ -698,6 +699,8 @@ def check_location(raw: str) -> str:
     ValueError: 'ftp://x/y': unsupported storage scheme 'ftp' (use a folder or s3://bucket/prefix)
     """
     text = str(raw).strip()
+    if not text:
+        raise ValueError("empty: give a folder (fleetwatch-data) or s3://bucket/prefix")
     if not is_url(text):
         return text
     scheme, _, rest = text.partition("://")
