@@ -159,3 +159,26 @@ def test_unreachable_broker_fails_fast_with_one_line() -> None:
         "topics", "create", "--bootstrap-servers", f"127.0.0.1:{port}", "--timeout", "1s"
     )
     assert topics.returncode == 2 and "cannot reach Kafka" in topics.stderr
+
+
+def test_topics_create_says_when_an_existing_topic_has_another_partition_count(
+    broker: EmbeddedBroker, topic_prefix: str
+) -> None:
+    # Before: "created False" and exit 0, not a word that the 8 partitions asked for were not
+    # there (a second worker would then find nothing to take).
+    env = {
+        "FLEETWATCH_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+        "FLEETWATCH_TELEMETRY_TOPIC": f"{topic_prefix}.telemetry",
+        "FLEETWATCH_DEAD_LETTER_TOPIC": f"{topic_prefix}.dead",
+    }
+    first = fleetwatch_cli("topics", "create", "--partitions", "2", env=env)
+    assert first.returncode == 0 and first.stderr == "", first.stderr
+    again = fleetwatch_cli("topics", "create", "--partitions", "2", env=env)
+    assert again.returncode == 0 and again.stderr == ""  # as asked: nothing to say
+    more = fleetwatch_cli("topics", "create", "--partitions", "8", env=env)
+    assert more.returncode == 0 and "Traceback" not in more.stderr
+    warnings = more.stderr.strip().splitlines()
+    assert len(warnings) == 2, warnings  # one a topic
+    assert all("has 2 partitions, not 8" in w and "--alter" in w for w in warnings)
+    assert [t.partitions for t in list_topics(load_settings(environ=env).kafka)
+            if t.name.startswith(topic_prefix)] == [2, 2]  # fmt: skip

@@ -35,11 +35,26 @@ def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
         (["sql"], "give a query"),
         (["models", "show"], "needs a device id"),
         (["train"], "give the training range"),
+        (["train", "--first", "0"], "--first '0': nothing to train on"),
     ],
 )
 def test_usage_errors_are_one_line_exit_2(argv: list[str], expected: str, tmp_path: Path) -> None:
     line = one_line_error(fleetwatch_cli(*argv, "--data-dir", str(tmp_path)), 2)
     assert expected in line
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--start", "1970-01-01T00", "--messages", "5"],
+        ["--start", "2099-12-31T23", "--duration", "2h"],
+    ],
+)
+def test_a_simulated_clock_outside_the_readings_range_is_refused(argv: list[str]) -> None:
+    # Before: every reading sent, and every one dead-lettered (readings are 2000..2100).
+    unreachable = ["--bootstrap-servers", "127.0.0.1:9", "--timeout", "1s"]
+    line = one_line_error(fleetwatch_cli("simulate", *argv, *unreachable), 2)
+    assert "outside 2000..2100" in line and "give a start" in line
 
 
 def test_readers_refuse_a_missing_or_wrong_data_folder(tmp_path: Path) -> None:

@@ -127,6 +127,18 @@ def check_settings(settings: Settings) -> None:
             f"--duration {sim.duration:g}s is shorter than one --interval ({sim.interval:g}s): "
             "nothing would be sent; give a longer one"
         )
+    from fleetwatch.telemetry import MAX_EVENT_MS, MIN_EVENT_MS
+
+    if sim.start is not None:
+        first_ms = sim.start.timestamp() * 1000
+        last_ms = first_ms + (sim.duration or 0) * 1000
+        if first_ms < MIN_EVENT_MS or last_ms >= MAX_EVENT_MS:
+            raise InvalidInputError(
+                f"--start {sim.start:%Y-%m-%dT%H:%MZ}"
+                + (f" --duration {sim.duration:g}s" if sim.duration else "")
+                + " is outside 2000..2100, the times readings can have (every reading would go "
+                "to the dead-letter topic): give a start in that range"
+            )
     if sim.labels is not None:
         import tempfile
 

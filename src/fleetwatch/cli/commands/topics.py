@@ -16,6 +16,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if args.action == "create":
         topics = ensure_topics(settings.kafka)
         columns = ["topic", "partitions", "created"]
+        asked = settings.kafka.partitions
+        for topic in topics:
+            if not topic.created and topic.partitions != asked:
+                print(
+                    f"fleetwatch topics: warning: {topic.name} exists and has "
+                    f"{topic.partitions} partitions, not {asked}: left as it is (to add some: "
+                    f"kafka-topics --alter --topic {topic.name} --partitions {asked}; keys then "
+                    "map to other partitions)",
+                    file=sys.stderr,
+                )
     else:
         topics = list_topics(settings.kafka)
         columns = ["topic", "partitions"]
