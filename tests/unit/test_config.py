@@ -75,6 +75,9 @@ def test_unknown_section_and_env_var(tmp_path: Path) -> None:
         ({"FLEETWATCH_SIMULATE_ANOMALY_KINDS": "spike,meteor"}, "unknown kind 'meteor'"),
         ({"FLEETWATCH_TELEMETRY_TOPIC": "bad topic"}, "topic names"),
         ({"FLEETWATCH_SIMULATE_LATE_FRACTION": "1.5"}, "above the maximum"),
+        # an empty group id was a Faust traceback ("App requires an id!")
+        ({"FLEETWATCH_AGGREGATE_GROUP_ID": ""}, "group_id='': use 1-200 of"),
+        ({"FLEETWATCH_AGGREGATE_GROUP_ID": "a b"}, "group_id='a b': use 1-200 of"),
         # an empty data directory named "None" before
         ({"FLEETWATCH_DATA_DIR": ""}, "FLEETWATCH_DATA_DIR=: empty: give a folder"),
         ({"FLEETWATCH_DATA_DIR": "  "}, "FLEETWATCH_DATA_DIR=  : empty: give a folder"),

@@ -239,3 +239,7 @@ def _check(settings: Settings) -> None:
         topic = getattr(kafka, name)
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic):
             raise ConfigError(f"{name}={topic!r}: topic names use 1-249 of [A-Za-z0-9._-]")
+    group = settings.aggregate.group_id
+    if not re.fullmatch(r"[A-Za-z0-9._-]{1,200}", group):
+        # also Faust's app id: it names an internal topic and a folder
+        raise ConfigError(f"group_id={group!r}: use 1-200 of [A-Za-z0-9._-]")
