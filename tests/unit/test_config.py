@@ -118,6 +118,22 @@ def test_event_hubs_settings_and_password_never_shown() -> None:
     assert "SECRETKEY" not in describe_target(settings.kafka)
 
 
+def test_a_ca_bundle_that_is_missing_or_not_pem_is_named(tmp_path: Path) -> None:
+    # Before: "cannot reach Kafka at ... (SSL) within 10s", the file never mentioned.
+    ssl = {"FLEETWATCH_SECURITY_PROTOCOL": "SSL"}
+    missing = str(tmp_path / "ca.pem")
+    with pytest.raises(ConfigError, match=f"ssl_cafile={missing}: no such file"):
+        load_settings(environ={**ssl, "FLEETWATCH_SSL_CAFILE": missing})
+    garbage = tmp_path / "garbage.pem"
+    garbage.write_text("not a certificate\n")
+    with pytest.raises(ConfigError, match="not a readable bundle of PEM certificates"):
+        load_settings(environ={**ssl, "FLEETWATCH_SSL_CAFILE": str(garbage)})
+    certifi = pytest.importorskip("certifi")
+
+    loaded = load_settings(environ={**ssl, "FLEETWATCH_SSL_CAFILE": certifi.where()})
+    assert loaded.kafka.ssl_cafile == certifi.where()
+
+
 def test_sasl_without_credentials_is_an_error() -> None:
     with pytest.raises(ConfigError, match="needs sasl_username and sasl_password"):
         load_settings(environ={"FLEETWATCH_SECURITY_PROTOCOL": "SASL_SSL"})
