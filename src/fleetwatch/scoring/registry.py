@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import platform
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -367,8 +367,8 @@ class ModelRegistry:
 
     def activate(self, device_id: str, version: str) -> None:
         self.check_device(device_id)
-        if version not in self._version_names(device_id):
-            raise InvalidInputError(f"{device_id} has no model version {version}")
+        if version not in (names := self._version_names(device_id)):
+            raise _no_such_version(device_id, version, names)
         # the manifest's digest beside the version: a manifest changed afterwards (its
         # threshold, its features) is refused like a changed model file
         digest = self._manifest_digest(device_id, version)
@@ -387,8 +387,8 @@ class ModelRegistry:
     def set_shadow(self, device_id: str, version: str) -> None:
         """Score ``version`` next to the active one (recorded, never alerting)."""
         self.check_device(device_id)
-        if version not in self._version_names(device_id):
-            raise InvalidInputError(f"{device_id} has no model version {version}")
+        if version not in (names := self._version_names(device_id)):
+            raise _no_such_version(device_id, version, names)
         if version == self.active_version(device_id):
             raise InvalidInputError(f"{device_id}: {version} is the active version already")
         check_current(self.get(device_id, version))
@@ -720,3 +720,13 @@ class ModelRegistry:
         import joblib
 
         return joblib.load(io.BytesIO(self.verified(model, ESTIMATOR)))
+
+
+def _no_such_version(device_id: str, version: str, names: Iterable[str]) -> InvalidInputError:
+    """The error for a version a device does not have, naming those it has."""
+    known = sorted(names)
+    shown = ", ".join(known[-5:]) if known else "none: train it first"
+    more = f" (and {len(known) - 5} older)" if len(known) > 5 else ""
+    return InvalidInputError(
+        f"{device_id} has no model version {version}; its versions: {shown}{more}"
+    )

@@ -82,6 +82,12 @@ def test_activation_shadow_promotion_rollback_and_history(tmp_path: Path) -> Non
         np.testing.assert_array_equal(arrays["sv"], fitted(seed).arrays()["sv"])
     described = again.describe("pump-1")
     assert described["version"] == "v0001" and described["sha256_verified"]
+    # a version it does not have: the error names those it has (`models activate pump-1 2`)
+    for act in (again.activate, again.set_shadow):
+        with pytest.raises(
+            InvalidInputError, match=r"no model version 2; its versions: v0001, v0002$"
+        ):
+            act("pump-1", "2")
 
 
 def test_a_changed_row_fails_its_device_alone(tmp_path: Path) -> None:
