@@ -135,6 +135,11 @@ def _evaluate(settings: Settings, dataset: Dataset, folder: Path, started: float
         ranges = first_ranges(layout, first, span[0], span[1], window_ms)
         training = describe_first(first)
     test = _test_points(devices, times, ranges, first, by_range=options.train_ranges is not None)
+    if not test.any():
+        raise InvalidInputError(
+            f"nothing is left to test after each device's {training} ({len(times)} readings in "
+            "all): give less with --train-first"
+        )
     summary = train_ranges(settings, ranges, TrainSummary())
     for device_id in sorted(set(devices.tolist()) - set(ranges)):
         summary.skipped.setdefault(device_id, "no training windows in its first part")

@@ -147,6 +147,8 @@ def test_the_cli_reports_json_and_refuses_bad_input_in_one_line(tmp_path: Path) 
         (["--keep", str(tmp_path / "a-file")], "--keep"),
         (["--keep", str(tmp_path / "a-file" / "below")], "--keep"),
         (["--train-first", "-1"], "--train-first '-1'"),
+        # all of it for training: it was a DuckDB error about a database that does not exist
+        (["--train-first", "99999"], "nothing is left to test after each device's first 99999"),
     ):
         refused = subprocess.run(
             [*run, str(tmp_path / "one.csv"), "--window", "5s", *flags],
