@@ -124,7 +124,21 @@ def read_table(path: Path, delimiter: str = "") -> tuple[pd.DataFrame, int]:
     except (pd.errors.ParserError, UnicodeDecodeError) as exc:
         reason = str(exc).splitlines()[0][:200]
         raise InvalidInputError(f"{path}: cannot read as CSV: {reason}") from None
+    _refuse_repeated_names(path, delimiter)
     return frame, 2
+
+
+def _refuse_repeated_names(path: Path, delimiter: str) -> None:
+    """pandas renames a second ``t`` column ``t.1``, which would become a sensor of that name."""
+    with path.open(newline="", encoding="utf-8", errors="replace") as handle:
+        header = next(csv.reader(handle, delimiter=delimiter), [])
+    seen: set[str] = set()
+    for name in (cell.strip() for cell in header):
+        if name in seen:
+            raise InvalidInputError(
+                f"{path}: the header names column {name[:80]!r} twice; rename one of them"
+            )
+        seen.add(name)
 
 
 def _find(columns: list[str], names: tuple[str, ...]) -> str | None:
@@ -179,6 +193,11 @@ class _Clock:
     @staticmethod
     def _bounded(ts_ms: int, shown: str) -> int | str:
         if not MIN_EVENT_MS <= ts_ms < MAX_EVENT_MS:
+            if MIN_EVENT_MS <= ts_ms * 1000 < MAX_EVENT_MS:
+                return (
+                    f"timestamp {shown[:40]!r} is outside 2000..2100 as epoch milliseconds "
+                    "(epoch seconds? multiply by 1000, or write ISO-8601)"
+                )
             return f"timestamp {shown[:40]!r} is outside 2000..2100"
         return ts_ms
 

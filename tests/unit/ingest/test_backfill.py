@@ -268,3 +268,22 @@ def test_an_hour_backfilled_a_part_at_a_time_is_checked_against_the_windows_it_o
     windows = read_parquet_dir(data / "aggregates")
     assert len(hour.files) == 3 and len(windows) == 2 * 60
     assert not windows.duplicated(["device_id", "sensor", "window_start"]).any()
+
+
+@pytest.mark.parametrize(
+    ("text", "says"),
+    [
+        # pandas read the second "t" as a sensor named "t.1"
+        ("timestamp,device_id,t,t\n2026-11-20T06:00:00Z,d1,1,2\n", "names column 't' twice"),
+        # epoch seconds were read as milliseconds: "outside 2000..2100", nothing more
+        ("timestamp,device_id,t\n1763618400,d1,1\n", "epoch seconds? multiply by 1000"),
+    ],
+)
+def test_a_header_naming_a_column_twice_or_epoch_seconds_are_named(
+    tmp_path: Path, text: str, says: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    source = tmp_path / "readings.csv"
+    source.write_text(text)
+    code = main(["import", str(source), "--backfill", "--data-dir", str(tmp_path / "d")])
+    assert code in (1, 2) and says in capsys.readouterr().err
+    assert not list((tmp_path / "d").rglob("*.parquet"))
