@@ -57,6 +57,22 @@ def test_a_simulated_clock_outside_the_readings_range_is_refused(argv: list[str]
     assert "outside 2000..2100" in line and "give a start" in line
 
 
+def test_an_alert_sink_that_can_never_take_an_alert_is_refused_at_start(tmp_path: Path) -> None:
+    # Before: the scheduler ran and warned at every tick that the alerts stayed pending.
+    a_file = tmp_path / "a-file"
+    a_file.write_text("x")
+    data = ["--data-dir", str(tmp_path), "--every", "1s"]
+    for sink, says in (
+        (str(tmp_path), "is a folder: give a file path"),
+        (str(a_file / "alerts.jsonl"), "cannot be written"),
+    ):
+        line = one_line_error(fleetwatch_cli("schedule", "--jsonl", sink, *data, timeout=30), 2)
+        assert f"--jsonl {sink}" in line and says in line
+    line = one_line_error(fleetwatch_cli("schedule", "--webhook-url", "notaurl", *data), 2)
+    assert "not an http:// or https:// URL" in line and "notaurl" not in line
+    assert a_file.read_text() == "x"
+
+
 def test_readers_refuse_a_missing_or_wrong_data_folder(tmp_path: Path) -> None:
     a_file = tmp_path / "a-file"
     a_file.write_text("x")

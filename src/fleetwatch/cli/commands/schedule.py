@@ -10,7 +10,7 @@ from fleetwatch.config import Settings
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from fleetwatch.alerts import check_webhook_url
+    from fleetwatch.alerts import check_jsonl_path, check_webhook_url
     from fleetwatch.config import ScheduleSettings
     from fleetwatch.scheduler.service import run_schedule
 
@@ -19,6 +19,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
     if options.every and cron_given:
         raise UsageError("give --cron or --every, not both (one of them would be ignored)")
     check_webhook_url(settings.alerts.webhook_url.reveal())
+    check_jsonl_path(settings.alerts.jsonl)
     return run_schedule(settings)
 
 
