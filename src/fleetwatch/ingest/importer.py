@@ -234,6 +234,18 @@ def kept_out(frame: pd.DataFrame, named: list[str], flag: str) -> list[str]:
     return found
 
 
+def _devices(frame: pd.DataFrame, columns: list[str], device_id: str) -> tuple[Any, str | None]:
+    """Each row's device (its device column's, else ``device_id``), and that column."""
+    dev_col = _find(columns, DEVICE_COLUMNS)
+    if dev_col is None and not device_id:
+        raise InvalidInputError(
+            f"no device column ({', '.join(DEVICE_COLUMNS)}): pass --device-id NAME for this file"
+        )
+    if device_id and not is_valid_name(device_id):
+        raise InvalidInputError(f"--device-id {device_id!r}: use 1-64 of [A-Za-z0-9_.-]")
+    return (frame[dev_col] if dev_col is not None else [device_id] * len(frame)), dev_col
+
+
 def long_messages(
     frame: pd.DataFrame,
     first_line: int,
@@ -250,14 +262,7 @@ def long_messages(
         _find(columns, names) for names in (TIMESTAMP_COLUMNS, TAG_COLUMNS, VALUE_COLUMNS)
     )
     assert ts_col is not None and tag_col is not None and val_col is not None  # detect_layout
-    dev_col = _find(columns, DEVICE_COLUMNS)
-    if dev_col is None and not device_id:
-        raise InvalidInputError(
-            f"no device column ({', '.join(DEVICE_COLUMNS)}): pass --device-id NAME for this file"
-        )
-    if device_id and not is_valid_name(device_id):
-        raise InvalidInputError(f"--device-id {device_id!r}: use 1-64 of [A-Za-z0-9_.-]")
-    devices = frame[dev_col] if dev_col is not None else [device_id] * len(frame)
+    devices, _ = _devices(frame, columns, device_id)
     groups: dict[tuple[str, int], dict[str, float]] = {}
     lines: dict[tuple[str, int, str], int] = {}
     for offset, (ts, device, tag, value) in enumerate(
@@ -312,11 +317,7 @@ def wide_messages(
         raise InvalidInputError(
             f"wide layout needs a timestamp column ({', '.join(TIMESTAMP_COLUMNS)}); got {columns}"
         )
-    dev_col = _find(columns, DEVICE_COLUMNS)
-    if dev_col is None and not device_id:
-        raise InvalidInputError("no device_id column: pass --device-id NAME for this file")
-    if device_id and not is_valid_name(device_id):
-        raise InvalidInputError(f"--device-id {device_id!r}: use 1-64 of [A-Za-z0-9_.-]")
+    devices, dev_col = _devices(frame, columns, device_id)
     sensors = [c for c in columns if c not in (ts_col, dev_col) and c not in left_out]
     names = {c: (_sanitize(c) if sanitize else c.strip()) for c in sensors}
     bad = [c for c, n in names.items() if not is_valid_name(n)]
@@ -327,7 +328,6 @@ def wide_messages(
         )
     if not sensors:
         raise InvalidInputError("wide layout needs at least one sensor column")
-    devices = frame[dev_col] if dev_col is not None else [device_id] * len(frame)
     sensor_columns = [frame[c].tolist() for c in sensors]
     for offset, (ts, device) in enumerate(zip(frame[ts_col], devices, strict=True)):
         line = first_line + offset
