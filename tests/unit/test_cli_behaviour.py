@@ -112,19 +112,10 @@ def test_an_hour_whose_devices_have_no_model_is_not_a_success(tmp_path: Path) ->
     import pandas as pd
 
     from fleetwatch.scoring.train import train
-    from tests.unit.scoring.conftest import (
-        DEVICES,
-        T0,
-        set_watermark,
-        settings_for,
-        synthetic_windows,
-        write_windows,
-    )
+    from tests.unit.scoring.conftest import DEVICES, T0, untrained
 
     data = tmp_path / "data"
-    write_windows(data, synthetic_windows())
-    settings = settings_for(data)
-    set_watermark(settings, T0 + pd.Timedelta(hours=3).to_pytimedelta())
+    settings = untrained(data)
     hour = ["score", "--hour", f"{T0:%Y-%m-%dT%H}", "--data-dir", str(data)]
     line = one_line_error(fleetwatch_cli(*hour), 1)
     assert "nothing was scored" in line and f"{len(DEVICES)} devices" in line

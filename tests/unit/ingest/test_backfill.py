@@ -52,6 +52,21 @@ def expected_windows(frame: pd.DataFrame) -> pd.DataFrame:
     )
 
 
+def assert_windows_equal(got: pd.DataFrame, want: pd.DataFrame) -> None:
+    """The same windows, each with the same count and statistics."""
+    merged = want.merge(
+        got.assign(window_start=got["window_start"].astype("datetime64[ns, UTC]")),
+        on=["device_id", "sensor", "window_start"],
+        suffixes=("_want", "_got"),
+        how="outer",
+        indicator=True,
+    )
+    assert (merged["_merge"] == "both").all()
+    assert (merged["count_want"] == merged["count_got"]).all()
+    for column in ("mean", "std", "min", "max"):
+        np.testing.assert_allclose(merged[f"{column}_got"], merged[f"{column}_want"], atol=1e-9)
+
+
 def test_a_historical_file_becomes_exact_aggregates_once(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -72,18 +87,7 @@ def test_a_historical_file_becomes_exact_aggregates_once(
     assert main(args) == 0  # again: the same files, no duplicate
     got = read_parquet_dir(data / "aggregates")
     assert not got.duplicated(["device_id", "sensor", "window_start"]).any()
-    want = expected_windows(frame)
-    merged = want.merge(
-        got.assign(window_start=got["window_start"].astype("datetime64[ns, UTC]")),
-        on=["device_id", "sensor", "window_start"],
-        suffixes=("_want", "_got"),
-        how="outer",
-        indicator=True,
-    )
-    assert (merged["_merge"] == "both").all()
-    assert (merged["count_want"] == merged["count_got"]).all()
-    for column in ("mean", "std", "min", "max"):
-        np.testing.assert_allclose(merged[f"{column}_got"], merged[f"{column}_want"], atol=1e-9)
+    assert_windows_equal(got, expected_windows(frame))
     assert not (data / "late").exists()
     files = sorted(p.name for p in (data / "aggregates").rglob("*.parquet"))
     assert len(files) == 3 and len(set(files)) == 1 and files[0].startswith("b-")
@@ -110,17 +114,7 @@ def test_a_long_file_is_read_by_the_usual_names_of_its_columns(
     assert main([*args, "--data-dir", str(data)]) == 0
     assert "layout               long" in capsys.readouterr().out
     got = read_parquet_dir(data / "aggregates")
-    want = expected_windows(frame)
-    merged = want.merge(
-        got.assign(window_start=got["window_start"].astype("datetime64[ns, UTC]")),
-        on=["device_id", "sensor", "window_start"],
-        suffixes=("_want", "_got"),
-        how="outer",
-        indicator=True,
-    )
-    assert (merged["_merge"] == "both").all()
-    assert (merged["count_want"] == merged["count_got"]).all()
-    np.testing.assert_allclose(merged["mean_got"], merged["mean_want"], atol=1e-9)
+    assert_windows_equal(got, expected_windows(frame))
 
 
 def test_a_long_file_without_a_device_column_takes_device_id(

@@ -109,16 +109,21 @@ def settings_for(data_dir: Path, **score: object) -> Settings:
     )
 
 
-@pytest.fixture
-def trained(tmp_path: Path) -> Settings:
-    data = tmp_path / "data"
+def untrained(data: Path) -> Settings:
+    """Three closed hours of :func:`synthetic_windows` in ``data``, no model yet."""
     write_windows(data, synthetic_windows())
     settings = settings_for(data)
+    set_watermark(settings, T0 + pd.Timedelta(hours=3).to_pytimedelta())
+    return settings
+
+
+@pytest.fixture
+def trained(tmp_path: Path) -> Settings:
+    settings = untrained(tmp_path / "data")
     summary = train(
         settings, T0, T0 + pd.Timedelta(hours=2).to_pytimedelta(), [*DEVICES[:-1], "pump-07"]
     )
     assert len(summary.trained) == len(DEVICES)
-    set_watermark(settings, T0 + pd.Timedelta(hours=3).to_pytimedelta())
     return settings
 
 
