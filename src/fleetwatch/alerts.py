@@ -76,27 +76,6 @@ def check_webhook_url(url: str) -> None:
         )
 
 
-def check_jsonl_path(path: Path | None) -> None:
-    """A ``--jsonl`` file that can be appended to (its folder made if need be), or one line at
-    start: a folder or a path under a file never can, and each tick would only warn again."""
-    if path is None:
-        return
-    from fleetwatch.errors import ConfigError
-
-    if path.is_dir():
-        raise ConfigError(
-            f"--jsonl {path} is a folder: give a file path (e.g. {path}/alerts.jsonl)"
-        )
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a", encoding="utf-8"):
-            pass
-    except OSError as exc:
-        raise ConfigError(
-            f"--jsonl {path}: cannot be written ({exc.strerror or exc}); give a writable file path"
-        ) from None
-
-
 class Alerter:
     """Records and delivers alerts for one data folder (see the module docstring)."""
 

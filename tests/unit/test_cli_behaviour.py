@@ -57,7 +57,7 @@ def test_a_simulated_clock_outside_the_readings_range_is_refused(argv: list[str]
     assert "outside 2000..2100" in line and "give a start" in line
 
 
-def test_an_alert_sink_that_can_never_take_an_alert_is_refused_at_start(tmp_path: Path) -> None:
+def test_an_output_file_that_can_never_be_written_is_refused_at_start(tmp_path: Path) -> None:
     # Before: the scheduler ran and warned at every tick that the alerts stayed pending.
     a_file = tmp_path / "a-file"
     a_file.write_text("x")
@@ -68,6 +68,18 @@ def test_an_alert_sink_that_can_never_take_an_alert_is_refused_at_start(tmp_path
     ):
         line = one_line_error(fleetwatch_cli("schedule", "--jsonl", sink, *data, timeout=30), 2)
         assert f"--jsonl {sink}" in line and says in line
+    # the same check before an import: "(File exists)" under a file, before
+    readings = tmp_path / "readings.csv"
+    readings.write_text("TS,Device,Tag,Value\n2026-11-22T10:00:00Z,pump-1,t,1.0\n")
+    for rejects, says in (
+        (str(tmp_path), "is a folder: give a file path"),
+        (str(a_file / "rejects.csv"), "cannot be written (a part of its path is a file)"),
+    ):
+        result = fleetwatch_cli(
+            "import", str(readings), "--rejects", rejects, "--backfill", *data[:2]
+        )
+        line = one_line_error(result, 2)
+        assert f"--rejects {rejects}" in line and says in line
     line = one_line_error(fleetwatch_cli("schedule", "--webhook-url", "notaurl", *data), 2)
     assert "not an http:// or https:// URL" in line and "notaurl" not in line
     assert a_file.read_text() == "x"

@@ -29,6 +29,7 @@ from fleetwatch.config import Settings
 from fleetwatch.errors import BrokerError, InvalidInputError, NothingDoneError, StorageError
 from fleetwatch.ingest.backfill import BackfillSummary, backfill, import_id
 from fleetwatch.output import progress_bar
+from fleetwatch.storage.atomic import check_appendable
 from fleetwatch.telemetry import (
     MAX_EVENT_MS,
     MIN_EVENT_MS,
@@ -374,7 +375,7 @@ def import_file(settings: Settings, path: Path) -> ImportSummary:
                 f"--assume-timezone {options.assume_timezone!r} is not a time zone (try UTC)"
             ) from None
     if options.rejects is not None:
-        _check_writable(options.rejects)  # before anything is sent: no rejects lost after
+        check_appendable(options.rejects, "--rejects")  # before anything is sent: none lost
     frame, first_line = read_table(path, options.delimiter)
     if frame.empty:
         raise NothingDoneError(f"{path} has no rows (a header at most): nothing to import")
@@ -466,18 +467,6 @@ def _closed_already(settings: Settings, messages: list[Message]) -> tuple[dateti
         len(readings) for _, ts, readings in messages if ts - ts % window_ms + window_ms <= boundary
     )
     return closed, late
-
-
-def _check_writable(path: Path) -> None:
-    """``--rejects PATH`` can be written (its folder made): else one line, before any work."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        with path.open("a"):
-            pass
-    except OSError as exc:
-        raise InvalidInputError(
-            f"--rejects {path}: cannot write it ({exc.strerror}); give a writable path"
-        ) from None
 
 
 def write_rejects(rejected: list[RejectedRow], path: Path) -> None:

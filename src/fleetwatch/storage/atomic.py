@@ -60,3 +60,23 @@ def remove_stale_temporaries(directory: Path, older_than: float = 0.0) -> int:
                 stale.unlink()
                 removed += 1
     return removed
+
+
+def check_appendable(path: Path, flag: str) -> None:
+    """A file a command will append to later (its folder made if need be), or one line now
+    that names ``flag`` and the fix: a folder, or a path under a file, never can be."""
+    from fleetwatch.errors import InvalidInputError
+
+    if path.is_dir():
+        raise InvalidInputError(f"{flag} {path} is a folder: give a file path")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with path.open("a", encoding="utf-8"):
+            pass
+    except OSError as exc:
+        reason = exc.strerror or str(exc)
+        if isinstance(exc, FileExistsError | NotADirectoryError):
+            reason = "a part of its path is a file"
+        raise InvalidInputError(
+            f"{flag} {path}: cannot be written ({reason}); give a writable file path"
+        ) from None

@@ -10,16 +10,18 @@ from fleetwatch.config import Settings
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from fleetwatch.alerts import check_jsonl_path, check_webhook_url
+    from fleetwatch.alerts import check_webhook_url
     from fleetwatch.config import ScheduleSettings
     from fleetwatch.scheduler.service import run_schedule
+    from fleetwatch.storage.atomic import check_appendable
 
     options = settings.schedule
     cron_given = hasattr(args, "setting:schedule:cron") or options.cron != ScheduleSettings().cron
     if options.every and cron_given:
         raise UsageError("give --cron or --every, not both (one of them would be ignored)")
     check_webhook_url(settings.alerts.webhook_url.reveal())
-    check_jsonl_path(settings.alerts.jsonl)
+    if settings.alerts.jsonl is not None:  # each tick would only warn that alerts wait
+        check_appendable(settings.alerts.jsonl, "--jsonl")
     return run_schedule(settings)
 
 
