@@ -119,19 +119,23 @@ def test_event_hubs_settings_and_password_never_shown() -> None:
 
 
 def test_a_ca_bundle_that_is_missing_or_not_pem_is_named(tmp_path: Path) -> None:
-    # Before: "cannot reach Kafka at ... (SSL) within 10s", the file never mentioned.
+    # Before: "cannot reach Kafka at ... (SSL) within 10s", the file never mentioned. Checked
+    # where a client is built (kafka-python's config, Faust's credentials), not at every load.
+    from fleetwatch.brokers.clients import common_config, ssl_context
+
     ssl = {"FLEETWATCH_SECURITY_PROTOCOL": "SSL"}
     missing = str(tmp_path / "ca.pem")
     with pytest.raises(ConfigError, match=f"ssl_cafile={missing}: no such file"):
-        load_settings(environ={**ssl, "FLEETWATCH_SSL_CAFILE": missing})
+        common_config(load_settings(environ={**ssl, "FLEETWATCH_SSL_CAFILE": missing}).kafka)
     garbage = tmp_path / "garbage.pem"
     garbage.write_text("not a certificate\n")
     with pytest.raises(ConfigError, match="not a readable bundle of PEM certificates"):
-        load_settings(environ={**ssl, "FLEETWATCH_SSL_CAFILE": str(garbage)})
+        ssl_context(load_settings(environ={**ssl, "FLEETWATCH_SSL_CAFILE": str(garbage)}).kafka)
     certifi = pytest.importorskip("certifi")
 
     loaded = load_settings(environ={**ssl, "FLEETWATCH_SSL_CAFILE": certifi.where()})
     assert loaded.kafka.ssl_cafile == certifi.where()
+    assert common_config(loaded.kafka)["ssl_cafile"] == certifi.where()
 
 
 def test_sasl_without_credentials_is_an_error() -> None:

@@ -12,7 +12,6 @@ from __future__ import annotations
 import logging
 import os
 import socket
-import ssl
 import time
 from collections.abc import Awaitable
 from typing import Any
@@ -30,7 +29,7 @@ from fleetwatch.aggregate.faust_adapter import (
 )
 from fleetwatch.aggregate.processor import OrphanedFilesError
 from fleetwatch.aggregate.progress import checkpoints
-from fleetwatch.brokers.clients import admin_client
+from fleetwatch.brokers.clients import admin_client, ssl_context
 from fleetwatch.brokers.topics import topic_id
 from fleetwatch.config import Settings
 from fleetwatch.errors import BrokerError, FleetwatchError
@@ -47,7 +46,7 @@ def _credentials(settings: Settings) -> Any:
     if kafka.security_protocol.startswith("SASL"):
         context = None
         if kafka.security_protocol == "SASL_SSL":
-            context = ssl.create_default_context(cafile=kafka.ssl_cafile or None)
+            context = ssl_context(kafka)
         return faust.SASLCredentials(
             username=kafka.sasl_username,
             password=kafka.sasl_password.reveal(),
@@ -55,7 +54,7 @@ def _credentials(settings: Settings) -> Any:
             mechanism=kafka.sasl_mechanism,
         )
     if kafka.security_protocol == "SSL":
-        return faust.SSLCredentials(ssl.create_default_context(cafile=kafka.ssl_cafile or None))
+        return faust.SSLCredentials(ssl_context(kafka))
     return None
 
 

@@ -188,22 +188,6 @@ def load_settings(
     return settings
 
 
-def _check_cafile(path: str) -> None:
-    """A CA bundle that is missing or not PEM certificates fails here, in one line, instead
-    of as a broker that cannot be reached."""
-    import ssl
-
-    try:
-        ssl.create_default_context(cafile=path)
-    except FileNotFoundError:
-        raise ConfigError(f"ssl_cafile={path}: no such file (give the CA bundle's path)") from None
-    except (OSError, ssl.SSLError) as exc:
-        reason = getattr(exc, "strerror", None) or getattr(exc, "reason", None) or exc
-        raise ConfigError(
-            f"ssl_cafile={path}: not a readable bundle of PEM certificates ({reason})"
-        ) from None
-
-
 def _check(settings: Settings) -> None:
     """Rules that involve more than one setting, or more than a type."""
     kafka = settings.kafka
@@ -222,8 +206,6 @@ def _check(settings: Settings) -> None:
             "(Event Hubs: FLEETWATCH_SASL_USERNAME='$ConnectionString', "
             "FLEETWATCH_SASL_PASSWORD='Endpoint=sb://...')"
         )
-    if kafka.ssl_cafile and kafka.security_protocol.endswith("SSL"):
-        _check_cafile(kafka.ssl_cafile)
     if settings.schedule.cron != ScheduleSettings.cron:  # APScheduler takes a while to import
         try:
             from apscheduler.triggers.cron import CronTrigger
