@@ -23,7 +23,7 @@ import json
 import logging
 import math
 import platform
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -593,7 +593,7 @@ class ModelRegistry:
         try:
             raw = self.files.read(device_id, version, MANIFEST)
         except FileNotFoundError:
-            raise InvalidInputError(f"{device_id} has no model version {version}") from None
+            raise _no_such_version(device_id, version, self._version_names(device_id)) from None
         if digest is not None and sha256_hex(raw) != digest:
             raise ModelIntegrityError(
                 f"{device_id} {version}: manifest.json does not match the sha256 recorded when "
@@ -722,9 +722,10 @@ class ModelRegistry:
         return joblib.load(io.BytesIO(self.verified(model, ESTIMATOR)))
 
 
-def _no_such_version(device_id: str, version: str, names: Iterable[str]) -> InvalidInputError:
-    """The error for a version a device does not have, naming those it has."""
-    known = sorted(names)
+def _no_such_version(device_id: str, version: str, names: Sequence[str]) -> InvalidInputError:
+    """The error for a version a device does not have, naming those it has (``names``, in
+    order: :meth:`ModelRegistry._version_names`)."""
+    known = list(names)
     shown = ", ".join(known[-5:]) if known else "none: train it first"
     more = f" (and {len(known) - 5} older)" if len(known) > 5 else ""
     return InvalidInputError(

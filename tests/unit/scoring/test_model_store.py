@@ -83,7 +83,7 @@ def test_activation_shadow_promotion_rollback_and_history(tmp_path: Path) -> Non
     described = again.describe("pump-1")
     assert described["version"] == "v0001" and described["sha256_verified"]
     # a version it does not have: the error names those it has (`models activate pump-1 2`)
-    for act in (again.activate, again.set_shadow):
+    for act in (again.activate, again.set_shadow, again.get):
         with pytest.raises(
             InvalidInputError, match=r"no model version 2; its versions: v0001, v0002$"
         ):
