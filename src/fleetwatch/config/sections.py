@@ -169,7 +169,10 @@ class AggregateSettings:
         kind="duration",
         minimum=0.1,
     )
-    group_id: str = setting("fleetwatch-aggregate", "consumer group of the aggregation workers")
+    group_id: str = setting(
+        "fleetwatch-aggregate",
+        "consumer group of the aggregation workers (1-200 of [A-Za-z0-9._-])",
+    )
     max_open_windows: int = setting(
         2_000_000,
         "open (device, sensor, window) states per partition before the oldest are closed early",

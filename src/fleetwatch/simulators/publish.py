@@ -113,7 +113,7 @@ class _DeliveryTracker:
 def check_settings(settings: Settings) -> None:
     """What the simulator is asked, checked before it connects or sends anything."""
     from fleetwatch.errors import InvalidInputError
-    from fleetwatch.telemetry import is_valid_name
+    from fleetwatch.telemetry import MAX_EVENT_MS, MIN_EVENT_MS, is_valid_name
 
     sim = settings.simulate
     example = f"{sim.device_prefix}-{sim.devices:04d}"
@@ -127,8 +127,6 @@ def check_settings(settings: Settings) -> None:
             f"--duration {sim.duration:g}s is shorter than one --interval ({sim.interval:g}s): "
             "nothing would be sent; give a longer one"
         )
-    from fleetwatch.telemetry import MAX_EVENT_MS, MIN_EVENT_MS
-
     if sim.start is not None:
         first_ms = sim.start.timestamp() * 1000
         last_ms = first_ms + (sim.duration or 0) * 1000
