@@ -38,7 +38,8 @@ class Case:
 def bad_values(kind: str, annotation: object) -> list[str]:
     text = str(annotation)
     if kind == "duration":
-        return ["-5s", "soon", "0x10", "1e999s", "5 parsecs"]
+        # 20 digits: past an int64 of milliseconds and a socket's time_t (tracebacks, once)
+        return ["-5s", "soon", "0x10", "1e999s", "5 parsecs", "9" * 20]
     if kind == "timestamp":
         return ["yesterday", "2026-13-45T99", "0001-01-01T00:00+25:00", "9" * 40]
     if kind == "location":

@@ -57,6 +57,24 @@ def test_a_simulated_clock_outside_the_readings_range_is_refused(argv: list[str]
     assert "outside 2000..2100" in line and "give a start" in line
 
 
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        # kafka-python's struct.error (int32 and int16 fields of CreateTopics)
+        (["topics", "create", "--partitions", "3000000000"], "above the maximum 100000"),
+        (["topics", "create", "--replication-factor", "40000"], "above the maximum 32767"),
+        # numpy's "high is out of bounds for int64"; the socket's "timestamp out of range"
+        (["simulate", "--interval", "99999999999999999999"], "0 to 100 years"),
+        (["simulate", "--timeout", "99999999999999999999"], "0 to 100 years"),
+        (["aggregate", "--timeout", "30d"], "30d is above the maximum 1d"),
+    ],
+)
+def test_a_number_no_client_can_hold_is_refused_in_one_line(argv: list[str], expected: str) -> None:
+    unreachable = ["--bootstrap-servers", "127.0.0.1:9"]
+    line = one_line_error(fleetwatch_cli(*argv, *unreachable), 2)
+    assert expected in line
+
+
 def test_an_output_file_that_can_never_be_written_is_refused_at_start(tmp_path: Path) -> None:
     # Before: the scheduler ran and warned at every tick that the alerts stayed pending.
     a_file = tmp_path / "a-file"

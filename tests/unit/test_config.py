@@ -4,8 +4,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from fleetwatch.config import Secret, load_settings, parse_duration, parse_timestamp
+from fleetwatch.config.values import MAX_DURATION
 from fleetwatch.errors import ConfigError
 
 
@@ -81,6 +84,20 @@ def test_unknown_section_and_env_var(tmp_path: Path) -> None:
         # an empty data directory named "None" before
         ({"FLEETWATCH_DATA_DIR": ""}, "FLEETWATCH_DATA_DIR=: empty: give a folder"),
         ({"FLEETWATCH_DATA_DIR": "  "}, "FLEETWATCH_DATA_DIR=  : empty: give a folder"),
+        # each was a traceback where a library met the number (numpy's int64, a socket's
+        # time_t, kafka-python's int32 and int16 fields), or a fork of that many processes
+        ({"FLEETWATCH_SIMULATE_INTERVAL": "99999999999999999999"}, "0 to 100 years"),
+        ({"FLEETWATCH_TIMEOUT": "30d"}, "30d is above the maximum 1d"),
+        ({"FLEETWATCH_AGGREGATE_REBALANCE_TIMEOUT": "2d"}, "2d is above the maximum 1d"),
+        ({"FLEETWATCH_PARTITIONS": "3000000000"}, "above the maximum 100000"),
+        ({"FLEETWATCH_REPLICATION_FACTOR": "40000"}, "above the maximum 32767"),
+        ({"FLEETWATCH_SCORE_WORKERS": "99999999999999999999"}, "above the maximum 1024"),
+        ({"FLEETWATCH_TRAIN_WORKERS": "5000"}, "above the maximum 1024"),
+        # found at start, not at the scheduler's first tick an hour later
+        (
+            {"FLEETWATCH_SCORE_EXECUTOR": "dask"},
+            "executor = dask needs a scheduler: .*FLEETWATCH_SCORE_DASK_SCHEDULER",
+        ),
     ],
 )
 def test_bad_values_name_the_key(environ: dict[str, str], message: str) -> None:
@@ -154,6 +171,10 @@ def test_parsers() -> None:
     assert parse_duration("250ms") == 0.25
     with pytest.raises(ValueError, match="bad duration"):
         parse_duration("-3s")
+    assert parse_duration("36500d") == 36500 * 86400.0
+    for longer in ("36526d", "99999999999999999999", 1e300, float("nan"), -1):
+        with pytest.raises(ValueError, match=r"bad duration .*0 to 100 years"):
+            parse_duration(longer)
     assert parse_timestamp("2026-11-22T10") == datetime(2026, 11, 22, 10, tzinfo=UTC)
     assert parse_timestamp("2026-11-22T12:00:00+02:00") == datetime(2026, 11, 22, 10, tzinfo=UTC)
     assert parse_timestamp("2026-11-22T10:00:00") == datetime(2026, 11, 22, 10, tzinfo=UTC)
@@ -195,3 +216,13 @@ def test_an_object_store_scheme_without_its_package_names_that_package(tmp_path:
     store = open_store("gs://fleet/prod")
     with pytest.raises(FleetwatchError, match=r"gs:// needs the gcsfs package: pip install gcsfs"):
         store.listing("aggregates")
+
+
+@given(st.text(max_size=30) | st.floats() | st.integers(min_value=-(10**30), max_value=10**30))
+def test_a_duration_is_a_number_of_seconds_a_clock_can_hold_or_an_error(raw: object) -> None:
+    try:
+        seconds = parse_duration(raw)  # type: ignore[arg-type]
+    except ValueError as exc:
+        assert "bad duration" in str(exc)
+    else:
+        assert 0 <= seconds <= MAX_DURATION

@@ -239,6 +239,12 @@ def _check(settings: Settings) -> None:
         topic = getattr(kafka, name)
         if not re.fullmatch(r"[A-Za-z0-9._-]{1,249}", topic):
             raise ConfigError(f"{name}={topic!r}: topic names use 1-249 of [A-Za-z0-9._-]")
+    if settings.score.executor == "dask" and not settings.score.dask_scheduler.strip():
+        # found here, not at the scheduler's first tick an hour later
+        raise ConfigError(
+            "executor = dask needs a scheduler: --dask-scheduler tcp://HOST:8786 "
+            "(or FLEETWATCH_SCORE_DASK_SCHEDULER)"
+        )
     group = settings.aggregate.group_id
     if not re.fullmatch(r"[A-Za-z0-9._-]{1,200}", group):
         # also Faust's app id: it names an internal topic and a folder

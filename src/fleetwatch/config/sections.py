@@ -35,6 +35,9 @@ Compression = Literal["lz4", "gzip", "zstd", "snappy", "none"]
 OutputFormat = Literal["text", "json", "csv"]
 
 
+#: Processes one host forks at most (a larger count is a slip: each is a Python process).
+MAX_WORKERS = 1024
+
 ANOMALY_KINDS = ("spike", "level_shift", "stuck", "noise_burst", "drift_ramp", "dropout")
 
 
@@ -56,11 +59,19 @@ class KafkaSettings:
     dead_letter_topic: str = setting(
         "telemetry.deadletter", "topic that receives invalid messages with a reason header"
     )
-    partitions: int = setting(4, "partitions when fleetwatch creates a topic", minimum=1)
-    replication_factor: int = setting(1, "replication factor for created topics", minimum=1)
+    partitions: int = setting(
+        4, "partitions when fleetwatch creates a topic", minimum=1, maximum=100_000
+    )
+    replication_factor: int = setting(
+        1, "replication factor for created topics", minimum=1, maximum=32_767
+    )
     compression: Compression = setting("lz4", "producer compression (Event Hubs: gzip or none)")
     timeout: float = setting(
-        10.0, "how long to wait for the broker before giving up", kind="duration", minimum=0.1
+        10.0,
+        "how long to wait for the broker before giving up",
+        kind="duration",
+        minimum=0.1,
+        maximum=86_400,  # Kafka's request timeouts are int32 milliseconds
     )
 
 
@@ -195,6 +206,7 @@ class AggregateSettings:
         "consumer-group rebalance/session timeout (about 5s against the embedded broker)",
         kind="duration",
         minimum=1,
+        maximum=86_400,  # int32 milliseconds in the group protocol
     )
     parquet_compression: Compression = setting(
         "snappy",  # = storage.parquet.DEFAULT_COMPRESSION (not imported: it imports pyarrow)
@@ -268,7 +280,9 @@ class TrainSettings:
         "comma-separated sensor names",
         kind="list",
     )
-    workers: int = setting(0, "parallel processes (0 = one per core)", minimum=0)
+    workers: int = setting(
+        0, "parallel processes (0 = one per core)", minimum=0, maximum=MAX_WORKERS
+    )
     activate: bool = setting(True, "make the new versions active")
     keep_estimator: bool = setting(
         False,
@@ -281,7 +295,7 @@ class TrainSettings:
 
 @dataclass(frozen=True)
 class ScoreSettings:
-    workers: int = setting(0, "worker processes (0 = one per core)", minimum=0)
+    workers: int = setting(0, "worker processes (0 = one per core)", minimum=0, maximum=MAX_WORKERS)
     mini_batch_size: int = setting(
         2000, "at most this many devices per task (a task is one forked process)", minimum=1
     )

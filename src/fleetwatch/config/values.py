@@ -42,6 +42,9 @@ class Secret:
 
 _DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d*)?|\.\d+)\s*(ms|s|m|h|d|w)?\s*$")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 604800.0}
+#: No duration is longer: a longer one is a slip (a clock, a socket or an int64 of milliseconds
+#: cannot hold it), refused where it is read rather than where it overflows.
+MAX_DURATION = 100 * 365.25 * 86400.0
 
 
 def parse_duration(text: str | float) -> float:
@@ -51,11 +54,14 @@ def parse_duration(text: str | float) -> float:
     (7200.0, 90.0, 45.0)
     """
     if isinstance(text, int | float) and not isinstance(text, bool):
-        return float(text)
-    match = _DURATION_RE.match(str(text))
-    if not match:
+        seconds = float(text)
+    elif match := _DURATION_RE.match(str(text)):
+        seconds = float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    else:
         raise ValueError(f"bad duration {text!r} (use e.g. 30s, 5m, 2h, 7d)")
-    return float(match.group(1)) * _DURATION_UNITS[match.group(2) or "s"]
+    if not 0 <= seconds <= MAX_DURATION:  # also NaN, from a TOML float
+        raise ValueError(f"bad duration {text!r} (0 to 100 years, e.g. 30s, 5m, 2h, 7d)")
+    return seconds
 
 
 def parse_timestamp(text: str | datetime) -> datetime:
@@ -160,10 +166,11 @@ def coerce(raw: Any, annotation: Any, meta: Mapping[str, Any]) -> Any:
     else:  # pragma: no cover - a declaration error, not a user error
         raise TypeError(f"unsupported setting type {annotation!r}")
     minimum, maximum = meta.get("minimum"), meta.get("maximum")
+    show = format_duration if kind == "duration" else repr
     if minimum is not None and value < minimum:
-        raise ValueError(f"{value!r} is below the minimum {minimum}")
+        raise ValueError(f"{show(value)} is below the minimum {show(minimum)}")
     if maximum is not None and value > maximum:
-        raise ValueError(f"{value!r} is above the maximum {maximum}")
+        raise ValueError(f"{show(value)} is above the maximum {show(maximum)}")
     return value
 
 

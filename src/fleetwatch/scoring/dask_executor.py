@@ -36,7 +36,7 @@ def connect(address: str, timeout: float = 30.0) -> Any:
     if not address:
         raise FleetwatchError(
             "executor = dask needs a scheduler: --dask-scheduler tcp://HOST:8786 "
-            "(or FLEETWATCH_DASK_SCHEDULER)"
+            "(or FLEETWATCH_SCORE_DASK_SCHEDULER)"
         )
     try:
         return Client(address, timeout=f"{timeout}s", set_as_default=False)  # type: ignore[no-untyped-call]
