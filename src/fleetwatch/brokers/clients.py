@@ -15,12 +15,15 @@ from typing import Any
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.errors import KafkaConnectionError, KafkaError, KafkaTimeoutError
 
+from fleetwatch.brokers.kafka_adapter import fail_pending
 from fleetwatch.config import KafkaSettings
 from fleetwatch.errors import BrokerError, ConfigError
 
 #: Producer batching tuned for many small JSON messages: large batches, a short linger.
 PRODUCER_BATCH_BYTES = 512 * 1024
 PRODUCER_LINGER_MS = 20
+#: Beyond a producer's delivery and request timeouts, how long :func:`finish` waits.
+FINISH_MARGIN_S = 5.0
 
 
 def common_config(kafka: KafkaSettings) -> dict[str, Any]:
@@ -115,6 +118,27 @@ def make_producer(kafka: KafkaSettings, **overrides: Any) -> KafkaProducer:
         raise _unreachable(kafka, exc) from None
     except (KafkaError, OSError) as exc:
         raise BrokerError(f"cannot connect to {describe_target(kafka)}: {exc}") from None
+
+
+def finish(producer: KafkaProducer) -> None:
+    """Wait for every record sent to be delivered or to fail, then close ``producer``: when this
+    returns, each record's callback or errback has run, and nothing was raised.
+
+    The wait is the producer's delivery timeout plus a request timeout (its I/O thread checks
+    expiry between polls). A broker that stopped answering can hold in-flight records longer
+    (kafka-python does not always expire them): those are failed then
+    (:func:`~fleetwatch.brokers.kafka_adapter.fail_pending`: their errbacks count them), where
+    ``close()`` raised from its own flush, twice (``__del__`` closes again), and the records
+    were counted neither way. A Ctrl-C during the wait fails what is pending the same way.
+    """
+    patience_ms = producer.config["delivery_timeout_ms"] + producer.config["request_timeout_ms"]
+    try:
+        producer.flush(timeout=patience_ms / 1000 + FINISH_MARGIN_S)
+    except KafkaTimeoutError:
+        pass  # failed below, each record by its errback
+    finally:
+        fail_pending(producer)
+        producer.close(timeout=FINISH_MARGIN_S)
 
 
 def make_consumer(kafka: KafkaSettings, *topics: str, **overrides: Any) -> KafkaConsumer:

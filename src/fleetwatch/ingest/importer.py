@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
 
-from fleetwatch.brokers.clients import make_producer
+from fleetwatch.brokers.clients import finish, make_producer
 from fleetwatch.config import Settings
 from fleetwatch.errors import BrokerError, InvalidInputError, NothingDoneError, StorageError
 from fleetwatch.ingest.backfill import BackfillSummary, backfill, import_id
@@ -439,11 +439,10 @@ def import_file(settings: Settings, path: Path) -> ImportSummary:
                     summary.readings += len(readings)
                     if bar is not None and index % 1000 == 0:
                         bar.update(bar.task_ids[0], completed=index)
-            producer.flush(timeout=60)
         except Exception as exc:
             raise BrokerError(f"could not publish {path}: {exc}") from None
         finally:
-            producer.close(timeout=5)
+            finish(producer)  # every message counted delivered or failed
     summary.messages_failed = len(failures)
     summary.messages_sent = len(messages) - len(failures)
     if failures:

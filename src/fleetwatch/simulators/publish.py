@@ -16,13 +16,11 @@ from typing import Any
 
 from kafka.errors import KafkaError
 
-from fleetwatch.brokers.clients import event_time_span, make_producer
+from fleetwatch.brokers.clients import event_time_span, finish, make_producer
 from fleetwatch.config import Settings
 from fleetwatch.output import progress_bar
 from fleetwatch.simulators.anomalies import write_labels
 from fleetwatch.simulators.fleet import FleetSpec, FleetStream, Message
-
-FLUSH_TIMEOUT_S = 60.0
 
 
 @dataclass
@@ -244,13 +242,15 @@ def simulate(
                 summary.messages_sent += len(held)
             else:
                 send(held, stream.tick_time_ms(last_sent_tick))
-            producer.flush(timeout=FLUSH_TIMEOUT_S)
         except KeyboardInterrupt:
             summary.interrupted = True
         except KafkaError as exc:
             tracker.on_error(exc)
         finally:
-            producer.close(timeout=5)
+            try:
+                finish(producer)  # every message counted delivered or failed
+            except KeyboardInterrupt:
+                summary.interrupted = True
     summary.elapsed_s = time.monotonic() - started
 
     counters = stream.counters

@@ -1,0 +1,61 @@
+"""`fleetwatch simulate` while the broker stops answering (SIGSTOP on the broker process) in
+mid-stream: every message is counted delivered or not delivered, the summary and one error line
+say so, exit 1, never a traceback. Before, with a `--timeout` of 20 s or more, the final flush gave
+up (60 s) before the producer's delivery timeout, and kafka-python's `close()` raised from its
+own flush: a traceback, twice, and the messages still held counted neither way."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+from pathlib import Path
+
+import pytest
+
+from fleetwatch.brokers.embedded import EmbeddedBroker
+from fleetwatch.brokers.topics import ensure_topics
+from tests.conftest import consume_all, make_settings, record_count, wait_for
+from tests.faults.conftest import fleetwatch
+
+pytestmark = pytest.mark.faults
+
+
+def test_a_broker_that_stops_answering_mid_stream_is_counted_not_a_traceback(
+    tmp_path: Path,
+) -> None:
+    with EmbeddedBroker(port=0) as broker:
+        settings = make_settings(broker.bootstrap_servers, "paused")
+        ensure_topics(settings.kafka)
+        topic = settings.kafka.telemetry_topic
+        env = {
+            "FLEETWATCH_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+            "FLEETWATCH_TELEMETRY_TOPIC": topic,
+            "FLEETWATCH_DEAD_LETTER_TOPIC": settings.kafka.dead_letter_topic,
+        }
+        log = tmp_path / "simulate.log"
+        # 5 devices, one message each a second, for 20 s; a broker wait of 25 s (delivery 75 s)
+        stream = ["--devices", "5", "--speed", "1", "--duration", "20s", "--interval", "1s"]
+        process = fleetwatch(
+            "simulate", *stream, "--timeout", "25s", "--format", "json", env=env, log=log
+        )
+        wait_for(
+            lambda: record_count(broker.bootstrap_servers, topic) >= 10, 60, "a few delivered", log
+        )
+        assert broker.pid is not None
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            code = process.wait(timeout=300)
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        stored = len(consume_all(broker.bootstrap_servers, topic))
+
+    output = log.read_text()
+    assert "Traceback" not in output and "Exception ignored" not in output, output[-3000:]
+    assert code == 1, output[-3000:]
+    summary = json.loads(next(line for line in output.splitlines() if line.startswith("{")))
+    assert summary["messages_failed"] > 0
+    # what it counts as delivered is on the topic (a failed one may be there too: at least once)
+    assert 10 <= summary["messages_sent"] <= stored, (summary, stored)
+    [error] = [line for line in output.splitlines() if line.startswith("fleetwatch simulate:")]
+    assert f"error: {summary['messages_failed']} messages were not delivered" in error
