@@ -158,8 +158,8 @@ def calibrate(
             "any change is flagged"
         )
     elif held_scale < NO_SPREAD:
-        source = "the fitted windows" if fitted > MIN_SCALE else f"the floor ({MIN_SCALE:g})"
-        reasons.append(f"the held-out windows all scored alike: the scale is {source}'s")
+        source = "the fitted windows' scale" if fitted > MIN_SCALE else f"the floor ({MIN_SCALE:g})"
+        reasons.append(f"the held-out windows all scored alike: the scale is {source}")
     share = tail / len(scores)
     if target_far >= share:
         threshold, rule = float(np.quantile(scores, target_far)), "empirical quantile"
