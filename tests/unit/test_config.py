@@ -105,6 +105,16 @@ def test_bad_values_name_the_key(environ: dict[str, str], message: str) -> None:
         load_settings(environ=environ)
 
 
+@pytest.mark.parametrize(
+    "line",
+    ["data_dir = ['x']", "[kafka]\nbootstrap_servers = ['a:1']", "[train]\ntarget_far = {a = 1}"],
+)
+def test_an_array_or_table_where_one_value_goes_is_refused(tmp_path: Path, line: str) -> None:
+    # data_dir = ['x'] made a folder named "['x']"
+    with pytest.raises(ConfigError, match="is not one value"):
+        load_settings(config_path=write(tmp_path, line + "\n"), environ={})
+
+
 def test_bad_value_in_file_names_file_and_key(tmp_path: Path) -> None:
     path = write(tmp_path, "[simulate]\ndevices = 'lots'\n")
     with pytest.raises(ConfigError, match=r"fleetwatch.toml: \[simulate\] devices=lots"):

@@ -113,6 +113,9 @@ def coerce(raw: Any, annotation: Any, meta: Mapping[str, Any]) -> Any:
             return None
         return coerce(raw, members[0], meta)
     kind = meta.get("kind", "plain")
+    if isinstance(raw, list | dict) and kind != "list":
+        # a TOML array or table where one value goes (data_dir = ['x'] made a folder "['x']")
+        raise ValueError(f"{raw!r} is not one value: give one, e.g. a string or a number")
     if kind == "duration":
         value: Any = parse_duration(raw)
     elif kind == "timestamp":
