@@ -47,3 +47,8 @@ class NothingDoneError(FleetwatchError):
     """The command ran but did nothing it was asked to (no device trained, ...): not success."""
 
     exit_code = 1
+
+
+class PrivateSurfaceError(FleetwatchError):
+    """An installed library no longer has the internals one of fleetwatch's adapters relies on
+    (``aggregate/faust_adapter.py``, ``brokers/kafka_adapter.py``)."""

@@ -53,15 +53,11 @@ from faust.types import TP
 
 from fleetwatch.aggregate.coordinator import Aggregator, Headers
 from fleetwatch.config import Settings
-from fleetwatch.errors import FleetwatchError
+from fleetwatch.errors import FleetwatchError, PrivateSurfaceError
 
 log = logging.getLogger("fleetwatch.aggregate")
 
 READ_AGAINST = {"faust-streaming": "0.15.3", "aiokafka": "0.14.0"}
-
-
-class PrivateSurfaceError(FleetwatchError):
-    """The installed Faust no longer has the internals this adapter replaces or calls."""
 
 
 def check_private_surface() -> None:

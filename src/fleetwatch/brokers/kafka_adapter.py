@@ -22,13 +22,9 @@ import inspect
 from kafka import KafkaProducer
 from kafka.producer.sender import Sender
 
-from fleetwatch.errors import FleetwatchError
+from fleetwatch.errors import PrivateSurfaceError
 
 READ_AGAINST = "kafka-python 3.0.12"
-
-
-class PrivateSurfaceError(FleetwatchError):
-    """The installed kafka-python no longer has what this adapter relies on."""
 
 
 def check_private_surface() -> None:
