@@ -29,7 +29,7 @@ from fleetwatch.alerts import Alerter
 from fleetwatch.brokers.embedded import EmbeddedBroker
 from fleetwatch.brokers.topics import ensure_topics
 from fleetwatch.config import Settings
-from fleetwatch.errors import FleetwatchError
+from fleetwatch.errors import FleetwatchError, InvalidInputError
 from fleetwatch.evaluation.datasets import from_spec
 from fleetwatch.evaluation.metrics import Report
 from fleetwatch.evaluation.metrics import evaluate as evaluate_points
@@ -44,6 +44,7 @@ from fleetwatch.simulators.publish import simulate, spec_from_settings
 from fleetwatch.storage.layout import HOUR, DataLayout
 from fleetwatch.storage.locks import FolderUse
 from fleetwatch.storage.store import storage_error
+from fleetwatch.telemetry import MAX_EVENT_MS, MIN_EVENT_MS
 
 log = logging.getLogger("fleetwatch.demo")
 
@@ -252,15 +253,26 @@ class Live:
         return summary
 
 
+def _check_span(start: datetime, end: datetime) -> None:
+    """The demo's simulated readings lie where readings can (2000..2100), else every one would
+    be dead-lettered: said before anything starts or an earlier demo's folder is emptied."""
+    if start.timestamp() * 1000 < MIN_EVENT_MS or end.timestamp() * 1000 >= MAX_EVENT_MS:
+        raise InvalidInputError(
+            f"--start {start:%Y-%m-%dT%H:%MZ}: the demo's readings (to {end:%Y-%m-%dT%H:%MZ}) "
+            "would be outside 2000..2100, the times readings can have: give a start in that range"
+        )
+
+
 def run_demo(settings: Settings) -> int:
     options = settings.demo
-    layout, in_use = _prepare(settings.data_dir)
-    data_dir = layout.local
     start = options.start or datetime.now(UTC).replace(
         minute=0, second=0, microsecond=0
     ) - timedelta(days=1)
     train_until = start + timedelta(seconds=options.train_for)
     end = train_until + timedelta(seconds=options.score_for)
+    _check_span(start, end)
+    layout, in_use = _prepare(settings.data_dir)
+    data_dir = layout.local
     labels_path = layout.demo_labels
     logs = layout.logs
     started = time.monotonic()

@@ -57,6 +57,18 @@ def test_a_simulated_clock_outside_the_readings_range_is_refused(argv: list[str]
     assert "outside 2000..2100" in line and "give a start" in line
 
 
+@pytest.mark.parametrize("start", ["1999-01-01T00", "2099-12-31T23"])
+def test_a_demo_clock_outside_the_readings_range_is_refused_before_anything_starts(
+    start: str, tmp_path: Path
+) -> None:
+    # Before: the broker, the worker and the dashboard started first, then the simulator's
+    # check failed naming a --duration the demo had chosen (demo has no such flag).
+    data = tmp_path / "demo"
+    line = one_line_error(fleetwatch_cli("demo", "--start", start, "--data-dir", str(data)), 2)
+    assert "outside 2000..2100" in line and "--start" in line and "--duration" not in line
+    assert not (data / "logs").exists()  # no worker was started (it logs there)
+
+
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [

@@ -221,18 +221,49 @@ Message = tuple[str, int, dict[str, float]]
 
 
 def kept_out(frame: pd.DataFrame, named: list[str], flag: str) -> list[str]:
-    """The columns of ``frame`` that ``named`` names (case and spaces aside); one clear error
-    for a name that is not a column."""
+    """The columns of ``frame`` that ``named`` names: the one of that exact name (spaces
+    aside), else the one it names case aside; one clear error for a name that is no column or
+    names two."""
     columns = [str(c) for c in frame.columns]
     found = []
     for name in named:
-        column = _find(columns, (name.strip().lower(),))
-        if column is None:
+        wanted = name.strip()
+        matches = [c for c in columns if c.strip() == wanted] or [
+            c for c in columns if c.strip().lower() == wanted.lower()
+        ]
+        if not matches:
             raise InvalidInputError(
                 f"{flag} {name!r}: no such column (the columns are {', '.join(columns)})"
             )
-        found.append(column)
+        if len(matches) > 1:
+            raise InvalidInputError(
+                f"{flag} {name!r}: names {len(matches)} columns "
+                f"({', '.join(repr(c) for c in matches)}) that differ only in case: give the "
+                "exact name"
+            )
+        found.append(matches[0])
     return found
+
+
+def tags_left_out(frame: pd.DataFrame, named: list[str], flag: str) -> frozenset[str]:
+    """The sensor tags of a long ``frame`` that ``named`` names, as ``kept_out`` finds columns:
+    the exact tag (spaces aside), else the one it names case aside (a name no row has is not an
+    error: a label may be absent from a file)."""
+    tag_col = _find([str(c) for c in frame.columns], TAG_COLUMNS)
+    assert tag_col is not None  # detect_layout
+    tags = {str(t).strip() for t in frame[tag_col].unique()}
+    left: set[str] = set()
+    for name in named:
+        wanted = name.strip()
+        matches = [wanted] if wanted in tags else [t for t in tags if t.lower() == wanted.lower()]
+        if len(matches) > 1:
+            raise InvalidInputError(
+                f"{flag} {name!r}: names {len(matches)} sensors "
+                f"({', '.join(map(repr, sorted(matches)))}) that differ only in case: give the "
+                "exact name"
+            )
+        left.update(matches)
+    return frozenset(left)
 
 
 def _devices(frame: pd.DataFrame, columns: list[str], device_id: str) -> tuple[Any, str | None]:
@@ -256,8 +287,8 @@ def long_messages(
     device_id: str = "",
 ) -> Iterator[Message]:
     """Group valid long rows into messages, in order of first appearance; readings whose tag
-    is in ``left_out`` (labels, excluded names) are left out. Without a device column, every
-    row is ``device_id``'s."""
+    is in ``left_out`` (labels, excluded names: ``tags_left_out``) are left out. Without a
+    device column, every row is ``device_id``'s."""
     columns = [str(c) for c in frame.columns]
     ts_col, tag_col, val_col = (
         _find(columns, names) for names in (TIMESTAMP_COLUMNS, TAG_COLUMNS, VALUE_COLUMNS)
@@ -271,7 +302,7 @@ def long_messages(
     ):
         line = first_line + offset
         device, tag = str(device).strip(), str(tag).strip()
-        if tag.lower() in left_out:
+        if tag in left_out:
             continue
         when = clock.epoch_ms(ts)
         number = _number(value)
@@ -383,8 +414,8 @@ def import_file(settings: Settings, path: Path) -> ImportSummary:
     summary = ImportSummary(file=str(path), layout=layout, rows=len(frame))
     clock = _Clock(assume)
     if layout == "long":
-        names = frozenset(
-            n.strip().lower() for n in [*options.label_columns, *options.exclude_columns]
+        names = tags_left_out(frame, options.label_columns, "--label-columns") | tags_left_out(
+            frame, options.exclude_columns, "--exclude-columns"
         )
         summary.labels_kept_out = list(options.label_columns)
         messages = list(

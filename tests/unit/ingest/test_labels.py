@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -61,3 +62,51 @@ def test_a_label_column_that_is_not_there_is_one_clear_error(tmp_path: Path) -> 
     assert (
         done.stderr.count("\n") == 1 and "--label-columns 'anomally': no such column" in done.stderr
     )
+
+
+def test_names_that_differ_only_in_case_are_told_apart(tmp_path: Path) -> None:
+    # Before: `T` named the column `t` (the last of the two case aside); `T` stayed a sensor.
+    frame = pd.DataFrame(
+        {
+            "datetime": pd.date_range("2026-03-01 10:00:00", periods=60, freq="s").astype(str),
+            "T": 20.0,
+            "t": 1.0,
+            "Ab": 2.0,
+            "aB": 3.0,
+            "p": 4.0,
+        }
+    )
+    frame.to_csv(tmp_path / "valve.csv", sep=";", index=False)
+    for flags, left in (
+        (["--label-columns", "T"], {"t", "Ab", "aB", "p"}),  # the exact name first
+        (["--label-columns", "t"], {"T", "Ab", "aB", "p"}),
+        (["--label-columns", "P", "--exclude-columns", " aB "], {"T", "t", "Ab"}),  # one match
+    ):
+        shutil.rmtree(tmp_path / "data", ignore_errors=True)
+        done = run(tmp_path, *flags)
+        assert done.returncode == 0, done.stderr
+        assert sensors(tmp_path) == left, flags
+    done = run(tmp_path, "--exclude-columns", "ab")  # two columns, neither exactly
+    assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1
+    assert "--exclude-columns 'ab': names 2 columns ('Ab', 'aB')" in done.stderr
+
+
+def test_a_long_files_label_tags_are_told_apart_the_same_way(tmp_path: Path) -> None:
+    stamps = pd.date_range("2026-03-01 10:00:00", periods=30, freq="s").astype(str)
+    frame = pd.concat(
+        pd.DataFrame({"TS": stamps, "Tag": tag, "Value": value})
+        for tag, value in (("T", 20.0), ("t", 1.0), ("Ab", 2.0), ("aB", 3.0), ("p", 4.0))
+    )
+    frame.to_csv(tmp_path / "valve.csv", sep=";", index=False)
+    for flags, left in (
+        (["--label-columns", "T"], {"t", "Ab", "aB", "p"}),
+        (["--label-columns", "t"], {"T", "Ab", "aB", "p"}),
+        (["--label-columns", "P", "--exclude-columns", " aB "], {"T", "t", "Ab"}),
+    ):
+        shutil.rmtree(tmp_path / "data", ignore_errors=True)
+        done = run(tmp_path, *flags)
+        assert done.returncode == 0, done.stderr
+        assert sensors(tmp_path) == left, flags
+    done = run(tmp_path, "--exclude-columns", "ab")
+    assert done.returncode == 2 and done.stdout == "" and done.stderr.count("\n") == 1
+    assert "--exclude-columns 'ab': names 2 sensors ('Ab', 'aB')" in done.stderr
