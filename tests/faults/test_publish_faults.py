@@ -1,8 +1,9 @@
-"""`fleetwatch simulate` while the broker stops answering (SIGSTOP on the broker process) in
-mid-stream: every message is counted delivered or not delivered, the summary and one error line
-say so, exit 1, never a traceback. Before, with a `--timeout` of 20 s or more, the final flush gave
-up (60 s) before the producer's delivery timeout, and kafka-python's `close()` raised from its
-own flush: a traceback, twice, and the messages still held counted neither way."""
+"""`fleetwatch simulate` and `fleetwatch import` while the broker stops answering (SIGSTOP on the
+broker process) in mid-stream: every message is counted delivered or not delivered, the summary
+and one error line say so, exit 1, never a traceback. Before, with a `--timeout` of 20 s or
+more, the final flush gave up (60 s) before the producer's delivery timeout, and kafka-python's
+`close()` raised from its own flush: a traceback, twice, and the messages still held counted
+neither way."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import os
 import signal
 from pathlib import Path
 
+import numpy as np
+import pandas as pd
 import pytest
 
 from fleetwatch.brokers.embedded import EmbeddedBroker
@@ -59,3 +62,45 @@ def test_a_broker_that_stops_answering_mid_stream_is_counted_not_a_traceback(
     assert 10 <= summary["messages_sent"] <= stored, (summary, stored)
     [error] = [line for line in output.splitlines() if line.startswith("fleetwatch simulate:")]
     assert f"error: {summary['messages_failed']} messages were not delivered" in error
+
+
+def test_an_import_whose_broker_stops_answering_counts_every_message(tmp_path: Path) -> None:
+    # The same end of a producer (brokers.clients.finish) on import's path: a file of 200,000
+    # rows is still being sent when the broker stops; a short --timeout keeps the wait short.
+    rows = 200_000
+    readings = tmp_path / "readings.csv"
+    stamps = pd.date_range("2026-12-01", periods=rows, freq="s").strftime("%Y-%m-%dT%H:%M:%SZ")
+    pd.DataFrame({"timestamp": stamps, "t": np.arange(rows) % 7.0}).to_csv(readings, index=False)
+    with EmbeddedBroker(port=0) as broker:
+        settings = make_settings(broker.bootstrap_servers, "paused-import")
+        ensure_topics(settings.kafka)
+        topic = settings.kafka.telemetry_topic
+        env = {
+            "FLEETWATCH_BOOTSTRAP_SERVERS": broker.bootstrap_servers,
+            "FLEETWATCH_TELEMETRY_TOPIC": topic,
+            "FLEETWATCH_DEAD_LETTER_TOPIC": settings.kafka.dead_letter_topic,
+        }
+        log = tmp_path / "import.log"
+        process = fleetwatch(
+            "import", str(readings), "--device-id", "pump-1", "--timeout", "5s",
+            "--data-dir", str(tmp_path / "data"), "--format", "json", env=env, log=log,
+        )  # fmt: skip
+        wait_for(lambda: record_count(broker.bootstrap_servers, topic) >= 1000, 120, "sending", log)
+        assert broker.pid is not None
+        os.kill(broker.pid, signal.SIGSTOP)
+        try:
+            code = process.wait(timeout=300)
+        finally:
+            os.kill(broker.pid, signal.SIGCONT)
+        stored = len(consume_all(broker.bootstrap_servers, topic))
+
+    output = log.read_text()
+    assert "Traceback" not in output and "Exception ignored" not in output, output[-3000:]
+    assert code == 1, output[-3000:]
+    summary = json.loads(next(line for line in output.splitlines() if line.startswith("{")))
+    assert summary["messages_failed"] > 0 and stored < rows  # it was stopped mid-stream
+    assert summary["messages_sent"] + summary["messages_failed"] == rows, summary
+    assert 1000 <= summary["messages_sent"] <= stored, (summary, stored)
+    [error] = [line for line in output.splitlines() if line.startswith("fleetwatch import:")]
+    assert f"{summary['messages_failed']} messages were not delivered" in error, error
+    assert error.count("KafkaTimeoutError") <= 1, error  # the type once, not "X: X: ..."

@@ -141,6 +141,13 @@ def finish(producer: KafkaProducer) -> None:
         producer.close(timeout=FINISH_MARGIN_S)
 
 
+def delivery_error(exc: BaseException) -> str:
+    """A failed delivery in a few words: its type and text, the type once (kafka-python's errors
+    already start their text with it: "KafkaTimeoutError: KafkaTimeoutError: Expiring ...")."""
+    name, text = type(exc).__name__, str(exc)
+    return text if text.startswith(name) else f"{name}: {text}" if text else name
+
+
 def make_consumer(kafka: KafkaSettings, *topics: str, **overrides: Any) -> KafkaConsumer:
     """A consumer of ``topics`` (none: assign partitions yourself)."""
     config = common_config(kafka) | {"enable_auto_commit": False}

@@ -24,7 +24,7 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import pandas as pd
 
-from fleetwatch.brokers.clients import finish, make_producer
+from fleetwatch.brokers.clients import delivery_error, finish, make_producer
 from fleetwatch.config import Settings
 from fleetwatch.errors import BrokerError, InvalidInputError, NothingDoneError, StorageError
 from fleetwatch.ingest.backfill import BackfillSummary, backfill, import_id
@@ -477,7 +477,7 @@ def import_file(settings: Settings, path: Path) -> ImportSummary:
     summary.messages_failed = len(failures)
     summary.messages_sent = len(messages) - len(failures)
     if failures:
-        summary.first_error = f"{type(failures[0]).__name__}: {failures[0]}"
+        summary.first_error = delivery_error(failures[0])
     if options.rejects is not None:
         write_rejects(summary.rejected, options.rejects)
     return summary

@@ -16,7 +16,7 @@ from typing import Any
 
 from kafka.errors import KafkaError
 
-from fleetwatch.brokers.clients import event_time_span, finish, make_producer
+from fleetwatch.brokers.clients import delivery_error, event_time_span, finish, make_producer
 from fleetwatch.config import Settings
 from fleetwatch.output import progress_bar
 from fleetwatch.simulators.anomalies import write_labels
@@ -105,7 +105,7 @@ class _DeliveryTracker:
     def on_error(self, exc: BaseException) -> None:
         self.failed += 1
         if self.first_error is None:
-            self.first_error = f"{type(exc).__name__}: {exc}"
+            self.first_error = delivery_error(exc)
 
 
 def check_settings(settings: Settings) -> None:

@@ -103,3 +103,15 @@ def test_topic_ids_where_the_broker_has_them(
 
     monkeypatch.setattr(topics, "admin_client", lambda settings: Context())
     assert topics.topic_id(kafka(), "telemetry") == expected
+
+
+def test_a_delivery_error_names_its_type_once() -> None:
+    from kafka.errors import KafkaTimeoutError
+
+    from fleetwatch.brokers.clients import delivery_error
+
+    expired = KafkaTimeoutError("Expiring 3 record(s): 15000 ms has passed")
+    assert str(expired).startswith("KafkaTimeoutError")  # kafka-python's own text names it
+    assert delivery_error(expired) == "KafkaTimeoutError: Expiring 3 record(s): 15000 ms has passed"
+    assert delivery_error(OSError("disk full")) == "OSError: disk full"
+    assert delivery_error(TimeoutError()) == "TimeoutError"

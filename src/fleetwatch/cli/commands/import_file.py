@@ -42,7 +42,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
         )
     if summary.messages_failed:
         print(
-            f"fleetwatch import: error: {summary.messages_failed} messages not delivered "
+            f"fleetwatch import: error: {summary.messages_failed} messages were not delivered "
             f"({summary.first_error})",
             file=sys.stderr,
         )
