@@ -241,3 +241,34 @@ def test_the_tables_are_discoverable(trained: Settings) -> None:
     )
     tables = {row["table_name"] for row in csv.DictReader(io.StringIO(result.stdout))}
     assert {"runs", "scores", "device_runs", "anomalies", "aggregates", "late"} <= tables
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["status", "--config", "{big}"],
+        ["evaluate", "--suite", "{big}"],
+        ["evaluate", "--suite", "{suite}", "--compare", "{big}"],
+        ["status", "--config", "/dev/zero"],
+        ["evaluate", "--suite", "/dev/urandom"],
+    ],
+)
+def test_a_file_read_whole_that_never_ends_is_refused_not_read(
+    argv: list[str], tmp_path: Path
+) -> None:
+    # Before: read whole into memory (/dev/zero: a MemoryError traceback, or the machine's
+    # memory). A configuration, a suite and a baseline are small: past 16 MiB it is no such file.
+    big = tmp_path / "big.toml"
+    with big.open("wb") as handle:
+        handle.truncate(17 << 20)  # sparse: 17 MiB of NULs, nothing written
+    suite = tmp_path / "suite.toml"
+    suite.write_text('[sets.a]\nsource = "absent"\narguments = []\n')
+    argv = [a.format(big=big, suite=suite) for a in argv]
+    result = subprocess.run(
+        ["bash", "-c", 'ulimit -v 3000000; exec "$@"', "-", sys.executable, "-m", "fleetwatch",
+         *argv],
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    result.args = [sys.executable, "-m", "fleetwatch", *argv]
+    line = one_line_error(result, 2)
+    assert "larger than 16 MiB" in line, line

@@ -21,7 +21,7 @@ from fleetwatch.config.sections import (
     ScheduleSettings,
     Settings,
 )
-from fleetwatch.config.values import Secret, coerce
+from fleetwatch.config.values import FileTooLargeError, Secret, coerce, read_small
 from fleetwatch.errors import ConfigError
 
 ENV_PREFIX = "FLEETWATCH_"
@@ -100,10 +100,11 @@ def _suggest(name: str, candidates: list[str]) -> str:
 
 def _read_toml(path: Path) -> dict[str, dict[str, Any]]:
     try:
-        with path.open("rb") as handle:
-            document = tomllib.load(handle)
+        document = tomllib.loads(read_small(path).decode())
     except FileNotFoundError:
         raise ConfigError(f"config file {path} does not exist (check --config)") from None
+    except FileTooLargeError as exc:
+        raise ConfigError(f"config file {exc}: not a TOML file (check --config)") from None
     except IsADirectoryError:
         raise ConfigError(
             f"config file {path} is a folder, not a TOML file (check --config)"

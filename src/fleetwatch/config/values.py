@@ -12,6 +12,27 @@ from typing import Any, Literal, Union, get_args, get_origin
 
 from fleetwatch.storage.store import check_location
 
+#: The most a command reads of a file it reads whole (a configuration, a suite, a baseline): they
+#: are a few KiB; past this it is no such file (``/dev/zero`` would fill the memory).
+MAX_SMALL_FILE = 16 << 20
+
+
+class FileTooLargeError(ValueError):
+    """A file read whole is larger than :data:`MAX_SMALL_FILE`."""
+
+    def __init__(self, path: Path) -> None:
+        super().__init__(f"{path} is larger than {MAX_SMALL_FILE >> 20} MiB")
+
+
+def read_small(path: Path) -> bytes:
+    """The bytes of ``path``, read whole (a pipe too), refused past :data:`MAX_SMALL_FILE`
+    (:class:`FileTooLargeError`) before more is read; ``OSError`` as ``open`` raises it."""
+    with path.open("rb") as handle:
+        data = handle.read(MAX_SMALL_FILE + 1)
+    if len(data) > MAX_SMALL_FILE:
+        raise FileTooLargeError(path)
+    return data
+
 
 class Secret:
     """A string that never shows itself in a repr, a log line or a printed settings dump."""

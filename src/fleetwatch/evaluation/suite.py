@@ -31,6 +31,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Final
 
+from fleetwatch.config.values import FileTooLargeError, read_small
 from fleetwatch.errors import FleetwatchError, InvalidInputError
 
 #: The figures a comparison judges: higher is better for each.
@@ -80,10 +81,11 @@ class SuiteSet:
 def read_suite(path: Path) -> list[SuiteSet]:
     """The sets of the suite file ``path`` (see the module docstring)."""
     try:
-        with path.open("rb") as handle:
-            document = tomllib.load(handle)
+        document = tomllib.loads(read_small(path).decode())
     except FileNotFoundError:
         raise InvalidInputError(f"--suite {path}: no such file") from None
+    except FileTooLargeError as exc:
+        raise InvalidInputError(f"--suite {exc}: not a suite file") from None
     except IsADirectoryError:
         raise InvalidInputError(f"--suite {path}: a folder, not a TOML file") from None
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -169,9 +171,13 @@ class Change:
 def read_baseline(path: Path) -> dict[str, Any]:
     """A file ``--save`` wrote."""
     try:
-        document = json.loads(path.read_text())
+        document = json.loads(read_small(path))
     except FileNotFoundError:
         raise InvalidInputError(f"--compare {path}: no such file (write one with --save)") from None
+    except FileTooLargeError as exc:
+        raise InvalidInputError(
+            f"--compare {exc}: not a file `evaluate --suite --save` wrote"
+        ) from None
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise InvalidInputError(
             f"--compare {path}: not a file `evaluate --suite --save` wrote ({exc})"
