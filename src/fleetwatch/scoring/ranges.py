@@ -10,10 +10,11 @@ from __future__ import annotations
 import csv
 import math
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 import pyarrow as pa
@@ -142,11 +143,29 @@ def _windows(
     return result
 
 
+#: The longest line of a ranges file (one is ~60 characters): past it the file is no such CSV
+#: (``/dev/zero``'s one endless line would be read into memory whole).
+MAX_LINE = 64 << 10
+
+
+def _short_lines(handle: TextIO, path: Path, flag: str) -> Iterator[str]:
+    """The lines of an open text file, refused at the first longer than :data:`MAX_LINE`."""
+    number = 0
+    while line := handle.readline(MAX_LINE + 1):
+        number += 1
+        if len(line) > MAX_LINE:
+            raise InvalidInputError(
+                f"{flag} {path}: line {number} is longer than {MAX_LINE >> 10} KiB: not a CSV of "
+                "device_id,since,until"
+            )
+        yield line
+
+
 def read_ranges(path: Path, flag: str = "--ranges") -> dict[str, Range]:
     """A CSV of ``device_id,since,until`` (a header line; timestamps ISO-8601, UTC if no zone)."""
     try:
         with path.open(newline="") as handle:
-            rows = list(csv.DictReader(handle))
+            rows = list(csv.DictReader(_short_lines(handle, path, flag)))
     except OSError as exc:
         raise InvalidInputError(f"{flag} {path}: {exc.strerror or exc}") from None
     except (UnicodeDecodeError, csv.Error) as exc:

@@ -75,3 +75,17 @@ def test_a_file_of_ranges(tmp_path: Path) -> None:
     bad.write_text("device_id,since,until\npump-01,2026-11-22T02,2026-11-22T00\n")
     with pytest.raises(InvalidInputError, match="until is not after since"):
         read_ranges(bad)
+
+
+def test_a_file_of_ranges_with_an_endless_line_is_refused_not_read(tmp_path: Path) -> None:
+    # Before: `--ranges /dev/zero` read one endless line into memory (a MemoryError).
+    endless = tmp_path / "endless.csv"
+    with endless.open("wb") as handle:
+        handle.write(b"device_id,since,until\n")
+        handle.truncate(64 << 20)  # sparse: 64 MiB of NULs and no newline
+    with pytest.raises(InvalidInputError, match=r"--ranges .*line 2 is longer than 64 KiB"):
+        read_ranges(endless)
+    many = tmp_path / "many.csv"  # a long file of short lines is fine
+    rows = (f"pump-{i},2026-11-22T00,2026-11-22T02\n" for i in range(200_000))
+    many.write_text("device_id,since,until\n" + "".join(rows))
+    assert len(read_ranges(many)) == 200_000
