@@ -52,6 +52,10 @@ log = logging.getLogger("fleetwatch.aggregate")
 #: dead-letter topic's size limit might refuse) is cut here and carries its size in a header.
 DEAD_LETTER_MAX_VALUE: Final = 512 * 1024
 DEAD_LETTER_MAX_KEY: Final = 4 * 1024
+#: A partition whose fetches went unanswered this long is not heard from: its silence is the
+#: broker's, not the devices', and does not count toward its idle timeout. The consumer's
+#: fetches wait at most 1.5 s for data, so a broker that answers does within this.
+ANSWER_GAP_S: Final = 4.0
 Headers = list[tuple[str, bytes]]
 
 
@@ -67,6 +71,10 @@ class Source(Protocol):
 
     def highwater(self, partition: int) -> int | None:
         """The log end offset the last fetch response reported (None: no response yet)."""
+
+    def answered_age(self, partition: int) -> float | None:
+        """Seconds since the broker last answered a fetch of ``partition``, with records or
+        without (None: never, or not assigned)."""
 
     async def position(self, partition: int) -> int | None:
         """The offset of the next record the source will deliver (None: unknown)."""
@@ -102,6 +110,7 @@ class _Partition:
     last_record_at: float
     poisoned: bool = False
     checkpointed_at: float | None = None  # the clock when it last had nothing unsaved
+    answered_since: float | None = None  # the clock since when its fetches are answered
 
 
 @dataclass(frozen=True)
@@ -437,8 +446,8 @@ class Aggregator:
                     )
                     await self.source.seek(partition, start)
                     continue
-                if now - state.last_record_at >= options.idle_timeout and await self._caught_up(
-                    partition, processor
+                if self._silent_for(partition, state, now) >= options.idle_timeout and (
+                    await self._caught_up(partition, processor)
                 ):
                     idle_now.append(partition)
             if idle_now:
@@ -477,6 +486,18 @@ class Aggregator:
                     close_boundary_ms=processor.close_boundary, idle=True
                 )
                 await self._checkpoint(partition)
+
+    def _silent_for(self, partition: int, state: _Partition, now: float) -> float:
+        """How long ``partition`` has had no record while the broker answered its fetches: a
+        broker that stopped answering (down, paused, unreachable) restarts the count when it
+        answers again, so an outage never makes a partition idle and closes its windows."""
+        age = self.source.answered_age(partition)
+        if age is None or age > ANSWER_GAP_S:
+            state.answered_since = None
+            return 0.0
+        if state.answered_since is None:
+            state.answered_since = now
+        return now - max(state.last_record_at, state.answered_since)
 
     async def _caught_up(self, partition: int, processor: PartitionProcessor) -> bool:
         highwater = self.source.highwater(partition)

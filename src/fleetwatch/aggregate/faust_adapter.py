@@ -23,6 +23,10 @@ aiokafka >=0.10,<0.15). What is used that is not public, each once, below:
 - ``Consumer._commit(offsets)``: Faust's commit of explicit offsets (its public ``commit``
   commits what its streams acked, and there are no streams here).
 - ``App._new_transport()``: overridden so the app's consumer is a :class:`BatchConsumer`.
+- ``ThreadDelegateConsumer._thread`` and ``AIOKafkaConsumerThread._ensure_consumer()``: the
+  aiokafka consumer in Faust's consumer thread, for its public ``last_poll_timestamp(tp)``
+  (when the broker last answered a fetch of the partition, which Faust does not pass on):
+  :meth:`FaustSource.answered_age`, so that a broker outage is not taken for idle devices.
 - aiokafka's ``PartitionRecords._consumer_record(tp, record)``: replaced in the worker's
   process (:func:`install_record_tuples`) so that a fetched record becomes the coordinator's
   ``(offset, key, value, timestamp)`` tuple where it is unpacked, instead of an 11-field
@@ -42,10 +46,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import logging
+import time
 from collections.abc import Mapping, Sequence
 from typing import Any
 
 import faust
+from aiokafka import AIOKafkaConsumer
 from aiokafka.consumer import fetcher as aiokafka_fetcher
 from faust.transport import consumer as faust_consumer
 from faust.transport.drivers import aiokafka as faust_aiokafka
@@ -81,6 +87,14 @@ def check_private_surface() -> None:
             problems.append(
                 f"{owner.__qualname__}.{name}{tuple(found)} no longer takes {tuple(parameters)}"
             )
+    if not callable(getattr(faust_aiokafka.AIOKafkaConsumerThread, "_ensure_consumer", None)):
+        problems.append("faust's AIOKafkaConsumerThread has no _ensure_consumer()")
+    delegate = inspect.getsource(faust_consumer.ThreadDelegateConsumer.__init__)
+    if "self._thread = " not in delegate:
+        problems.append("faust's ThreadDelegateConsumer no longer keeps its thread in _thread")
+    polled = getattr(AIOKafkaConsumer, "last_poll_timestamp", None)
+    if polled is None or list(inspect.signature(polled).parameters) != ["self", "partition"]:
+        problems.append("aiokafka's AIOKafkaConsumer.last_poll_timestamp(partition) changed")
     for name in ("flow_active", "consumer_stopped_errors"):
         if not hasattr(faust_aiokafka.Consumer, name):
             problems.append(f"faust's aiokafka Consumer has no {name}")
@@ -193,6 +207,15 @@ class FaustSource:
         except Exception:  # not assigned (any more), or nothing fetched from it yet
             return None
         return None if mark is None else int(mark)
+
+    def answered_age(self, partition: int) -> float | None:
+        consumer: Any = self.app.consumer
+        try:  # aiokafka's own consumer, in Faust's consumer thread (see the module docstring)
+            client = consumer._thread._ensure_consumer()  # noqa: SLF001
+            stamp = client.last_poll_timestamp(self._tp(partition))
+        except Exception:  # not started, not assigned (any more)
+            return None
+        return None if stamp is None else max(0.0, time.time() - stamp / 1000)
 
     async def position(self, partition: int) -> int | None:
         try:

@@ -8,8 +8,9 @@ embedded broker does).
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -72,6 +73,8 @@ class MemorySource:
     out_of_range: OutOfRange = "reset_to_earliest"
     positions: dict[int, int] = field(default_factory=dict)
     fetched_highwater: dict[int, int] = field(default_factory=dict)
+    answered_at: dict[int, float] = field(default_factory=dict)  # by ``clock``, at each poll
+    clock: Callable[[], float] = time.monotonic
     committed: dict[int, int] = field(default_factory=dict)
     dead_letters: list[tuple[bytes | None, bytes, Headers]] = field(default_factory=list)
     queued: list[tuple[bytes | None, bytes, Headers]] = field(default_factory=list)
@@ -83,6 +86,10 @@ class MemorySource:
 
     def highwater(self, partition: int) -> int | None:
         return self.fetched_highwater.get(partition)
+
+    def answered_age(self, partition: int) -> float | None:
+        answered = self.answered_at.get(partition)
+        return None if answered is None else self.clock() - answered
 
     async def position(self, partition: int) -> int | None:
         return self.positions.get(partition)
@@ -112,6 +119,7 @@ class MemorySource:
         """One fetch from every assigned (sought) partition, as a consumer's getmany."""
         batches: dict[int, list[RawRecord]] = {}
         for partition, position in list(self.positions.items()):
+            self.answered_at[partition] = self.clock()
             start, end = self.log.start[partition], self.log.end(partition)
             if not start <= position <= end:
                 if self.out_of_range == "empty" and position > end:

@@ -65,7 +65,7 @@ class Harness:
         self.root = root
         self.log = log
         self.clock = Clock()
-        self.source = MemorySource(log, out_of_range=out_of_range)
+        self.source = MemorySource(log, out_of_range=out_of_range, clock=self.clock)
         self.settings = settings_for(root, **agg)
         self.aggregator = Aggregator(self.settings, self.source, clock=self.clock)
 
@@ -86,7 +86,8 @@ class Harness:
         self.run(go())
 
     def idle(self, seconds: float = 6.0) -> None:
-        """Let wall-clock time pass with nothing new, then tick."""
+        """Let wall-clock time pass with nothing new while the broker answers, then tick."""
+        self.pump(rounds=1)  # answered (and ticked) as the silence begins
         self.clock.now += seconds
         self.pump(rounds=3)
 
@@ -162,6 +163,38 @@ def test_the_topic_is_closed_only_once_every_partition_is_known(tmp_path: Path) 
     assert "quiet" not in set(read_dir(tmp_path / "aggregates")["device_id"])
 
 
+def test_a_broker_that_stops_answering_makes_no_partition_idle(tmp_path: Path) -> None:
+    """Silence while the broker does not answer is not the devices' silence. Before, a
+    partition read to the end its last fetch reported counted as caught up for the whole
+    outage: after the idle timeout every open window was closed with what it had, and the rest
+    of their readings, sent once the broker was back, went to the late sink."""
+    log = MemoryLog(partitions=2)
+    records = {p: make_records(30 + p, 1200, f"p{p}") for p in range(2)}
+    for partition, rows in records.items():
+        fill(log, partition, rows[:600])
+    harness = Harness(tmp_path, log)
+    harness.assign(0, 1)
+    harness.pump()
+    written = [p.counters.windows_written for p in harness.aggregator.processors.values()]
+
+    async def outage() -> None:  # the timers run, no fetch is answered
+        for _ in range(30):
+            harness.clock.now += 1
+            await harness.aggregator.tick()
+
+    harness.run(outage())
+    assert not any(p.idle for p in harness.aggregator.processors.values())
+    assert [p.counters.windows_written for p in harness.aggregator.processors.values()] == written
+    for partition, rows in records.items():  # the broker is back, with what was sent meanwhile
+        fill(log, partition, rows[600:])
+    harness.pump()
+    harness.idle()
+    assert all(p.idle for p in harness.aggregator.processors.values())  # answered: idle
+    harness.stop()
+    compare(tmp_path, pd.concat([reference(rows)[0] for rows in records.values()]))
+    assert len(read_dir(tmp_path / "late")) == sum(len(reference(r)[1]) for r in records.values())
+
+
 def test_an_idle_partition_reads_the_other_workers_checkpoints_off_the_event_loop(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -201,6 +234,7 @@ def test_an_idle_partition_reads_the_other_workers_checkpoints_off_the_event_loo
         nonlocal loop
         loop = asyncio.get_running_loop()
         harness.clock.now += 6
+        harness.source.poll()  # the broker answered all along, with nothing new
         await harness.aggregator.tick()
 
     harness.run(idle())

@@ -143,3 +143,41 @@ def test_fetched_records_become_the_coordinators_tuples_where_aiokafka_unpacks_t
     assert tuples == [(offset, key, value, timestamp) for offset, timestamp, key, value in sent]
     decoded = unpacked(bytes.upper)
     assert [r.value for r in decoded] == [v.upper() for *_, v in sent]  # type: ignore[attr-defined]
+
+
+def test_the_consumer_threads_aiokafka_consumer_is_named_when_it_changes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from aiokafka import AIOKafkaConsumer
+
+    monkeypatch.delattr(faust_aiokafka.AIOKafkaConsumerThread, "_ensure_consumer")
+    monkeypatch.setattr(AIOKafkaConsumer, "last_poll_timestamp", lambda self, tp, now: None)
+    with pytest.raises(PrivateSurfaceError) as caught:
+        check_private_surface()
+    assert "no _ensure_consumer()" in str(caught.value)
+    assert "last_poll_timestamp(partition) changed" in str(caught.value)
+
+
+def test_the_answer_age_comes_from_aiokafkas_last_poll_of_the_partition() -> None:
+    """:meth:`FaustSource.answered_age` through exactly the surface named above: Faust's
+    consumer thread's aiokafka consumer, its public ``last_poll_timestamp``."""
+    import time
+    from types import SimpleNamespace
+
+    from fleetwatch.aggregate.faust_adapter import FaustSource
+    from fleetwatch.config import load_settings
+
+    polled = {0: int(time.time() * 1000) - 7_000, 1: None}
+
+    class Client:
+        def last_poll_timestamp(self, partition: object) -> int | None:
+            if partition.partition == 2:  # type: ignore[attr-defined]
+                raise AssertionError("Partition is not assigned")  # as aiokafka's assert
+            return polled[partition.partition]  # type: ignore[attr-defined]
+
+    thread = SimpleNamespace(_ensure_consumer=Client)
+    app = SimpleNamespace(consumer=SimpleNamespace(_thread=thread))
+    source = FaustSource(app, load_settings(environ={}))  # type: ignore[arg-type]
+    age = source.answered_age(0)
+    assert age is not None and 6.5 < age < 30
+    assert source.answered_age(1) is None and source.answered_age(2) is None
