@@ -118,3 +118,27 @@ def processes_of(data_dir: str) -> list[int]:
         if wanted in environment and state != "Z":
             found.append(int(entry))
     return found
+
+
+def assert_same_windows_as_a_clean_run(got: Backend, clean: Backend, records: list[Any]) -> None:
+    """``got``'s windows are a clean worker's over the same topic (``clean``), each once, and
+    its windows plus its late sink hold every valid reading of ``records`` (the topic's records,
+    parsed here independently of the worker)."""
+    from fleetwatch.telemetry import InvalidMessage, parse_message
+
+    keys = ["device_id", "sensor", "window_start"]
+    windows = got.frame("aggregates")
+    assert not windows.duplicated(keys).any(), "duplicate windows"
+    valid = 0
+    for record in records:
+        try:
+            valid += len(parse_message(record.value, key=record.key).readings)
+        except InvalidMessage:
+            continue
+    assert int(windows["count"].sum()) + len(got.frame("late")) == valid
+    want = clean.frame("aggregates")
+    assert len(windows) == len(want) > 1000
+    pd.testing.assert_frame_equal(
+        windows.sort_values(keys).reset_index(drop=True)[[*keys, "count"]],
+        want.sort_values(keys).reset_index(drop=True)[[*keys, "count"]],
+    )

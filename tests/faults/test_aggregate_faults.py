@@ -18,9 +18,8 @@ import pandas as pd
 import pytest
 
 from fleetwatch.config import Settings
-from fleetwatch.telemetry import InvalidMessage, parse_message
 from tests.conftest import consume_all, wait_for
-from tests.faults.conftest import Backend, rng_for
+from tests.faults.conftest import Backend, assert_same_windows_as_a_clean_run, rng_for
 from tests.integration.aggregate_helpers import (
     start_worker,
     stop_worker,
@@ -151,19 +150,5 @@ def test_a_paused_worker_writes_no_duplicate_windows(
         wait_drained(clean_dir, settings.kafka.telemetry_topic, ends, process=clean, timeout=180)
     finally:
         stop_worker(clean)
-    got = backend.frame("aggregates")
-    assert not got.duplicated(KEYS).any(), "duplicate windows after the pause"
-    valid = 0
-    for record in records:
-        try:
-            valid += len(parse_message(record.value, key=record.key).readings)
-        except InvalidMessage:
-            continue
-    assert int(got["count"].sum()) + len(backend.frame("late")) == valid
     local = Backend("local", str(clean_dir), clean_dir, {})
-    want = local.frame("aggregates")
-    assert len(got) == len(want) > 1000
-    pd.testing.assert_frame_equal(
-        got.sort_values(KEYS).reset_index(drop=True)[[*KEYS, "count"]],
-        want.sort_values(KEYS).reset_index(drop=True)[[*KEYS, "count"]],
-    )
+    assert_same_windows_as_a_clean_run(backend, local, records)

@@ -14,14 +14,12 @@ import time
 from collections import Counter
 from pathlib import Path
 
-import pandas as pd
 import pytest
 
 from fleetwatch.brokers.embedded import EmbeddedBroker
 from fleetwatch.brokers.topics import ensure_topics
-from fleetwatch.telemetry import InvalidMessage, parse_message
 from tests.conftest import consume_all, make_settings, wait_for
-from tests.faults.conftest import Backend, rng_for
+from tests.faults.conftest import Backend, assert_same_windows_as_a_clean_run, rng_for
 from tests.integration.aggregate_helpers import start_worker, stop_worker, wait_drained, worker_env
 
 pytestmark = [pytest.mark.faults, pytest.mark.integration]
@@ -80,18 +78,5 @@ def test_a_broker_that_stops_answering_mid_stream_loses_and_doubles_no_window(
             stop_worker(clean)
 
     paused = Backend("local", str(data), data, {})
-    got = paused.frame("aggregates")
-    assert not got.duplicated(KEYS).any(), "duplicate windows after the broker's pause"
-    valid = 0
-    for record in records:
-        try:
-            valid += len(parse_message(record.value, key=record.key).readings)
-        except InvalidMessage:
-            continue
-    assert int(got["count"].sum()) + len(paused.frame("late")) == valid
-    want = Backend("local", str(clean_dir), clean_dir, {}).frame("aggregates")
-    assert len(got) == len(want) > 1000
-    pd.testing.assert_frame_equal(
-        got.sort_values(KEYS).reset_index(drop=True)[[*KEYS, "count"]],
-        want.sort_values(KEYS).reset_index(drop=True)[[*KEYS, "count"]],
-    )
+    clean = Backend("local", str(clean_dir), clean_dir, {})
+    assert_same_windows_as_a_clean_run(paused, clean, records)
