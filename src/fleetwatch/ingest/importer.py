@@ -15,7 +15,7 @@ from __future__ import annotations
 import csv
 import math
 import re
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime, tzinfo
 from pathlib import Path
@@ -227,22 +227,29 @@ def kept_out(frame: pd.DataFrame, named: list[str], flag: str) -> list[str]:
     columns = [str(c) for c in frame.columns]
     found = []
     for name in named:
-        wanted = name.strip()
-        matches = [c for c in columns if c.strip() == wanted] or [
-            c for c in columns if c.strip().lower() == wanted.lower()
-        ]
-        if not matches:
+        match = _named(name, columns, flag, "columns")
+        if match is None:
             raise InvalidInputError(
                 f"{flag} {name!r}: no such column (the columns are {', '.join(columns)})"
             )
-        if len(matches) > 1:
-            raise InvalidInputError(
-                f"{flag} {name!r}: names {len(matches)} columns "
-                f"({', '.join(repr(c) for c in matches)}) that differ only in case: give the "
-                "exact name"
-            )
-        found.append(matches[0])
+        found.append(match)
     return found
+
+
+def _named(name: str, candidates: Collection[str], flag: str, what: str) -> str | None:
+    """The one of ``candidates`` that ``name`` names: the one of that exact name (spaces
+    aside), else the one it names case aside; None for none, one clear error for two."""
+    wanted = name.strip()
+    matches = [c for c in candidates if c.strip() == wanted] or [
+        c for c in candidates if c.strip().lower() == wanted.lower()
+    ]
+    if len(matches) > 1:
+        raise InvalidInputError(
+            f"{flag} {name!r}: names {len(matches)} {what} "
+            f"({', '.join(map(repr, sorted(matches)))}) that differ only in case: give the "
+            "exact name"
+        )
+    return matches[0] if matches else None
 
 
 def tags_left_out(frame: pd.DataFrame, named: list[str], flag: str) -> frozenset[str]:
@@ -252,18 +259,8 @@ def tags_left_out(frame: pd.DataFrame, named: list[str], flag: str) -> frozenset
     tag_col = _find([str(c) for c in frame.columns], TAG_COLUMNS)
     assert tag_col is not None  # detect_layout
     tags = {str(t).strip() for t in frame[tag_col].unique()}
-    left: set[str] = set()
-    for name in named:
-        wanted = name.strip()
-        matches = [wanted] if wanted in tags else [t for t in tags if t.lower() == wanted.lower()]
-        if len(matches) > 1:
-            raise InvalidInputError(
-                f"{flag} {name!r}: names {len(matches)} sensors "
-                f"({', '.join(map(repr, sorted(matches)))}) that differ only in case: give the "
-                "exact name"
-            )
-        left.update(matches)
-    return frozenset(left)
+    found = (_named(name, tags, flag, "sensors") for name in named)
+    return frozenset(tag for tag in found if tag is not None)
 
 
 def _devices(frame: pd.DataFrame, columns: list[str], device_id: str) -> tuple[Any, str | None]:
